@@ -1,0 +1,30 @@
+import multiprocessing
+import subprocess
+import sys
+
+import torch
+
+from helpers.env import environment_report, format_report, usable_cores, worker_start_method
+
+
+def test_report_names_versions_device_cores_and_start_method():
+    report = environment_report()
+    assert report["torch"] == torch.__version__
+    assert report["device"].split()[0] in {"cuda", "mps", "cpu"}
+    assert int(report["cpu cores usable"]) == usable_cores() >= 1
+    assert report["worker start method"] in {"fork", "spawn", "forkserver"}
+
+
+def test_start_method_is_read_without_fixing_it():
+    code = ("import multiprocessing; from helpers.env import worker_start_method; "
+            "method = worker_start_method(); "
+            "assert multiprocessing.get_start_method(allow_none=True) is None; "
+            "multiprocessing.set_start_method('spawn'); print(method)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == multiprocessing.get_all_start_methods()[0]
+
+
+def test_format_report_aligns_keys():
+    lines = format_report({"a": "1", "long key": "2"}).splitlines()
+    assert lines == ["a        : 1", "long key : 2"]

@@ -1,0 +1,27 @@
+from pathlib import Path
+
+import pytest
+
+from helpers.paths import ROOT_ENV_VAR, data_dir, repo_root
+
+
+def test_repo_root_is_the_checkout_from_any_working_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv(ROOT_ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    root = repo_root()
+    assert (root / "helpers" / "paths.py").is_file()
+    assert data_dir("two_images") == root / "data" / "two_images"
+    assert data_dir().is_absolute()
+
+
+def test_environment_variable_points_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    monkeypatch.setenv(ROOT_ENV_VAR, str(tmp_path))
+    assert repo_root() == Path(tmp_path)
+    assert data_dir("x.jpg") == tmp_path / "data" / "x.jpg"
+
+
+def test_a_root_without_data_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv(ROOT_ENV_VAR, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"No data/ folder in {tmp_path}.*{ROOT_ENV_VAR}"):
+        repo_root()

@@ -1,0 +1,123 @@
+"""The repository keeps its promises: one package list, one Colab cell, one repository slug, small data."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def requirement_lines(text: str) -> list[str]:
+    """Package specifications from requirements.txt: no comments, options or the project itself."""
+    lines = (line.split("#")[0].strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def conda_pip_lines(text: str) -> list[str]:
+    """Package specifications under `- pip:` in environment.yml, without pip options."""
+    after_pip = text.split("- pip:", 1)[1]
+    items = re.findall(r"^\s+-\s+(\S.*)$", after_pip, flags=re.M)
+    return [item.strip() for item in items if not item.startswith("-")]
+
+
+def notebook(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def source(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def test_environment_yml_and_requirements_name_the_same_packages():
+    pip = requirement_lines((ROOT / "requirements.txt").read_text())
+    conda = conda_pip_lines((ROOT / "environment.yml").read_text())
+    assert sorted(pip) == sorted(conda)
+    assert "torch==2.14.1" in pip and "torchvision==0.29.1" in pip
+
+
+def test_parsers_see_a_difference():
+    assert requirement_lines("torch==1\n-e .\n# c\nnbval  # x\n") == ["torch==1", "nbval"]
+    assert conda_pip_lines("deps:\n  - python\n  - pip:\n      - --extra-index-url u\n      - torch==2\n") \
+        == ["torch==2"]
+
+
+def test_binder_installs_helpers_and_stops_on_errors():
+    post_build = (ROOT / "postBuild").read_text().splitlines()
+    assert post_build[0].startswith("#!") and "set -e" in post_build[:3]
+    assert any("pip install" in line and "-e ." in line for line in post_build)
+
+
+def test_there_are_notebooks_and_they_start_with_the_same_colab_cell():
+    assert [p.name for p in NOTEBOOKS][:2] == ["00_start_here.ipynb", "01_two_images.ipynb"]
+    first_cells = {source(notebook(p)["cells"][0]) for p in NOTEBOOKS}
+    assert len(first_cells) == 1
+    assert '"google.colab" in sys.modules' in first_cells.pop()
+
+
+def colab_cell() -> str:
+    return source(notebook(NOTEBOOKS[0])["cells"][0])
+
+
+def test_colab_cell_does_nothing_and_prints_nothing_elsewhere():
+    run = subprocess.run([sys.executable, "-c", colab_cell()], capture_output=True, text=True)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+def test_colab_cell_clones_and_installs_helpers_without_touching_torch(monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args))
+    monkeypatch.setattr(os.path, "isdir", lambda path: False)
+    monkeypatch.setattr(os, "environ", {})
+    exec(colab_cell(), {})
+    clone, install = calls
+    assert clone[:2] == ["git", "clone"] and "--no-deps" in install and "-e" not in install
+    assert not any("torch" in arg for arg in install)
+    assert os.environ["PIXELS_TO_BATCHES_ROOT"] == clone[-1] == install[-1]
+
+
+def test_one_repository_slug_in_badges_and_colab_cells():
+    slug = r"([\w.-]+/[\w.-]+)"
+    readme = (ROOT / "README.md").read_text()
+    slugs = re.findall(rf"mybinder\.org/v2/gh/{slug}/", readme)
+    slugs += re.findall(rf"colab\.research\.google\.com/github/{slug}/", readme)
+    for path in NOTEBOOKS:
+        slugs += re.findall(rf'REPO, ROOT = "{slug}"', json.dumps(notebook(path)).replace('\\"', '"'))
+    assert len(slugs) >= 2 + len(NOTEBOOKS) and len(set(slugs)) == 1, slugs
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^(python3\.11 -m venv .*pytest.*)$", readme, flags=re.M).group(1)
+    assert command in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_outputs_come_from_one_clean_run(path):
+    cells = [c for c in notebook(path)["cells"] if c["cell_type"] == "code" and source(c).strip()]
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors and notebook(path)["metadata"]["kernelspec"]["name"] == "python3"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[1:], ids=lambda p: p.stem)
+def test_lessons_have_two_exercises_with_collapsed_solutions(path):
+    hidden = [c for c in notebook(path)["cells"] if c["metadata"].get("jupyter", {}).get("source_hidden")]
+    assert len(hidden) >= 2 and all(c["cell_type"] == "code" for c in hidden)
+
+
+def test_two_photographs_are_small_rgb_and_documented():
+    documented = (ROOT / "data" / "README.md").read_text()
+    photos = sorted((ROOT / "data" / "two_images").iterdir())
+    assert [p.name for p in photos] == ["cat.jpg", "coffee.jpg"]
+    for path in photos:
+        with Image.open(path) as image:
+            assert image.mode == "RGB" and max(image.size) <= 512
+        assert f"`{path.name}`" in documented

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers.viz import show_grid, to_numpy_image
+
+
+def test_pil_and_tensors_become_hwc_arrays():
+    pil = Image.new("RGB", (5, 4), (10, 20, 30))
+    assert to_numpy_image(pil).shape == (4, 5, 3)
+    chw = torch.zeros(3, 4, 5, dtype=torch.uint8)
+    assert to_numpy_image(chw).shape == (4, 5, 3)
+    gray = torch.rand(1, 4, 5)
+    assert to_numpy_image(gray).shape == (4, 5)
+
+
+def test_channel_order_is_kept():
+    chw = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    chw[0] = 255  # red
+    assert to_numpy_image(chw)[0, 0].tolist() == [255, 0, 0]
+
+
+def test_normalized_images_are_refused_with_advice():
+    with pytest.raises(ValueError, match="undo Normalize"):
+        to_numpy_image(torch.randn(3, 8, 8) * 3)
+
+
+def test_wrong_shape_and_dtype_are_refused():
+    with pytest.raises(ValueError, match="shape"):
+        to_numpy_image(torch.zeros(5, 4, 4))
+    with pytest.raises(TypeError, match="int64"):
+        to_numpy_image(torch.zeros(3, 4, 4, dtype=torch.int64))
+
+
+def test_grid_has_one_titled_panel_per_image():
+    images = [Image.new("RGB", (8, 8)), torch.rand(3, 8, 8), np.zeros((8, 8, 3), np.uint8)]
+    fig = show_grid(images, titles=["pil", "tensor", "array"], ncols=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["pil", "tensor", "array", ""]
+    assert sum(bool(ax.images) for ax in fig.axes) == 3
+
+
+def test_a_batch_tensor_is_split_into_images():
+    fig = show_grid(torch.rand(5, 3, 8, 8), ncols=5)
+    assert sum(bool(ax.images) for ax in fig.axes) == 5
+
+
+def test_titles_must_match_images():
+    with pytest.raises(ValueError, match="2 titles for 1 images"):
+        show_grid([torch.rand(3, 4, 4)], titles=["a", "b"])
