@@ -1,0 +1,61 @@
+"""Classes, colours and mask conversions for the shapes data set (taught in 02_segmentation_masks).
+
+This module is the one place where class names, class indices and display colours are defined.
+"""
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+
+CLASSES = ("background", "disc", "square", "triangle")  # mask value i means CLASSES[i]
+PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))  # display colour of each class
+IGNORE_INDEX = 255  # "no label here": padding, rotation corners, cut-outs; losses and metrics skip it
+IGNORE_COLOUR = (255, 255, 255)
+
+
+def palette_bytes() -> list[int]:
+    """Return a 768-value PIL palette: the class colours, then IGNORE_INDEX in white, the rest black."""
+    flat = [0] * 768
+    for index, colour in enumerate(PALETTE):
+        flat[3 * index: 3 * index + 3] = colour
+    flat[3 * IGNORE_INDEX: 3 * IGNORE_INDEX + 3] = IGNORE_COLOUR
+    return flat
+
+
+def to_palette_image(mask: torch.Tensor | np.ndarray) -> Image.Image:
+    """Return an ``[H, W]`` class-index mask as a palette (``P`` mode) PIL image, ready to save as PNG."""
+    array = np.asarray(mask, dtype=np.uint8)
+    image = Image.fromarray(array, mode="L").convert("P")
+    image.putpalette(palette_bytes())
+    return image
+
+
+def colour_to_index(colours: torch.Tensor, palette=PALETTE, *, name: str = "mask") -> tv_tensors.Mask:
+    """Turn a colour-coded ``[3, H, W]`` uint8 mask into class indices ``[H, W]`` (int64).
+
+    Every pixel must have exactly one palette colour; anything else (anti-aliased edges, JPEG noise)
+    raises ValueError naming ``name``, the unknown colours and how many pixels have each.
+    """
+    table = torch.tensor(palette, dtype=torch.uint8)  # [K, 3]
+    hits = (colours.permute(1, 2, 0)[:, :, None, :] == table).all(dim=-1)  # [H, W, K]
+    unknown = ~hits.any(dim=-1)
+    if unknown.any():
+        found, counts = colours.permute(1, 2, 0)[unknown].unique(dim=0, return_counts=True)
+        worst = [f"{tuple(c.tolist())} x{n}" for c, n in zip(found, counts)][:5]
+        raise ValueError(f"{name}: {int(unknown.sum())} pixels have colours outside the palette, e.g. "
+                         f"{', '.join(worst)}. Export the mask without anti-aliasing, as PNG, not JPEG.")
+    return tv_tensors.Mask(hits.to(torch.uint8).argmax(dim=-1))
+
+
+def index_to_colour(mask: torch.Tensor, palette=PALETTE) -> torch.Tensor:
+    """Turn an ``[H, W]`` class-index mask into a ``[3, H, W]`` uint8 colour picture (ignore: white)."""
+    table = torch.zeros(256, 3, dtype=torch.uint8)
+    table[: len(palette)] = torch.tensor(palette, dtype=torch.uint8)
+    table[IGNORE_INDEX] = torch.tensor(IGNORE_COLOUR, dtype=torch.uint8)
+    return table[mask.long()].permute(2, 0, 1)
+
+
+def foreground(mask: torch.Tensor) -> torch.Tensor:
+    """Return the binary foreground mask (any object class) of a class-index mask, as bool."""
+    return (mask > 0) & (mask != IGNORE_INDEX)
