@@ -1,4 +1,4 @@
-"""Show images side by side, whatever form they are in (taught in 01_two_images)."""
+"""Show images side by side, whatever form they are in (01_two_images), and masks on them (02)."""
 
 from collections.abc import Sequence
 
@@ -7,6 +7,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from torchvision.utils import draw_segmentation_masks
+
+from helpers.masks import IGNORE_COLOUR, IGNORE_INDEX, PALETTE, index_to_colour
 
 ImageLike = Image.Image | torch.Tensor | np.ndarray
 
@@ -56,3 +59,28 @@ def show_grid(images: Sequence[ImageLike] | torch.Tensor, titles: Sequence[str] 
             ax.set_title(titles[i] if titles else "", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def overlay(image: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5,
+            palette: Sequence[tuple[int, int, int]] = PALETTE) -> torch.Tensor:
+    """Return the uint8 image ``[3, H, W]`` with each object class painted in its palette colour.
+
+    Background (class 0) is left as it is; ``IGNORE_INDEX`` pixels are painted white.
+    """
+    if image.is_floating_point():
+        image = (image * 255).round().to(torch.uint8)
+    labels = list(range(1, len(palette))) + [IGNORE_INDEX]
+    layers = torch.stack([mask == label for label in labels])  # [K, H, W] bool
+    colours = [tuple(palette[label]) for label in labels[:-1]] + [IGNORE_COLOUR]
+    return draw_segmentation_masks(image.as_subclass(torch.Tensor), layers, alpha=alpha, colors=colours)
+
+
+def show_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], titles: Sequence[str] | None = None,
+               size: float = 2.2) -> Figure:
+    """Draw one row per (image, mask) pair: the image, the mask in colour, and the overlay."""
+    panels, names = [], []
+    for i, (image, mask) in enumerate(pairs):
+        panels += [image, index_to_colour(mask), overlay(image, mask)]
+        prefix = f"{titles[i]}: " if titles else ""
+        names += [f"{prefix}image", f"{prefix}mask", f"{prefix}overlay"]
+    return show_grid(panels, titles=names, ncols=3, size=size)

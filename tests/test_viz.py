@@ -49,3 +49,18 @@ def test_a_batch_tensor_is_split_into_images():
 def test_titles_must_match_images():
     with pytest.raises(ValueError, match="2 titles for 1 images"):
         show_grid([torch.rand(3, 4, 4)], titles=["a", "b"])
+
+
+def test_overlay_paints_classes_and_leaves_background_alone():
+    from helpers.masks import IGNORE_INDEX, PALETTE
+    from helpers.viz import overlay, show_pairs
+
+    image = torch.full((3, 2, 3), 100, dtype=torch.uint8)
+    mask = torch.tensor([[0, 1, 2], [3, IGNORE_INDEX, 0]])
+    painted = overlay(image, mask, alpha=1.0)
+    assert painted[:, 0, 0].tolist() == [100, 100, 100] and painted[:, 1, 2].tolist() == [100, 100, 100]
+    assert painted[:, 0, 1].tolist() == list(PALETTE[1]) and painted[:, 1, 0].tolist() == list(PALETTE[3])
+    assert painted[:, 1, 1].tolist() == [255, 255, 255]
+    half = overlay(image.float() / 255, mask, alpha=0.5)
+    assert half.dtype == torch.uint8 and half[:, 0, 1].tolist() != painted[:, 0, 1].tolist()
+    assert len(show_pairs([(image, mask)]).axes) == 3

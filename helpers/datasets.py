@@ -1,0 +1,146 @@
+"""Image + mask pairs from disk, paired by file name, with errors that say what to fix.
+
+Taught in 02_segmentation_masks; used by every later notebook and by DataLoader workers.
+"""
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from helpers.masks import CLASSES
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MASK_SUFFIXES = (".png",)  # lossless only: JPEG compression invents mask values
+CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints"}  # made by tools, not data
+
+
+class Sample(NamedTuple):
+    """One training example: ``image`` uint8 ``[3, H, W]`` and ``mask`` int64 ``[H, W]`` of class indices."""
+
+    image: tv_tensors.Image
+    mask: tv_tensors.Mask
+
+
+def list_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Map file stem -> path for ``folder``; skip OS and Jupyter clutter, refuse anything unexpected."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No folder {folder}: expected image+mask pairs in images/ and masks/.")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name in CLUTTER or path.name.startswith("._"):  # ._name: macOS resource forks
+            continue
+        if not path.is_file() or path.suffix.lower() not in suffixes:
+            raise ValueError(f"Unexpected {path.name!r} in {folder}: only {', '.join(suffixes)} files "
+                             "belong here (masks must be PNG: JPEG would change their values). Move it out.")
+        if path.stem in files:
+            raise ValueError(f"{folder} has two files named {path.stem!r}: {files[path.stem].name} and "
+                             f"{path.name}. Keep one, so each name pairs with exactly one file.")
+        files[path.stem] = path
+    return files
+
+
+def pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+    """Pair ``image_dir/NAME.jpg`` with ``mask_dir/NAME.png`` by NAME, never by list order."""
+    images, masks = list_files(image_dir, IMAGE_SUFFIXES), list_files(mask_dir, MASK_SUFFIXES)
+    if not images:
+        raise FileNotFoundError(f"No images in {image_dir}: expected files such as 0001.jpg, "
+                                f"each with a mask {mask_dir.name}/0001.png.")
+    no_mask, no_image = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
+    if no_mask or no_image:
+        raise ValueError(
+            f"Unpaired files: {len(no_mask)} image(s) in {image_dir} have no mask "
+            f"{[images[s].name for s in no_mask][:5]}, {len(no_image)} mask(s) in {mask_dir} have no "
+            f"image {[masks[s].name for s in no_image][:5]}. Each image needs a mask with the same "
+            "name: add the missing files or move the unpaired ones out.")
+    return [(images[stem], masks[stem]) for stem in sorted(images)]
+
+
+def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[Path, Path]]:
+    """Keep the pairs whose stems ``split_file`` lists (one per line), in the file's order."""
+    if not split_file.is_file():
+        raise FileNotFoundError(f"No split file {split_file}: expected one file name stem per line.")
+    by_stem = {image.stem: (image, mask) for image, mask in pairs}
+    stems = split_file.read_text().split()
+    unknown = [stem for stem in stems if stem not in by_stem]
+    if unknown:
+        raise ValueError(f"{split_file.name} lists {unknown[:5]}, which have no image+mask pair. "
+                         "Fix the list or add the files.")
+    return [by_stem[stem] for stem in stems]
+
+
+def read_image(path: Path) -> tv_tensors.Image:
+    """Decode an image file to uint8 RGB ``[3, H, W]``, turned upright by its EXIF orientation.
+
+    PIL decodes (torchvision.io's decoders are deprecated since torchvision 0.29); a truncated or
+    damaged file raises instead of coming back half grey.
+    """
+    try:
+        with Image.open(path) as file:
+            array = np.array(ImageOps.exif_transpose(file).convert("RGB"))
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"Cannot read image {path}: {error}. The file is damaged or not an image: "
+                         "export it again, or remove it and its mask.") from None
+    return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
+
+
+def read_mask(path: Path, num_classes: int = len(CLASSES),
+              ignore_index: int | None = None) -> tv_tensors.Mask:
+    """Read a PNG of class indices (``P``, ``L`` or ``1`` mode) as int64 ``[H, W]``; check its values.
+
+    Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one.
+    """
+    try:
+        with Image.open(path) as file:
+            mode, array = file.mode, np.array(file)
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
+    if mode not in ("P", "L", "1"):
+        raise ValueError(f"Mask {path} is a {mode} image, not class indices (P, L or 1 mode). If its "
+                         "classes are colours, convert it with helpers.masks.colour_to_index.")
+    mask = torch.from_numpy(array.astype(np.int64))
+    bad = [v for v in mask.unique().tolist() if v >= num_classes and v != ignore_index]
+    if bad:
+        raise ValueError(
+            f"Mask {path} has values {bad[:8]} outside the classes 0..{num_classes - 1}. A mask saved as "
+            "JPEG or resized with smooth interpolation invents values; a 0/255 mask needs dividing by 255. "
+            "Save masks as PNG and resize them with nearest-neighbour.")
+    return tv_tensors.Mask(mask)
+
+
+class SegmentationDataset(Dataset):
+    """Pairs ``root/images/NAME.jpg`` with ``root/masks/NAME.png``; optionally only those in ``root/<split>.txt``.
+
+    Returns ``Sample(image, mask)``; ``transform(image, mask)`` (a v2 transform) moves both together.
+    """
+
+    def __init__(self, root: Path, split: str | None = None, transform: Callable | None = None,
+                 num_classes: int = len(CLASSES), ignore_index: int | None = None):
+        pairs = pair_files(Path(root) / "images", Path(root) / "masks")
+        if split is not None:
+            pairs = read_split(pairs, Path(root) / f"{split}.txt")
+        # NumPy arrays, not lists of Paths: workers then share them instead of copying (notebook 05)
+        self.image_paths = np.array([str(image) for image, _ in pairs])
+        self.mask_paths = np.array([str(mask) for _, mask in pairs])
+        self.transform, self.num_classes, self.ignore_index = transform, num_classes, ignore_index
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> Sample:
+        image_path, mask_path = Path(self.image_paths[index]), Path(self.mask_paths[index])
+        image = read_image(image_path)
+        mask = read_mask(mask_path, self.num_classes, self.ignore_index)
+        if image.shape[-2:] != mask.shape:
+            raise ValueError(
+                f"Image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but its mask {mask_path} "
+                f"is {mask.shape[-1]}x{mask.shape[-2]}: a mask must match its image pixel for pixel. "
+                "Export the mask again at the image's size.")
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return Sample(image, mask)

@@ -1,0 +1,174 @@
+"""Every way a folder of image+mask pairs can be wrong gets an error naming the file and the fix."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from helpers.datasets import Sample, SegmentationDataset, pair_files
+from helpers.masks import CLASSES, to_palette_image
+from helpers.paths import data_dir
+
+
+def write_pair(root: Path, stem: str, label: int, size=(12, 8), image_suffix=".png") -> None:
+    """An image whose red channel encodes its label, and a mask with that label in its left half."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (40 * label, 0, 0)).save(root / "images" / f"{stem}{image_suffix}")
+    mask = np.zeros(size[::-1], np.uint8)
+    mask[:, : size[0] // 2] = label
+    to_palette_image(mask).save(root / "masks" / f"{stem}.png")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for stem, label in [("2", 2), ("10", 1), ("1", 3)]:  # "10" sorts before "2": order must not matter
+        write_pair(tmp_path, stem, label)
+    return tmp_path
+
+
+def test_pairs_by_name_and_returns_tv_tensors(root):
+    dataset = SegmentationDataset(root)
+    assert len(dataset) == 3
+    for i in range(3):
+        image, mask = dataset[i]
+        assert isinstance(dataset[i], Sample)
+        assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8 and image.shape == (3, 8, 12)
+        assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64 and mask.shape == (8, 12)
+        assert image[0, 0, 0] == 40 * mask[0, 0]  # the mask belongs to this very image
+
+
+def test_pair_files_matches_stems(root):
+    assert all(image.stem == mask.stem for image, mask in pair_files(root / "images", root / "masks"))
+
+
+def test_one_transform_moves_image_and_mask_together(root):
+    flip = SegmentationDataset(root, transform=v2.RandomHorizontalFlip(p=1.0))
+    plain = SegmentationDataset(root)
+    for i in range(3):
+        flipped, original = flip[i], plain[i]
+        assert torch.equal(flipped.mask, original.mask.flip(-1))
+        assert torch.equal(flipped.image, original.image.flip(-1))
+        assert isinstance(flipped.mask, tv_tensors.Mask)
+
+
+def test_image_without_mask_is_named(root):
+    (root / "masks" / "2.png").unlink()
+    with pytest.raises(ValueError, match=r"1 image\(s\) .* have no mask \['2.png'\]"):
+        SegmentationDataset(root)
+
+
+def test_mask_without_image_is_named(root):
+    (root / "images" / "10.png").unlink()
+    with pytest.raises(ValueError, match=r"1 mask\(s\) .* have no image \['10.png'\]"):
+        SegmentationDataset(root)
+
+
+def test_empty_and_missing_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No folder .*images"):
+        SegmentationDataset(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(FileNotFoundError, match="No images in .*0001.jpg"):
+        SegmentationDataset(tmp_path)
+
+
+def test_clutter_is_ignored(root):
+    (root / "images" / ".DS_Store").write_bytes(b"\0")
+    (root / "masks" / "Thumbs.db").write_bytes(b"\0")
+    (root / "images" / ".ipynb_checkpoints").mkdir()
+    (root / "images" / ".ipynb_checkpoints" / "1-checkpoint.png").write_bytes(b"\0")
+    (root / "masks" / "._1.png").write_bytes(b"\0")
+    assert len(SegmentationDataset(root)) == 3
+
+
+def test_other_stray_files_are_refused(root):
+    (root / "images" / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="Unexpected 'notes.txt'.*Move it out"):
+        SegmentationDataset(root)
+
+
+def test_jpeg_masks_are_refused(root):
+    Image.new("L", (12, 8)).save(root / "masks" / "3.jpg")
+    with pytest.raises(ValueError, match="Unexpected '3.jpg'.*masks must be PNG"):
+        SegmentationDataset(root)
+
+
+def test_two_files_with_one_name_are_refused(root):
+    Image.new("RGB", (12, 8)).save(root / "images" / "1.jpg")
+    with pytest.raises(ValueError, match="two files named '1'"):
+        SegmentationDataset(root)
+
+
+def test_size_mismatch_names_both_files(root):
+    Image.new("RGB", (10, 8)).save(root / "images" / "2.png")
+    dataset = SegmentationDataset(root)
+    with pytest.raises(ValueError, match=r"2.png is 10x8 .* mask .*2.png is 12x8"):
+        dataset[[Path(p).stem for p in dataset.image_paths].index("2")]
+
+
+def test_values_outside_the_classes_are_refused(root):
+    noisy = np.zeros((8, 12), np.uint8)
+    noisy[0, :3] = [1, 5, 7]  # what JPEG noise or bilinear resizing does to class edges
+    Image.fromarray(noisy, mode="L").save(root / "masks" / "1.png")
+    dataset = SegmentationDataset(root)
+    with pytest.raises(ValueError, match=r"1.png has values \[5, 7\] outside the classes 0..3"):
+        dataset[0]
+
+
+def test_a_0_255_mask_is_refused_unless_255_means_ignore(root):
+    binary = np.zeros((8, 12), np.uint8)
+    binary[:, 6:] = 255
+    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
+    with pytest.raises(ValueError, match="0/255 mask needs dividing by 255"):
+        SegmentationDataset(root)[0]
+    assert SegmentationDataset(root, ignore_index=255)[0].mask.max() == 255
+
+
+def test_rgb_masks_point_to_colour_conversion(root):
+    Image.new("RGB", (12, 8)).save(root / "masks" / "1.png")
+    with pytest.raises(ValueError, match="RGB image, not class indices.*colour_to_index"):
+        SegmentationDataset(root)[0]
+
+
+def test_truncated_image_is_named(root):
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(root / "images" / "1.jpg")
+    (root / "images" / "1.png").unlink()
+    data = (root / "images" / "1.jpg").read_bytes()
+    (root / "images" / "1.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"(?i)Cannot read image .*1.jpg: .*truncated"):
+        SegmentationDataset(root)[0]
+
+
+def test_unreadable_mask_is_named(root):
+    (root / "masks" / "1.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"Cannot read mask .*1.png"):
+        SegmentationDataset(root)[0]
+
+
+def test_split_files_choose_and_order_samples(root):
+    (root / "val.txt").write_text("2\n10\n")
+    dataset = SegmentationDataset(root, split="val")
+    assert [Path(p).stem for p in dataset.image_paths] == ["2", "10"]
+    (root / "val.txt").write_text("2\n99\n")
+    with pytest.raises(ValueError, match=r"val.txt lists \['99'\]"):
+        SegmentationDataset(root, split="val")
+    with pytest.raises(FileNotFoundError, match="No split file .*test.txt"):
+        SegmentationDataset(root, split="test")
+
+
+def test_the_shipped_data_set_is_complete_and_clean():
+    root = data_dir("shapes")
+    train, val = SegmentationDataset(root, split="train"), SegmentationDataset(root, split="val")
+    assert (len(train), len(val)) == (256, 64)
+    assert not set(train.image_paths) & set(val.image_paths)
+    seen = torch.zeros(len(CLASSES), dtype=torch.bool)
+    for dataset in (train, val):
+        for image, mask in dataset:  # reads every pair: values, sizes and pairing are checked
+            assert 128 <= min(image.shape[-2:]) and max(image.shape[-2:]) <= 160
+            seen[mask.unique()] = True
+    assert seen.all()

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers.masks import (CLASSES, IGNORE_INDEX, PALETTE, colour_to_index, foreground, index_to_colour,
+                           to_palette_image)
+
+
+def test_one_colour_per_class():
+    assert len(CLASSES) == len(PALETTE) == len(set(PALETTE))
+    assert CLASSES[0] == "background" and PALETTE[0] == (0, 0, 0)
+
+
+def test_colours_and_indices_round_trip():
+    mask = torch.tensor([[0, 1], [2, 3]])
+    colours = index_to_colour(mask)
+    assert colours.shape == (3, 2, 2) and colours.dtype == torch.uint8
+    assert colours[:, 1, 0].tolist() == list(PALETTE[2])
+    assert torch.equal(colour_to_index(colours), mask)
+
+
+def test_unknown_colours_are_named_with_counts():
+    colours = index_to_colour(torch.tensor([[0, 1], [1, 2]]))
+    colours[:, 0, 1] = torch.tensor([200, 30, 70], dtype=torch.uint8)  # an anti-aliased edge pixel
+    with pytest.raises(ValueError, match=r"0007.png: 1 pixels .* \(200, 30, 70\) x1"):
+        colour_to_index(colours, name="0007.png")
+
+
+def test_palette_png_stores_indices_and_shows_colours(tmp_path):
+    mask = np.array([[0, 1, 2, 3, IGNORE_INDEX]], dtype=np.uint8)
+    to_palette_image(mask).save(tmp_path / "m.png")
+    with Image.open(tmp_path / "m.png") as image:
+        assert image.mode == "P"
+        assert np.array_equal(np.asarray(image), mask)
+        assert image.convert("RGB").getpixel((3, 0)) == PALETTE[3]
+        assert image.convert("RGB").getpixel((4, 0)) == (255, 255, 255)
+
+
+def test_foreground_is_every_object_class_but_not_ignore():
+    mask = torch.tensor([0, 1, 2, 3, IGNORE_INDEX])
+    assert foreground(mask).tolist() == [False, True, True, True, False]
