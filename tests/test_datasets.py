@@ -172,3 +172,12 @@ def test_the_shipped_data_set_is_complete_and_clean():
             assert 128 <= min(image.shape[-2:]) and max(image.shape[-2:]) <= 160
             seen[mask.unique()] = True
     assert seen.all()
+
+
+def test_workers_started_with_spawn_can_load_it():
+    """macOS and Windows start workers with spawn: the Dataset must be importable, not defined in __main__."""
+    dataset = SegmentationDataset(data_dir("shapes"), split="val", transform=v2.CenterCrop(128))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2,
+                                         multiprocessing_context="spawn")
+    batch = next(iter(loader))
+    assert batch.image.shape == (4, 3, 128, 128) and batch.mask.shape == (4, 128, 128)

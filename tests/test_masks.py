@@ -40,3 +40,12 @@ def test_palette_png_stores_indices_and_shows_colours(tmp_path):
 def test_foreground_is_every_object_class_but_not_ignore():
     mask = torch.tensor([0, 1, 2, 3, IGNORE_INDEX])
     assert foreground(mask).tolist() == [False, True, True, True, False]
+
+
+def test_data_readme_documents_the_classes_as_defined():
+    from helpers.paths import repo_root
+
+    readme = (repo_root() / "data" / "README.md").read_text()
+    for index, (name, colour) in enumerate(zip(CLASSES, PALETTE)):
+        assert f"| {index} | {name} |" in readme and str(colour) in readme
+    assert f"| {IGNORE_INDEX} | ignore" in readme
