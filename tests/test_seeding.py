@@ -30,3 +30,33 @@ def test_generator_makes_dataloader_shuffling_repeat():
                                              generator=seed_everything(7))
         orders.append(next(iter(loader)).tolist())
     assert orders[0] == orders[1] != data
+
+
+def loader_draws(num_workers: int, **kwargs) -> list[tuple[int, int, int]]:
+    from helpers.seeding import RandomDraws
+
+    loader = torch.utils.data.DataLoader(RandomDraws(8), batch_size=None, num_workers=num_workers, **kwargs)
+    return [tuple(int(v) for v in sample) for sample in loader]
+
+
+def test_without_seed_worker_every_worker_repeats_the_same_draws():
+    draws = loader_draws(2)
+    by_worker = [[d for _, w, d in draws if w == k] for k in (0, 1)]
+    assert by_worker[0] == by_worker[1]  # the bug seed_worker fixes
+
+
+def test_seed_worker_gives_workers_different_draws_that_repeat_run_to_run():
+    from helpers.seeding import worker_seeding
+
+    first = loader_draws(2, **worker_seeding(5))
+    by_worker = [[d for _, w, d in first if w == k] for k in (0, 1)]
+    assert by_worker[0] != by_worker[1]
+    assert loader_draws(2, **worker_seeding(5)) == first
+    assert loader_draws(2, **worker_seeding(6)) != first
+
+
+def test_seed_worker_works_under_spawn():
+    from helpers.seeding import worker_seeding
+
+    draws = loader_draws(2, multiprocessing_context="spawn", **worker_seeding(5))
+    assert draws == loader_draws(2, **worker_seeding(5))

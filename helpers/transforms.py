@@ -1,0 +1,105 @@
+"""Train and eval pipelines for image+mask samples, and the statistics they normalise with.
+
+Taught in 03_augmentation; used by 04 onwards and by DataLoader workers. Every pipeline takes a
+``tv_tensors.Image`` (uint8) and a ``tv_tensors.Mask`` together: geometric steps move both, photometric
+steps and ``Normalize`` touch the image only, and the mask stays int64 class indices.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from helpers.masks import IGNORE_INDEX
+
+# Per-channel statistics of data/shapes train split, from channel_stats (a unit test recomputes them).
+SHAPES_MEAN = (0.4443, 0.4267, 0.4123)
+SHAPES_STD = (0.125, 0.1222, 0.1294)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision's pretrained models were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class RandomCutout(v2.Transform):
+    """Blank a random square of the image and mark it ``ignore_index`` in the mask (03_augmentation).
+
+    ``v2.RandomErasing`` would leave the mask saying "disc" where the image shows nothing.
+    """
+
+    def __init__(self, size: int = 32, p: float = 0.5, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.size, self.p, self.ignore_index = size, p, ignore_index
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = v2.query_size(flat_inputs)
+        if torch.rand(()) >= self.p:
+            return {"box": None}
+        top = int(torch.randint(0, max(height - self.size, 0) + 1, ()))
+        left = int(torch.randint(0, max(width - self.size, 0) + 1, ()))
+        return {"box": (slice(top, top + self.size), slice(left, left + self.size))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["box"] is None or not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        out = inpt.clone()
+        out[(..., *params["box"])] = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
+        return out
+
+
+def to_model_input(mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> v2.Compose:
+    """The last steps of every pipeline: image to float in [0, 1], then normalised; the mask untouched."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
+
+
+def train_transforms(size: int = 128, *, scale: tuple[float, float] = (0.5, 1.0), hflip: float = 0.5,
+                     vflip: float = 0.0, degrees: float = 15.0, jitter: float = 0.2, blur: float = 0.0,
+                     cutout: float = 0.0, mean: Sequence[float] = SHAPES_MEAN,
+                     std: Sequence[float] = SHAPES_STD) -> v2.Compose:
+    """Random crop, flips, rotation (corners marked ignore), colour jitter, optional blur and cutout."""
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=scale, antialias=True),  # masks: nearest, always
+        v2.RandomHorizontalFlip(hflip),
+        v2.RandomVerticalFlip(vflip),
+        v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR,
+                          fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4),
+        v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=blur),
+        RandomCutout(size=size // 4, p=cutout),
+        to_model_input(mean, std),
+    ])
+
+
+def eval_transforms(crop: int | None = None, *, mean: Sequence[float] = SHAPES_MEAN,
+                    std: Sequence[float] = SHAPES_STD) -> v2.Compose:
+    """Deterministic: an optional centre crop, then float conversion and normalisation."""
+    steps = [v2.CenterCrop(crop)] if crop else []
+    return v2.Compose(steps + [to_model_input(mean, std)])
+
+
+def denormalize(image: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,
+                std: Sequence[float] = SHAPES_STD) -> torch.Tensor:
+    """Undo ``Normalize`` for display: ``image * std + mean``, clamped to [0, 1]."""
+    shape = (-1, 1, 1)
+    mean_t = torch.tensor(mean, device=image.device).view(shape)
+    std_t = torch.tensor(std, device=image.device).view(shape)
+    return (image * std_t + mean_t).clamp(0, 1)
+
+
+def channel_stats(dataset: Dataset) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of a dataset's uint8 images, one image at a time.
+
+    Streaming sums (float64) keep memory flat however large the dataset is.
+    """
+    total = torch.zeros(3, dtype=torch.float64)
+    squares = torch.zeros(3, dtype=torch.float64)
+    pixels = 0
+    for sample in dataset:
+        image = sample[0].to(torch.float64).flatten(1) / 255  # [3, H*W]
+        total += image.sum(dim=1)
+        squares += (image**2).sum(dim=1)
+        pixels += image.shape[1]
+    mean = total / pixels
+    std = (squares / pixels - mean**2).sqrt()
+    return [round(v, 4) for v in mean.tolist()], [round(v, 4) for v in std.tolist()]

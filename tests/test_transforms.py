@@ -1,0 +1,114 @@
+import pytest
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from helpers.datasets import SegmentationDataset
+from helpers.masks import IGNORE_INDEX, PALETTE, index_to_colour
+from helpers.paths import data_dir
+from helpers.transforms import (SHAPES_MEAN, SHAPES_STD, RandomCutout, channel_stats, denormalize,
+                                eval_transforms, to_model_input, train_transforms)
+
+CLASS_SET = {0, 1, 2, 3}
+
+
+def blocky_sample(seed: int = 0, side: int = 160) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """A mask of 16x16 blocks of random classes, and an image painted from it: the image *is* the mask."""
+    generator = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, 4, (side // 16, side // 16), generator=generator)
+    mask = blocks.repeat_interleave(16, 0).repeat_interleave(16, 1)
+    return tv_tensors.Image(index_to_colour(mask)), tv_tensors.Mask(mask)
+
+
+def classes_seen_in(image: torch.Tensor) -> torch.Tensor:
+    """Read the class back from each pixel's colour: the nearest palette colour."""
+    pixels = (denormalize(image) * 255).flatten(1).T
+    return torch.cdist(pixels, torch.tensor(PALETTE, dtype=torch.float32)).argmin(1).view(image.shape[1:])
+
+
+def inside_a_class(mask: torch.Tensor) -> torch.Tensor:
+    """Labelled pixels whose 5x5 neighbourhood holds one class only (antialiasing blends ~2 px)."""
+    as_float = mask[None].float()
+    biggest = torch.nn.functional.max_pool2d(as_float, 5, stride=1, padding=2)
+    smallest = -torch.nn.functional.max_pool2d(-as_float, 5, stride=1, padding=2)
+    inside = ((biggest == smallest)[0]) & (mask != IGNORE_INDEX)
+    frame = torch.ones_like(inside)
+    frame[2:-2, 2:-2] = False  # rotation blends its fill into the outermost pixels of the image only
+    return inside & ~frame
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_geometric_steps_keep_image_and_mask_aligned(seed):
+    torch.manual_seed(seed)
+    pipeline = train_transforms(96, vflip=0.5, degrees=30, jitter=0.0)
+    image, mask = pipeline(*blocky_sample(seed))
+    agreement = (classes_seen_in(image) == mask)[inside_a_class(mask)].float().mean()
+    assert agreement > 0.995  # edges blend in the image; away from them colour and class must agree
+
+
+def test_a_misaligned_pipeline_would_fail_that_check():
+    torch.manual_seed(0)
+    image, mask = blocky_sample()
+    flipped_image = v2.functional.horizontal_flip(image)  # the image flipped, the mask not
+    image_out, mask_out = to_model_input()(flipped_image, mask)
+    assert (classes_seen_in(image_out) == mask_out)[inside_a_class(mask_out)].float().mean() < 0.6
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_masks_stay_integer_classes_through_every_pipeline(seed):
+    torch.manual_seed(seed)
+    dataset = SegmentationDataset(data_dir("shapes"), split="val")
+    pipelines = {"train": train_transforms(vflip=0.5, degrees=45, blur=1.0, cutout=1.0),
+                 "eval": eval_transforms(), "eval cropped": eval_transforms(128)}
+    for name, pipeline in pipelines.items():
+        image, mask = pipeline(*dataset[seed])
+        assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64, name
+        allowed = CLASS_SET | {IGNORE_INDEX} if name == "train" else CLASS_SET
+        assert set(mask.unique().tolist()) <= allowed, name
+        assert image.dtype == torch.float32 and image.shape[-2:] == mask.shape, name
+
+
+def test_photometric_steps_change_the_image_and_never_the_mask():
+    torch.manual_seed(0)
+    image, mask = blocky_sample(side=128)
+    pipeline = train_transforms(128, scale=(1.0, 1.0), hflip=0.0, degrees=0.0, jitter=0.5, blur=1.0)
+    image_out, mask_out = pipeline(image, mask)
+    assert torch.equal(mask_out, mask)
+    assert not torch.allclose(image_out, to_model_input()(image))
+
+
+def test_eval_pipelines_are_deterministic():
+    sample = SegmentationDataset(data_dir("shapes"), split="val")[0]
+    outputs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        outputs.append(eval_transforms(128)(*sample))
+    assert all(torch.equal(a, b) for a, b in zip(*outputs))
+
+
+def test_cutout_blanks_the_image_and_marks_ignore_in_the_same_square():
+    image, mask = blocky_sample(side=64)
+    cut_image, cut_mask = RandomCutout(size=16, p=1.0)(image, mask)
+    hole = cut_mask == IGNORE_INDEX
+    assert hole.sum() == 16 * 16
+    assert (cut_image[:, hole] == 0).all() and torch.equal(cut_image[:, ~hole], image[:, ~hole])
+    unchanged = RandomCutout(size=16, p=0.0)(image, mask)
+    assert torch.equal(unchanged[0], image) and torch.equal(unchanged[1], mask)
+    assert RandomCutout(p=1.0)(image, mask, "a label")[2] == "a label"  # other inputs pass through
+
+
+def test_denormalize_undoes_normalize():
+    image, mask = blocky_sample(side=32)
+    normalised, _ = to_model_input()(image, mask)
+    assert torch.allclose(denormalize(normalised), image / 255, atol=1e-6)
+
+
+def test_channel_stats_are_exact_on_known_images():
+    black, white = torch.zeros(3, 4, 4, dtype=torch.uint8), torch.full((3, 4, 4), 255, dtype=torch.uint8)
+    mean, std = channel_stats([(black, None), (white, None)])
+    assert mean == [0.5] * 3 and std == [0.5] * 3
+
+
+def test_recorded_shapes_statistics_match_the_training_split():
+    mean, std = channel_stats(SegmentationDataset(data_dir("shapes"), split="train"))
+    assert mean == list(SHAPES_MEAN) and std == list(SHAPES_STD)
