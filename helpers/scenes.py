@@ -71,10 +71,15 @@ def _fill(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image.
     return Image.blend(photo, Image.new("RGB", size, tint), float(rng.uniform(0.4, 0.7)))
 
 
-def render_scene(index: int, *, seed: int = 0) -> tuple[Image.Image, Image.Image]:
-    """Return sample ``index`` of data set ``seed``: an RGB image and its palette mask of class indices."""
+def render_scene(index: int, *, seed: int = 0,
+                 size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image]:
+    """Return sample ``index`` of data set ``seed``: an RGB image and its palette mask of class indices.
+
+    ``size`` (width, height) fixes the size; by default it is drawn from SIDES.
+    """
     rng = np.random.default_rng([seed, index])
-    width, height = (int(s) for s in rng.choice(SIDES, size=2))
+    width, height = (int(s) for s in rng.choice(SIDES, size=2))  # drawn always: same stream either way
+    width, height = size or (width, height)
     big = (width * SCALE, height * SCALE)
     image, mask = _background(rng, big), Image.new("L", big, 0)
     for _ in range(int(rng.integers(1, 5))):
@@ -92,13 +97,17 @@ def render_scene(index: int, *, seed: int = 0) -> tuple[Image.Image, Image.Image
     return image, to_palette_image(np.asarray(mask))
 
 
-def write_dataset(root: Path, *, count: int = 320, val_count: int = 64, seed: int = 0) -> None:
-    """Write ``count`` pairs as ``images/NNNN.jpg`` + ``masks/NNNN.png``, the last ``val_count`` in val.txt."""
+def write_dataset(root: Path, *, count: int = 320, val_count: int = 64, seed: int = 0,
+                  size: tuple[int, int] | None = None) -> None:
+    """Write ``count`` pairs as ``images/NNNN.jpg`` + ``masks/NNNN.png``, the last ``val_count`` in val.txt.
+
+    ``size`` (width, height) gives every pair that size instead of SIDES.
+    """
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     stems = [f"{i:04d}" for i in range(1, count + 1)]
     for i, stem in enumerate(stems, start=1):
-        image, mask = render_scene(i, seed=seed)
+        image, mask = render_scene(i, seed=seed, size=size)
         image.save(root / "images" / f"{stem}.jpg", quality=90)
         mask.save(root / "masks" / f"{stem}.png", optimize=True)
     (root / "train.txt").write_text("\n".join(stems[: count - val_count]) + "\n")
@@ -112,9 +121,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=320, help="number of image+mask pairs")
     parser.add_argument("--val-count", type=int, default=64, help="how many of them go to val.txt")
     parser.add_argument("--seed", type=int, default=0, help="another seed gives another data set")
+    parser.add_argument("--side", type=int, default=None, help="square images of this side (default: 128-160)")
     args = parser.parse_args()
     out = args.out or data_dir("shapes")
-    write_dataset(out, count=args.count, val_count=args.val_count, seed=args.seed)
+    size = (args.side, args.side) if args.side else None
+    write_dataset(out, count=args.count, val_count=args.val_count, seed=args.seed, size=size)
     print(f"wrote {args.count} pairs to {out}")
 
 

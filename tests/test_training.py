@@ -30,3 +30,19 @@ def test_segmentation_masks_work_too():
     model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.ReLU(), nn.Conv2d(16, 2, 1))
     losses = overfit_batch(model, images, masks, steps=200)
     assert losses[-1] < 0.05
+
+
+def test_time_loader_and_step_splits_waiting_from_working():
+    import time
+
+    from helpers.training import time_loader_and_step
+
+    def slow_loader():
+        for i in range(3):
+            time.sleep(0.05)
+            yield i
+
+    waiting, stepping = time_loader_and_step(slow_loader(), lambda batch: time.sleep(0.01))
+    assert 0.14 < waiting < 0.5 and 0.025 < stepping < 0.2
+    waiting, stepping = time_loader_and_step(slow_loader(), lambda batch: None, max_batches=1)
+    assert waiting < 0.1

@@ -1,0 +1,77 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers.batching import NaiveDataset, PaddedBatch, fast_transforms, normalize_batch, pad_collate
+from helpers.datasets import SegmentationDataset
+from helpers.masks import IGNORE_INDEX, to_palette_image
+from helpers.transforms import eval_transforms
+
+
+def test_pad_collate_pads_images_with_zero_masks_with_ignore_and_keeps_sizes():
+    small = (torch.ones(3, 2, 3, dtype=torch.uint8), torch.ones(2, 3, dtype=torch.int64))
+    large = (torch.full((3, 4, 5), 7, dtype=torch.uint8), torch.full((4, 5), 2, dtype=torch.int64))
+    batch = pad_collate([small, large])
+    assert isinstance(batch, PaddedBatch)
+    assert batch.image.shape == (2, 3, 4, 5) and batch.mask.shape == (2, 4, 5)
+    assert batch.size.tolist() == [[2, 3], [4, 5]]
+    assert batch.image[0, :, :2, :3].eq(1).all() and batch.image[0, :, 2:].eq(0).all()
+    assert batch.mask[0, :2, :3].eq(1).all() and batch.mask[0, 2:].eq(IGNORE_INDEX).all()
+    assert torch.equal(batch.image[1], large[0]) and torch.equal(batch.mask[1], large[1])
+
+
+def test_default_collate_fails_on_mixed_sizes_and_pad_collate_does_not():
+    from helpers.paths import data_dir
+
+    dataset = SegmentationDataset(data_dir("shapes"), split="val")
+    sizes = {tuple(dataset[i].mask.shape) for i in range(8)}
+    assert len(sizes) > 1
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        next(iter(torch.utils.data.DataLoader(dataset, batch_size=8)))
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=pad_collate)))
+    assert {tuple(s) for s in batch.size.tolist()} == sizes
+
+
+def test_normalize_batch_equals_the_per_sample_eval_pipeline():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    per_sample = torch.stack([eval_transforms()(image) for image in images])
+    assert torch.allclose(normalize_batch(images), per_sample, atol=1e-6)
+
+
+@pytest.fixture
+def striped(tmp_path):
+    """Pairs whose image is red exactly where the mask says 1 (left third), so flips must match."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for stem in ["a", "b", "c", "d"]:
+        mask = np.zeros((40, 60), np.uint8)
+        mask[:, :20] = 1
+        image = np.zeros((40, 60, 3), np.uint8)
+        image[mask == 1] = (255, 0, 0)
+        Image.fromarray(image).save(tmp_path / "images" / f"{stem}.png")
+        to_palette_image(mask).save(tmp_path / "masks" / f"{stem}.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_both_benchmark_pipelines_give_correct_aligned_masks(striped, seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    naive = NaiveDataset(striped, size=32)
+    fast = SegmentationDataset(striped, transform=fast_transforms(32), mask_dtype=torch.uint8)
+    for image, mask in [naive[0], fast[0]]:
+        red = (image[0] > image[1]) if image.is_floating_point() else (image[0] > 128)
+        assert mask.shape == (32, 32) and set(mask.unique().tolist()) == {0, 1}
+        assert (red == (mask == 1)).float().mean() > 0.95  # the flip hit image and mask alike
+
+
+def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys):
+    from helpers.bench import main
+
+    results = main(["--count", "8", "--side", "64", "--size", "48", "--batch-size", "4",
+                    "--workers", "0", "--data", str(tmp_path / "bench")])
+    assert set(results) == {"naive", "recommended"} and all(v[0] > 0 for v in results.values())
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("best speed-up: ")
