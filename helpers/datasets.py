@@ -83,7 +83,7 @@ def read_image(path: Path) -> tv_tensors.Image:
     """
     try:
         with Image.open(path) as file:
-            if file.getexif().get(ORIENTATION, 1) != 1:  # a phone photo stored sideways
+            if "exif" in file.info and file.getexif().get(ORIENTATION, 1) != 1:  # stored sideways
                 file = ImageOps.exif_transpose(file)
             array = np.array(file if file.mode == "RGB" else file.convert("RGB"))
     except (OSError, SyntaxError) as error:
@@ -106,12 +106,12 @@ def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | N
     if mode not in ("P", "L", "1"):
         raise ValueError(f"Mask {path} is a {mode} image, not class indices (P, L or 1 mode). If its "
                          "classes are colours, convert it with helpers.masks.colour_to_index.")
-    mask = torch.from_numpy(array.astype(np.uint8))
-    too_big = mask >= num_classes  # one cheap pass; the values are listed only when something is wrong
-    if ignore_index is not None:
-        too_big &= mask != ignore_index
-    if too_big.any():
-        bad = mask[too_big].unique().tolist()
+    mask = torch.from_numpy(array.astype(np.uint8, copy=False))
+    if mask.max() >= num_classes:  # one cheap pass; the values are listed only when something is wrong
+        bad = [v for v in mask.unique().tolist() if v >= num_classes and v != ignore_index]
+    else:
+        bad = []
+    if bad:
         raise ValueError(
             f"Mask {path} has values {bad[:8]} outside the classes 0..{num_classes - 1}. A mask saved as "
             "JPEG or resized with smooth interpolation invents values; a 0/255 mask needs dividing by 255. "

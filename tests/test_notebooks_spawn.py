@@ -1,0 +1,41 @@
+"""Notebooks that start DataLoader workers must also run when workers are spawned.
+
+Linux starts workers with fork, which hides a Dataset defined in a notebook cell; macOS and Windows use
+spawn (and Linux from Python 3.14 forkserver), which import it instead. nbval runs the notebooks the
+default way; this runs those with workers once more, top to bottom, under spawn.
+"""
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKERS = re.compile(r"num_workers=(?!0\b)")  # any worker count but a literal 0
+FORCE_SPAWN = ('import multiprocessing\n'
+               'multiprocessing.set_start_method("spawn", force=True)')
+
+
+def starts_workers(path: Path) -> bool:
+    notebook = nbformat.read(path, as_version=4)
+    return any(WORKERS.search(cell.source) for cell in notebook.cells if cell.cell_type == "code")
+
+
+NOTEBOOKS = [p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) if starts_workers(p)]
+
+
+def test_the_detector_finds_worker_notebooks():
+    assert {p.name for p in NOTEBOOKS} >= {"03_augmentation.ipynb", "04_dataloader_batching.ipynb"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_with_spawned_workers(path):
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.insert(1, nbformat.v4.new_code_cell(FORCE_SPAWN))  # after the Colab cell
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        'assert multiprocessing.get_start_method() == "spawn"'))
+    client = NotebookClient(notebook, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
