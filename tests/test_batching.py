@@ -75,3 +75,26 @@ def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys)
                     "--workers", "0", "--data", str(tmp_path / "bench")])
     assert set(results) == {"naive", "recommended"} and all(v[0] > 0 for v in results.values())
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("best speed-up: ")
+
+
+def test_the_benchmark_measures_the_stored_formats_too(tmp_path, capsys):
+    from helpers.bench import main
+
+    results = main(["--count", "8", "--side", "64", "--size", "48", "--batch-size", "4",
+                    "--workers", "0", "--formats", "--data", str(tmp_path / "bench")])
+    assert set(results) == {"naive", "recommended", "memmap", "hdf5", "shards"}
+    assert all(speeds[0] > 0 for speeds in results.values())
+    out = capsys.readouterr().out
+    assert "wrote memmap" in out and out.strip().splitlines()[-1].startswith("best speed-up: ")
+
+
+def test_flip_batch_flips_image_and_mask_of_the_same_samples():
+    from helpers.batching import flip_batch
+
+    torch.manual_seed(0)
+    images = torch.arange(8 * 3 * 2 * 4).view(8, 3, 2, 4)
+    masks = images[:, 0].clone()
+    flipped_images, flipped_masks = flip_batch(images.clone(), masks.clone())
+    assert torch.equal(flipped_images[:, 0], flipped_masks)  # same samples flipped in both
+    changed = (flipped_masks != masks).flatten(1).any(1)
+    assert 0 < changed.sum() < 8

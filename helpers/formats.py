@@ -1,0 +1,165 @@
+"""Data larger than memory: pre-decoded memory-mapped arrays, HDF5, and tar shards.
+
+Taught in 05_large_datasets; ``helpers.bench --formats`` measures them. Every reader opens its files
+lazily, inside the process that reads (a DataLoader worker), never in ``__init__``: open handles and
+memory maps do not survive pickling into workers.
+"""
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+from torchvision.transforms import v2
+
+from helpers.datasets import Sample, SegmentationDataset, read_image, read_mask
+
+
+def resized_pairs(dataset: SegmentationDataset, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield each pair decoded and resized once: uint8 image ``[3, size, size]``, uint8 mask ``[size, size]``."""
+    resize = v2.Resize((size, size), antialias=True)  # masks: nearest
+    for image, mask in dataset:
+        image, mask = resize(image, mask)
+        yield image.numpy(), mask.numpy().astype(np.uint8)
+
+
+def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
+    """Decode every pair once into ``folder/images.npy`` ``[N, 3, size, size]`` and ``masks.npy`` (uint8)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shape = (len(dataset), size, size)
+    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (shape[0], 3, *shape[1:]))
+    masks = np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, shape)
+    for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
+        images[i], masks[i] = image, mask
+    images.flush()
+    masks.flush()
+
+
+class MemmapDataset(Dataset):
+    """Pre-decoded arrays read through a memory map: index with an int for a sample, a list for a batch."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.length = len(np.load(self.folder / "masks.npy", mmap_mode="r"))
+        self.arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened on first use, per process
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "arrays": None}  # a worker maps the files itself
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int | list[int]) -> Sample:
+        if self.arrays is None:
+            self.arrays = (np.load(self.folder / "images.npy", mmap_mode="r"),
+                           np.load(self.folder / "masks.npy", mmap_mode="r"))
+        images, masks = self.arrays
+        if isinstance(index, list):
+            index = np.sort(index)  # ascending reads are what disks and page caches like
+        return Sample(torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(masks[index])))
+
+
+def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
+    """Decode every pair once into one HDF5 file, one chunk per image and per mask."""
+    with h5py.File(path, "w") as file:
+        images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8, chunks=(1, 3, size, size))
+        masks = file.create_dataset("masks", (len(dataset), size, size), np.uint8, chunks=(1, size, size))
+        for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
+            images[i], masks[i] = image, mask
+
+
+class HDF5Dataset(Dataset):
+    """Samples from an HDF5 file written by ``write_hdf5``; each process opens its own handle."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        with h5py.File(self.path, "r") as file:
+            self.length = len(file["masks"])
+        self.file: h5py.File | None = None  # an h5py handle cannot be pickled into workers
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "file": None}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        if self.file is None:
+            self.file = h5py.File(self.path, "r")
+        image, mask = self.file["images"][index], self.file["masks"][index]
+        return Sample(torch.from_numpy(image), torch.from_numpy(mask))
+
+
+def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64) -> list[Path]:
+    """Write pairs into tar shards in the WebDataset layout: ``NAME.jpg`` and ``NAME.png`` side by side.
+
+    The files go in as they are on disk (still compressed), so shards are about as small as the folder.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(0, len(dataset), per_shard):
+        path = folder / f"shard-{start // per_shard:05d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(start, min(start + per_shard, len(dataset))):
+                for source in (Path(dataset.image_paths[i]), Path(dataset.mask_paths[i])):
+                    tar.add(source, arcname=source.name)
+        paths.append(path)
+    return paths
+
+
+def _pairs_in_shard(path: Path) -> Iterator[Sample]:
+    """Read a shard front to back; yield each image+mask pair as a Sample."""
+    pending: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            stem, suffix = member.name.rsplit(".", 1)
+            pending.setdefault(stem, {})[suffix] = tar.extractfile(member).read()
+            files = pending[stem]
+            if "png" in files and len(files) == 2:
+                image_name = next(k for k in files if k != "png")
+                yield Sample(read_image(io.BytesIO(files[image_name])), read_mask(io.BytesIO(files["png"])))
+                del pending[stem]
+    if pending:
+        raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: each NAME needs an image and NAME.png.")
+
+
+class ShardStream(IterableDataset):
+    """Stream samples from tar shards: each worker (and each distributed rank) reads its own shards.
+
+    With ``shuffle > 0``, shard order is shuffled per epoch and samples pass through a buffer of that size.
+    """
+
+    def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None):
+        self.shards, self.shuffle, self.seed, self.epoch = [Path(s) for s in shards], shuffle, seed, 0
+        self.transform = transform  # applied to (image, mask) of each sample, like SegmentationDataset's
+
+    def my_shards(self) -> list[Path]:
+        """This process's share of the shards: split over distributed ranks, then over workers."""
+        shards = list(self.shards)
+        if self.shuffle:
+            order = torch.randperm(len(shards), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            shards = [shards[i] for i in order]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            shards = shards[torch.distributed.get_rank()::torch.distributed.get_world_size()]
+        worker = get_worker_info()
+        return shards[worker.id::worker.num_workers] if worker else shards
+
+    def __iter__(self) -> Iterator[Sample]:
+        buffer: list[Sample] = []
+        for shard in self.my_shards():
+            for sample in _pairs_in_shard(shard):
+                if self.transform is not None:
+                    sample = Sample(*self.transform(*sample))
+                if not self.shuffle:
+                    yield sample
+                    continue
+                buffer.append(sample)
+                if len(buffer) >= self.shuffle:  # emit a random sample from a full buffer
+                    yield buffer.pop(int(torch.randint(len(buffer), ())))
+        while buffer:
+            yield buffer.pop(int(torch.randint(len(buffer), ())))

@@ -1,0 +1,101 @@
+"""Each format gives back exactly what was written, in workers too, and shards split cleanly."""
+
+import pickle
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from torchvision.transforms import v2
+
+from helpers.datasets import SegmentationDataset
+from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap,
+                             write_shards)
+from helpers.paths import data_dir
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def source_dataset():
+    dataset = SegmentationDataset(data_dir("shapes"), split="val")
+    dataset.image_paths, dataset.mask_paths = dataset.image_paths[:20], dataset.mask_paths[:20]
+    return dataset
+
+
+def expected(dataset, i):
+    image, mask = v2.Resize((SIZE, SIZE), antialias=True)(*dataset[i])
+    return image, mask.to(torch.uint8)
+
+
+def test_memmap_round_trip_single_and_batched(tmp_path, source_dataset):
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    dataset = MemmapDataset(tmp_path / "mm")
+    assert len(dataset) == 20
+    for i in (0, 7, 19):
+        image, mask = dataset[i]
+        want_image, want_mask = expected(source_dataset, i)
+        assert torch.equal(image, want_image) and torch.equal(mask, want_mask)
+    batch = dataset[[5, 2, 9]]  # a list reads a whole batch, in ascending order
+    assert batch.image.shape == (3, 3, SIZE, SIZE) and torch.equal(batch.mask[0], dataset[2].mask)
+
+
+def test_memmap_batches_through_a_loader_with_workers(tmp_path, source_dataset):
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    dataset = MemmapDataset(tmp_path / "mm")
+    dataset[0]  # open the map here first: the workers must not inherit it through pickling
+    assert pickle.loads(pickle.dumps(dataset)).arrays is None
+    sampler = BatchSampler(SequentialSampler(dataset), batch_size=8, drop_last=False)
+    batches = list(DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=2))
+    assert [len(b.image) for b in batches] == [8, 8, 4]
+    assert torch.equal(torch.cat([b.mask for b in batches]), dataset[list(range(20))].mask)
+
+
+def test_hdf5_round_trip_in_workers(tmp_path, source_dataset):
+    write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
+    dataset = HDF5Dataset(tmp_path / "data.h5")
+    dataset[0]  # opens a handle in this process
+    assert pickle.loads(pickle.dumps(dataset)).file is None
+    loaded = list(DataLoader(dataset, batch_size=5, num_workers=2))
+    images = torch.cat([b.image for b in loaded])
+    for i in (0, 13):
+        assert torch.equal(images[i], expected(source_dataset, i)[0])
+        assert torch.equal(dataset[i].mask, expected(source_dataset, i)[1])
+
+
+def test_shards_round_trip_without_re_encoding(tmp_path, source_dataset):
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=6)
+    assert len(shards) == 4
+    samples = list(ShardStream(shards))
+    assert len(samples) == 20
+    for i in (0, 19):
+        assert torch.equal(samples[i].image, source_dataset[i].image)
+        assert torch.equal(samples[i].mask, source_dataset[i].mask)
+
+
+@pytest.mark.parametrize("shuffle", [0, 8])
+def test_every_sample_once_per_epoch_across_workers(tmp_path, source_dataset, shuffle):
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=5)
+    stream = ShardStream(shards, shuffle=shuffle)
+    seen = Counter()
+    for sample in DataLoader(stream, batch_size=None, num_workers=2):  # native sizes differ: no batching
+        seen[tuple(sample.mask.flatten()[:64].tolist()) + (int(sample.mask.sum()),)] += 1
+    want = Counter(tuple(s.mask.flatten()[:64].tolist()) + (int(s.mask.sum()),) for s in source_dataset)
+    assert seen == want
+
+
+def test_shuffling_changes_the_order_but_not_the_content(tmp_path, source_dataset):
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=5)
+    plain = [int(s.mask.sum()) for s in ShardStream(shards)]
+    shuffled = [int(s.mask.sum()) for s in ShardStream(shards, shuffle=8, seed=1)]
+    assert shuffled != plain and sorted(shuffled) == sorted(plain)
+
+
+def test_unpaired_files_in_a_shard_are_named(tmp_path, source_dataset):
+    import tarfile
+    from pathlib import Path
+
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        tar.add(Path(source_dataset.image_paths[0]), arcname="0001.jpg")
+    with pytest.raises(ValueError, match=r"bad.tar has unpaired files \['0001'\]"):
+        list(ShardStream([tmp_path / "bad.tar"]))
