@@ -99,3 +99,16 @@ def test_unpaired_files_in_a_shard_are_named(tmp_path, source_dataset):
         tar.add(Path(source_dataset.image_paths[0]), arcname="0001.jpg")
     with pytest.raises(ValueError, match=r"bad.tar has unpaired files \['0001'\]"):
         list(ShardStream([tmp_path / "bad.tar"]))
+
+
+def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_dataset, monkeypatch):
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=3)  # 7 shards
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    per_rank = []
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+        per_rank.append(ShardStream(shards, shuffle=4, seed=3).my_shards())
+    assert not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(shards) and abs(len(per_rank[0]) - len(per_rank[1])) <= 1
