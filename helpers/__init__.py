@@ -7,7 +7,16 @@ Import the module you need, e.g. ``from helpers.paths import data_dir``:
 - ``helpers.device``: pick CUDA, then MPS, then CPU.
 - ``helpers.seeding``: seed Python, NumPy and torch in one call.
 - ``helpers.env``: a short report of versions, device, cores and start method.
-- ``helpers.viz``: show PIL images and tensors in a grid.
+- ``helpers.viz``: show PIL images and tensors in a grid; masks overlaid on images.
+- ``helpers.training``: "overfit one batch", and time spent waiting for data against time in steps.
+- ``helpers.masks``: class names, palette, ignore index; colour <-> class-index conversions.
+- ``helpers.datasets``: ``SegmentationDataset``, image+mask pairs by name with clear errors.
+- ``helpers.scenes``: the generator of ``data/shapes`` (``python -m helpers.scenes``).
+- ``helpers.transforms``: train and eval pipelines, ``RandomCutout``, dataset statistics.
+- ``helpers.batching``: ``pad_collate``, batch-level float conversion and flips, the naive pipeline.
+- ``helpers.formats``: memory-mapped arrays, HDF5 and tar shards, written and read.
+- ``helpers.memory``: memory of this process and of DataLoader workers.
+- ``helpers.bench``: the benchmark command (``python -m helpers.bench``).
 """
 
 __version__ = "0.1.0"

@@ -26,7 +26,8 @@ from tqdm import tqdm
 from helpers.batching import NaiveDataset, fast_transforms, flip_batch, normalize_batch
 from helpers.datasets import SegmentationDataset
 from helpers.env import usable_cores
-from helpers.formats import HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap, write_shards
+from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, disk_megabytes, write_hdf5,
+                             write_memmap, write_shards)
 from helpers.scenes import write_dataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -73,16 +74,13 @@ def pipelines(root: Path, size: int, batch_size: int = 32) -> dict[str, Pipeline
 def format_pipelines(root: Path, size: int, batch_size: int, work: Path) -> dict[str, Pipeline]:
     """Write the data once in each format (printing time and disk size); return their pipelines."""
     source = SegmentationDataset(root)
-    writers = {"memmap": lambda: write_memmap(source, work / "memmap", size),
-               "hdf5": lambda: write_hdf5(source, work / "data.h5", size),
-               "shards": lambda: write_shards(source, work / "shards", per_shard=256)}
-    for name, write in writers.items():
+    writers = {"memmap": (work / "memmap", lambda path: write_memmap(source, path, size)),
+               "hdf5": (work / "data.h5", lambda path: write_hdf5(source, path, size)),
+               "shards": (work / "shards", lambda path: write_shards(source, path, per_shard=256))}
+    for name, (path, write) in writers.items():
         start = time.perf_counter()
-        write()
-        target = {"memmap": work / "memmap", "hdf5": work / "data.h5", "shards": work / "shards"}[name]
-        files = [target] if target.is_file() else list(target.iterdir())
-        megabytes = sum(f.stat().st_size for f in files) / 2**20
-        print(f"wrote {name:>6}: {time.perf_counter() - start:5.1f} s, {megabytes:6.1f} MB on disk")
+        write(path)
+        print(f"wrote {name:>6}: {time.perf_counter() - start:5.1f} s, {disk_megabytes(path):6.1f} MB on disk")
     memmap, hdf5 = MemmapDataset(work / "memmap"), HDF5Dataset(work / "data.h5")
     streams = ShardStream(sorted((work / "shards").glob("*.tar")), shuffle=256, transform=fast_transforms(size))
     in_batches = BatchSampler(RandomSampler(memmap), batch_size, drop_last=True)  # one read per batch

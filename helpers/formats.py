@@ -20,6 +20,13 @@ from torchvision.transforms import v2
 from helpers.datasets import Sample, SegmentationDataset, read_image, read_mask
 
 
+def disk_megabytes(path: Path) -> float:
+    """Size on disk of a file, or of everything in a folder, in MB."""
+    path = Path(path)
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
 def resized_pairs(dataset: SegmentationDataset, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield each pair decoded and resized once: uint8 image ``[3, size, size]``, uint8 mask ``[size, size]``."""
     resize = v2.Resize((size, size), antialias=True)  # masks: nearest

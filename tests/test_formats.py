@@ -112,3 +112,12 @@ def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_
         per_rank.append(ShardStream(shards, shuffle=4, seed=3).my_shards())
     assert not set(per_rank[0]) & set(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == sorted(shards) and abs(len(per_rank[0]) - len(per_rank[1])) <= 1
+
+
+def test_disk_megabytes_counts_a_file_or_a_folder(tmp_path):
+    from helpers.formats import disk_megabytes
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.bin").write_bytes(b"\0" * 2**20)
+    (tmp_path / "sub" / "b.bin").write_bytes(b"\0" * 2**19)
+    assert disk_megabytes(tmp_path / "a.bin") == 1.0 and disk_megabytes(tmp_path) == 1.5
