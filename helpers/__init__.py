@@ -8,7 +8,10 @@ Import the module you need, e.g. ``from helpers.paths import data_dir``:
 - ``helpers.seeding``: seed Python, NumPy and torch in one call.
 - ``helpers.env``: a short report of versions, device, cores and start method.
 - ``helpers.viz``: show PIL images and tensors in a grid; masks overlaid on images.
-- ``helpers.training``: "overfit one batch", and time spent waiting for data against time in steps.
+- ``helpers.training``: "overfit one batch", loader-vs-step timing, ``train_one_epoch``, ``evaluate``,
+  losses and checkpoints.
+- ``helpers.models``: a small ``UNet``.
+- ``helpers.metrics``: confusion matrix, per-class IoU and Dice, mean IoU.
 - ``helpers.masks``: class names, palette, ignore index; colour <-> class-index conversions.
 - ``helpers.datasets``: ``SegmentationDataset``, image+mask pairs by name with clear errors.
 - ``helpers.scenes``: the generator of ``data/shapes`` (``python -m helpers.scenes``).

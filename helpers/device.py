@@ -12,3 +12,16 @@ def pick_device(prefer: str | None = None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The mixed-precision type to try on ``device``: bfloat16 where supported, else float16 (06_gpu_training).
+
+    bfloat16 keeps float32's range, so it needs no gradient scaler; float16 does (``torch.amp.GradScaler``).
+    Whether either is *faster* depends on the hardware: measure before you keep it.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16  # the type MPS autocast has supported longest
+    return torch.bfloat16  # CPUs: bfloat16 is the type CPU autocast is built for

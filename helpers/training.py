@@ -1,12 +1,18 @@
-"""Training utilities shared by the notebooks (taught in 01_two_images, used again in 06_gpu_training)."""
+"""Training: "overfit one batch" (01_two_images), loader timing (04), and a segmentation model's
+training loop, evaluation, losses and checkpoints (06_gpu_training)."""
 
 import itertools
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
+from tqdm import tqdm
+
+from helpers.masks import IGNORE_INDEX
+from helpers.metrics import confusion_matrix
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,3 +59,124 @@ def time_loader_and_step(loader: Iterable, step: Callable[[Any], Any],
         step(batch)
         waiting, stepping = waiting + middle - start, stepping + time.perf_counter() - middle
     return waiting, stepping
+
+
+# --- Training a segmentation model (06_gpu_training) ---------------------------------------------
+
+
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """1 - mean soft Dice over classes, from logits ``[B, C, H, W]`` and masks ``[B, H, W]``.
+
+    Soft: it uses probabilities, so it has gradients. Pixels marked ``ignore_index`` count for nothing.
+    """
+    valid = (masks != ignore_index).unsqueeze(1)  # [B, 1, H, W]
+    probs = logits.float().softmax(dim=1) * valid
+    one_hot = nn.functional.one_hot(masks.where(valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    overlap = (probs * one_hot).sum(dim=(0, 2, 3))
+    total = probs.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    return 1 - ((2 * overlap + 1) / (total + 1)).mean()  # +1: a class absent from both scores 1, not 0/0
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice_weight: float = 0.0,
+                      ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Cross-entropy per pixel, plus ``dice_weight`` times the Dice loss; ignored pixels left out."""
+    loss = nn.functional.cross_entropy(logits.float(), masks, ignore_index=ignore_index)
+    return loss + dice_weight * dice_loss(logits, masks, ignore_index) if dice_weight else loss
+
+
+def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device,
+              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a batch to ``device``; ``non_blocking`` overlaps the copy with compute when memory is pinned."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.to(device, non_blocking=True, memory_format=memory_format)
+    return images, masks.to(device, non_blocking=True)
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
+                    *, loss_fn: LossFn = segmentation_loss, scheduler: Any = None,
+                    amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                    channels_last: bool = False, progress: bool = False) -> float:
+    """One pass over ``loader``; returns the mean training loss.
+
+    ``amp_dtype`` (``torch.bfloat16`` or ``torch.float16``) turns on autocast; float16 needs a ``scaler``.
+    ``scheduler`` (if any) steps after every batch, as ``OneCycleLR`` expects.
+    """
+    model.train()
+    total, count = torch.zeros((), device=device), 0
+    for images, masks, *_ in tqdm(loader, desc="train", leave=False, disable=not progress):
+        images, masks = to_device(images, masks, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(images), masks)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # float16: scale the loss so small gradients do not underflow to zero
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total, count = total + loss.detach() * len(images), count + len(images)  # no .item(): no sync per step
+    return (total / max(count, 1)).item()
+
+
+class Evaluation(NamedTuple):
+    """What ``evaluate`` measured on a split: mean loss and the confusion matrix (``helpers.metrics``)."""
+
+    loss: float
+    confusion: torch.Tensor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, *,
+             loss_fn: LossFn = segmentation_loss, amp_dtype: torch.dtype | None = None,
+             channels_last: bool = False, ignore_index: int = IGNORE_INDEX) -> Evaluation:
+    """Mean loss and confusion matrix of ``model`` over ``loader``, in eval mode (BatchNorm uses its averages)."""
+    model.eval()
+    total, count = torch.zeros((), device=device), 0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for images, masks, *_ in loader:
+        images, masks = to_device(images, masks, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        total, count = total + loss_fn(logits, masks) * len(images), count + len(images)
+        confusion += confusion_matrix(logits.argmax(dim=1), masks, num_classes, ignore_index)
+    return Evaluation((total / max(count, 1)).item(), confusion)
+
+
+# --- Checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, *, epoch: int, history: dict[str, list[float]],
+                    generator: torch.Generator | None = None, **stateful: Any) -> None:
+    """Save everything needed to continue: ``epoch`` done, ``history``, and each ``stateful.state_dict()``.
+
+    Pass the model, optimizer, scheduler and scaler by name (``model=model, ...``), and the loader's
+    ``generator`` so shuffling continues where it was. Written to a temporary file first, then renamed:
+    a crash while saving leaves the previous checkpoint whole.
+    """
+    checkpoint = {name: obj.state_dict() for name, obj in stateful.items()}
+    checkpoint |= {"epoch": epoch, "history": history, "torch_rng": torch.get_rng_state()}
+    if generator is not None:
+        checkpoint["generator"] = generator.get_state()
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, temporary)
+    temporary.replace(path)
+
+
+def load_checkpoint(path: Path, *, generator: torch.Generator | None = None, map_location: Any = "cpu",
+                    **stateful: Any) -> tuple[int, dict[str, list[float]]]:
+    """Restore what ``save_checkpoint`` saved into the objects given by name; return (epoch, history).
+
+    ``weights_only=True`` loads tensors and plain Python values only, never arbitrary objects: a checkpoint
+    from someone else cannot run code on your machine.
+    """
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    for name, obj in stateful.items():
+        obj.load_state_dict(checkpoint[name])
+    torch.set_rng_state(checkpoint["torch_rng"])
+    if generator is not None:
+        generator.set_state(checkpoint["generator"])
+    return checkpoint["epoch"], checkpoint["history"]

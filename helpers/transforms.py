@@ -53,13 +53,18 @@ def to_model_input(mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = S
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
 
 
-def train_transforms(size: int = 128, *, scale: tuple[float, float] = (0.5, 1.0), hflip: float = 0.5,
+def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.5, 1.0), hflip: float = 0.5,
                      vflip: float = 0.0, degrees: float = 15.0, jitter: float = 0.2, blur: float = 0.0,
                      cutout: float = 0.0, mean: Sequence[float] = SHAPES_MEAN,
                      std: Sequence[float] = SHAPES_STD) -> v2.Compose:
-    """Random crop, flips, rotation (corners marked ignore), colour jitter, optional blur and cutout."""
+    """Random crop, flips, rotation (corners marked ignore), colour jitter, optional blur and cutout.
+
+    ``scale=None`` crops at the images' own scale (no resizing; smaller images padded with ignore).
+    """
+    crop = (v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})
+            if scale is None else v2.RandomResizedCrop(size, scale=scale, antialias=True))  # masks: nearest
     return v2.Compose([
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),  # masks: nearest, always
+        crop,
         v2.RandomHorizontalFlip(hflip),
         v2.RandomVerticalFlip(vflip),
         v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR,

@@ -21,3 +21,14 @@ def test_an_explicit_choice_wins(monkeypatch):
 def test_the_device_works_for_tensors():
     x = torch.ones(2, device=pick_device())
     assert x.sum().item() == 2
+
+
+def test_amp_dtype_prefers_bfloat16_and_falls_back_to_float16(monkeypatch):
+    from helpers.device import amp_dtype
+
+    assert amp_dtype(torch.device("cpu")) == torch.bfloat16
+    assert amp_dtype(torch.device("mps")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert amp_dtype(torch.device("cuda")) == torch.float16  # e.g. a T4 on Colab
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert amp_dtype(torch.device("cuda")) == torch.bfloat16
