@@ -112,3 +112,21 @@ def test_channel_stats_are_exact_on_known_images():
 def test_recorded_shapes_statistics_match_the_training_split():
     mean, std = channel_stats(SegmentationDataset(data_dir("shapes"), split="train"))
     assert mean == list(SHAPES_MEAN) and std == list(SHAPES_STD)
+
+
+def test_train_transforms_without_scale_crop_at_the_images_own_scale():
+    """scale=None: a plain crop, so the mask window is a piece of the original mask, never resized."""
+    import torch
+    from torchvision import tv_tensors
+
+    from helpers.transforms import train_transforms
+
+    mask = tv_tensors.Mask(torch.arange(40 * 48).reshape(40, 48) % 4)
+    image = tv_tensors.Image(torch.zeros(3, 40, 48, dtype=torch.uint8))
+    _, cropped = train_transforms(32, scale=None, hflip=0.0, degrees=0, jitter=0)(image, mask)
+    assert cropped.shape == (32, 32)
+    windows = [mask[top:top + 32, left:left + 32] for top in range(9) for left in range(17)]
+    assert any(torch.equal(cropped, window) for window in windows)
+    small = tv_tensors.Mask(torch.zeros(20, 20, dtype=torch.int64))
+    _, padded = train_transforms(32, scale=None, degrees=0, jitter=0)(tv_tensors.Image(torch.zeros(3, 20, 20)), small)
+    assert padded.shape == (32, 32) and (padded == 255).sum() == 32 * 32 - 20 * 20  # padding is ignored
