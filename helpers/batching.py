@@ -41,6 +41,22 @@ def pad_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> PaddedB
     return PaddedBatch(images, masks, sizes)
 
 
+def batches_by_size(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of images that share one size: a ``DataLoader(batch_sampler=...)``.
+
+    Images of different sizes then batch without padding, so every prediction is the one the image alone
+    would get. Deterministic, in order of each size's first appearance (meant for evaluation).
+    Taught in 06_gpu_training.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        groups.setdefault(tuple(size), []).append(index)
+    return [group[start:start + batch_size] for group in groups.values()
+            for start in range(0, len(group), batch_size)]
+
+
 def normalize_batch(images: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,
                     std: Sequence[float] = SHAPES_STD) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` (on any device) -> float32 in [0, 1], normalised: once per batch, not per sample."""

@@ -54,26 +54,34 @@ def to_model_input(mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = S
 
 
 def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.5, 1.0), hflip: float = 0.5,
-                     vflip: float = 0.0, degrees: float = 15.0, jitter: float = 0.2, blur: float = 0.0,
-                     cutout: float = 0.0, mean: Sequence[float] = SHAPES_MEAN,
-                     std: Sequence[float] = SHAPES_STD) -> v2.Compose:
-    """Random crop, flips, rotation (corners marked ignore), colour jitter, optional blur and cutout.
+                     vflip: float = 0.0, quarter_turns: bool = False, degrees: float = 15.0,
+                     jitter: float = 0.2, blur: float = 0.0, cutout: float = 0.0,
+                     mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> v2.Compose:
+    """Random crop, flips, quarter turns, rotation (corners marked ignore), colour jitter, blur and cutout.
 
     ``scale=None`` crops at the images' own scale (no resizing; smaller images padded with ignore).
+    ``quarter_turns`` turns each crop by 0, 90, 180 or 270 degrees: exact, no interpolation, no corners.
+    A step whose setting is 0 (or False) is left out: it would cost time and change nothing.
     """
     crop = (v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})
             if scale is None else v2.RandomResizedCrop(size, scale=scale, antialias=True))  # masks: nearest
-    return v2.Compose([
-        crop,
-        v2.RandomHorizontalFlip(hflip),
-        v2.RandomVerticalFlip(vflip),
-        v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR,
-                          fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=blur),
-        RandomCutout(size=size // 4, p=cutout),
-        to_model_input(mean, std),
-    ])
+    steps = [crop]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if vflip:
+        steps.append(v2.RandomVerticalFlip(vflip))
+    if quarter_turns:  # v2 rotates by multiples of 90 degrees with torch.rot90: exact
+        steps.append(v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]))
+    if degrees:
+        steps.append(v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR,
+                                       fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
+    if jitter:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4))
+    if blur:
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=blur))
+    if cutout:
+        steps.append(RandomCutout(size=size // 4, p=cutout))
+    return v2.Compose(steps + [to_model_input(mean, std)])
 
 
 def eval_transforms(crop: int | None = None, *, mean: Sequence[float] = SHAPES_MEAN,

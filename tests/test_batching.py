@@ -98,3 +98,41 @@ def test_flip_batch_flips_image_and_mask_of_the_same_samples():
     assert torch.equal(flipped_images[:, 0], flipped_masks)  # same samples flipped in both
     changed = (flipped_masks != masks).flatten(1).any(1)
     assert 0 < changed.sum() < 8
+
+
+def test_batches_by_size_puts_each_index_once_in_a_batch_of_one_size():
+    from helpers.batching import batches_by_size
+
+    sizes = [(128, 160), (144, 144), (128, 160), (128, 160), (144, 144), (160, 128)]
+    batches = batches_by_size(sizes, batch_size=2)
+    assert batches == [[0, 2], [3], [1, 4], [5]]
+    assert sorted(i for batch in batches for i in batch) == list(range(len(sizes)))
+    for batch in batches:
+        assert len({sizes[i] for i in batch}) == 1
+    with pytest.raises(ValueError, match="batch_size"):
+        batches_by_size(sizes, batch_size=0)
+
+
+def test_a_loader_over_same_size_batches_predicts_like_one_image_at_a_time():
+    """Padding would change what a convolution sees near the edges; same-size batches change nothing."""
+    from torch.utils.data import DataLoader
+
+    from helpers.batching import batches_by_size
+    from helpers.datasets import InMemoryDataset
+    from helpers.paths import data_dir
+
+    dataset = InMemoryDataset(SegmentationDataset(data_dir("shapes"), split="val"), eval_transforms())
+    subset = list(range(12))
+    sizes = [dataset.sizes()[i] for i in subset]
+    assert len(set(sizes)) > 1, "the test needs images of several sizes"
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1).eval()
+    loader = DataLoader(torch.utils.data.Subset(dataset, subset), batch_sampler=batches_by_size(sizes, 4))
+    seen = 0
+    with torch.no_grad():
+        for batch_indices, (images, masks) in zip(batches_by_size(sizes, 4), loader):
+            for row, index in enumerate(batch_indices):
+                alone = conv(dataset[subset[index]].image[None])[0]
+                assert torch.allclose(conv(images)[row], alone, atol=1e-5)
+                assert torch.equal(masks[row], dataset[subset[index]].mask)
+                seen += 1
+    assert seen == len(subset)

@@ -182,3 +182,23 @@ def test_workers_started_with_spawn_can_load_it():
     batches = list(loader)  # a whole (short) epoch, so the workers shut down cleanly
     assert [b.image.shape for b in batches] == [(4, 3, 128, 128)] * 2
     assert all(b.mask.shape == (4, 128, 128) for b in batches)
+
+
+def test_in_memory_dataset_decodes_once_and_transforms_every_time(root):
+    from helpers.datasets import InMemoryDataset
+
+    write_pair(root, "3", 1, size=(6, 10))  # a second size
+    on_disk = SegmentationDataset(root)
+    in_memory = InMemoryDataset(on_disk)
+    assert len(in_memory) == len(on_disk)
+    for index in range(len(on_disk)):
+        assert torch.equal(in_memory[index].image, on_disk[index].image)
+        assert torch.equal(in_memory[index].mask, on_disk[index].mask)
+    assert in_memory.sizes() == [(8, 12), (8, 12), (8, 12), (10, 6)]
+    for path in (root / "images").iterdir():
+        path.unlink()  # the files are gone; the decoded samples are not
+    flipped = InMemoryDataset(in_memory, v2.RandomHorizontalFlip(p=1.0))
+    assert torch.equal(flipped[0].image, in_memory[0].image.flip(-1))
+    assert torch.equal(flipped[0].mask, in_memory[0].mask.flip(-1))  # image and mask moved together
+    assert isinstance(flipped[0].mask, tv_tensors.Mask)
+    assert torch.equal(flipped[0].image, flipped[0].image)  # each access starts from the stored sample again

@@ -130,3 +130,19 @@ def test_train_transforms_without_scale_crop_at_the_images_own_scale():
     small = tv_tensors.Mask(torch.zeros(20, 20, dtype=torch.int64))
     _, padded = train_transforms(32, scale=None, degrees=0, jitter=0)(tv_tensors.Image(torch.zeros(3, 20, 20)), small)
     assert padded.shape == (32, 32) and (padded == 255).sum() == 32 * 32 - 20 * 20  # padding is ignored
+
+
+def test_quarter_turns_turn_image_and_mask_together_and_exactly():
+    """Every outcome is one of the four exact turns of the crop, the image's the same as the mask's."""
+    mask = tv_tensors.Mask(torch.arange(16 * 16).reshape(16, 16) % 4)
+    image = tv_tensors.Image(index_to_colour(mask))
+    pipeline = train_transforms(16, scale=None, hflip=0.0, quarter_turns=True, degrees=0, jitter=0)
+    turns_seen = set()
+    torch.manual_seed(0)
+    for _ in range(40):
+        turned_image, turned_mask = pipeline(image, mask)
+        turns = [k for k in range(4) if torch.equal(turned_mask, mask.rot90(k, (-2, -1)))]
+        assert len(turns) == 1, "the mask must be an exact quarter turn of the original"
+        assert torch.equal(classes_seen_in(turned_image), turned_mask)  # the image turned with it
+        turns_seen.add(turns[0])
+    assert turns_seen == {0, 1, 2, 3}
