@@ -13,10 +13,11 @@ Import the module you need, e.g. ``from helpers.paths import data_dir``:
 - ``helpers.models``: a small ``UNet``.
 - ``helpers.metrics``: confusion matrix, per-class IoU and Dice, mean IoU.
 - ``helpers.masks``: class names, palette, ignore index; colour <-> class-index conversions.
-- ``helpers.datasets``: ``SegmentationDataset``, image+mask pairs by name with clear errors.
+- ``helpers.datasets``: ``SegmentationDataset``, image+mask pairs by name with clear errors;
+  ``InMemoryDataset``, decoded once.
 - ``helpers.scenes``: the generator of ``data/shapes`` (``python -m helpers.scenes``).
 - ``helpers.transforms``: train and eval pipelines, ``RandomCutout``, dataset statistics.
-- ``helpers.batching``: ``pad_collate``, batch-level float conversion and flips, the naive pipeline.
+- ``helpers.batching``: ``pad_collate``, ``batches_by_size``, batch-level float conversion and flips, the naive pipeline.
 - ``helpers.formats``: memory-mapped arrays, HDF5 and tar shards, written and read.
 - ``helpers.memory``: memory of this process and of DataLoader workers.
 - ``helpers.bench``: the benchmark command (``python -m helpers.bench``).

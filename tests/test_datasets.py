@@ -176,12 +176,16 @@ def test_the_shipped_data_set_is_complete_and_clean():
 
 def test_workers_started_with_spawn_can_load_it():
     """macOS and Windows start workers with spawn: the Dataset must be importable, not defined in __main__."""
+    from helpers.datasets import InMemoryDataset
+
     dataset = SegmentationDataset(data_dir("shapes"), split="val", transform=v2.CenterCrop(128))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, range(8)), batch_size=4,
-                                         num_workers=2, multiprocessing_context="spawn")
-    batches = list(loader)  # a whole (short) epoch, so the workers shut down cleanly
-    assert [b.image.shape for b in batches] == [(4, 3, 128, 128)] * 2
-    assert all(b.mask.shape == (4, 128, 128) for b in batches)
+    in_memory = InMemoryDataset(torch.utils.data.Subset(SegmentationDataset(data_dir("shapes"), split="val"),
+                                                        range(8)), v2.CenterCrop(128))
+    for dataset in (torch.utils.data.Subset(dataset, range(8)), in_memory):  # in memory: pickled to each worker
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn")
+        batches = list(loader)  # a whole (short) epoch, so the workers shut down cleanly
+        assert [b.image.shape for b in batches] == [(4, 3, 128, 128)] * 2
+        assert all(b.mask.shape == (4, 128, 128) for b in batches)
 
 
 def test_in_memory_dataset_decodes_once_and_transforms_every_time(root):
