@@ -17,7 +17,8 @@ Import the module you need, e.g. ``from helpers.paths import data_dir``:
   ``InMemoryDataset``, decoded once.
 - ``helpers.scenes``: the generator of ``data/shapes`` (``python -m helpers.scenes``).
 - ``helpers.transforms``: train and eval pipelines, ``RandomCutout``, dataset statistics.
-- ``helpers.batching``: ``pad_collate``, ``batches_by_size``, batch-level float conversion and flips, the naive pipeline.
+- ``helpers.batching``: ``pad_collate``, ``batches_by_size``, batch-level float conversion and flips,
+  the naive pipeline.
 - ``helpers.formats``: memory-mapped arrays, HDF5 and tar shards, written and read.
 - ``helpers.memory``: memory of this process and of DataLoader workers.
 - ``helpers.bench``: the benchmark command (``python -m helpers.bench``).
