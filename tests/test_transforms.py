@@ -146,3 +146,10 @@ def test_quarter_turns_turn_image_and_mask_together_and_exactly():
         assert torch.equal(classes_seen_in(turned_image), turned_mask)  # the image turned with it
         turns_seen.add(turns[0])
     assert turns_seen == {0, 1, 2, 3}
+
+
+def test_steps_switched_off_are_left_out_of_the_pipeline():
+    plain = train_transforms(32, hflip=0.0, degrees=0, jitter=0)
+    assert [type(step).__name__ for step in plain.transforms] == ["RandomResizedCrop", "Compose"]
+    everything = train_transforms(32, vflip=0.5, quarter_turns=True, blur=0.5, cutout=0.5)
+    assert len(everything.transforms) == 9  # crop, 2 flips, turns, rotation, jitter, blur, cutout, to float
