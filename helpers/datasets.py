@@ -75,6 +75,11 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     return [by_stem[stem] for stem in stems]
 
 
+TOO_LARGE = (f"Pillow refuses images over {{limit:,}} pixels, in case the file is a decompression bomb. "
+             "If you trust it, shrink it to the size you train at, or raise PIL.Image.MAX_IMAGE_PIXELS in a "
+             "module your DataLoader workers import too.")
+
+
 def read_image(path: Path) -> tv_tensors.Image:
     """Decode an image file to uint8 RGB ``[3, H, W]``, turned upright by its EXIF orientation.
 
@@ -86,37 +91,67 @@ def read_image(path: Path) -> tv_tensors.Image:
             if "exif" in file.info and file.getexif().get(ORIENTATION, 1) != 1:  # stored sideways
                 file = ImageOps.exif_transpose(file)
             array = np.array(file if file.mode == "RGB" else file.convert("RGB"))
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"Cannot read image {path}: {error} "
+                         + TOO_LARGE.format(limit=Image.MAX_IMAGE_PIXELS)) from None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"Cannot read image {path}: {error}. The file is damaged or not an image: "
                          "export it again, or remove it and its mask.") from None
     return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
 
 
-def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,
-              dtype: torch.dtype = torch.int64) -> tv_tensors.Mask:
-    """Read a PNG of class indices (``P``, ``L`` or ``1`` mode) as ``[H, W]`` of ``dtype``; check its values.
+MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-bit, 1-bit, then 16- and 32-bit integers
 
-    Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one.
-    """
-    try:
-        with Image.open(path) as file:
-            mode, array = file.mode, np.array(file)
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
-    if mode not in ("P", "L", "1"):
-        raise ValueError(f"Mask {path} is a {mode} image, not class indices (P, L or 1 mode). If its "
-                         "classes are colours, convert it with helpers.masks.colour_to_index.")
-    mask = torch.from_numpy(array.astype(np.uint8, copy=False))
-    if mask.max() >= num_classes:  # one cheap pass; the values are listed only when something is wrong
-        bad = [v for v in mask.unique().tolist() if v >= num_classes and v != ignore_index]
-    else:
-        bad = []
+
+def mask_array(file: Image.Image, path: Path) -> np.ndarray:
+    """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16- and 32-bit ones."""
+    if file.mode not in MASK_MODES:
+        raise ValueError(f"Mask {path} is a {file.mode} image, not class indices ({', '.join(MASK_MODES)} "
+                         "mode). If its classes are colours, convert it with helpers.masks.colour_to_index.")
+    array = np.array(file)
+    return array.astype(np.uint8 if array.dtype.itemsize == 1 else np.int32, copy=False)
+
+
+def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int | None) -> None:
+    """Raise, listing the values, if ``mask`` holds anything but 0..num_classes-1 and ``ignore_index``."""
+    if mask.max() < num_classes and mask.min() >= 0:  # one cheap pass; values listed only when wrong
+        return
+    bad = [v for v in mask.unique().tolist() if not 0 <= v < num_classes and v != ignore_index]
     if bad:
         raise ValueError(
             f"Mask {path} has values {bad[:8]} outside the classes 0..{num_classes - 1}. A mask saved as "
             "JPEG or resized with smooth interpolation invents values; a 0/255 mask needs dividing by 255. "
             "Save masks as PNG and resize them with nearest-neighbour.")
+
+
+def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,
+              dtype: torch.dtype = torch.int64) -> tv_tensors.Mask:
+    """Read a PNG of class indices (8-bit ``P``/``L``, ``1``, or 16-bit ``I;16``) as ``[H, W]`` of ``dtype``.
+
+    Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one.
+    """
+    if torch.iinfo(dtype).max < max(num_classes - 1, ignore_index or 0):
+        raise ValueError(f"{dtype} cannot hold class {max(num_classes - 1, ignore_index or 0)}: use torch.int64.")
+    try:
+        with Image.open(path) as file:
+            array = mask_array(file, path)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"Cannot read mask {path}: {error} "
+                         + TOO_LARGE.format(limit=Image.MAX_IMAGE_PIXELS)) from None
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
+    mask = torch.from_numpy(array)
+    check_mask_values(mask, path, num_classes, ignore_index)
     return tv_tensors.Mask(mask.to(dtype))
+
+
+def check_same_size(image: torch.Tensor, mask: torch.Tensor, image_path: Path, mask_path: Path) -> None:
+    """Raise, naming both files, unless ``mask`` is ``[H, W]`` of the image's ``[..., H, W]``."""
+    if image.shape[-2:] != mask.shape:
+        raise ValueError(
+            f"Image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but its mask {mask_path} "
+            f"is {mask.shape[-1]}x{mask.shape[-2]}: a mask must match its image pixel for pixel. "
+            "Export the mask again at the image's size.")
 
 
 class SegmentationDataset(Dataset):
@@ -145,11 +180,7 @@ class SegmentationDataset(Dataset):
         image_path, mask_path = Path(self.image_paths[index]), Path(self.mask_paths[index])
         image = read_image(image_path)
         mask = read_mask(mask_path, self.num_classes, self.ignore_index, self.mask_dtype)
-        if image.shape[-2:] != mask.shape:
-            raise ValueError(
-                f"Image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but its mask {mask_path} "
-                f"is {mask.shape[-1]}x{mask.shape[-2]}: a mask must match its image pixel for pixel. "
-                "Export the mask again at the image's size.")
+        check_same_size(image, mask, image_path, mask_path)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return Sample(image, mask)
@@ -158,23 +189,35 @@ class SegmentationDataset(Dataset):
 class InMemoryDataset(Dataset):
     """Every sample of ``dataset`` read and decoded once, then kept in memory; ``transform`` runs on each access.
 
-    For data sets that fit in RAM (the shapes train split decodes to about 60 MB): an epoch then reads no
-    files and decodes nothing; only the random transforms are left. Taught in 06_gpu_training.
+    For data sets that fit in RAM (the shapes train split decodes to about 20 MB): an epoch then reads no
+    files and decodes nothing; only the random transforms are left. The pixels live in two big tensors
+    (all images, all masks) plus their sizes, not one tensor per sample: a DataLoader worker started by
+    spawn or forkserver then receives four shared-memory handles, whatever the number of samples (one
+    handle per sample fails with "too many fds"). Taught in 06_gpu_training.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None):
-        self.samples = [dataset[index] for index in range(len(dataset))]
+        samples = [dataset[index] for index in range(len(dataset))]
+        self.shapes = torch.tensor([image.shape for image, _ in samples])  # [N, 3]: channels, height, width
+        self.starts = torch.cat([torch.zeros(1, dtype=torch.int64), self.shapes[:, 1:].prod(1).cumsum(0)])
+        self.images = torch.cat([image.flatten() for image, _ in samples])  # uint8, every pixel of every image
+        masks = torch.cat([mask.flatten() for _, mask in samples])
+        self.mask_dtype = masks.dtype  # what __getitem__ gives back; stored as uint8 when the values fit
+        self.masks = masks.to(torch.uint8) if 0 <= masks.min() and masks.max() <= 255 else masks
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.shapes)
 
     def __getitem__(self, index: int) -> Sample:
-        image, mask = self.samples[index]
+        channels, height, width = self.shapes[index].tolist()
+        start, end = self.starts[index].item(), self.starts[index + 1].item()
+        image = tv_tensors.Image(self.images[start * channels:end * channels].view(channels, height, width).clone())
+        mask = tv_tensors.Mask(self.masks[start:end].view(height, width).to(self.mask_dtype, copy=True))
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return Sample(image, mask)
 
     def sizes(self) -> list[tuple[int, int]]:
         """(height, width) of each image, before ``transform``."""
-        return [tuple(image.shape[-2:]) for image, _ in self.samples]
+        return [(height, width) for _, height, width in self.shapes.tolist()]
