@@ -28,37 +28,55 @@ class Sample(NamedTuple):
     mask: tv_tensors.Mask
 
 
-def list_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
-    """Map file stem -> path for ``folder``; skip OS and Jupyter clutter, refuse anything unexpected."""
+def scan_folder(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], list[tuple[Path, str]]]:
+    """Map file stem -> path for ``folder``, skipping clutter; also every unexpected file, with what to do."""
     if not folder.is_dir():
         raise FileNotFoundError(f"No folder {folder}: expected image+mask pairs in images/ and masks/.")
     files: dict[str, Path] = {}
+    problems: list[tuple[Path, str]] = []
     for path in sorted(folder.iterdir()):
         if path.name in CLUTTER or path.name.startswith("._"):  # ._name: macOS resource forks
             continue
         if not path.is_file() or path.suffix.lower() not in suffixes:
-            raise ValueError(f"Unexpected {path.name!r} in {folder}: only {', '.join(suffixes)} files "
-                             "belong here (masks must be PNG: JPEG would change their values). Move it out.")
-        if path.stem in files:
-            raise ValueError(f"{folder} has two files named {path.stem!r}: {files[path.stem].name} and "
-                             f"{path.name}. Keep one, so each name pairs with exactly one file.")
-        files[path.stem] = path
+            problems.append((path, f"Unexpected {path.name!r} in {folder}: only {', '.join(suffixes)} files "
+                             "belong here (masks must be PNG: JPEG would change their values). Move it out."))
+        elif path.stem in files:
+            problems.append((path, f"{folder} has two files named {path.stem!r}: {files[path.stem].name} and "
+                             f"{path.name}. Keep one, so each name pairs with exactly one file."))
+        else:
+            files[path.stem] = path
+    return files, problems
+
+
+def list_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """Map file stem -> path for ``folder``; skip OS and Jupyter clutter, refuse anything unexpected."""
+    files, problems = scan_folder(folder, suffixes)
+    if problems:
+        raise ValueError(problems[0][1])
     return files
+
+
+NO_IMAGES = "No images in {image_dir}: expected files such as 0001.jpg, each with a mask {masks}/0001.png."
+PAIR_FIX = "Each image needs a mask with the same name: add the missing files or move the unpaired ones out."
+
+
+def unpaired(images: dict[str, Path], masks: dict[str, Path]) -> tuple[list[Path], list[Path]]:
+    """Images that have no mask of the same name, and masks that have no image, each sorted by name."""
+    return ([images[stem] for stem in sorted(images.keys() - masks.keys())],
+            [masks[stem] for stem in sorted(masks.keys() - images.keys())])
 
 
 def pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     """Pair ``image_dir/NAME.jpg`` with ``mask_dir/NAME.png`` by NAME, never by list order."""
     images, masks = list_files(image_dir, IMAGE_SUFFIXES), list_files(mask_dir, MASK_SUFFIXES)
     if not images:
-        raise FileNotFoundError(f"No images in {image_dir}: expected files such as 0001.jpg, "
-                                f"each with a mask {mask_dir.name}/0001.png.")
-    no_mask, no_image = sorted(images.keys() - masks.keys()), sorted(masks.keys() - images.keys())
+        raise FileNotFoundError(NO_IMAGES.format(image_dir=image_dir, masks=mask_dir.name))
+    no_mask, no_image = unpaired(images, masks)
     if no_mask or no_image:
         raise ValueError(
             f"Unpaired files: {len(no_mask)} image(s) in {image_dir} have no mask "
-            f"{[images[s].name for s in no_mask][:5]}, {len(no_image)} mask(s) in {mask_dir} have no "
-            f"image {[masks[s].name for s in no_image][:5]}. Each image needs a mask with the same "
-            "name: add the missing files or move the unpaired ones out.")
+            f"{[path.name for path in no_mask][:5]}, {len(no_image)} mask(s) in {mask_dir} have no "
+            f"image {[path.name for path in no_image][:5]}. {PAIR_FIX}")
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -75,8 +93,8 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     return [by_stem[stem] for stem in stems]
 
 
-TOO_LARGE = (f"Pillow refuses images over {{limit:,}} pixels, in case the file is a decompression bomb. "
-             "If you trust it, shrink it to the size you train at, or raise PIL.Image.MAX_IMAGE_PIXELS in a "
+TOO_LARGE = ("Pillow refuses images this large in case the file is a decompression bomb. If you trust it, "
+             "shrink it to the size you train at, or raise PIL.Image.MAX_IMAGE_PIXELS in a "
              "module your DataLoader workers import too.")
 
 
@@ -92,8 +110,7 @@ def read_image(path: Path) -> tv_tensors.Image:
                 file = ImageOps.exif_transpose(file)
             array = np.array(file if file.mode == "RGB" else file.convert("RGB"))
     except Image.DecompressionBombError as error:
-        raise ValueError(f"Cannot read image {path}: {error} "
-                         + TOO_LARGE.format(limit=Image.MAX_IMAGE_PIXELS)) from None
+        raise ValueError(f"Cannot read image {path}: {error} {TOO_LARGE}") from None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"Cannot read image {path}: {error}. The file is damaged or not an image: "
                          "export it again, or remove it and its mask.") from None
@@ -136,8 +153,7 @@ def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | N
         with Image.open(path) as file:
             array = mask_array(file, path)
     except Image.DecompressionBombError as error:
-        raise ValueError(f"Cannot read mask {path}: {error} "
-                         + TOO_LARGE.format(limit=Image.MAX_IMAGE_PIXELS)) from None
+        raise ValueError(f"Cannot read mask {path}: {error} {TOO_LARGE}") from None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
     mask = torch.from_numpy(array)
@@ -200,7 +216,9 @@ class InMemoryDataset(Dataset):
         samples = [dataset[index] for index in range(len(dataset))]
         self.shapes = torch.tensor([image.shape for image, _ in samples])  # [N, 3]: channels, height, width
         self.starts = torch.cat([torch.zeros(1, dtype=torch.int64), self.shapes[:, 1:].prod(1).cumsum(0)])
-        self.images = torch.cat([image.flatten() for image, _ in samples])  # uint8, every pixel of every image
+        # uint8, all pixels of all images, channels last as PIL decodes them: each image comes back in the
+        # memory layout it had (the same numbers, and the same speed, as reading it from disk)
+        self.images = torch.cat([image.permute(1, 2, 0).flatten() for image, _ in samples])
         masks = torch.cat([mask.flatten() for _, mask in samples])
         self.mask_dtype = masks.dtype  # what __getitem__ gives back; stored as uint8 when the values fit
         self.masks = masks.to(torch.uint8) if 0 <= masks.min() and masks.max() <= 255 else masks
@@ -212,7 +230,8 @@ class InMemoryDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         channels, height, width = self.shapes[index].tolist()
         start, end = self.starts[index].item(), self.starts[index + 1].item()
-        image = tv_tensors.Image(self.images[start * channels:end * channels].view(channels, height, width).clone())
+        pixels = self.images[start * channels:end * channels].view(height, width, channels)
+        image = tv_tensors.Image(pixels.permute(2, 0, 1).clone())  # clone: a transform may write to it
         mask = tv_tensors.Mask(self.masks[start:end].view(height, width).to(self.mask_dtype, copy=True))
         if self.transform is not None:
             image, mask = self.transform(image, mask)

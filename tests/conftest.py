@@ -1,10 +1,33 @@
-"""Shared test setup: draw figures off-screen, close them after each test."""
+"""Shared test setup: figures off-screen, and the start method of the notebooks' DataLoader workers.
+
+The kernels that nbval (and the spawn rerun) launch read an IPython startup file made here, which sets
+the start method for DataLoader workers: ``forkserver`` by default (Linux's default from Python 3.14,
+and stricter than ``fork``: the dataset is pickled into each worker), or what the environment variable
+``NOTEBOOK_START_METHOD`` names, e.g. ``NOTEBOOK_START_METHOD=fork python -m pytest notebooks``.
+"""
+
+import multiprocessing
+import os
+import tempfile
+from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 
 matplotlib.use("Agg")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    method = os.environ.get("NOTEBOOK_START_METHOD", "forkserver")
+    if method not in multiprocessing.get_all_start_methods():  # Windows has spawn only
+        return
+    startup = Path(tempfile.mkdtemp(prefix="nbval-ipython-")) / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00_start_method.py").write_text(
+        f"import multiprocessing\nmultiprocessing.set_start_method({method!r}, force=True)\n")
+    os.environ["IPYTHONDIR"] = str(startup.parent.parent)  # kernels started by the tests inherit it
+    os.environ["KERNEL_START_METHOD"] = method  # what tests/test_notebooks_spawn.py checks they got
 
 
 @pytest.fixture(autouse=True)

@@ -174,20 +174,6 @@ def test_the_shipped_data_set_is_complete_and_clean():
     assert seen.all()
 
 
-def test_workers_started_with_spawn_can_load_it():
-    """macOS and Windows start workers with spawn: the Dataset must be importable, not defined in __main__."""
-    from helpers.datasets import InMemoryDataset
-
-    dataset = SegmentationDataset(data_dir("shapes"), split="val", transform=v2.CenterCrop(128))
-    in_memory = InMemoryDataset(torch.utils.data.Subset(SegmentationDataset(data_dir("shapes"), split="val"),
-                                                        range(8)), v2.CenterCrop(128))
-    for dataset in (torch.utils.data.Subset(dataset, range(8)), in_memory):  # in memory: pickled to each worker
-        loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn")
-        batches = list(loader)  # a whole (short) epoch, so the workers shut down cleanly
-        assert [b.image.shape for b in batches] == [(4, 3, 128, 128)] * 2
-        assert all(b.mask.shape == (4, 128, 128) for b in batches)
-
-
 def test_in_memory_dataset_decodes_once_and_transforms_every_time(root):
     from helpers.datasets import InMemoryDataset
 
@@ -198,6 +184,8 @@ def test_in_memory_dataset_decodes_once_and_transforms_every_time(root):
     for index in range(len(on_disk)):
         assert torch.equal(in_memory[index].image, on_disk[index].image)
         assert torch.equal(in_memory[index].mask, on_disk[index].mask)
+        assert in_memory[index].image.stride() == on_disk[index].image.stride()  # same layout
+        assert in_memory[index].mask.dtype == torch.int64
     assert in_memory.sizes() == [(8, 12), (8, 12), (8, 12), (10, 6)]
     for path in (root / "images").iterdir():
         path.unlink()  # the files are gone; the decoded samples are not
@@ -206,3 +194,39 @@ def test_in_memory_dataset_decodes_once_and_transforms_every_time(root):
     assert torch.equal(flipped[0].mask, in_memory[0].mask.flip(-1))  # image and mask moved together
     assert isinstance(flipped[0].mask, tv_tensors.Mask)
     assert torch.equal(flipped[0].image, flipped[0].image)  # each access starts from the stored sample again
+
+
+def test_16_bit_masks_are_class_indices_with_the_same_checks(root):
+    many = np.zeros((8, 12), np.uint16)
+    many[:, 6:] = 300  # more classes than 8 bits hold
+    Image.fromarray(many).save(root / "masks" / "1.png")  # a 16-bit PNG, PIL mode I;16
+    assert Image.open(root / "masks" / "1.png").mode == "I;16"
+    mask = SegmentationDataset(root, num_classes=301)[0].mask
+    assert mask.dtype == torch.int64 and mask.unique().tolist() == [0, 300]
+    with pytest.raises(ValueError, match=r"1.png has values \[300\] outside the classes 0..3"):
+        SegmentationDataset(root)[0]
+
+
+def test_32_bit_mask_images_are_read_and_negative_values_refused():
+    from helpers.datasets import check_mask_values, mask_array
+
+    values = np.array([[0, 1], [70000, -1]], np.int32)
+    array = mask_array(Image.fromarray(values, mode="I"), Path("m.png"))
+    assert array.dtype == np.int32 and array.tolist() == values.tolist()
+    with pytest.raises(ValueError, match=r"m.png has values \[-1, 70000\] outside the classes 0..3"):
+        check_mask_values(torch.from_numpy(array), Path("m.png"), num_classes=4, ignore_index=None)
+
+
+def test_a_mask_dtype_too_small_for_the_classes_is_refused(root):
+    with pytest.raises(ValueError, match="torch.uint8 cannot hold class 299"):
+        SegmentationDataset(root, num_classes=300, mask_dtype=torch.uint8)[0]
+
+
+def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
+    from helpers.datasets import read_mask
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # the pairs hold 96 pixels: over twice the limit
+    with pytest.raises(ValueError, match=r"Cannot read image .*1.png: .*decompression bomb.*shrink it"):
+        SegmentationDataset(root)[0]
+    with pytest.raises(ValueError, match=r"Cannot read mask .*1.png: .*decompression bomb.*MAX_IMAGE_PIXELS"):
+        read_mask(root / "masks" / "1.png")

@@ -1,10 +1,12 @@
 """Notebooks that start DataLoader workers must also run when workers are spawned.
 
-Linux starts workers with fork, which hides a Dataset defined in a notebook cell; macOS and Windows use
-spawn (and Linux from Python 3.14 forkserver), which import it instead. nbval runs the notebooks the
-default way; this runs those with workers once more, top to bottom, under spawn.
+Linux up to Python 3.13 starts workers with fork, which hides a Dataset defined in a notebook cell;
+macOS and Windows use spawn, Linux from Python 3.14 forkserver, which import it instead. nbval runs
+every notebook with workers started by forkserver (tests/conftest.py); this runs those that start
+workers once more, top to bottom, under spawn.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -34,6 +36,10 @@ def test_the_detector_finds_worker_notebooks():
 def test_notebook_runs_with_spawned_workers(path):
     notebook = nbformat.read(path, as_version=4)
     notebook.cells.insert(1, nbformat.v4.new_code_cell(FORCE_SPAWN))  # after the Colab cell
+    if "KERNEL_START_METHOD" in os.environ:  # conftest's startup file reaches this kernel as it reaches nbval's
+        expected = os.environ["KERNEL_START_METHOD"]
+        notebook.cells.insert(1, nbformat.v4.new_code_cell(
+            f"import multiprocessing\nassert multiprocessing.get_start_method() == {expected!r}"))
     notebook.cells.append(nbformat.v4.new_code_cell(
         'assert multiprocessing.get_start_method() == "spawn"'))
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
