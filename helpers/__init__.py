@@ -15,6 +15,8 @@ Import the module you need, e.g. ``from helpers.paths import data_dir``:
 - ``helpers.masks``: class names, palette, ignore index; colour <-> class-index conversions.
 - ``helpers.datasets``: ``SegmentationDataset``, image+mask pairs by name with clear errors;
   ``InMemoryDataset``, decoded once.
+- ``helpers.doctor``: every problem of an images/ + masks/ folder at once
+  (``python -m helpers.doctor FOLDER``).
 - ``helpers.scenes``: the generator of ``data/shapes`` (``python -m helpers.scenes``).
 - ``helpers.transforms``: train and eval pipelines, ``RandomCutout``, dataset statistics.
 - ``helpers.batching``: ``pad_collate``, ``batches_by_size``, batch-level float conversion and flips,

@@ -1,0 +1,296 @@
+"""Check a folder of image+mask pairs before training: every problem at once, each with its file and fix.
+
+    python -m helpers.doctor FOLDER [--num-classes 4] [--ignore-index 255]
+
+FOLDER holds images/NAME.jpg (or .jpeg, .png) and masks/NAME.png, the layout SegmentationDataset reads.
+The Dataset stops at the first problem; this check reads every file once, changes none, and lists them
+all: unpaired, stray and duplicate files, damaged or too large images and masks, masks that are not
+class indices or hold values outside the classes, masks of another size than their image, and photos
+turned upright by their EXIF orientation. A summary follows: pairs, image sizes, mask modes and pixels
+per class. Exit status 1 when something must be fixed, else 0. Taught in 02_segmentation_masks.
+"""
+
+import argparse
+import os
+import sys
+import textwrap
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from helpers.datasets import (IMAGE_SUFFIXES, MASK_SUFFIXES, NO_IMAGES, ORIENTATION, PAIR_FIX,
+                              check_mask_values, check_same_size, read_image, read_mask, scan_folder,
+                              unpaired)
+from helpers.masks import CLASSES
+
+ERROR, WARNING = "error", "warning"  # an error stops SegmentationDataset; a warning is worth a look
+PROGRESS_FROM = 200  # pairs: smaller folders are checked in moments, without a progress bar
+ANY_VALUE = 2**31    # read masks as if there were this many classes: every value comes back, to be counted
+TURN_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",  # per EXIF
+                6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}  # orientation, as ImageOps.exif_transpose
+BLACK_AND_WHITE = ("Mask {path} holds only 0 and 255, a black-and-white mask. If 255 marks the objects, "
+                   "divide it by 255 (np.array(mask) // 255) and save it again as PNG; if 255 means "
+                   "'no label here', run again with --ignore-index 255.")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: how serious (ERROR or WARNING), the file it is about, and what to do about it."""
+
+    severity: str
+    path: Path
+    message: str
+
+
+@dataclass
+class Report:
+    """Everything one check of a folder found: the findings, then what the summary counts."""
+
+    root: Path
+    num_classes: int = len(CLASSES)
+    ignore_index: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    pairs: int = 0                                               # images and masks paired by name
+    sizes: Counter = field(default_factory=Counter)              # (height, width) upright -> images
+    mask_modes: Counter = field(default_factory=Counter)         # PIL mode -> masks
+    pixels: Counter = field(default_factory=Counter)             # mask value -> pixels, over all masks
+
+    def add(self, severity: str, path: Path, message: str) -> None:
+        """Record one finding."""
+        self.findings.append(Finding(severity, path, message))
+
+    @property
+    def errors(self) -> list[Finding]:
+        """The findings that must be fixed before training."""
+        return [finding for finding in self.findings if finding.severity == ERROR]
+
+
+class Header(NamedTuple):
+    """What a file's header says, before any pixel is decoded."""
+
+    mode: str
+    size: tuple[int, int]  # (height, width) as stored
+    orientation: int       # EXIF orientation; 1 is upright
+
+
+def read_header(path: Path) -> Header | None:
+    """Mode, stored size and EXIF orientation of an image file; None if even its header cannot be read."""
+    try:
+        with Image.open(path) as file:
+            turned = "exif" in file.info and file.getexif().get(ORIENTATION, 1)  # as read_image decides
+            return Header(file.mode, (file.height, file.width), turned or 1)
+    except Exception:  # whatever it is, the reader that follows reports it with the file's name
+        return None
+
+
+def attempt(read: Callable[[Path], T], path: Path, report: Report) -> T | None:
+    """``read(path)``, or None with an error finding that says why the file cannot be used."""
+    try:
+        return read(path)
+    except ValueError as error:  # helpers.datasets' own words: the file and the fix
+        report.add(ERROR, path, str(error))
+    except Exception as error:  # a failure the Dataset does not word (damaged EXIF, ...): report it, go on
+        report.add(ERROR, path, f"Cannot read {path}: {type(error).__name__}: {error}. Export it again.")
+    return None
+
+
+def scan(folder: Path, suffixes: tuple[str, ...], report: Report) -> dict[str, Path] | None:
+    """Stem -> path of the files in ``folder``, each unexpected one an error; None if there is no folder."""
+    try:
+        files, problems = scan_folder(folder, suffixes)
+    except FileNotFoundError as error:
+        report.add(ERROR, folder, str(error))
+        return None
+    for path, message in problems:
+        report.add(ERROR, path, message)
+    return files
+
+
+def find_pairs(report: Report) -> list[tuple[Path, Path]]:
+    """Pair images/ with masks/ by name, as SegmentationDataset does; every file left over is an error."""
+    image_dir, mask_dir = report.root / "images", report.root / "masks"
+    images, masks = scan(image_dir, IMAGE_SUFFIXES, report), scan(mask_dir, MASK_SUFFIXES, report)
+    if images is None or masks is None:
+        return []
+    if not images:
+        report.add(ERROR, image_dir, NO_IMAGES.format(image_dir=image_dir, masks=mask_dir.name))
+    no_mask, no_image = unpaired(images, masks)
+    for path in no_mask:
+        report.add(ERROR, path, f"Image {path} has no mask {mask_dir / path.stem}.png. {PAIR_FIX}")
+    for path in no_image:
+        report.add(ERROR, path, f"Mask {path} has no image {image_dir / path.stem}.jpg (or .jpeg, .png). "
+                   + PAIR_FIX)
+    return [(images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
+
+
+def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, int] | None:
+    """Decode an image as read_image does and note an EXIF turn; its upright (height, width), or None."""
+    image = attempt(read_image, path, report)
+    if image is None:
+        return None
+    if head is not None and head.orientation in TURN_UPRIGHT:
+        report.add(WARNING, path, f"Image {path} is stored with EXIF orientation {head.orientation}: "
+                   f"read_image turns it upright (Image.Transpose.{TURN_UPRIGHT[head.orientation]}), as "
+                   "photo viewers do. Check that its mask was drawn on the upright photo "
+                   "(helpers.viz.overlay shows both).")
+    size = (image.shape[-2], image.shape[-1])
+    report.sizes[size] += 1
+    return size
+
+
+def value_counts(mask: torch.Tensor) -> dict[int, int]:
+    """Pixels per value of a mask whose values are >= 0 (read_mask refuses negative ones)."""
+    if mask.max() < 2**16:  # a short table: one fast pass
+        return {value: n for value, n in enumerate(torch.bincount(mask.flatten()).tolist()) if n}
+    values, counts = mask.unique(return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))
+
+
+def check_mask(path: Path, head: Header | None, report: Report) -> None:
+    """Read a mask as read_mask does, count its mode and values, and check the values against the classes."""
+    if head is not None:
+        report.mask_modes[head.mode] += 1
+    mask = attempt(lambda p: read_mask(p, num_classes=ANY_VALUE), path, report)  # values checked below
+    if mask is None:
+        return
+    counts = value_counts(mask)
+    report.pixels.update(counts)
+    try:
+        check_mask_values(mask, path, report.num_classes, report.ignore_index)
+    except ValueError as error:
+        black_and_white = set(counts) <= {0, 255}
+        report.add(ERROR, path, BLACK_AND_WHITE.format(path=path) if black_and_white else str(error))
+
+
+def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_path: Path,
+                mask_size: tuple[int, int], report: Report) -> None:
+    """The mask must match the image as read upright; matching it only as stored means EXIF was ignored."""
+    if mask_size == upright:
+        return
+    if mask_size == head.size:
+        report.add(ERROR, mask_path, f"Mask {mask_path} fits image {image_path} as stored, sideways, "
+                   f"but the image's EXIF orientation {head.orientation} turns it upright to "
+                   f"{upright[1]}x{upright[0]} (WxH): the annotation tool ignored the orientation. Turn the "
+                   f"mask the same way, mask.transpose(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), "
+                   "and save it as PNG.")
+        return
+    try:  # shape-only tensors: check_same_size words the problem, and nothing is allocated
+        check_same_size(torch.empty(upright, device="meta"), torch.empty(mask_size, device="meta"),
+                        image_path, mask_path)
+    except ValueError as error:
+        report.add(ERROR, mask_path, str(error))
+
+
+def check_pair(image_path: Path, mask_path: Path, report: Report) -> None:
+    """Check an image, its mask, then whether their sizes agree."""
+    image_head, mask_head = read_header(image_path), read_header(mask_path)
+    upright = check_image(image_path, image_head, report)
+    check_mask(mask_path, mask_head, report)
+    if upright is not None and image_head is not None and mask_head is not None:
+        check_sizes(image_path, upright, image_head, mask_path, mask_head.size, report)
+
+
+def diagnose(root: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,
+             progress: bool = True) -> Report:
+    """Read every pair under ``root`` once, collecting every problem. Taught in 02_segmentation_masks.
+
+    Changes no file; shows a progress bar (on stderr) for folders of more than PROGRESS_FROM pairs.
+    """
+    report = Report(Path(root), num_classes, ignore_index)
+    pairs = find_pairs(report)
+    report.pairs = len(pairs)
+    show = progress and len(pairs) > PROGRESS_FROM
+    for image_path, mask_path in tqdm(pairs, desc="checking", unit="pair", leave=False, disable=not show):
+        check_pair(image_path, mask_path, report)
+    report.findings.sort(key=lambda finding: (finding.severity != ERROR, finding.path))
+    return report
+
+
+def format_sizes(sizes: Counter) -> str:
+    """The distinct (height, width) sizes with their counts, or their range when there are many."""
+    if len(sizes) <= 6:
+        return ", ".join(f"{size} x{count}" for size, count in sorted(sizes.items())) or "none"
+    heights, widths = [height for height, _ in sizes], [width for _, width in sizes]
+    return (f"{len(sizes)} sizes, height {min(heights)} to {max(heights)}, "
+            f"width {min(widths)} to {max(widths)}")
+
+
+def class_name(value: int, report: Report) -> str:
+    """What a mask value means: a class name (or index), the ignore index, or nothing at all."""
+    if value == report.ignore_index:
+        return "ignore"
+    if value >= report.num_classes:
+        return "outside the classes"
+    return CLASSES[value] if report.num_classes == len(CLASSES) else f"class {value}"
+
+
+def format_pixels(report: Report) -> list[str]:
+    """One line per mask value: pixels and share of all mask pixels; every class listed, even if absent."""
+    total = sum(report.pixels.values()) or 1
+    classes = range(report.num_classes) if report.num_classes <= 32 else []
+    return [f"    {value:>3} {class_name(value, report):<20} {report.pixels[value]:>12,} "
+            f"{report.pixels[value] / total:7.1%}" for value in sorted(set(classes) | set(report.pixels))]
+
+
+def format_summary(report: Report) -> list[str]:
+    """The summary lines: pairs, image sizes, mask modes, pixels per mask value, and the verdict."""
+    modes = ", ".join(f"{mode} x{count}" for mode, count in sorted(report.mask_modes.items())) or "none"
+    errors, warnings = len(report.errors), len(report.findings) - len(report.errors)
+    verdict = (f"{errors} error(s): fix them, then run this check again." if errors else
+               f"No errors{f', {warnings} warning(s)' if warnings else ''}: every pair reads as "
+               "SegmentationDataset reads it.")
+    return ["", "Summary:", f"  pairs: {report.pairs}",
+            f"  image sizes (height, width): {format_sizes(report.sizes)}", f"  mask modes: {modes}",
+            "  mask pixels per value:", *format_pixels(report), "", verdict]
+
+
+def format_report(report: Report) -> str:
+    """The findings, errors first, each with its file and fix, then the summary.
+
+    Paths are relative to the folder, so the report reads the same on every machine.
+    Taught in 02_segmentation_masks.
+    """
+    def relative(text: object) -> str:
+        return str(text).replace(str(report.root) + os.sep, "")
+
+    lines = [f"Checked {report.root.absolute().name}/: {report.pairs} image+mask pairs"]
+    for severity, meaning in ((ERROR, "must be fixed"), (WARNING, "worth a look")):
+        found = [finding for finding in report.findings if finding.severity == severity]
+        lines += ["", f"{len(found)} {severity}(s), {meaning}:"] if found else []
+        for finding in found:
+            lines.append(f"  {relative(finding.path)}")
+            lines += textwrap.wrap(relative(finding.message), 100, initial_indent=" " * 6,
+                                   subsequent_indent=" " * 6, break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines + format_summary(report))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: check FOLDER, print the report; exit status 1 if anything must be fixed."""
+    intro, details = __doc__.split("\n\n", 2)[0], __doc__.split("\n\n", 2)[2]
+    parser = argparse.ArgumentParser(prog="python -m helpers.doctor", description=intro, epilog=details,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, metavar="FOLDER",
+                        help="the folder that holds images/ and masks/, e.g. data/shapes")
+    parser.add_argument("--num-classes", type=int, default=len(CLASSES), metavar="N",
+                        help=f"mask values 0..N-1 are classes (default {len(CLASSES)}: {', '.join(CLASSES)})")
+    parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
+                        help="a mask value that means 'no label here', e.g. 255 (default: none)")
+    args = parser.parse_args(argv)
+    if args.num_classes < 1:
+        parser.error("--num-classes must be at least 1")
+    if not args.folder.is_dir():
+        parser.error(f"no folder {args.folder}: name the folder that holds images/ and masks/")
+    report = diagnose(args.folder, args.num_classes, args.ignore_index)
+    print(format_report(report))
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

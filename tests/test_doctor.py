@@ -1,0 +1,194 @@
+"""The folder check finds every problem at once, each with its file and fix, and changes nothing."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_datasets import write_pair
+
+from helpers import doctor
+from helpers.datasets import ORIENTATION
+from helpers.doctor import ERROR, WARNING, diagnose, format_report, main
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for stem, label in [("1", 1), ("2", 2), ("3", 3)]:
+        write_pair(tmp_path, stem, label)
+    return tmp_path
+
+
+def found(report: doctor.Report, severity: str = ERROR) -> dict[str, str]:
+    """File path relative to the folder -> its message, for the findings of one severity."""
+    return {finding.path.relative_to(report.root).as_posix(): finding.message
+            for finding in report.findings if finding.severity == severity}
+
+
+def test_a_clean_folder_has_no_findings_and_a_summary(root):
+    report = diagnose(root)
+    assert report.findings == [] and report.pairs == 3
+    assert report.sizes == {(8, 12): 3} and report.mask_modes == {"P": 3}
+    assert report.pixels == {0: 3 * 48, 1: 48, 2: 48, 3: 48}  # left half of each mask is its label
+    text = format_report(report)
+    assert "pairs: 3" in text and "(8, 12) x3" in text and "P x3" in text and "No errors" in text
+    assert "background" in text and "    1 disc" in text and "16.7%" in text
+
+
+def test_every_unpaired_file_is_named(root):
+    (root / "masks" / "2.png").unlink()
+    (root / "images" / "3.png").unlink()
+    assert found(diagnose(root)).keys() == {"images/2.png", "masks/3.png"}
+    assert "no mask" in found(diagnose(root))["images/2.png"]
+
+
+def test_stray_files_are_named_and_clutter_is_ignored(root):
+    (root / "images" / "notes.txt").write_text("hello")
+    Image.new("L", (12, 8)).save(root / "masks" / "1.jpg")  # a JPEG mask beside the PNG one
+    for clutter in ["images/.DS_Store", "masks/Thumbs.db", "masks/._1.png", "images/desktop.ini"]:
+        (root / clutter).write_bytes(b"\0")
+    (root / "images" / ".ipynb_checkpoints").mkdir()
+    errors = found(diagnose(root))
+    assert errors.keys() == {"images/notes.txt", "masks/1.jpg"}
+    assert "Move it out" in errors["images/notes.txt"] and "masks must be PNG" in errors["masks/1.jpg"]
+
+
+def test_two_files_with_one_name_are_named(root):
+    Image.new("RGB", (12, 8)).save(root / "images" / "1.jpg")
+    assert "two files named '1'" in found(diagnose(root))["images/1.png"]
+
+
+def test_damaged_files_are_named_and_the_rest_still_checked(root):
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(root / "images" / "1.jpg")
+    (root / "images" / "1.png").unlink()
+    data = (root / "images" / "1.jpg").read_bytes()
+    (root / "images" / "1.jpg").write_bytes(data[: len(data) // 2])
+    (root / "masks" / "2.png").write_bytes(b"not a png")
+    Image.new("RGB", (12, 8)).save(root / "masks" / "3.png")
+    errors = found(diagnose(root))
+    assert errors.keys() == {"images/1.jpg", "masks/2.png", "masks/3.png"}  # all three, not only the first
+    assert "Cannot read image" in errors["images/1.jpg"] and "truncated" in errors["images/1.jpg"].lower()
+    assert "Cannot read mask" in errors["masks/2.png"]
+
+
+def test_size_mismatch_names_both_files(root):
+    Image.new("RGB", (10, 8)).save(root / "images" / "2.png")
+    message = found(diagnose(root))["masks/2.png"]
+    assert "is 10x8 (WxH) but its mask" in message and "is 12x8" in message
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA"])
+def test_colour_masks_point_to_colour_conversion(root, mode):
+    Image.new(mode, (12, 8)).save(root / "masks" / "1.png")
+    report = diagnose(root)
+    assert "helpers.masks.colour_to_index" in found(report)["masks/1.png"] and report.mask_modes[mode] == 1
+
+
+def test_values_outside_the_classes_are_listed(root):
+    noisy = np.zeros((8, 12), np.uint8)
+    noisy[0, :3] = [1, 5, 7]  # what JPEG noise or bilinear resizing does to class edges
+    Image.fromarray(noisy, mode="L").save(root / "masks" / "1.png")
+    report = diagnose(root)
+    assert "values [5, 7] outside the classes 0..3" in found(report)["masks/1.png"]
+    assert report.pixels[5] == report.pixels[7] == 1 and "outside the classes" in format_report(report)
+    assert found(diagnose(root, num_classes=8)) == {}
+
+
+def test_a_0_255_mask_says_divide_by_255_or_ignore_255(root):
+    binary = np.zeros((8, 12), np.uint8)
+    binary[:, 6:] = 255
+    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
+    message = found(diagnose(root))["masks/1.png"]
+    assert "only 0 and 255" in message and "divide it by 255" in message and "--ignore-index 255" in message
+    report = diagnose(root, ignore_index=255)
+    assert report.findings == [] and "ignore" in format_report(report)
+
+
+def save_turned(path: Path, size: tuple[int, int], orientation: int = 6) -> None:
+    """A JPEG stored as ``size`` (WxH) whose EXIF orientation says to turn it upright."""
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    Image.new("RGB", size, (200, 0, 0)).save(path, exif=exif)
+
+
+def test_an_exif_turned_photo_is_a_warning_when_its_mask_fits_upright(root):
+    save_turned(root / "images" / "1.jpg", (8, 12))  # stored 8 wide, 12 tall: upright 12x8, like its mask
+    (root / "images" / "1.png").unlink()
+    report = diagnose(root)
+    assert found(report) == {} and "EXIF orientation 6" in found(report, WARNING)["images/1.jpg"]
+    assert main([str(root)]) == 0  # warnings alone do not fail
+
+
+def test_a_mask_that_fits_the_photo_only_as_stored_is_an_error(root):
+    save_turned(root / "images" / "1.jpg", (12, 8))  # upright 8x12; the mask 12x8 fits the stored pixels
+    (root / "images" / "1.png").unlink()
+    message = found(diagnose(root))["masks/1.png"]
+    assert "as stored" in message and "ignored the orientation" in message and "ROTATE_270" in message
+
+
+def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # the pairs hold 96 pixels: over twice the limit
+    errors = found(diagnose(root))
+    assert len(errors) == 6 and all("decompression bomb" in message for message in errors.values())
+
+
+def test_missing_folders_and_empty_folders_are_findings(tmp_path):
+    assert found(diagnose(tmp_path)).keys() == {"images", "masks"}
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    assert "No images in" in found(diagnose(tmp_path))["images"]
+
+
+def test_the_summary_uses_indices_for_other_classes_and_ranges_for_many_sizes(root):
+    for index in range(6):
+        write_pair(root, f"s{index}", 1, size=(20 + index, 8))
+    report = diagnose(root, num_classes=5)
+    text = format_report(report)
+    assert "class 4" in text and "background" not in text
+    assert "7 sizes, height 8 to 8, width 12 to 25" in text
+
+
+def every_file(root: Path) -> dict[Path, tuple[bytes, int]]:
+    """The bytes and modification time of every file under ``root``."""
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in root.rglob("*") if path.is_file()}
+
+
+def test_the_command_exits_1_on_errors_and_changes_no_file(root, capsys):
+    (root / "masks" / "2.png").unlink()
+    Image.new("RGB", (12, 8)).save(root / "masks" / "1.png")
+    before = every_file(root)
+    assert main([str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "2 error(s)" in out and "images/2.png" in out and str(root) not in out  # paths relative to root
+    assert every_file(root) == before
+
+
+def test_a_progress_bar_on_large_folders_only(root, monkeypatch, capsys):
+    diagnose(root)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(doctor, "PROGRESS_FROM", 2)
+    diagnose(root)
+    assert "checking" in capsys.readouterr().err
+
+
+def test_help_says_what_it_checks(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit.value.code == 0 and "python -m helpers.doctor" in out and "--ignore-index" in out
+    assert "Exit status 1" in out
+
+
+def test_a_failure_the_dataset_does_not_word_is_reported_not_raised(root, monkeypatch):
+    def damaged_exif(path: Path):
+        raise RuntimeError("bad EXIF block")
+
+    monkeypatch.setattr(doctor, "read_image", damaged_exif)
+    errors = found(diagnose(root))
+    assert len(errors) == 3 and "RuntimeError: bad EXIF block" in errors["images/1.png"]
+
+
+def test_the_command_refuses_a_folder_that_does_not_exist(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([str(tmp_path / "nowhere")])
+    assert exit.value.code == 2 and "no folder" in capsys.readouterr().err
