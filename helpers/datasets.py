@@ -123,7 +123,7 @@ MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-bit, 1-bit, the
 def mask_array(file: Image.Image, path: Path) -> np.ndarray:
     """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16- and 32-bit ones."""
     if file.mode not in MASK_MODES:
-        raise ValueError(f"Mask {path} is a {file.mode} image, not class indices ({', '.join(MASK_MODES)} "
+        raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
                          "mode). If its classes are colours, convert it with helpers.masks.colour_to_index.")
     array = np.array(file)
     return array.astype(np.uint8 if array.dtype.itemsize == 1 else np.int32, copy=False)
@@ -143,7 +143,7 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
 
 def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,
               dtype: torch.dtype = torch.int64) -> tv_tensors.Mask:
-    """Read a PNG of class indices (8-bit ``P``/``L``, ``1``, or 16-bit ``I;16``) as ``[H, W]`` of ``dtype``.
+    """Read a PNG of class indices (8-bit ``P``/``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]`` of ``dtype``.
 
     Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one.
     """
@@ -207,9 +207,10 @@ class InMemoryDataset(Dataset):
 
     For data sets that fit in RAM (the shapes train split decodes to about 20 MB): an epoch then reads no
     files and decodes nothing; only the random transforms are left. The pixels live in two big tensors
-    (all images, all masks) plus their sizes, not one tensor per sample: a DataLoader worker started by
-    spawn or forkserver then receives four shared-memory handles, whatever the number of samples (one
-    handle per sample fails with "too many fds"). Taught in 06_gpu_training.
+    (all images, all masks) plus each sample's shape and start, not one tensor per sample: a DataLoader
+    worker started by spawn or forkserver then receives four tensors, whatever the number of samples.
+    (On Linux each tensor travels as a file descriptor, and forkserver passes at most 256 of them: a
+    tensor per sample fails there with "too many fds".) Taught in 06_gpu_training.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None):

@@ -131,7 +131,7 @@ def test_a_0_255_mask_is_refused_unless_255_means_ignore(root):
 
 def test_rgb_masks_point_to_colour_conversion(root):
     Image.new("RGB", (12, 8)).save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match="RGB image, not class indices.*colour_to_index"):
+    with pytest.raises(ValueError, match="has mode RGB, not class indices.*colour_to_index"):
         SegmentationDataset(root)[0]
 
 

@@ -2,8 +2,9 @@
 
 ``fork`` (Linux up to Python 3.13) copies the parent process, so almost anything works in its workers.
 ``spawn`` (macOS, Windows) and ``forkserver`` (Linux from Python 3.14) pickle the dataset into each
-worker: a class defined in ``__main__``, an open file handle, or thousands of shared tensors (one file
-descriptor each, "too many fds") break there. Each Dataset is read here under both.
+worker: a class defined in ``__main__`` or an open file handle breaks there, and under forkserver on Linux
+more than 256 tensors (one file descriptor each) fail with "too many fds". Each Dataset is read here under
+both.
 """
 
 import multiprocessing
