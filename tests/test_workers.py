@@ -7,6 +7,7 @@ more than 256 tensors (one file descriptor each) fail with "too many fds". Each 
 both.
 """
 
+import bisect
 import multiprocessing
 import shutil
 from collections import Counter
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -40,40 +41,6 @@ def files() -> SegmentationDataset:
     return dataset
 
 
-@pytest.fixture(scope="module")
-def datasets(files, tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("formats")
-    write_memmap(files, folder / "memmap", SIZE)
-    write_hdf5(files, folder / "data.h5", SIZE)
-    shards = write_shards(files, folder / "shards", per_shard=4)
-    return {"SegmentationDataset": files, "InMemoryDataset": InMemoryDataset(files, v2.CenterCrop(100)),
-            "MemmapDataset": MemmapDataset(folder / "memmap"), "HDF5Dataset": HDF5Dataset(folder / "data.h5"),
-            "ShardStream": ShardStream(shards)}
-
-
-def read_all(dataset, **loader_options) -> list[Sample]:
-    """Every sample of one epoch, one at a time (``batch_size=None``: samples of any size)."""
-    return list(DataLoader(dataset, batch_size=None, **loader_options))
-
-
-def as_counter(samples: list[Sample]) -> Counter:
-    return Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", ["SegmentationDataset", "InMemoryDataset", "MemmapDataset", "HDF5Dataset",
-                                  "ShardStream"])
-def test_two_workers_give_what_no_workers_give(datasets, name, method):
-    dataset = datasets[name]
-    expected = read_all(dataset)
-    got = read_all(dataset, num_workers=2, multiprocessing_context=method)
-    assert len(got) == len(expected) == 12
-    if name == "ShardStream":  # each worker streams its own shards, so the order interleaves
-        assert as_counter(got) == as_counter(expected)
-    else:
-        assert all(torch.equal(g.image, e.image) and torch.equal(g.mask, e.mask) for g, e in zip(got, expected))
-
-
 def numbered_samples(count: int) -> list[Sample]:
     """``count`` tiny samples of varying size, each carrying its own number in its pixels."""
     samples = []
@@ -84,17 +51,47 @@ def numbered_samples(count: int) -> list[Sample]:
     return samples
 
 
+@pytest.fixture(scope="module")
+def datasets(files, tmp_path_factory) -> dict[str, Dataset]:
+    """Each Dataset of helpers/ over the same twelve pairs, and an in-memory one of 2,000 samples."""
+    folder = tmp_path_factory.mktemp("formats")
+    write_memmap(files, folder / "memmap", SIZE)
+    write_hdf5(files, folder / "data.h5", SIZE)
+    return {"SegmentationDataset": files, "InMemoryDataset": InMemoryDataset(files, v2.CenterCrop(100)),
+            "InMemoryDataset of 2,000": InMemoryDataset(numbered_samples(2000)),
+            "MemmapDataset": MemmapDataset(folder / "memmap"), "HDF5Dataset": HDF5Dataset(folder / "data.h5")}
+
+
+def read_all(dataset, **loader_options) -> list[Sample]:
+    """Every sample of one epoch, one at a time (``batch_size=None``: samples of any size)."""
+    return list(DataLoader(dataset, batch_size=None, **loader_options))
+
+
+def test_in_memory_data_is_a_few_big_tensors(datasets):
+    in_memory = datasets["InMemoryDataset of 2,000"]
+    tensors = [value for value in vars(in_memory).values() if isinstance(value, torch.Tensor)]
+    assert len(tensors) <= 4  # whatever the number of samples: a file descriptor each under forkserver
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_a_large_in_memory_dataset_reaches_workers_whole(method):
-    samples = numbered_samples(2000)
-    dataset = InMemoryDataset(samples)
-    tensors = [value for value in vars(dataset).values() if isinstance(value, torch.Tensor)]
-    assert len(tensors) <= 4  # a few big arrays, whatever the number of samples: a handle each
-    got = read_all(dataset, num_workers=2, multiprocessing_context=method)
-    assert len(got) == 2000
-    for want, sample in zip(samples, got):
-        assert torch.equal(sample.image, want.image) and torch.equal(sample.mask, want.mask)
-        assert sample.mask.dtype == torch.int64
+def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, method):
+    """One loader over all of them, so that each start method starts its (slow to spawn) workers once."""
+    names, together = list(datasets), ConcatDataset(list(datasets.values()))
+    got = read_all(together, num_workers=2, multiprocessing_context=method)
+    assert len(got) == len(together) == 4 * 12 + 2000
+    for index, (sample, want) in enumerate(zip(got, read_all(together))):
+        name = names[bisect.bisect_right(together.cumulative_sizes, index)]
+        assert torch.equal(sample.image, want.image) and torch.equal(sample.mask, want.mask), f"{name}: {index}"
+        assert sample.mask.dtype == want.mask.dtype, name
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_shard_stream_gives_through_two_workers_what_it_gives_alone(files, tmp_path, method):
+    stream = ShardStream(write_shards(files, tmp_path, per_shard=4))
+    got, want = read_all(stream, num_workers=2, multiprocessing_context=method), read_all(stream)
+    assert len(got) == len(want) == 12
+    as_counter = lambda samples: Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
+    assert as_counter(got) == as_counter(want)  # each worker streams its own shards: the order interleaves
 
 
 def truncate(path: Path) -> None:
@@ -117,7 +114,11 @@ def test_an_error_in_a_worker_names_the_file(files, tmp_path, damage, folder, me
     damage(damaged)
     loader = DataLoader(SegmentationDataset(tmp_path), batch_size=None, num_workers=2,
                         multiprocessing_context=METHODS[-1])
+    batches = iter(loader)
     with pytest.raises(ValueError, match=message) as error:
-        list(loader)
-    assert "in DataLoader worker process" in str(error.value)
-    assert str(tmp_path / folder / damaged.name) in str(error.value)  # the whole path, as the worker saw it
+        list(batches)
+    text = str(error.value)
+    batches._shutdown_workers()  # the traceback keeps the iterator alive: without this its workers are
+    # reaped later, while another loader runs, after two 5-second timeouts
+    assert "in DataLoader worker process" in text
+    assert str(tmp_path / folder / damaged.name) in text  # the whole path, as the worker saw it
