@@ -101,7 +101,7 @@ def flip_batch(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
 
     Per-sample randomness at batch speed, for data that arrives as whole batches (05_large_datasets).
     """
-    flip = torch.rand(len(images)) < 0.5
-    images[flip] = images[flip].flip(-1)
-    masks[flip] = masks[flip].flip(-1)
+    for i in (torch.rand(len(images)) < 0.5).nonzero().flatten().tolist():
+        images[i] = images[i].flip(-1)  # sample by sample: no gathered copy of the flipped ones
+        masks[i] = masks[i].flip(-1)
     return images, masks

@@ -1,36 +1,47 @@
 """Benchmark: images per second of the naive per-sample pipeline against the recommended ones.
 
     python -m helpers.bench [--count 2000] [--side 256] [--size 224] [--batch-size 32] [--workers 0 1 2]
-                            [--formats]
+                            [--formats] [--json PATH] [--plot PATH]
 
 Generates (once, then reuses) a data set of JPEG images with PNG masks, then, per pipeline and worker
 count, loads one epoch to start the workers and warm the caches and times a second, whole epoch. Every pipeline outputs what a model needs: float ``[B, 3, size, size]``
 normalised images and int64 ``[B, size, size]`` masks, with one random horizontal flip per sample
 applied to image and mask alike. ``--formats`` adds the pre-decoded formats of notebook 05
 (memory-mapped arrays, HDF5) and tar shards, with their disk size and time to write.
+
+The same run measures two ceilings on all cores, and gives each pipeline's share of its own: *decode
+only* (the JPEG images and PNG masks decoded by the pipeline's decoder, nothing else: no pipeline that
+reads these files can beat it) and *memory only* (the bytes a pre-decoded pipeline must move per image,
+read as uint8 and written as float32 image and int64 mask, at the measured memory-copy speed: no
+pre-decoded pipeline can beat it). ``--json PATH`` writes every figure; ``--plot PATH`` saves a chart.
 Taught in 04_dataloader_batching and 05_large_datasets.
 """
 
 import argparse
+import json
+import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
+import torchvision
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 from tqdm import tqdm
 
 from helpers.batching import NaiveDataset, fast_transforms, flip_batch, normalize_batch
-from helpers.datasets import SegmentationDataset
+from helpers.datasets import SegmentationDataset, read_image, read_mask
 from helpers.env import usable_cores
 from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, disk_megabytes, write_hdf5,
                              write_memmap, write_shards)
 from helpers.scenes import write_dataset
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+PRE_DECODED = ("memmap", "hdf5")  # pipelines bounded by memory traffic; the others decode files
 
 
 class Pipeline(NamedTuple):
@@ -105,6 +116,91 @@ def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progres
     return images / (time.perf_counter() - start)
 
 
+def _decode_pair(paths: tuple[str, str]) -> int:
+    """Decode one image and its mask with the pipelines' decoders, and nothing else."""
+    return read_image(Path(paths[0])).numel() + read_mask(Path(paths[1])).numel()
+
+
+def decode_ceiling(root: Path, processes: int) -> float:
+    """Pairs per second that decoding alone reaches in ``processes`` processes: no file pipeline beats it."""
+    dataset = SegmentationDataset(root)
+    pairs = list(zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist()))
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(_decode_pair, pairs[:processes]))  # start the processes before the clock does
+        start = time.perf_counter()
+        list(pool.map(_decode_pair, pairs, chunksize=max(1, len(pairs) // (8 * processes))))
+        return len(pairs) / (time.perf_counter() - start)
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
+    """Bytes per second (read plus written) of a large copy with all of torch's threads."""
+    source = torch.ones(megabytes * 2**20, dtype=torch.uint8)
+    target = torch.empty_like(source)
+    target.copy_(source)  # touch every page first
+    start = time.perf_counter()
+    for _ in range(repeats):
+        target.copy_(source)
+    return 2 * source.numel() * repeats / (time.perf_counter() - start)
+
+
+def bytes_per_image(size: int) -> int:
+    """What a pre-decoded pipeline must move per image: uint8 image and mask read, float32 and int64 written."""
+    pixels = size * size
+    return (3 + 1) * pixels + (3 * 4 + 8) * pixels
+
+
+def ceilings(root: Path, size: int, processes: int) -> dict[str, float]:
+    """Images per second of the two ceilings, measured now, on ``processes`` cores."""
+    bandwidth = copy_bandwidth()
+    return {"decode only": decode_ceiling(root, processes), "memory only": bandwidth / bytes_per_image(size),
+            "copy GB/s": bandwidth / 1e9}
+
+
+def shares(results: dict[str, dict[int, float]], limits: dict[str, float]) -> dict[str, float]:
+    """Each pipeline's best speed as a share of its ceiling (memory for pre-decoded, decoding for files)."""
+    return {name: max(speeds.values()) / limits["memory only" if name in PRE_DECODED else "decode only"]
+            for name, speeds in results.items()}
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on, for --json."""
+    return {"platform": platform.platform(terse=True), "processor": platform.machine(),
+            "cpu capability": torch.backends.cpu.get_cpu_capability(), "cores": str(usable_cores()),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+def plot(results: dict[str, dict[int, float]], limits: dict[str, float], path: Path) -> None:
+    """Save a bar chart: each pipeline's best images per second, with both ceilings as lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    figure, axes = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    axes.barh(names, [max(results[n].values()) for n in names], color="tab:blue")
+    for (label, value), colour in zip(list(limits.items())[:2], ("tab:red", "tab:green")):
+        axes.axvline(value, color=colour, linestyle="--", label=f"{label} ceiling")
+    axes.set(xlabel="images per second (best worker count)", xscale="log", xlim=(10, None))
+    axes.invert_yaxis()
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def print_table(results: dict[str, dict[int, float]], limits: dict[str, float], workers: list[int]) -> None:
+    """The ceilings, then each pipeline per worker count with its share of its ceiling."""
+    print(f"{'ceiling':>12}{limits['decode only']:11.0f}   decode only: JPEG + PNG decoded on all cores")
+    print(f"{'':>12}{limits['memory only']:11.0f}   memory only: a pre-decoded pipeline's bytes at "
+          f"{limits['copy GB/s']:.1f} GB/s")
+    print(f"{'pipeline':>12}" + "".join(f"{w:>9} w" for w in workers) + "   (images per second)")
+    for name, share in shares(results, limits).items():
+        ceiling = "memory" if name in PRE_DECODED else "decode"
+        speeds = "".join(f"{results[name][w]:11.0f}" for w in workers)
+        print(f"{name:>12}{speeds}   {share:4.0%} of the {ceiling} ceiling")
+
+
 def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     """Run the benchmark, print a table, and as the last line the best speed-up over naive."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -116,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
                         help="worker counts to try (default: 0 to the number of cores)")
     parser.add_argument("--formats", action="store_true", help="also memory-mapped arrays, HDF5, shards")
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+    parser.add_argument("--plot", type=Path, default=None, help="save a chart to this PNG file")
     args = parser.parse_args(argv)
     root = bench_data(args.count, args.side, args.data)
     print(f"{args.count} JPEG images {args.side}x{args.side} -> float 3x{args.size}x{args.size} + int64 "
@@ -129,9 +227,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
                    for name, p in chosen.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"{'pipeline':>12}" + "".join(f"{w:>9} w" for w in args.workers) + "   (images per second)")
-    for name, speeds in results.items():
-        print(f"{name:>12}" + "".join(f"{speeds[w]:11.0f}" for w in args.workers))
+    limits = ceilings(root, args.size, usable_cores())
+    print_table(results, limits, args.workers)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()}, "ceilings": limits,
+            "pipelines": results, "shares": shares(results, limits)}, indent=2))
+    if args.plot:
+        plot(results, limits, args.plot)
     naive = max(results["naive"].values())
     best = max((name for name in results if name != "naive"), key=lambda n: max(results[n].values()))
     workers = max(results[best], key=results[best].get)

@@ -48,7 +48,10 @@ def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
 
 
 class MemmapDataset(Dataset):
-    """Pre-decoded arrays read through a memory map: index with an int for a sample, a list for a batch."""
+    """Pre-decoded arrays read through a memory map: index with an int for a sample, a list for a batch.
+
+    A batch comes back in the order of the list, gathered from the map in one copy.
+    """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -66,9 +69,10 @@ class MemmapDataset(Dataset):
             self.arrays = (np.load(self.folder / "images.npy", mmap_mode="r"),
                            np.load(self.folder / "masks.npy", mmap_mode="r"))
         images, masks = self.arrays
-        if isinstance(index, list):
-            index = np.sort(index)  # ascending reads are what disks and page caches like
-        return Sample(torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(masks[index])))
+        if isinstance(index, int):
+            return Sample(torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(masks[index])))
+        # a list gathers the batch straight from the map, in the order asked: one copy, nothing reordered
+        return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
 
 
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:

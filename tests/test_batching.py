@@ -1,3 +1,4 @@
+import json
 import random
 
 import numpy as np
@@ -71,10 +72,24 @@ def test_both_benchmark_pipelines_give_correct_aligned_masks(striped, seed):
 def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys):
     from helpers.bench import main
 
-    results = main(["--count", "8", "--side", "64", "--size", "48", "--batch-size", "4",
-                    "--workers", "0", "--data", str(tmp_path / "bench")])
+    results = main(["--count", "8", "--side", "64", "--size", "48", "--batch-size", "4", "--workers", "0",
+                    "--data", str(tmp_path / "bench"), "--json", str(tmp_path / "b.json"),
+                    "--plot", str(tmp_path / "b.png")])
     assert set(results) == {"naive", "recommended"} and all(v[0] > 0 for v in results.values())
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("best speed-up: ")
+    out = capsys.readouterr().out
+    assert "decode only" in out and "memory only" in out and "of the decode ceiling" in out
+    assert out.strip().splitlines()[-1].startswith("best speed-up: ")
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert set(saved) == {"machine", "settings", "ceilings", "pipelines", "shares"}
+    assert saved["pipelines"]["naive"]["0"] == results["naive"][0] and saved["machine"]["cores"]
+    assert 0 < saved["shares"]["recommended"] and saved["ceilings"]["decode only"] > 0
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_pre_decoded_image_moves_its_bytes_once_in_and_once_out():
+    from helpers.bench import bytes_per_image
+
+    assert bytes_per_image(224) == 224 * 224 * (3 + 1 + 3 * 4 + 8)  # uint8 in; float32 image, int64 mask out
 
 
 def test_the_benchmark_measures_the_stored_formats_too(tmp_path, capsys):
