@@ -19,6 +19,7 @@ Taught in 04_dataloader_batching and 05_large_datasets.
 
 import argparse
 import json
+import multiprocessing
 import platform
 import shutil
 import tempfile
@@ -125,7 +126,10 @@ def decode_ceiling(root: Path, processes: int) -> float:
     """Pairs per second that decoding alone reaches in ``processes`` processes: no file pipeline beats it."""
     dataset = SegmentationDataset(root)
     pairs = list(zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist()))
-    with ProcessPoolExecutor(processes) as pool:
+    # spawned, single-threaded processes, as DataLoader workers are: a forked copy of a process whose
+    # torch thread pool is running can hang in its first torch call
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
         list(pool.map(_decode_pair, pairs[:processes]))  # start the processes before the clock does
         start = time.perf_counter()
         list(pool.map(_decode_pair, pairs, chunksize=max(1, len(pairs) // (8 * processes))))
