@@ -148,7 +148,7 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
 
 
 def bytes_per_image(size: int) -> int:
-    """What a pre-decoded pipeline must move per image: uint8 image and mask read, float32 and int64 written."""
+    """Bytes a pre-decoded pipeline moves per image: uint8 image and mask in, float32 and int64 out."""
     pixels = size * size
     return (3 + 1) * pixels + (3 * 4 + 8) * pixels
 

@@ -143,12 +143,13 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
 
 def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,
               dtype: torch.dtype = torch.int64) -> tv_tensors.Mask:
-    """Read a PNG of class indices (8-bit ``P``/``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]`` of ``dtype``.
+    """Read a PNG of class indices (``P``, ``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]`` ``dtype``.
 
     Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one.
     """
     if torch.iinfo(dtype).max < max(num_classes - 1, ignore_index or 0):
-        raise ValueError(f"{dtype} cannot hold class {max(num_classes - 1, ignore_index or 0)}: use torch.int64.")
+        largest = max(num_classes - 1, ignore_index or 0)
+        raise ValueError(f"{dtype} cannot hold class {largest}: use torch.int64.")
     try:
         with Image.open(path) as file:
             array = mask_array(file, path)

@@ -46,8 +46,9 @@ def numbered_samples(count: int) -> list[Sample]:
     samples = []
     for i in range(count):
         height, width = 2 + i % 3, 3 + i % 5
-        image = torch.tensor([i % 256, i // 256, 7], dtype=torch.uint8)[:, None, None].expand(3, height, width)
-        samples.append(Sample(tv_tensors.Image(image.clone()), tv_tensors.Mask(torch.full((height, width), i % 4))))
+        image = torch.tensor([i % 256, i // 256, 7], dtype=torch.uint8)[:, None, None].repeat(1, height, width)
+        mask = torch.full((height, width), i % 4)
+        samples.append(Sample(tv_tensors.Image(image), tv_tensors.Mask(mask)))
     return samples
 
 
@@ -90,7 +91,9 @@ def test_a_shard_stream_gives_through_two_workers_what_it_gives_alone(files, tmp
     stream = ShardStream(write_shards(files, tmp_path, per_shard=4))
     got, want = read_all(stream, num_workers=2, multiprocessing_context=method), read_all(stream)
     assert len(got) == len(want) == 12
-    as_counter = lambda samples: Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
+    def as_counter(samples: list[Sample]) -> Counter:
+        return Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
+
     assert as_counter(got) == as_counter(want)  # each worker streams its own shards: the order interleaves
 
 
