@@ -162,12 +162,13 @@ def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | N
     return tv_tensors.Mask(mask.to(dtype))
 
 
-def check_same_size(image: torch.Tensor, mask: torch.Tensor, image_path: Path, mask_path: Path) -> None:
-    """Raise, naming both files, unless ``mask`` is ``[H, W]`` of the image's ``[..., H, W]``."""
-    if image.shape[-2:] != mask.shape:
+def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], image_path: Path,
+                    mask_path: Path) -> None:
+    """Raise, naming both files, unless image and mask have the same (height, width)."""
+    if tuple(image_size) != tuple(mask_size):
         raise ValueError(
-            f"Image {image_path} is {image.shape[-1]}x{image.shape[-2]} (WxH) but its mask {mask_path} "
-            f"is {mask.shape[-1]}x{mask.shape[-2]}: a mask must match its image pixel for pixel. "
+            f"Image {image_path} is {image_size[1]}x{image_size[0]} (WxH) but its mask {mask_path} "
+            f"is {mask_size[1]}x{mask_size[0]}: a mask must match its image pixel for pixel. "
             "Export the mask again at the image's size.")
 
 
@@ -197,7 +198,7 @@ class SegmentationDataset(Dataset):
         image_path, mask_path = Path(self.image_paths[index]), Path(self.mask_paths[index])
         image = read_image(image_path)
         mask = read_mask(mask_path, self.num_classes, self.ignore_index, self.mask_dtype)
-        check_same_size(image, mask, image_path, mask_path)
+        check_same_size(image.shape[-2:], mask.shape, image_path, mask_path)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return Sample(image, mask)

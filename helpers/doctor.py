@@ -181,9 +181,8 @@ def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_p
                    f"mask the same way, mask.transpose(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), "
                    "and save it as PNG.")
         return
-    try:  # shape-only tensors: check_same_size words the problem, and nothing is allocated
-        check_same_size(torch.empty(upright, device="meta"), torch.empty(mask_size, device="meta"),
-                        image_path, mask_path)
+    try:
+        check_same_size(upright, mask_size, image_path, mask_path)
     except ValueError as error:
         report.add(ERROR, mask_path, str(error))
 
