@@ -1,10 +1,11 @@
 """Benchmark: images per second of the naive per-sample pipeline against the recommended ones.
 
     python -m helpers.bench [--count 2000] [--side 256] [--size 224] [--batch-size 32] [--workers 0 1 2]
-                            [--formats] [--json PATH] [--plot PATH]
+                            [--epochs 3] [--formats] [--device cpu|cuda] [--json PATH] [--plot PATH]
 
 Generates (once, then reuses) a data set of JPEG images with PNG masks, then, per pipeline and worker
-count, loads one epoch to start the workers and warm the caches and times a second, whole epoch. Every pipeline outputs what a model needs: float ``[B, 3, size, size]``
+count, loads one epoch to start the workers and warm the caches and times ``--epochs`` more, keeping
+the best. Every pipeline delivers what a model needs, on ``--device``: float ``[B, 3, size, size]``
 normalised images and int64 ``[B, size, size]`` masks, with one random horizontal flip per sample
 applied to image and mask alike. ``--formats`` adds the pre-decoded formats of notebook 05
 (memory-mapped arrays, HDF5) and tar shards, with their disk size and time to write.
@@ -21,6 +22,7 @@ import argparse
 import json
 import multiprocessing
 import platform
+import random
 import shutil
 import tempfile
 import time
@@ -29,17 +31,22 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torchvision
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+import torchvision.transforms as v1
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
-from helpers.batching import NaiveDataset, fast_transforms, flip_batch, normalize_batch
-from helpers.datasets import SegmentationDataset, read_image, read_mask
+from helpers.batching import flip_batch, flip_collate
+from helpers.datasets import SegmentationDataset, decode_image, pair_files, read_mask
 from helpers.env import usable_cores
 from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, disk_megabytes, write_hdf5,
                              write_memmap, write_shards)
 from helpers.scenes import write_dataset
+from helpers.training import to_device
+from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 PRE_DECODED = ("memmap", "hdf5")  # pipelines bounded by memory traffic; the others decode files
@@ -61,30 +68,58 @@ def bench_data(count: int, side: int, root: Path | None = None) -> Path:
     return root
 
 
-def _loader(dataset, workers: int, **options) -> DataLoader:
+class NaiveDataset(Dataset):
+    """The seed tutorials' per-sample pipeline (PIL, Resize, ToTensor, Normalize), made correct for masks.
+
+    The baseline the benchmark measures the others against, and nothing else: float images and int64
+    masks per sample, one coin flip for both.
+    """
+
+    def __init__(self, root: Path, size: int = 224):
+        pairs = pair_files(Path(root) / "images", Path(root) / "masks")
+        self.image_paths = np.array([str(image) for image, _ in pairs])
+        self.mask_paths = np.array([str(mask) for _, mask in pairs])
+        self.size = size
+        self.to_tensor = v1.Compose([v1.Resize((size, size)), v1.ToTensor(), v1.Normalize(SHAPES_MEAN, SHAPES_STD)])
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = Image.open(self.image_paths[index]).convert("RGB")
+        mask = Image.open(self.mask_paths[index])
+        if random.random() < 0.5:  # one coin for both, so they stay aligned
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        mask = mask.resize((self.size, self.size), Image.Resampling.NEAREST)
+        return self.to_tensor(image), torch.from_numpy(np.array(mask)).long()
+
+
+def _loader(dataset, workers: int, device: torch.device, **options) -> DataLoader:
     """A loader whose workers live across epochs, so a timed epoch does not include their start-up."""
-    return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0, **options)
+    return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=device.type == "cuda", **options)
 
 
-def _to_model(batch: Batch) -> Batch:
-    return normalize_batch(batch[0]), batch[1].long()
+def pipelines(root: Path, size: int, batch_size: int = 32, device: torch.device = torch.device("cpu")
+              ) -> dict[str, Pipeline]:
+    """The file-decoding pipelines: naive (per-sample PIL, float) and recommended (04_dataloader_batching).
 
-
-def _flip_to_model(batch: Batch) -> Batch:
-    return _to_model(flip_batch(batch[0], batch[1]))
-
-
-def pipelines(root: Path, size: int, batch_size: int = 32) -> dict[str, Pipeline]:
-    """The file-decoding pipelines: naive (per-sample PIL, float) and recommended (uint8 tensors)."""
+    Recommended: ``SegmentationDataset(size=...)`` decodes with libjpeg-turbo, at reduced scale when the
+    JPEGs are large, and resizes in the workers; ``flip_collate`` flips whole uint8 batches there;
+    ``to_device`` normalises each batch on the device.
+    """
     naive = NaiveDataset(root, size)
-    fast = SegmentationDataset(root, transform=fast_transforms(size), mask_dtype=torch.uint8)
+    recommended = SegmentationDataset(root, size=(size, size), mask_dtype=torch.uint8)
     shuffled = dict(batch_size=batch_size, shuffle=True, drop_last=True)
-    return {"naive": Pipeline(lambda w: _loader(naive, w, **shuffled), lambda b: (b[0], b[1])),
-            "recommended": Pipeline(lambda w: _loader(fast, w, **shuffled), _to_model)}
+    return {"naive": Pipeline(lambda w: _loader(naive, w, device, **shuffled), lambda b: to_device(*b, device)),
+            "recommended": Pipeline(lambda w: _loader(recommended, w, device, collate_fn=flip_collate, **shuffled),
+                                    lambda b: to_device(*b, device))}
 
 
-def format_pipelines(root: Path, size: int, batch_size: int, work: Path) -> dict[str, Pipeline]:
-    """Write the data once in each format (printing time and disk size); return their pipelines."""
+def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
+                     device: torch.device = torch.device("cpu")) -> dict[str, Pipeline]:
+    """Write the data once in each format (printing time and disk size); return their pipelines (05)."""
     source = SegmentationDataset(root)
     writers = {"memmap": (work / "memmap", lambda path: write_memmap(source, path, size)),
                "hdf5": (work / "data.h5", lambda path: write_hdf5(source, path, size)),
@@ -94,38 +129,60 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path) -> dict
         write(path)
         print(f"wrote {name:>6}: {time.perf_counter() - start:5.1f} s, {disk_megabytes(path):6.1f} MB on disk")
     memmap, hdf5 = MemmapDataset(work / "memmap"), HDF5Dataset(work / "data.h5")
-    streams = ShardStream(sorted((work / "shards").glob("*.tar")), shuffle=256, transform=fast_transforms(size))
+    streams = ShardStream(sorted((work / "shards").glob("*.tar")), shuffle=256, size=(size, size))
     in_batches = BatchSampler(RandomSampler(memmap), batch_size, drop_last=True)  # one read per batch
+
+    def flip_to_device(batch: Batch) -> Batch:
+        return to_device(*flip_batch(*batch), device)
+
     return {
-        "memmap": Pipeline(lambda w: _loader(memmap, w, sampler=in_batches, batch_size=None), _flip_to_model),
-        "hdf5": Pipeline(lambda w: _loader(hdf5, w, batch_size=batch_size, shuffle=True, drop_last=True),
-                         _flip_to_model),
-        "shards": Pipeline(lambda w: _loader(streams, w, batch_size=batch_size), _to_model),
+        "memmap": Pipeline(lambda w: _loader(memmap, w, device, sampler=in_batches, batch_size=None), flip_to_device),
+        "hdf5": Pipeline(lambda w: _loader(hdf5, w, device, sampler=in_batches, batch_size=None), flip_to_device),
+        "shards": Pipeline(lambda w: _loader(streams, w, device, batch_size=batch_size, collate_fn=flip_collate),
+                           lambda b: to_device(*b, device)),
     }
 
 
-def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progress: bool = True) -> float:
-    """Images per second over one whole epoch, after a first epoch that starts workers and warms caches."""
-    loader = pipeline.loader(workers)
-    for batch in loader:  # warm-up epoch: not timed
-        pipeline.finish(batch)
-    start, images = time.perf_counter(), 0
-    for batch in tqdm(loader, desc=f"{label:>11}, {workers} workers", leave=False, disable=not progress):
-        image, mask = pipeline.finish(batch)
-        assert image.dtype == torch.float32 and mask.dtype == torch.int64
-        images += len(image)
-    return images / (time.perf_counter() - start)
+def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progress: bool = True,
+                      epochs: int = 1) -> float:
+    """Images per second over a whole epoch (the best of ``epochs``), after a first epoch that starts the
+    workers and warms the caches. The best, not the mean: on a shared machine, other work only slows down.
+
+    While workers decode, the main process only converts batches, with one torch thread: its idle threads
+    would otherwise spin on the cores the workers need (on 2 cores that cost the recommended pipeline a
+    quarter of its speed). With no workers it keeps all of them.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if workers else threads)
+    try:
+        loader = pipeline.loader(workers)
+        for batch in loader:  # warm-up epoch: not timed
+            pipeline.finish(batch)
+        speeds = []
+        for _ in range(epochs):
+            start, images = time.perf_counter(), 0
+            for batch in tqdm(loader, desc=f"{label:>11}, {workers} workers", leave=False, disable=not progress):
+                image, mask = pipeline.finish(batch)
+                assert image.dtype == torch.float32 and mask.dtype == torch.int64
+                images += len(image)
+            if image.is_cuda:
+                torch.cuda.synchronize()  # the last batch's copy and conversion are done
+            speeds.append(images / (time.perf_counter() - start))
+        return max(speeds)
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _decode_pair(paths: tuple[str, str]) -> int:
-    """Decode one image and its mask with the pipelines' decoders, and nothing else."""
-    return read_image(Path(paths[0])).numel() + read_mask(Path(paths[1])).numel()
+def _decode_pair(paths: tuple[str, str, int]) -> int:
+    """Decode one image (at the reduced scale ``size`` allows) and its mask as the recommended pipeline does."""
+    image, _ = decode_image(Path(paths[0]), (paths[2], paths[2]))
+    return image.numel() + read_mask(Path(paths[1]), dtype=torch.uint8).numel()
 
 
-def decode_ceiling(root: Path, processes: int) -> float:
+def decode_ceiling(root: Path, processes: int, size: int) -> float:
     """Pairs per second that decoding alone reaches in ``processes`` processes: no file pipeline beats it."""
     dataset = SegmentationDataset(root)
-    pairs = list(zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist()))
+    pairs = [(image, mask, size) for image, mask in zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist())]
     # spawned, single-threaded processes, as DataLoader workers are: a forked copy of a process whose
     # torch thread pool is running can hang in its first torch call
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
@@ -156,7 +213,7 @@ def bytes_per_image(size: int) -> int:
 def ceilings(root: Path, size: int, processes: int) -> dict[str, float]:
     """Images per second of the two ceilings, measured now, on ``processes`` cores."""
     bandwidth = copy_bandwidth()
-    return {"decode only": decode_ceiling(root, processes), "memory only": bandwidth / bytes_per_image(size),
+    return {"decode only": decode_ceiling(root, processes, size), "memory only": bandwidth / bytes_per_image(size),
             "copy GB/s": bandwidth / 1e9}
 
 
@@ -214,20 +271,24 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=list(range(usable_cores() + 1)),
                         help="worker counts to try (default: 0 to the number of cores)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement; the best counts")
     parser.add_argument("--formats", action="store_true", help="also memory-mapped arrays, HDF5, shards")
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="save a chart to this PNG file")
+    parser.add_argument("--device", default="cpu", help="where batches are delivered: cpu or cuda (pinned memory, "
+                        "non_blocking copies, uint8 normalised on the GPU)")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     root = bench_data(args.count, args.side, args.data)
     print(f"{args.count} JPEG images {args.side}x{args.side} -> float 3x{args.size}x{args.size} + int64 "
-          f"mask, batch {args.batch_size}, {usable_cores()} cores, torch {torch.__version__}")
+          f"mask on {device}, batch {args.batch_size}, {usable_cores()} cores, torch {torch.__version__}")
     work = Path(tempfile.mkdtemp(prefix="pixels_to_batches_formats_"))
     try:
-        chosen = pipelines(root, args.size, args.batch_size)
+        chosen = pipelines(root, args.size, args.batch_size, device)
         if args.formats:
-            chosen |= format_pipelines(root, args.size, args.batch_size, work)
-        results = {name: {w: images_per_second(p, w, label=name) for w in args.workers}
+            chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
+        results = {name: {w: images_per_second(p, w, label=name, epochs=args.epochs) for w in args.workers}
                    for name, p in chosen.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)

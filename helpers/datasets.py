@@ -3,17 +3,24 @@
 Taught in 02_segmentation_masks; used by every later notebook and by DataLoader workers.
 """
 
+import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from helpers.masks import CLASSES
+
+try:  # libjpeg-turbo called directly: the same pixels as PIL, in about half the time (04_dataloader_batching)
+    import simplejpeg
+except ImportError:  # not installed (e.g. Colab before `pip install -r requirements.txt`): PIL decodes
+    simplejpeg = None
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".png",)  # lossless only: JPEG compression invents mask values
@@ -98,23 +105,73 @@ TOO_LARGE = ("Pillow refuses images this large in case the file is a decompressi
              "module your DataLoader workers import too.")
 
 
-def read_image(path: Path) -> tv_tensors.Image:
-    """Decode an image file to uint8 RGB ``[3, H, W]``, turned upright by its EXIF orientation.
+TURNED = (5, 6, 7, 8)  # EXIF orientations that swap height and width
 
-    PIL decodes (torchvision.io's decoders are deprecated since torchvision 0.29); a truncated or
-    damaged file raises instead of coming back half grey.
+
+def reduced_size(size: tuple[int, int], min_size: tuple[int, int] | None) -> tuple[int, int]:
+    """The (height, width) a JPEG of ``size`` decodes to at the smallest of 1, 1/2, 1/4, 1/8 scale that keeps
+    at least ``min_size``. Only these scales are fast: libjpeg-turbo's others (such as 7/8) are slower than
+    decoding at full size and resizing."""
+    height, width = size
+    for factor in (8, 4, 2):
+        low_h, low_w = -(-height // factor), -(-width // factor)  # libjpeg rounds up
+        if min_size is not None and low_h >= min_size[0] and low_w >= min_size[1]:
+            return low_h, low_w
+    return height, width
+
+
+def decode_image(path: Path | BinaryIO, min_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode an image file to uint8 RGB ``[3, H, W]``, upright by its EXIF orientation; also its full (height, width).
+
+    ``min_size`` (height, width): a JPEG may then decode at 1/2, 1/4 or 1/8 scale, the smallest that is
+    still at least ``min_size`` (far fewer pixels to decode; 04_dataloader_batching measures it). Other
+    formats decode at full size. A truncated or damaged file raises instead of coming back half grey.
     """
+    data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
     try:
-        with Image.open(path) as file:
-            if "exif" in file.info and file.getexif().get(ORIENTATION, 1) != 1:  # stored sideways
+        # a JPEG without EXIF has nothing to turn: libjpeg-turbo decodes it straight from the bytes
+        if simplejpeg is not None and data[:3] == b"\xff\xd8\xff" and b"Exif\x00\x00" not in data:
+            try:
+                height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            except ValueError:  # damaged: PIL below says how, in plainer words
+                colorspace = None
+            if colorspace in ("Gray", "YCbCr", "RGB") and height * width <= Image.MAX_IMAGE_PIXELS:
+                try:
+                    return _decode_jpeg(data, (height, width), min_size), (height, width)
+                except ValueError:
+                    pass  # damaged: PIL below says how
+        with Image.open(io.BytesIO(data)) as file:  # checks the size against Image.MAX_IMAGE_PIXELS
+            orientation = file.getexif().get(ORIENTATION, 1) if "exif" in file.info else 1
+            width, height = file.size[::-1] if orientation in TURNED else file.size
+            if simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L") and orientation == 1:
+                return _decode_jpeg(data, (height, width), min_size), (height, width)
+            if min_size is not None and file.format == "JPEG":  # PIL's own reduced decoding
+                low_h, low_w = min_size[::-1] if orientation in TURNED else min_size  # as stored
+                file.draft("RGB", (low_w, low_h))  # picks 1/2, 1/4 or 1/8 likewise
+            if orientation != 1:  # stored sideways or mirrored
                 file = ImageOps.exif_transpose(file)
             array = np.array(file if file.mode == "RGB" else file.convert("RGB"))
     except Image.DecompressionBombError as error:
         raise ValueError(f"Cannot read image {path}: {error} {TOO_LARGE}") from None
-    except (OSError, SyntaxError) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"Cannot read image {path}: {error}. The file is damaged or not an image: "
                          "export it again, or remove it and its mask.") from None
-    return tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1))
+    return torch.from_numpy(array).permute(2, 0, 1), (height, width)
+
+
+def _decode_jpeg(data: bytes, size: tuple[int, int], min_size: tuple[int, int] | None) -> torch.Tensor:
+    """libjpeg-turbo through simplejpeg: the pixels PIL would give, about twice as fast, as ``[3, H, W]``."""
+    low_h, low_w = reduced_size(size, min_size)
+    return torch.from_numpy(simplejpeg.decode_jpeg(data, "RGB", min_height=low_h, min_width=low_w)).permute(2, 0, 1)
+
+
+def read_image(path: Path | BinaryIO) -> tv_tensors.Image:
+    """Decode an image file to uint8 RGB ``[3, H, W]``, turned upright by its EXIF orientation.
+
+    PIL opens it (torchvision.io's decoders are deprecated since torchvision 0.29) and checks it; JPEGs
+    are decoded by libjpeg-turbo through ``simplejpeg`` when it is installed. Errors name the file.
+    """
+    return tv_tensors.Image(decode_image(path)[0])
 
 
 MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-bit, 1-bit, then 16- and 32-bit integers
@@ -131,7 +188,8 @@ def mask_array(file: Image.Image, path: Path) -> np.ndarray:
 
 def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int | None) -> None:
     """Raise, listing the values, if ``mask`` holds anything but 0..num_classes-1 and ``ignore_index``."""
-    if mask.max() < num_classes and mask.min() >= 0:  # one cheap pass; values listed only when wrong
+    low, high = mask.aminmax()  # one cheap pass; the values are listed only when wrong
+    if high < num_classes and low >= 0:
         return
     bad = [v for v in mask.unique().tolist() if not 0 <= v < num_classes and v != ignore_index]
     if bad:
@@ -172,16 +230,47 @@ def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], ima
             "Export the mask again at the image's size.")
 
 
+def nearest_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a mask ``[H, W]`` to ``size`` (height, width) by nearest neighbour: each output pixel copies the
+    input pixel under its centre, so values are never invented and pixel centres stay aligned."""
+    (height, width), array = mask.shape, mask.numpy()
+    rows = (2 * np.arange(size[0]) + 1) * height // (2 * size[0])  # centre of output row i, in input rows
+    cols = (2 * np.arange(size[1]) + 1) * width // (2 * size[1])
+    return torch.from_numpy(array.take(rows, 0).take(cols, 1))  # NumPy's take: 5x faster than torch indexing
+
+
+def read_pair(image_path: Path, mask_path: Path, size: tuple[int, int] | None = None,
+              num_classes: int = len(CLASSES), ignore_index: int | None = None,
+              mask_dtype: torch.dtype = torch.int64) -> Sample:
+    """Read an image and its mask, checked to match pixel for pixel; optionally both resized to ``size``.
+
+    With ``size`` (height, width), a large JPEG decodes at reduced scale (``decode_image``) and is resized
+    smoothly (bilinear, antialiased); the mask is resized from its full size by ``nearest_resize``, so
+    both cover the same scene. Taught in 04_dataloader_batching.
+    """
+    image, image_size = decode_image(image_path, size)
+    mask = read_mask(mask_path, num_classes, ignore_index, mask_dtype).as_subclass(torch.Tensor)
+    check_same_size(image_size, tuple(mask.shape), image_path, mask_path)
+    if size is not None:
+        if tuple(image.shape[-2:]) != tuple(size):
+            image = F.resize(image, list(size), antialias=True)
+        if tuple(mask.shape) != tuple(size):
+            mask = nearest_resize(mask, size)
+    return Sample(tv_tensors.Image(image), tv_tensors.Mask(mask))
+
+
 class SegmentationDataset(Dataset):
     """Pairs ``root/images/NAME.jpg`` with ``root/masks/NAME.png``; optionally only those in ``root/<split>.txt``.
 
     Returns ``Sample(image, mask)``; ``transform(image, mask)`` (a v2 transform) moves both together.
-    Masks are int64, what losses want; ``mask_dtype=torch.uint8`` sends them 8x lighter from workers.
+    ``size`` (height, width) resizes every pair first, decoding JPEGs at reduced scale when they are large
+    (``read_pair``). Masks are int64, what losses want; ``mask_dtype=torch.uint8`` sends them 8x lighter
+    from workers.
     """
 
     def __init__(self, root: Path, split: str | None = None, transform: Callable | None = None,
                  num_classes: int = len(CLASSES), ignore_index: int | None = None,
-                 mask_dtype: torch.dtype = torch.int64):
+                 mask_dtype: torch.dtype = torch.int64, size: tuple[int, int] | None = None):
         pairs = pair_files(Path(root) / "images", Path(root) / "masks")
         if split is not None:
             pairs = read_split(pairs, Path(root) / f"{split}.txt")
@@ -189,16 +278,14 @@ class SegmentationDataset(Dataset):
         self.image_paths = np.array([str(image) for image, _ in pairs])
         self.mask_paths = np.array([str(mask) for _, mask in pairs])
         self.transform, self.num_classes, self.ignore_index = transform, num_classes, ignore_index
-        self.mask_dtype = mask_dtype
+        self.mask_dtype, self.size = mask_dtype, size
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> Sample:
-        image_path, mask_path = Path(self.image_paths[index]), Path(self.mask_paths[index])
-        image = read_image(image_path)
-        mask = read_mask(mask_path, self.num_classes, self.ignore_index, self.mask_dtype)
-        check_same_size(image.shape[-2:], mask.shape, image_path, mask_path)
+        image, mask = read_pair(Path(self.image_paths[index]), Path(self.mask_paths[index]), self.size,
+                                self.num_classes, self.ignore_index, self.mask_dtype)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return Sample(image, mask)

@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
-from helpers.datasets import Sample, SegmentationDataset, read_image, read_mask
+from helpers.datasets import Sample, SegmentationDataset, read_pair
 
 
 def disk_megabytes(path: Path) -> float:
@@ -85,7 +85,11 @@ def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
 
 
 class HDF5Dataset(Dataset):
-    """Samples from an HDF5 file written by ``write_hdf5``; each process opens its own handle."""
+    """Samples from an HDF5 file written by ``write_hdf5``; each process opens its own handle.
+
+    Index with an int for a sample, a list for a batch: read chunk by chunk into one preallocated batch,
+    in the order asked.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -99,11 +103,17 @@ class HDF5Dataset(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int | list[int]) -> Sample:
         if self.file is None:
             self.file = h5py.File(self.path, "r")
-        image, mask = self.file["images"][index], self.file["masks"][index]
-        return Sample(torch.from_numpy(image), torch.from_numpy(mask))
+        images, masks = self.file["images"], self.file["masks"]
+        if isinstance(index, int):
+            return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
+        batch = (np.empty((len(index), *images.shape[1:]), np.uint8), np.empty((len(index), *masks.shape[1:]), np.uint8))
+        for i, k in enumerate(index):  # h5py's own list indexing wants increasing indices: it would reorder
+            images.read_direct(batch[0], np.s_[k], np.s_[i])
+            masks.read_direct(batch[1], np.s_[k], np.s_[i])
+        return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
 
 
 def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64) -> list[Path]:
@@ -123,8 +133,8 @@ def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64
     return paths
 
 
-def _pairs_in_shard(path: Path) -> Iterator[Sample]:
-    """Read a shard front to back; yield each image+mask pair as a Sample."""
+def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None) -> Iterator[Sample]:
+    """Read a shard front to back; yield each image+mask pair as a Sample (resized to ``size``, if given)."""
     pending: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tar:
         for member in tar:
@@ -133,7 +143,7 @@ def _pairs_in_shard(path: Path) -> Iterator[Sample]:
             files = pending[stem]
             if "png" in files and len(files) == 2:
                 image_name = next(k for k in files if k != "png")
-                yield Sample(read_image(io.BytesIO(files[image_name])), read_mask(io.BytesIO(files["png"])))
+                yield read_pair(io.BytesIO(files[image_name]), io.BytesIO(files["png"]), size)
                 del pending[stem]
     if pending:
         raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: each NAME needs an image and NAME.png.")
@@ -143,11 +153,13 @@ class ShardStream(IterableDataset):
     """Stream samples from tar shards: each worker (and each distributed rank) reads its own shards.
 
     With ``shuffle > 0``, shard order is shuffled per epoch and samples pass through a buffer of that size.
+    ``size`` and ``transform`` act as in ``SegmentationDataset``.
     """
 
-    def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None):
+    def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None,
+                 size: tuple[int, int] | None = None):
         self.shards, self.shuffle, self.seed, self.epoch = [Path(s) for s in shards], shuffle, seed, 0
-        self.transform = transform  # applied to (image, mask) of each sample, like SegmentationDataset's
+        self.transform, self.size = transform, size
 
     def my_shards(self) -> list[Path]:
         """This process's share of the shards: split over distributed ranks, then over workers."""
@@ -163,7 +175,7 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         buffer: list[Sample] = []
         for shard in self.my_shards():
-            for sample in _pairs_in_shard(shard):
+            for sample in _pairs_in_shard(shard, self.size):
                 if self.transform is not None:
                     sample = Sample(*self.transform(*sample))
                 if not self.shuffle:

@@ -3,7 +3,7 @@ training loop, evaluation, losses and checkpoints (06_gpu_training)."""
 
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -11,8 +11,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from helpers.batching import normalize_batch
 from helpers.masks import IGNORE_INDEX
 from helpers.metrics import confusion_matrix
+from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -84,27 +86,36 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice_weight: fl
     return loss + dice_weight * dice_loss(logits, masks, ignore_index) if dice_weight else loss
 
 
-def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device,
-              channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move a batch to ``device``; ``non_blocking`` overlaps the copy with compute when memory is pinned."""
+def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device, channels_last: bool = False,
+              mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a batch to ``device`` and make it what the model and the loss take: the one way in (04, 06).
+
+    uint8 images (the recommended loaders' batches) cross as bytes and become normalised float there
+    (``normalize_batch``); float images are moved as they are. Masks become int64 class indices.
+    ``non_blocking`` overlaps the copy with compute when the loader pins memory (``pin_memory=True``).
+    """
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     images = images.to(device, non_blocking=True, memory_format=memory_format)
-    return images, masks.to(device, non_blocking=True)
+    if images.dtype == torch.uint8:
+        images = normalize_batch(images, mean, std)  # keeps the memory format
+    return images, masks.to(device, non_blocking=True).long()
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
                     *, loss_fn: LossFn = segmentation_loss, scheduler: Any = None,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    channels_last: bool = False, progress: bool = False) -> float:
+                    channels_last: bool = False, mean: Sequence[float] = SHAPES_MEAN,
+                    std: Sequence[float] = SHAPES_STD, progress: bool = False) -> float:
     """One pass over ``loader``; returns the mean training loss.
 
+    Batches may be uint8 (normalised on the device with ``mean`` and ``std``) or float: see ``to_device``.
     ``amp_dtype`` (``torch.bfloat16`` or ``torch.float16``) turns on autocast; float16 needs a ``scaler``.
     ``scheduler`` (if any) steps after every batch, as ``OneCycleLR`` expects.
     """
     model.train()
     total, count = torch.zeros((), device=device), 0
     for images, masks, *_ in tqdm(loader, desc="train", leave=False, disable=not progress):
-        images, masks = to_device(images, masks, device, channels_last)
+        images, masks = to_device(images, masks, device, channels_last, mean, std)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = loss_fn(model(images), masks)
         optimizer.zero_grad(set_to_none=True)
@@ -131,13 +142,16 @@ class Evaluation(NamedTuple):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, *,
              loss_fn: LossFn = segmentation_loss, amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False, ignore_index: int = IGNORE_INDEX) -> Evaluation:
-    """Mean loss and confusion matrix of ``model`` over ``loader``, in eval mode (BatchNorm uses its averages)."""
+             channels_last: bool = False, ignore_index: int = IGNORE_INDEX, mean: Sequence[float] = SHAPES_MEAN,
+             std: Sequence[float] = SHAPES_STD) -> Evaluation:
+    """Mean loss and confusion matrix of ``model`` over ``loader``, in eval mode (BatchNorm uses its averages).
+
+    Batches as ``train_one_epoch`` takes them (uint8 or float images)."""
     model.eval()
     total, count = torch.zeros((), device=device), 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for images, masks, *_ in loader:
-        images, masks = to_device(images, masks, device, channels_last)
+        images, masks = to_device(images, masks, device, channels_last, mean, std)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         total, count = total + loss_fn(logits, masks) * len(images), count + len(images)

@@ -230,3 +230,65 @@ def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
         SegmentationDataset(root)[0]
     with pytest.raises(ValueError, match=r"Cannot read mask .*1.png: .*decompression bomb.*MAX_IMAGE_PIXELS"):
         read_mask(root / "masks" / "1.png")
+
+
+def write_photo(root: Path, size=(768, 1024), orientation: int = 1) -> tuple[Path, Path]:
+    """A photo-sized JPEG (height, width): grey ground, a red disc; its mask is 1 on the disc."""
+    from helpers.datasets import ORIENTATION
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    rows, cols = np.mgrid[: size[0], : size[1]]
+    disc = (rows - size[0] // 3) ** 2 + (cols - size[1] // 2) ** 2 < (size[0] // 4) ** 2
+    image = np.full((*size, 3), 120, np.uint8)
+    image[disc] = (230, 20, 20)
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    Image.fromarray(image).save(root / "images" / "photo.jpg", quality=90, exif=exif if orientation != 1 else b"")
+    to_palette_image(disc.astype(np.uint8)).save(root / "masks" / "photo.png")
+    return root / "images" / "photo.jpg", root / "masks" / "photo.png"
+
+
+def test_reduced_decoding_uses_only_the_fast_scales():
+    from helpers.datasets import reduced_size
+
+    assert reduced_size((256, 256), (224, 224)) == (256, 256)  # 7/8 would be slower than full size
+    assert reduced_size((768, 1024), (192, 256)) == (192, 256)  # 1/4
+    assert reduced_size((768, 1024), (200, 256)) == (384, 512)  # 1/4 would be too small: 1/2
+    assert reduced_size((765, 1021), (96, 128)) == (96, 128)  # 1/8, rounded up as libjpeg does
+    assert reduced_size((768, 1024), None) == (768, 1024)
+
+
+@pytest.mark.parametrize("decoder", ["simplejpeg", "PIL"])
+def test_a_large_jpeg_decodes_at_reduced_scale_and_its_mask_stays_aligned(tmp_path, monkeypatch, decoder):
+    from helpers import datasets
+
+    if decoder == "PIL":
+        monkeypatch.setattr(datasets, "simplejpeg", None)  # Image.draft instead
+    image_path, mask_path = write_photo(tmp_path)
+    pixels, full_size = datasets.decode_image(image_path, (192, 256))
+    assert pixels.shape == (3, 192, 256) and full_size == (768, 1024)  # decoded at 1/4 scale
+    for size in [(192, 256), (150, 200)]:  # already the size; resized further
+        image, mask = datasets.read_pair(image_path, mask_path, size)
+        assert image.shape == (3, *size) and mask.shape == size and set(mask.unique().tolist()) == {0, 1}
+        red = (image[0].int() - image[1].int()) > 100
+        assert (red == (mask == 1)).float().mean() > 0.99  # same scene, pixel for pixel but the disc's rim
+
+
+def test_simplejpeg_gives_the_pixels_pil_gives(monkeypatch):
+    from helpers import datasets
+
+    path = sorted((data_dir("shapes") / "images").glob("*.jpg"))[0]
+    fast = datasets.read_image(path)
+    monkeypatch.setattr(datasets, "simplejpeg", None)
+    assert torch.equal(fast, datasets.read_image(path))
+
+
+def test_a_turned_photo_decodes_reduced_and_upright(tmp_path):
+    from helpers.datasets import decode_image, read_pair
+
+    image_path, mask_path = write_photo(tmp_path, size=(768, 1024), orientation=6)  # stored sideways
+    pixels, full_size = decode_image(image_path, (256, 192))
+    assert full_size == (1024, 768) and pixels.shape == (3, 256, 192)
+    with pytest.raises(ValueError, match="is 768x1024 .* but its mask .* is 1024x768"):
+        read_pair(image_path, mask_path)  # the mask was drawn on the sideways pixels: refused

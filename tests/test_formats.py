@@ -61,6 +61,9 @@ def test_hdf5_round_trip(tmp_path, source_dataset):
     for i in (0, 13):
         assert torch.equal(dataset[i].image, expected(source_dataset, i)[0])
         assert torch.equal(dataset[i].mask, expected(source_dataset, i)[1])
+    batch = dataset[[13, 0, 7]]  # a list reads a whole batch into one array, in the order asked
+    for row, i in enumerate([13, 0, 7]):
+        assert torch.equal(batch.image[row], dataset[i].image) and torch.equal(batch.mask[row], dataset[i].mask)
 
 
 def test_shards_round_trip_without_re_encoding(tmp_path, source_dataset):

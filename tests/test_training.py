@@ -155,3 +155,16 @@ def test_save_checkpoint_leaves_no_temporary_file(tmp_path):
     model = UNet(widths=(4, 8))
     save_checkpoint(tmp_path / "model.pt", epoch=0, history={}, model=model)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_to_device_normalises_uint8_batches_and_makes_masks_int64():
+    from helpers.training import to_device
+    from helpers.transforms import eval_transforms
+
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    masks = torch.randint(0, 4, (2, 8, 8), dtype=torch.uint8)
+    moved, targets = to_device(images, masks, torch.device("cpu"), channels_last=True)
+    assert torch.allclose(moved, torch.stack([eval_transforms()(image) for image in images]), atol=1e-6)
+    assert moved.is_contiguous(memory_format=torch.channels_last) and targets.dtype == torch.int64
+    floats = moved.contiguous()
+    assert to_device(floats, masks, torch.device("cpu"))[0] is floats  # float batches pass as they are
