@@ -56,9 +56,12 @@ def to_model_input(mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = S
 def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.5, 1.0), hflip: float = 0.5,
                      vflip: float = 0.0, quarter_turns: bool = False, degrees: float = 15.0,
                      jitter: float = 0.2, blur: float = 0.0, cutout: float = 0.0,
-                     mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> v2.Compose:
+                     mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD,
+                     normalize: bool = True) -> v2.Compose:
     """Random crop, flips, quarter turns, rotation (corners marked ignore), colour jitter, blur and cutout.
 
+    ``normalize=False`` stops at uint8: the loader then carries bytes, and ``helpers.training.to_device``
+    normalises whole batches on the device (04_dataloader_batching, 06_gpu_training).
     ``scale=None`` crops at the images' own scale (no resizing; smaller images padded with ignore).
     ``quarter_turns`` turns each crop by 0, 90, 180 or 270 degrees: exact, no interpolation, no corners.
     A step whose setting is 0 (or False) is left out: it would cost time and change nothing.
@@ -81,14 +84,14 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=blur))
     if cutout:
         steps.append(RandomCutout(size=size // 4, p=cutout))
-    return v2.Compose(steps + [to_model_input(mean, std)])
+    return v2.Compose(steps + ([to_model_input(mean, std)] if normalize else []))
 
 
 def eval_transforms(crop: int | None = None, *, mean: Sequence[float] = SHAPES_MEAN,
-                    std: Sequence[float] = SHAPES_STD) -> v2.Compose:
-    """Deterministic: an optional centre crop, then float conversion and normalisation."""
+                    std: Sequence[float] = SHAPES_STD, normalize: bool = True) -> v2.Compose:
+    """Deterministic: an optional centre crop, then float conversion and normalisation (unless ``normalize=False``)."""
     steps = [v2.CenterCrop(crop)] if crop else []
-    return v2.Compose(steps + [to_model_input(mean, std)])
+    return v2.Compose(steps + ([to_model_input(mean, std)] if normalize else []))
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,
