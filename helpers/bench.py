@@ -40,16 +40,25 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from helpers.batching import flip_batch, flip_collate
-from helpers.datasets import SegmentationDataset, decode_image, pair_files, read_mask
+from helpers.datasets import SegmentationDataset, _read_mask, decode_image, pair_files
 from helpers.env import usable_cores
-from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, disk_megabytes, write_hdf5,
-                             write_memmap, write_shards)
+from helpers.formats import (
+    HDF5Dataset,
+    MemmapDataset,
+    ShardStream,
+    disk_megabytes,
+    write_hdf5,
+    write_memmap,
+    write_shards,
+)
+from helpers.masks import CLASSES
 from helpers.scenes import write_dataset
 from helpers.training import to_device
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 PRE_DECODED = ("memmap", "hdf5")  # pipelines bounded by memory traffic; the others decode files
+CPU = torch.device("cpu")
 
 
 class Pipeline(NamedTuple):
@@ -101,7 +110,7 @@ def _loader(dataset, workers: int, device: torch.device, **options) -> DataLoade
                       pin_memory=device.type == "cuda", **options)
 
 
-def pipelines(root: Path, size: int, batch_size: int = 32, device: torch.device = torch.device("cpu")
+def pipelines(root: Path, size: int, batch_size: int = 32, device: torch.device = CPU
               ) -> dict[str, Pipeline]:
     """The file-decoding pipelines: naive (per-sample PIL, float) and recommended (04_dataloader_batching).
 
@@ -118,7 +127,7 @@ def pipelines(root: Path, size: int, batch_size: int = 32, device: torch.device 
 
 
 def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
-                     device: torch.device = torch.device("cpu")) -> dict[str, Pipeline]:
+                     device: torch.device = CPU) -> dict[str, Pipeline]:
     """Write the data once in each format (printing time and disk size); return their pipelines (05)."""
     source = SegmentationDataset(root)
     writers = {"memmap": (work / "memmap", lambda path: write_memmap(source, path, size)),
@@ -174,20 +183,30 @@ def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progres
 
 
 def _decode_pair(paths: tuple[str, str, int]) -> int:
-    """Decode one image (at the reduced scale ``size`` allows) and its mask as the recommended pipeline does."""
-    image, _ = decode_image(Path(paths[0]), (paths[2], paths[2]))
-    return image.numel() + read_mask(Path(paths[1]), dtype=torch.uint8).numel()
+    """Decode one pair as the recommended pipeline does (the JPEG at the reduced scale ``size`` allows, the
+    mask checked and sampled to ``size``), and nothing else."""
+    size = (paths[2], paths[2])
+    image, _ = decode_image(Path(paths[0]), size)
+    return image.numel() + _read_mask(Path(paths[1]), len(CLASSES), None, torch.uint8, size)[0].numel()
+
+
+def _ready(barrier, threads: int) -> None:
+    """Initialise a ceiling process: one torch thread, as a DataLoader worker has; wait for the others."""
+    torch.set_num_threads(threads)
+    barrier.wait()
 
 
 def decode_ceiling(root: Path, processes: int, size: int) -> float:
     """Pairs per second that decoding alone reaches in ``processes`` processes: no file pipeline beats it."""
     dataset = SegmentationDataset(root)
     pairs = [(image, mask, size) for image, mask in zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist())]
+    pairs *= max(1, processes // 4)  # enough work for every core to be busy for a while
     # spawned, single-threaded processes, as DataLoader workers are: a forked copy of a process whose
     # torch thread pool is running can hang in its first torch call
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        list(pool.map(_decode_pair, pairs[:processes]))  # start the processes before the clock does
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(processes)  # the clock starts once every process has started
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_ready, initargs=(barrier, 1)) as pool:
+        list(pool.map(_decode_pair, pairs[:processes]))
         start = time.perf_counter()
         list(pool.map(_decode_pair, pairs, chunksize=max(1, len(pairs) // (8 * processes))))
         return len(pairs) / (time.perf_counter() - start)
@@ -204,17 +223,35 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
     return 2 * source.numel() * repeats / (time.perf_counter() - start)
 
 
-def bytes_per_image(size: int) -> int:
-    """Bytes a pre-decoded pipeline moves per image: uint8 image and mask in, float32 and int64 out."""
+def host_to_device_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes per second of copies from pinned memory to ``device``, the fastest way a batch gets there."""
+    source = torch.ones(megabytes * 2**20, dtype=torch.uint8).pin_memory()
+    source.to(device)
+    torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        source.to(device, non_blocking=True)
+    torch.cuda.synchronize(device)
+    return source.numel() * repeats / (time.perf_counter() - start)
+
+
+def bytes_per_image(size: int, device: torch.device = CPU) -> int:
+    """Bytes a pre-decoded pipeline moves per image in CPU memory: uint8 image and mask in, and out
+    float32 image and int64 mask (on a CPU) or the same uint8 gathered into a batch (for a GPU)."""
     pixels = size * size
-    return (3 + 1) * pixels + (3 * 4 + 8) * pixels
+    return (3 + 1) * pixels + ((3 * 4 + 8) * pixels if device.type == "cpu" else (3 + 1) * pixels)
 
 
-def ceilings(root: Path, size: int, processes: int) -> dict[str, float]:
-    """Images per second of the two ceilings, measured now, on ``processes`` cores."""
+def ceilings(root: Path, size: int, processes: int, device: torch.device = CPU) -> dict[str, float]:
+    """Images per second of the two ceilings, measured now, on ``processes`` cores (and the link to a GPU)."""
     bandwidth = copy_bandwidth()
-    return {"decode only": decode_ceiling(root, processes, size), "memory only": bandwidth / bytes_per_image(size),
-            "copy GB/s": bandwidth / 1e9}
+    limits = {"decode only": decode_ceiling(root, processes, size),
+              "memory only": bandwidth / bytes_per_image(size, device), "copy GB/s": bandwidth / 1e9}
+    if device.type == "cuda":  # the uint8 batch must also cross to the GPU
+        link = host_to_device_bandwidth(device)
+        limits |= {"memory only": min(limits["memory only"], link / ((3 + 1) * size * size)),
+                   "host to device GB/s": link / 1e9}
+    return limits
 
 
 def shares(results: dict[str, dict[int, float]], limits: dict[str, float]) -> dict[str, float]:
@@ -253,8 +290,9 @@ def plot(results: dict[str, dict[int, float]], limits: dict[str, float], path: P
 def print_table(results: dict[str, dict[int, float]], limits: dict[str, float], workers: list[int]) -> None:
     """The ceilings, then each pipeline per worker count with its share of its ceiling."""
     print(f"{'ceiling':>12}{limits['decode only']:11.0f}   decode only: JPEG + PNG decoded on all cores")
+    link = f", {limits['host to device GB/s']:.1f} GB/s to the GPU" if "host to device GB/s" in limits else ""
     print(f"{'':>12}{limits['memory only']:11.0f}   memory only: a pre-decoded pipeline's bytes at "
-          f"{limits['copy GB/s']:.1f} GB/s")
+          f"{limits['copy GB/s']:.1f} GB/s{link}")
     print(f"{'pipeline':>12}" + "".join(f"{w:>9} w" for w in workers) + "   (images per second)")
     for name, share in shares(results, limits).items():
         ceiling = "memory" if name in PRE_DECODED else "decode"
@@ -292,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
                    for name, p in chosen.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    limits = ceilings(root, args.size, usable_cores())
+    limits = ceilings(root, args.size, usable_cores(), device)
     print_table(results, limits, args.workers)
     if args.json:
         args.json.write_text(json.dumps({

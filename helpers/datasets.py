@@ -199,25 +199,41 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
             "Save masks as PNG and resize them with nearest-neighbour.")
 
 
-def read_mask(path: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,
+def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,
               dtype: torch.dtype = torch.int64) -> tv_tensors.Mask:
     """Read a PNG of class indices (``P``, ``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]`` ``dtype``.
 
     Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one.
     """
+    return tv_tensors.Mask(_read_mask(path, num_classes, ignore_index, dtype)[0])
+
+
+def _read_mask(path: Path | BinaryIO, num_classes: int, ignore_index: int | None, dtype: torch.dtype,
+               size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """A mask's class indices, checked at full size and then resized to ``size`` by nearest neighbour;
+    also its full (height, width)."""
     if torch.iinfo(dtype).max < max(num_classes - 1, ignore_index or 0):
         largest = max(num_classes - 1, ignore_index or 0)
         raise ValueError(f"{dtype} cannot hold class {largest}: use torch.int64.")
     try:
         with Image.open(path) as file:
-            array = mask_array(file, path)
+            full, array = file.size[::-1], None
+            if size is not None and tuple(size) != full and file.mode in ("P", "L"):
+                low, high = file.getextrema()  # checked inside PIL, no copy of the full mask
+                if low >= 0 and high < num_classes:  # PIL's nearest samples pixel centres, as nearest_resize
+                    array = np.array(file.resize((size[1], size[0]), Image.Resampling.NEAREST))
+            if array is None:
+                array = mask_array(file, path)
     except Image.DecompressionBombError as error:
         raise ValueError(f"Cannot read mask {path}: {error} {TOO_LARGE}") from None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
     mask = torch.from_numpy(array)
-    check_mask_values(mask, path, num_classes, ignore_index)
-    return tv_tensors.Mask(mask.to(dtype))
+    if array.shape == full:
+        check_mask_values(mask, path, num_classes, ignore_index)
+        if size is not None and tuple(size) != full:
+            mask = nearest_resize(mask, size)
+    return mask.to(dtype), full
 
 
 def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], image_path: Path,
@@ -249,13 +265,10 @@ def read_pair(image_path: Path, mask_path: Path, size: tuple[int, int] | None = 
     both cover the same scene. Taught in 04_dataloader_batching.
     """
     image, image_size = decode_image(image_path, size)
-    mask = read_mask(mask_path, num_classes, ignore_index, mask_dtype).as_subclass(torch.Tensor)
-    check_same_size(image_size, tuple(mask.shape), image_path, mask_path)
-    if size is not None:
-        if tuple(image.shape[-2:]) != tuple(size):
-            image = F.resize(image, list(size), antialias=True)
-        if tuple(mask.shape) != tuple(size):
-            mask = nearest_resize(mask, size)
+    mask, mask_size = _read_mask(mask_path, num_classes, ignore_index, mask_dtype, size)
+    check_same_size(image_size, mask_size, image_path, mask_path)
+    if size is not None and tuple(image.shape[-2:]) != tuple(size):
+        image = F.resize(image, list(size), antialias=True)
     return Sample(tv_tensors.Image(image), tv_tensors.Mask(mask))
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
