@@ -157,12 +157,12 @@ def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progres
     """Images per second over a whole epoch (the best of ``epochs``), after a first epoch that starts the
     workers and warms the caches. The best, not the mean: on a shared machine, other work only slows down.
 
-    While workers decode, the main process only converts batches, with one torch thread: its idle threads
-    would otherwise spin on the cores the workers need (on 2 cores that cost the recommended pipeline a
-    quarter of its speed). With no workers it keeps all of them.
+    While workers decode, the main process keeps only the cores they leave (at least one) for its torch
+    threads, which convert the batches: idle threads would otherwise spin on the cores the workers need
+    (on 2 cores, two threads cost the recommended pipeline a quarter of its speed).
     """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1 if workers else threads)
+    torch.set_num_threads(max(1, threads - workers))
     try:
         loader = pipeline.loader(workers)
         for batch in loader:  # warm-up epoch: not timed
