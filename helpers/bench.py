@@ -159,7 +159,7 @@ def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progres
 
     While workers decode, the main process keeps only the cores they leave (at least one) for its torch
     threads, which convert the batches: idle threads would otherwise spin on the cores the workers need
-    (on 2 cores, two threads cost the recommended pipeline a quarter of its speed).
+    (on 2 cores, two threads cost the recommended pipeline a fifth to a quarter of its speed).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads - workers))
@@ -200,7 +200,7 @@ def decode_ceiling(root: Path, processes: int, size: int) -> float:
     """Pairs per second that decoding alone reaches in ``processes`` processes: no file pipeline beats it."""
     dataset = SegmentationDataset(root)
     pairs = [(image, mask, size) for image, mask in zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist())]
-    pairs *= max(1, processes // 4)  # enough work for every core to be busy for a while
+    pairs *= -(-1000 * processes // len(pairs))  # about 1,000 pairs per process: long enough to time
     # spawned, single-threaded processes, as DataLoader workers are: a forked copy of a process whose
     # torch thread pool is running can hang in its first torch call
     context = multiprocessing.get_context("spawn")

@@ -109,9 +109,8 @@ class HDF5Dataset(Dataset):
         if isinstance(index, int):
             return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
         batch = (np.empty((len(index), *images.shape[1:]), np.uint8), np.empty((len(index), *masks.shape[1:]), np.uint8))
-        for i, k in enumerate(index):  # h5py's own list indexing wants increasing indices: it would reorder
-            images.read_direct(batch[0], np.s_[k], np.s_[i])
-            masks.read_direct(batch[1], np.s_[k], np.s_[i])
+        for i, k in enumerate(index):  # h5py's own list indexing refuses a shuffled list, and is slow
+            batch[0][i], batch[1][i] = images[k], masks[k]  # (read_direct, per sample, is 3x slower)
         return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
 
 
@@ -151,7 +150,8 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None) -> Iterator
 class ShardStream(IterableDataset):
     """Stream samples from tar shards: each worker (and each distributed rank) reads its own shards.
 
-    With ``shuffle > 0``, shard order is shuffled per epoch and samples pass through a buffer of that size.
+    With ``shuffle > 0``, shard order is shuffled per epoch (call ``set_epoch`` before each, as with
+    ``DistributedSampler``) and samples pass through a buffer of that size.
     ``size`` and ``transform`` act as in ``SegmentationDataset``.
     """
 
@@ -159,6 +159,10 @@ class ShardStream(IterableDataset):
                  size: tuple[int, int] | None = None):
         self.shards, self.shuffle, self.seed, self.epoch = [Path(s) for s in shards], shuffle, seed, 0
         self.transform, self.size = transform, size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Shuffle the shards in another order for this epoch (workers started later see it)."""
+        self.epoch = epoch
 
     def my_shards(self) -> list[Path]:
         """This process's share of the shards: split over distributed ranks, then over workers."""

@@ -92,6 +92,10 @@ def test_shuffling_changes_the_order_but_not_the_content(tmp_path, source_datase
     plain = [int(s.mask.sum()) for s in ShardStream(shards)]
     shuffled = [int(s.mask.sum()) for s in ShardStream(shards, shuffle=8, seed=1)]
     assert shuffled != plain and sorted(shuffled) == sorted(plain)
+    stream = ShardStream(shards, shuffle=8, seed=1)
+    first = stream.my_shards()
+    stream.set_epoch(1)  # a new epoch: the shards in another order
+    assert stream.my_shards() != first and sorted(stream.my_shards()) == sorted(first)
 
 
 def test_unpaired_files_in_a_shard_are_named(tmp_path, source_dataset):
