@@ -121,3 +121,28 @@ def test_two_photographs_are_small_rgb_and_documented():
         with Image.open(path) as image:
             assert image.mode == "RGB" and max(image.size) <= 512
         assert f"`{path.name}`" in documented
+
+
+def exercise_checks(nb: dict) -> dict[str, list[str]]:
+    """Per '## Exercise' section: the stored output of each cell that defines a self-check (``def check_``)."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for cell in nb["cells"]:
+        text = source(cell)
+        if cell["cell_type"] == "markdown":
+            headings = re.findall(r"^## (.*)$", text, re.MULTILINE)
+            if headings:  # the last heading of the cell starts the section that follows
+                current = headings[-1] if headings[-1].startswith("Exercise") else None
+        elif current and "def check_" in text:
+            sections.setdefault(current, []).append(
+                "".join("".join(output.get("text", "")) for output in cell.get("outputs", [])))
+    return sections
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS[1:], ids=lambda p: p.stem)
+def test_every_exercise_check_says_not_solved_on_its_stub(path):
+    """The self-check runs right after the stub in the stored clean run: it must not pass the stub."""
+    sections = exercise_checks(notebook(path))
+    assert len(sections) == 2, f"{path.name}: expected two exercises, found {list(sections)}"
+    for title, outputs in sections.items():
+        assert outputs and all("Not solved" in output for output in outputs), (title, outputs)
