@@ -123,9 +123,10 @@ def test_two_photographs_are_small_rgb_and_documented():
         assert f"`{path.name}`" in documented
 
 
-def exercise_checks(nb: dict) -> dict[str, list[str]]:
-    """Per '## Exercise' section: the stored output of each cell that defines a self-check (``def check_``)."""
-    sections: dict[str, list[str]] = {}
+def exercise_checks(nb: dict) -> dict[str, list[tuple[str, str]]]:
+    """Per '## Exercise' section, the stored output of each self-check: on the stub (the cell that defines
+    ``check_...``) and on the solution (a later cell that calls it)."""
+    sections: dict[str, list[tuple[str, str]]] = {}
     current = None
     for cell in nb["cells"]:
         text = source(cell)
@@ -133,9 +134,9 @@ def exercise_checks(nb: dict) -> dict[str, list[str]]:
             headings = re.findall(r"^## (.*)$", text, re.MULTILINE)
             if headings:  # the last heading of the cell starts the section that follows
                 current = headings[-1] if headings[-1].startswith("Exercise") else None
-        elif current and "def check_" in text:
-            sections.setdefault(current, []).append(
-                "".join("".join(output.get("text", "")) for output in cell.get("outputs", [])))
+        elif current and "check_" in text:
+            output = "".join("".join(output.get("text", "")) for output in cell.get("outputs", []))
+            sections.setdefault(current, []).append(("stub" if "def check_" in text else "solution", output))
     return sections
 
 
@@ -144,5 +145,26 @@ def test_every_exercise_check_says_not_solved_on_its_stub(path):
     """The self-check runs right after the stub in the stored clean run: it must not pass the stub."""
     sections = exercise_checks(notebook(path))
     assert len(sections) == 2, f"{path.name}: expected two exercises, found {list(sections)}"
-    for title, outputs in sections.items():
-        assert outputs and all("Not solved" in output for output in outputs), (title, outputs)
+    for title, runs in sections.items():
+        kinds = [kind for kind, _ in runs]
+        assert "stub" in kinds and "solution" in kinds, (title, kinds)
+        for kind, output in runs:
+            assert ("Not solved" if kind == "stub" else "Correct") in output, (title, kind, output)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_each_notebook_opens_with_objectives_and_prerequisites_and_ends_with_a_link(path):
+    cells = notebook(path)["cells"]
+    intro = source(cells[1])
+    goals = intro.split("**You will be able to:**")[1].split("**Prerequisites:**")[0]
+    assert 3 <= len(re.findall(r"^- ", goals, re.MULTILINE)) <= 5 and "**Prerequisites:**" in intro
+    assert re.search(r"\]\(0\d_\w+\.ipynb\)", source(cells[-1])), "end with a link to the next notebook"
+
+
+def test_the_teachers_guide_is_linked_and_lists_every_exercise():
+    guide = (ROOT / "TEACHING.md").read_text()
+    assert "(TEACHING.md)" in (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS[1:]:
+        for title in exercise_checks(notebook(path)):
+            name = title.split(": ", 1)[1]
+            assert name in guide, f"TEACHING.md does not list {path.stem}'s exercise {name!r}"
