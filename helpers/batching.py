@@ -55,8 +55,8 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,
                     std: Sequence[float] = SHAPES_STD) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` (on any device) -> float32 ``(image / 255 - mean) / std``, once per batch.
 
-    One conversion to float, then a multiply and an add in place: about 10x cheaper per image than
-    ``ToDtype`` and ``Normalize`` sample by sample (04_dataloader_batching measures it), and on a GPU
+    One conversion to float, then a multiply and an add in place: several times cheaper per image than
+    ``ToTensor`` and ``Normalize`` sample by sample (04_dataloader_batching measures it), and on a GPU
     it runs there, after the 4x smaller uint8 batch has crossed.
     """
     shape = (1, -1, 1, 1)

@@ -40,18 +40,10 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
 from helpers.batching import flip_batch, flip_collate
-from helpers.datasets import SegmentationDataset, _read_mask, decode_image, pair_files
+from helpers.datasets import SegmentationDataset, decode_image, pair_files, read_mask
 from helpers.env import usable_cores
-from helpers.formats import (
-    HDF5Dataset,
-    MemmapDataset,
-    ShardStream,
-    disk_megabytes,
-    write_hdf5,
-    write_memmap,
-    write_shards,
-)
-from helpers.masks import CLASSES
+from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, disk_megabytes, write_hdf5,
+                             write_memmap, write_shards)
 from helpers.scenes import write_dataset
 from helpers.training import to_device
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
@@ -187,7 +179,7 @@ def _decode_pair(paths: tuple[str, str, int]) -> int:
     mask checked and sampled to ``size``), and nothing else."""
     size = (paths[2], paths[2])
     image, _ = decode_image(Path(paths[0]), size)
-    return image.numel() + _read_mask(Path(paths[1]), len(CLASSES), None, torch.uint8, size)[0].numel()
+    return image.numel() + read_mask(Path(paths[1]), dtype=torch.uint8, size=size).numel()
 
 
 def _ready(barrier, threads: int) -> None:

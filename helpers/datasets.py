@@ -200,12 +200,13 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
 
 
 def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,
-              dtype: torch.dtype = torch.int64) -> tv_tensors.Mask:
+              dtype: torch.dtype = torch.int64, size: tuple[int, int] | None = None) -> tv_tensors.Mask:
     """Read a PNG of class indices (``P``, ``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]`` ``dtype``.
 
-    Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one.
+    Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one. ``size``
+    (height, width): resized by nearest neighbour after the values are checked at full size.
     """
-    return tv_tensors.Mask(_read_mask(path, num_classes, ignore_index, dtype)[0])
+    return tv_tensors.Mask(_read_mask(path, num_classes, ignore_index, dtype, size)[0])
 
 
 def _read_mask(path: Path | BinaryIO, num_classes: int, ignore_index: int | None, dtype: torch.dtype,
@@ -229,7 +230,7 @@ def _read_mask(path: Path | BinaryIO, num_classes: int, ignore_index: int | None
     except (OSError, SyntaxError) as error:
         raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
     mask = torch.from_numpy(array)
-    if array.shape == full:
+    if array.shape == full:  # not checked and resized inside PIL above: do both here
         check_mask_values(mask, path, num_classes, ignore_index)
         if size is not None and tuple(size) != full:
             mask = nearest_resize(mask, size)
