@@ -15,7 +15,8 @@ from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 
 class PaddedBatch(NamedTuple):
-    """Images ``[B, 3, H, W]`` and masks ``[B, H, W]`` padded to the largest sample; ``size`` is each original (H, W)."""
+    """Images ``[B, 3, H, W]`` and masks ``[B, H, W]`` padded to the largest sample; ``size`` is each
+    original (H, W)."""
 
     image: torch.Tensor
     mask: torch.Tensor
@@ -23,7 +24,8 @@ class PaddedBatch(NamedTuple):
 
 
 def pad_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
-    """``collate_fn`` for samples of different sizes: pad bottom and right; images with 0, masks with ignore."""
+    """``collate_fn`` for samples of different sizes: pad bottom and right; images with 0, masks
+    with ignore."""
     height = max(image.shape[-2] for image, _ in samples)
     width = max(image.shape[-1] for image, _ in samples)
     images = torch.zeros(len(samples), 3, height, width, dtype=samples[0][0].dtype)

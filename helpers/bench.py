@@ -42,8 +42,15 @@ from tqdm import tqdm
 from helpers.batching import flip_batch, flip_collate
 from helpers.datasets import SegmentationDataset, decode_image, pair_files, read_mask
 from helpers.env import usable_cores
-from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, disk_megabytes, write_hdf5,
-                             write_memmap, write_shards)
+from helpers.formats import (
+    HDF5Dataset,
+    MemmapDataset,
+    ShardStream,
+    disk_megabytes,
+    write_hdf5,
+    write_memmap,
+    write_shards,
+)
 from helpers.scenes import write_dataset
 from helpers.training import to_device
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
@@ -81,7 +88,8 @@ class NaiveDataset(Dataset):
         self.image_paths = np.array([str(image) for image, _ in pairs])
         self.mask_paths = np.array([str(mask) for _, mask in pairs])
         self.size = size
-        self.to_tensor = v1.Compose([v1.Resize((size, size)), v1.ToTensor(), v1.Normalize(SHAPES_MEAN, SHAPES_STD)])
+        self.to_tensor = v1.Compose([v1.Resize((size, size)), v1.ToTensor(),
+                                     v1.Normalize(SHAPES_MEAN, SHAPES_STD)])
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -113,8 +121,10 @@ def pipelines(root: Path, size: int, batch_size: int = 32, device: torch.device 
     naive = NaiveDataset(root, size)
     recommended = SegmentationDataset(root, size=(size, size), mask_dtype=torch.uint8)
     shuffled = dict(batch_size=batch_size, shuffle=True, drop_last=True)
-    return {"naive": Pipeline(lambda w: _loader(naive, w, device, **shuffled), lambda b: to_device(*b, device)),
-            "recommended": Pipeline(lambda w: _loader(recommended, w, device, collate_fn=flip_collate, **shuffled),
+    return {"naive": Pipeline(lambda w: _loader(naive, w, device, **shuffled),
+                              lambda b: to_device(*b, device)),
+            "recommended": Pipeline(lambda w: _loader(recommended, w, device, collate_fn=flip_collate,
+                                                      **shuffled),
                                     lambda b: to_device(*b, device))}
 
 
@@ -128,7 +138,8 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
     for name, (path, write) in writers.items():
         start = time.perf_counter()
         write(path)
-        print(f"wrote {name:>6}: {time.perf_counter() - start:5.1f} s, {disk_megabytes(path):6.1f} MB on disk")
+        seconds = time.perf_counter() - start
+        print(f"wrote {name:>6}: {seconds:5.1f} s, {disk_megabytes(path):6.1f} MB on disk")
     memmap, hdf5 = MemmapDataset(work / "memmap"), HDF5Dataset(work / "data.h5")
     streams = ShardStream(sorted((work / "shards").glob("*.tar")), shuffle=256, size=(size, size))
     in_batches = BatchSampler(RandomSampler(memmap), batch_size, drop_last=True)  # one read per batch
@@ -137,9 +148,12 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
         return to_device(*flip_batch(*batch), device)
 
     return {
-        "memmap": Pipeline(lambda w: _loader(memmap, w, device, sampler=in_batches, batch_size=None), flip_to_device),
-        "hdf5": Pipeline(lambda w: _loader(hdf5, w, device, sampler=in_batches, batch_size=None), flip_to_device),
-        "shards": Pipeline(lambda w: _loader(streams, w, device, batch_size=batch_size, collate_fn=flip_collate),
+        "memmap": Pipeline(lambda w: _loader(memmap, w, device, sampler=in_batches, batch_size=None),
+                           flip_to_device),
+        "hdf5": Pipeline(lambda w: _loader(hdf5, w, device, sampler=in_batches, batch_size=None),
+                         flip_to_device),
+        "shards": Pipeline(lambda w: _loader(streams, w, device, batch_size=batch_size,
+                                             collate_fn=flip_collate),
                            lambda b: to_device(*b, device)),
     }
 
@@ -162,7 +176,8 @@ def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progres
         speeds = []
         for _ in range(epochs):
             start, images = time.perf_counter(), 0
-            for batch in tqdm(loader, desc=f"{label:>11}, {workers} workers", leave=False, disable=not progress):
+            for batch in tqdm(loader, desc=f"{label:>11}, {workers} workers", leave=False,
+                              disable=not progress):
                 image, mask = pipeline.finish(batch)
                 assert image.dtype == torch.float32 and mask.dtype == torch.int64
                 images += len(image)
@@ -191,13 +206,15 @@ def _ready(barrier, threads: int) -> None:
 def decode_ceiling(root: Path, processes: int, size: int) -> float:
     """Pairs per second that decoding alone reaches in ``processes`` processes: no file pipeline beats it."""
     dataset = SegmentationDataset(root)
-    pairs = [(image, mask, size) for image, mask in zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist())]
+    paths = zip(dataset.image_paths.tolist(), dataset.mask_paths.tolist())
+    pairs = [(image, mask, size) for image, mask in paths]
     pairs *= -(-1000 * processes // len(pairs))  # about 1,000 pairs per process: long enough to time
     # spawned, single-threaded processes, as DataLoader workers are: a forked copy of a process whose
     # torch thread pool is running can hang in its first torch call
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes)  # the clock starts once every process has started
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_ready, initargs=(barrier, 1)) as pool:
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_ready,
+                             initargs=(barrier, 1)) as pool:
         list(pool.map(_decode_pair, pairs[:processes]))
         start = time.perf_counter()
         list(pool.map(_decode_pair, pairs, chunksize=max(1, len(pairs) // (8 * processes))))
@@ -306,8 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="save a chart to this PNG file")
-    parser.add_argument("--device", default="cpu", help="where batches are delivered: cpu or cuda (pinned memory, "
-                        "non_blocking copies, uint8 normalised on the GPU)")
+    parser.add_argument("--device", default="cpu", help="where batches are delivered: cpu or cuda "
+                        "(pinned memory, non_blocking copies, uint8 normalised on the GPU)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     root = bench_data(args.count, args.side, args.data)

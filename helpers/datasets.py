@@ -120,8 +120,10 @@ def reduced_size(size: tuple[int, int], min_size: tuple[int, int] | None) -> tup
     return height, width
 
 
-def decode_image(path: Path | BinaryIO, min_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Decode an image file to uint8 RGB ``[3, H, W]``, upright by its EXIF orientation; also its full (height, width).
+def decode_image(path: Path | BinaryIO,
+                 min_size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Decode an image file to uint8 RGB ``[3, H, W]``, upright by its EXIF orientation; also its full
+    (height, width).
 
     ``min_size`` (height, width): a JPEG may then decode at 1/2, 1/4 or 1/8 scale, the smallest that is
     still at least ``min_size`` (far fewer pixels to decode; 04_dataloader_batching measures it). Other
@@ -143,7 +145,8 @@ def decode_image(path: Path | BinaryIO, min_size: tuple[int, int] | None = None)
         with Image.open(io.BytesIO(data)) as file:  # checks the size against Image.MAX_IMAGE_PIXELS
             orientation = file.getexif().get(ORIENTATION, 1) if "exif" in file.info else 1
             width, height = file.size[::-1] if orientation in TURNED else file.size
-            if simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L") and orientation == 1:
+            if (simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L")
+                    and orientation == 1):
                 return _decode_jpeg(data, (height, width), min_size), (height, width)
             if min_size is not None and file.format == "JPEG":  # PIL's own reduced decoding
                 low_h, low_w = min_size[::-1] if orientation in TURNED else min_size  # as stored
@@ -162,7 +165,8 @@ def decode_image(path: Path | BinaryIO, min_size: tuple[int, int] | None = None)
 def _decode_jpeg(data: bytes, size: tuple[int, int], min_size: tuple[int, int] | None) -> torch.Tensor:
     """libjpeg-turbo through simplejpeg: the pixels PIL would give, about twice as fast, as ``[3, H, W]``."""
     low_h, low_w = reduced_size(size, min_size)
-    return torch.from_numpy(simplejpeg.decode_jpeg(data, "RGB", min_height=low_h, min_width=low_w)).permute(2, 0, 1)
+    pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=low_h, min_width=low_w)
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def read_image(path: Path | BinaryIO) -> tv_tensors.Image:
@@ -178,7 +182,8 @@ MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-bit, 1-bit, the
 
 
 def mask_array(file: Image.Image, path: Path) -> np.ndarray:
-    """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16- and 32-bit ones."""
+    """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16- and
+    32-bit ones."""
     if file.mode not in MASK_MODES:
         raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
                          "mode). If its classes are colours, convert it with helpers.masks.colour_to_index.")
@@ -201,7 +206,8 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
 
 def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,
               dtype: torch.dtype = torch.int64, size: tuple[int, int] | None = None) -> tv_tensors.Mask:
-    """Read a PNG of class indices (``P``, ``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]`` ``dtype``.
+    """Read a PNG of class indices (``P``, ``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]``
+    ``dtype``.
 
     Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one. ``size``
     (height, width): resized by nearest neighbour after the values are checked at full size.
@@ -274,7 +280,8 @@ def read_pair(image_path: Path, mask_path: Path, size: tuple[int, int] | None = 
 
 
 class SegmentationDataset(Dataset):
-    """Pairs ``root/images/NAME.jpg`` with ``root/masks/NAME.png``; optionally only those in ``root/<split>.txt``.
+    """Pairs ``root/images/NAME.jpg`` with ``root/masks/NAME.png``; optionally only those in
+    ``root/<split>.txt``.
 
     Returns ``Sample(image, mask)``; ``transform(image, mask)`` (a v2 transform) moves both together.
     ``size`` (height, width) resizes every pair first, decoding JPEGs at reduced scale when they are large
@@ -306,7 +313,8 @@ class SegmentationDataset(Dataset):
 
 
 class InMemoryDataset(Dataset):
-    """Every sample of ``dataset`` read and decoded once, then kept in memory; ``transform`` runs on each access.
+    """Every sample of ``dataset`` read and decoded once, then kept in memory; ``transform`` runs on
+    each access.
 
     For data sets that fit in RAM (the shapes train split decodes to about 20 MB): an epoch then reads no
     files and decodes nothing; only the random transforms are left. The pixels live in two big tensors

@@ -24,9 +24,19 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from helpers.datasets import (IMAGE_SUFFIXES, MASK_SUFFIXES, NO_IMAGES, ORIENTATION, PAIR_FIX,
-                              check_mask_values, check_same_size, read_image, read_mask, scan_folder,
-                              unpaired)
+from helpers.datasets import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    NO_IMAGES,
+    ORIENTATION,
+    PAIR_FIX,
+    check_mask_values,
+    check_same_size,
+    read_image,
+    read_mask,
+    scan_folder,
+    unpaired,
+)
 from helpers.masks import CLASSES
 
 ERROR, WARNING = "error", "warning"  # an error stops SegmentationDataset; a warning is worth a look

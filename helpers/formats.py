@@ -27,7 +27,8 @@ def disk_megabytes(path: Path) -> float:
 
 
 def resized_pairs(dataset: SegmentationDataset, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield each pair decoded and resized once: uint8 image ``[3, size, size]``, uint8 mask ``[size, size]``."""
+    """Yield each pair decoded and resized once: uint8 image ``[3, size, size]``, uint8 mask
+    ``[size, size]``."""
     resize = v2.Resize((size, size), antialias=True)  # masks: nearest
     for image, mask in dataset:
         image, mask = resize(image, mask)
@@ -77,7 +78,8 @@ class MemmapDataset(Dataset):
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
     """Decode every pair once into one HDF5 file, one chunk per image and per mask."""
     with h5py.File(path, "w") as file:
-        images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8, chunks=(1, 3, size, size))
+        images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8,
+                                     chunks=(1, 3, size, size))
         masks = file.create_dataset("masks", (len(dataset), size, size), np.uint8, chunks=(1, size, size))
         for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
             images[i], masks[i] = image, mask
@@ -108,7 +110,8 @@ class HDF5Dataset(Dataset):
         images, masks = self.file["images"], self.file["masks"]
         if isinstance(index, int):
             return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
-        batch = (np.empty((len(index), *images.shape[1:]), np.uint8), np.empty((len(index), *masks.shape[1:]), np.uint8))
+        batch = (np.empty((len(index), *images.shape[1:]), np.uint8),
+                 np.empty((len(index), *masks.shape[1:]), np.uint8))
         for i, k in enumerate(index):  # h5py's own list indexing refuses a shuffled list, and is slow
             batch[0][i], batch[1][i] = images[k], masks[k]  # (read_direct, per sample, is 3x slower)
         return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
@@ -144,7 +147,8 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None) -> Iterator
                 yield read_pair(io.BytesIO(files[image_name]), io.BytesIO(files["png"]), size)
                 del pending[stem]
     if pending:
-        raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: each NAME needs an image and NAME.png.")
+        raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: "
+                         "each NAME needs an image and NAME.png.")
 
 
 class ShardStream(IterableDataset):
@@ -168,7 +172,8 @@ class ShardStream(IterableDataset):
         """This process's share of the shards: split over distributed ranks, then over workers."""
         shards = list(self.shards)
         if self.shuffle:
-            order = torch.randperm(len(shards), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(shards), generator=generator)
             shards = [shards[i] for i in order]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             shards = shards[torch.distributed.get_rank()::torch.distributed.get_world_size()]

@@ -17,7 +17,8 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
     is ``ignore_index`` are left out.
     """
     if predicted.shape != target.shape:
-        raise ValueError(f"Predicted mask {tuple(predicted.shape)} and target {tuple(target.shape)} differ in shape.")
+        raise ValueError(f"Predicted mask {tuple(predicted.shape)} and target {tuple(target.shape)} "
+                         "differ in shape.")
     keep = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
     target, predicted = target[keep].long(), predicted[keep].long()
     if target.numel() and (target.max() >= num_classes or target.min() < 0):
@@ -27,7 +28,8 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
-    """Intersection over union of each class: TP / (TP + FP + FN); NaN for a class never seen nor predicted."""
+    """Intersection over union of each class: TP / (TP + FP + FN); NaN for a class never seen
+    nor predicted."""
     true_positive = confusion.diagonal().double()
     union = confusion.sum(0).double() + confusion.sum(1).double() - true_positive
     return true_positive / union  # 0 / 0 = NaN: "no evidence", which nanmean then skips

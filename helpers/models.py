@@ -39,7 +39,8 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList(
             [DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)])
         self.upsample = nn.ModuleList(
-            [nn.ConvTranspose2d(deep, shallow, 2, stride=2) for deep, shallow in zip(widths[:0:-1], widths[-2::-1])])
+            [nn.ConvTranspose2d(deep, shallow, 2, stride=2)
+             for deep, shallow in zip(widths[:0:-1], widths[-2::-1])])
         self.decoder = nn.ModuleList(
             [DoubleConv(2 * shallow, shallow) for shallow in widths[-2::-1]])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
@@ -48,7 +49,8 @@ class UNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-2] % self.factor or images.shape[-1] % self.factor:
             raise ValueError(f"UNet input is {images.shape[-2]}x{images.shape[-1]} (HxW); both must be "
-                             f"divisible by {self.factor}. Crop or pad the images (e.g. eval_transforms(crop=...)).")
+                             f"divisible by {self.factor}. Crop or pad the images "
+                             "(e.g. eval_transforms(crop=...)).")
         skips = []
         x = nn.functional.avg_pool2d(images, self.downscale) if self.downscale > 1 else images
         for level, block in enumerate(self.encoder):

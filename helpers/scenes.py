@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=320, help="number of image+mask pairs")
     parser.add_argument("--val-count", type=int, default=64, help="how many of them go to val.txt")
     parser.add_argument("--seed", type=int, default=0, help="another seed gives another data set")
-    parser.add_argument("--side", type=int, default=None, help="square images of this side (default: 128-160)")
+    parser.add_argument("--side", type=int, default=None,
+                        help="square images of this side (default: 128-160)")
     args = parser.parse_args()
     out = args.out or data_dir("shapes")
     size = (args.side, args.side) if args.side else None

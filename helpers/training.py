@@ -87,7 +87,8 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice_weight: fl
 
 
 def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device, channels_last: bool = False,
-              mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> tuple[torch.Tensor, torch.Tensor]:
+              mean: Sequence[float] = SHAPES_MEAN,
+              std: Sequence[float] = SHAPES_STD) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a batch to ``device`` and make it what the model and the loss take: the one way in (04, 06).
 
     uint8 images (the recommended loaders' batches) cross as bytes and become normalised float there
@@ -101,8 +102,8 @@ def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device, c
     return images, masks.to(device, non_blocking=True).long()
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
-                    *, loss_fn: LossFn = segmentation_loss, scheduler: Any = None,
+def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, loss_fn: LossFn = segmentation_loss, scheduler: Any = None,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
                     channels_last: bool = False, mean: Sequence[float] = SHAPES_MEAN,
                     std: Sequence[float] = SHAPES_STD, progress: bool = False) -> float:
@@ -128,7 +129,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
-        total, count = total + loss.detach() * len(images), count + len(images)  # no .item(): no sync per step
+        # no .item(): no sync per step
+        total, count = total + loss.detach() * len(images), count + len(images)
     return (total / max(count, 1)).item()
 
 
@@ -142,9 +144,10 @@ class Evaluation(NamedTuple):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, *,
              loss_fn: LossFn = segmentation_loss, amp_dtype: torch.dtype | None = None,
-             channels_last: bool = False, ignore_index: int = IGNORE_INDEX, mean: Sequence[float] = SHAPES_MEAN,
-             std: Sequence[float] = SHAPES_STD) -> Evaluation:
-    """Mean loss and confusion matrix of ``model`` over ``loader``, in eval mode (BatchNorm uses its averages).
+             channels_last: bool = False, ignore_index: int = IGNORE_INDEX,
+             mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> Evaluation:
+    """Mean loss and confusion matrix of ``model`` over ``loader``, in eval mode
+    (BatchNorm uses its averages).
 
     Batches as ``train_one_epoch`` takes them (uint8 or float images)."""
     model.eval()

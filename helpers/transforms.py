@@ -89,7 +89,8 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
 
 def eval_transforms(crop: int | None = None, *, mean: Sequence[float] = SHAPES_MEAN,
                     std: Sequence[float] = SHAPES_STD, normalize: bool = True) -> v2.Compose:
-    """Deterministic: an optional centre crop, then float conversion and normalisation (unless ``normalize=False``)."""
+    """Deterministic: an optional centre crop, then float conversion and normalisation
+    (unless ``normalize=False``)."""
     steps = [v2.CenterCrop(crop)] if crop else []
     return v2.Compose(steps + ([to_model_input(mean, std)] if normalize else []))
 

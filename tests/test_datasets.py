@@ -37,7 +37,8 @@ def test_pairs_by_name_and_returns_tv_tensors(root):
     for i in range(3):
         image, mask = dataset[i]
         assert isinstance(dataset[i], Sample)
-        assert isinstance(image, tv_tensors.Image) and image.dtype == torch.uint8 and image.shape == (3, 8, 12)
+        assert isinstance(image, tv_tensors.Image)
+        assert image.dtype == torch.uint8 and image.shape == (3, 8, 12)
         assert isinstance(mask, tv_tensors.Mask) and mask.dtype == torch.int64 and mask.shape == (8, 12)
         assert image[0, 0, 0] == 40 * mask[0, 0]  # the mask belongs to this very image
 
@@ -244,7 +245,8 @@ def write_photo(root: Path, size=(768, 1024), orientation: int = 1) -> tuple[Pat
     image[disc] = (230, 20, 20)
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
-    Image.fromarray(image).save(root / "images" / "photo.jpg", quality=90, exif=exif if orientation != 1 else b"")
+    Image.fromarray(image).save(root / "images" / "photo.jpg", quality=90,
+                                exif=exif if orientation != 1 else b"")
     to_palette_image(disc.astype(np.uint8)).save(root / "masks" / "photo.png")
     return root / "images" / "photo.jpg", root / "masks" / "photo.png"
 

@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from helpers.env import environment_report, format_report, usable_cores, worker_start_method
+from helpers.env import environment_report, format_report, usable_cores
 
 
 def test_report_names_versions_device_cores_and_start_method():

@@ -9,8 +9,7 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from torchvision.transforms import v2
 
 from helpers.datasets import SegmentationDataset
-from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap,
-                             write_shards)
+from helpers.formats import HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap, write_shards
 from helpers.paths import data_dir
 
 SIZE = 32
@@ -39,7 +38,8 @@ def test_memmap_round_trip_single_and_batched(tmp_path, source_dataset):
     batch = dataset[[5, 2, 9]]  # a list reads a whole batch, in the order asked
     assert batch.image.shape == (3, 3, SIZE, SIZE)
     for row, i in enumerate([5, 2, 9]):
-        assert torch.equal(batch.image[row], dataset[i].image) and torch.equal(batch.mask[row], dataset[i].mask)
+        assert torch.equal(batch.image[row], dataset[i].image)
+        assert torch.equal(batch.mask[row], dataset[i].mask)
 
 
 def test_memmap_batches_through_a_loader_with_workers(tmp_path, source_dataset):
@@ -63,7 +63,8 @@ def test_hdf5_round_trip(tmp_path, source_dataset):
         assert torch.equal(dataset[i].mask, expected(source_dataset, i)[1])
     batch = dataset[[13, 0, 7]]  # a list reads a whole batch into one array, in the order asked
     for row, i in enumerate([13, 0, 7]):
-        assert torch.equal(batch.image[row], dataset[i].image) and torch.equal(batch.mask[row], dataset[i].mask)
+        assert torch.equal(batch.image[row], dataset[i].image)
+        assert torch.equal(batch.mask[row], dataset[i].mask)
 
 
 def test_shards_round_trip_without_re_encoding(tmp_path, source_dataset):
@@ -118,7 +119,8 @@ def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_
         monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
         per_rank.append(ShardStream(shards, shuffle=4, seed=3).my_shards())
     assert not set(per_rank[0]) & set(per_rank[1])
-    assert sorted(per_rank[0] + per_rank[1]) == sorted(shards) and abs(len(per_rank[0]) - len(per_rank[1])) <= 1
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(shards)
+    assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
 
 
 def test_disk_megabytes_counts_a_file_or_a_folder(tmp_path):

@@ -3,8 +3,15 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.masks import (CLASSES, IGNORE_INDEX, PALETTE, colour_to_index, foreground, index_to_colour,
-                           to_palette_image)
+from helpers.masks import (
+    CLASSES,
+    IGNORE_INDEX,
+    PALETTE,
+    colour_to_index,
+    foreground,
+    index_to_colour,
+    to_palette_image,
+)
 
 
 def test_one_colour_per_class():

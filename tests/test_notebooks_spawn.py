@@ -35,8 +35,10 @@ def test_the_detector_finds_worker_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_with_spawned_workers(path):
     notebook = nbformat.read(path, as_version=4)
-    notebook.cells.insert(1, nbformat.v4.new_code_cell(FORCE_SPAWN))  # after the Colab cell
-    if "KERNEL_START_METHOD" in os.environ:  # conftest's startup file reaches this kernel as it reaches nbval's
+    # right after the title, before the Colab cell
+    notebook.cells.insert(1, nbformat.v4.new_code_cell(FORCE_SPAWN))
+    # conftest's startup file reaches this kernel as it reaches nbval's
+    if "KERNEL_START_METHOD" in os.environ:
         expected = os.environ["KERNEL_START_METHOD"]
         notebook.cells.insert(1, nbformat.v4.new_code_cell(
             f"import multiprocessing\nassert multiprocessing.get_start_method() == {expected!r}"))

@@ -3,8 +3,12 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -54,15 +58,21 @@ def test_binder_installs_helpers_and_stops_on_errors():
     assert any("pip install" in line and "-e ." in line for line in post_build)
 
 
-def test_there_are_notebooks_and_they_start_with_the_same_colab_cell():
+def test_notebooks_open_on_their_title_then_the_same_short_collapsed_colab_cell():
     assert [p.name for p in NOTEBOOKS][:2] == ["00_start_here.ipynb", "01_two_images.ipynb"]
-    first_cells = {source(notebook(p)["cells"][0]) for p in NOTEBOOKS}
-    assert len(first_cells) == 1
-    assert '"google.colab" in sys.modules' in first_cells.pop()
+    for path in NOTEBOOKS:
+        title, setup = notebook(path)["cells"][:2]
+        assert title["cell_type"] == "markdown" and source(title).startswith("# "), path.name
+        assert setup["metadata"]["jupyter"]["source_hidden"] is True, path.name
+    colab_cells = {source(notebook(p)["cells"][1]) for p in NOTEBOOKS}
+    assert len(colab_cells) == 1
+    cell = colab_cells.pop()
+    assert '"google.colab" in sys.modules' in cell and len(cell.splitlines()) <= 12
+    assert cell.startswith("# On Colab only") and "does nothing" in cell.splitlines()[0]
 
 
 def colab_cell() -> str:
-    return source(notebook(NOTEBOOKS[0])["cells"][0])
+    return source(notebook(NOTEBOOKS[0])["cells"][1])
 
 
 def test_colab_cell_does_nothing_and_prints_nothing_elsewhere():
@@ -91,6 +101,43 @@ def test_one_repository_slug_in_badges_and_colab_cells():
     for path in NOTEBOOKS:
         slugs += re.findall(rf'REPO, ROOT = "{slug}"', json.dumps(notebook(path)).replace('\\"', '"'))
     assert len(slugs) >= 2 + len(NOTEBOOKS) and len(set(slugs)) == 1, slugs
+
+
+def test_readme_open_command_serves_the_repository_and_its_link_opens_00():
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^python3\.11 -m venv .* && (\.venv/bin/jupyter lab.*)$", readme, flags=re.M)
+    lab = [sys.executable, "-m", "jupyterlab", *command.group(1).split()[2:]]
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    server = subprocess.Popen([*lab, "--no-browser", f"--port={port}", "--allow-root"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        link = next(m.group(0) for line in server.stderr
+                    if (m := re.search(rf"http://127\.0\.0\.1:{port}/\S+", line)))
+        assert "/lab/tree/notebooks/00_start_here.ipynb?token=" in link
+        for _ in range(60):  # the link is printed a moment before the server accepts connections
+            try:
+                page = urllib.request.urlopen(link, timeout=30)
+                break
+            except urllib.error.URLError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"nothing answers at {link}")
+        assert page.status == 200
+        api = link.replace("/lab/tree/notebooks/00_start_here.ipynb", "/api/contents/")
+        names = {item["name"] for item in json.load(urllib.request.urlopen(api, timeout=30))["content"]}
+        assert {"notebooks", "helpers", "data"} <= names, names
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_ruff_finds_nothing_in_helpers_tests_and_notebooks():
+    folders = ["helpers", "tests", "notebooks"]
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *folders],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-4000:]
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -155,7 +202,7 @@ def test_every_exercise_check_says_not_solved_on_its_stub(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_each_notebook_opens_with_objectives_and_prerequisites_and_ends_with_a_link(path):
     cells = notebook(path)["cells"]
-    intro = source(cells[1])
+    intro = source(cells[0])
     goals = intro.split("**You will be able to:**")[1].split("**Prerequisites:**")[0]
     assert 3 <= len(re.findall(r"^- ", goals, re.MULTILINE)) <= 5 and "**Prerequisites:**" in intro
     assert re.search(r"\]\(0\d_\w+\.ipynb\)", source(cells[-1])), "end with a link to the next notebook"

@@ -57,7 +57,13 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from helpers.models import UNet  # noqa: E402
 from helpers.training import (  # noqa: E402
-    dice_loss, evaluate, load_checkpoint, save_checkpoint, segmentation_loss, train_one_epoch)
+    dice_loss,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+    segmentation_loss,
+    train_one_epoch,
+)
 
 CPU = torch.device("cpu")
 

@@ -6,8 +6,16 @@ from torchvision.transforms import v2
 from helpers.datasets import SegmentationDataset
 from helpers.masks import IGNORE_INDEX, PALETTE, index_to_colour
 from helpers.paths import data_dir
-from helpers.transforms import (SHAPES_MEAN, SHAPES_STD, RandomCutout, channel_stats, denormalize,
-                                eval_transforms, to_model_input, train_transforms)
+from helpers.transforms import (
+    SHAPES_MEAN,
+    SHAPES_STD,
+    RandomCutout,
+    channel_stats,
+    denormalize,
+    eval_transforms,
+    to_model_input,
+    train_transforms,
+)
 
 CLASS_SET = {0, 1, 2, 3}
 
@@ -128,7 +136,8 @@ def test_train_transforms_without_scale_crop_at_the_images_own_scale():
     windows = [mask[top:top + 32, left:left + 32] for top in range(9) for left in range(17)]
     assert any(torch.equal(cropped, window) for window in windows)
     small = tv_tensors.Mask(torch.zeros(20, 20, dtype=torch.int64))
-    _, padded = train_transforms(32, scale=None, degrees=0, jitter=0)(tv_tensors.Image(torch.zeros(3, 20, 20)), small)
+    blank = tv_tensors.Image(torch.zeros(3, 20, 20))
+    _, padded = train_transforms(32, scale=None, degrees=0, jitter=0)(blank, small)
     assert padded.shape == (32, 32) and (padded == 255).sum() == 32 * 32 - 20 * 20  # padding is ignored
 
 

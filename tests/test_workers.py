@@ -22,8 +22,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from helpers.datasets import InMemoryDataset, Sample, SegmentationDataset
-from helpers.formats import (HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap,
-                             write_shards)
+from helpers.formats import HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap, write_shards
 from helpers.paths import data_dir
 
 METHODS = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
@@ -46,7 +45,8 @@ def numbered_samples(count: int) -> list[Sample]:
     samples = []
     for i in range(count):
         height, width = 2 + i % 3, 3 + i % 5
-        image = torch.tensor([i % 256, i // 256, 7], dtype=torch.uint8)[:, None, None].repeat(1, height, width)
+        pixel = torch.tensor([i % 256, i // 256, 7], dtype=torch.uint8)
+        image = pixel[:, None, None].repeat(1, height, width)
         mask = torch.full((height, width), i % 4)
         samples.append(Sample(tv_tensors.Image(image), tv_tensors.Mask(mask)))
     return samples
@@ -82,7 +82,8 @@ def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, m
     assert len(got) == len(together) == 4 * 12 + 2000
     for index, (sample, want) in enumerate(zip(got, read_all(together))):
         name = names[bisect.bisect_right(together.cumulative_sizes, index)]
-        assert torch.equal(sample.image, want.image) and torch.equal(sample.mask, want.mask), f"{name}: {index}"
+        assert torch.equal(sample.image, want.image), f"{name}: {index}"
+        assert torch.equal(sample.mask, want.mask), f"{name}: {index}"
         assert sample.mask.dtype == want.mask.dtype, name
 
 

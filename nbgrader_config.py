@@ -1,0 +1,21 @@
+"""nbgrader settings for teaching a class from the series (TEACHING.md, "Exercises a class can hand in").
+
+The repository's ``notebooks/`` folder is the assignment ``notebooks``; everything nbgrader makes goes
+to ``classroom/`` (not in git). From the repository's folder:
+
+    nbgrader generate_assignment notebooks  # student copies, solutions removed: classroom/release/notebooks/
+    nbgrader autograde notebooks            # grades classroom/submitted/<student>/notebooks/*.ipynb
+"""
+
+c = get_config()  # noqa: F821 (nbgrader defines get_config when it reads this file)
+
+c.CourseDirectory.source_directory = "."  # so the source of assignment "notebooks" is notebooks/
+c.CourseDirectory.release_directory = "classroom/release"
+c.CourseDirectory.submitted_directory = "classroom/submitted"
+c.CourseDirectory.autograded_directory = "classroom/autograded"
+c.CourseDirectory.feedback_directory = "classroom/feedback"
+c.CourseDirectory.db_url = "sqlite:///classroom/gradebook.db"
+
+# A student copy runs top to bottom without errors: where the hidden solution was, a comment; each
+# self-check then says "Not solved yet". Autograding restores the hidden `assert solved` lines.
+c.ClearSolutions.code_stub = {"python": "# Your answer goes in the cell under the exercise's title."}

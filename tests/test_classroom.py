@@ -1,0 +1,74 @@
+"""A class's copies: nbgrader turns the notebooks into student versions and grades them (TEACHING.md)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbgrader.api import Gradebook
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+FIRST = NOTEBOOKS[0].name  # 00_start_here: the quickest to run, with two exercises like every notebook
+
+
+def nbgrader(course: Path, *args: str) -> None:
+    # nbgrader creates its gradebook with the `alembic` command: the environment's bin/ must be on PATH
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    run = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=course, capture_output=True,
+                         text=True, env={**os.environ, "PATH": path})
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory) -> Path:
+    """A copy of the repository's notebooks and nbgrader settings, with the student versions made."""
+    course = tmp_path_factory.mktemp("course")
+    shutil.copytree(ROOT / "notebooks", course / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copy(ROOT / "nbgrader_config.py", course)
+    nbgrader(course, "generate_assignment", "notebooks")
+    return course
+
+
+def solution_lines(cell: nbformat.NotebookNode) -> list[str]:
+    region = re.search(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", cell.source, flags=re.S)
+    return [line for line in region.group(1).splitlines() if line.strip()] if region else []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_student_versions_keep_the_exercises_and_lose_the_solutions(course, path):
+    teacher = nbformat.read(path, as_version=4)
+    student = nbformat.read(course / "classroom" / "release" / "notebooks" / path.name, as_version=4)
+    text = "\n".join(cell.source for cell in student.cells)
+    solutions = [cell for cell in teacher.cells if solution_lines(cell)]
+    assert len(solutions) == 2, f"{path.name}: two exercises, each with a hidden solution"
+    elsewhere = "\n".join(cell.source for cell in teacher.cells if not solution_lines(cell))
+    for cell in solutions:  # the lines only a solution has (a stub may share its def line)
+        own = [line.strip() for line in solution_lines(cell) if line.strip() not in elsewhere]
+        assert own and not [line for line in own if line in text], f"{path.name}: a solution is left"
+    assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text and "assert solved" not in text
+    answers = [c.source for c in teacher.cells if c.metadata.get("nbgrader", {}).get("solution")
+               and not solution_lines(c)]
+    assert len(answers) == 2 and all(answer in text for answer in answers), "the stubs stay, unchanged"
+
+
+def test_a_student_version_runs_to_its_not_solved_checks_and_autograding_scores_it(course):
+    student = course / "classroom" / "release" / "notebooks" / FIRST
+    run = NotebookClient(nbformat.read(student, as_version=4), timeout=120, kernel_name="python3",
+                         resources={"metadata": {"path": str(course / "notebooks")}}).execute()
+    outputs = "".join(o.get("text", "") for c in run.cells if c.cell_type == "code" for o in c.outputs)
+    assert outputs.count("Not solved yet") == 2 and "Correct" not in outputs
+    for who, notebook in {"unsolved": student, "solved": course / "notebooks" / FIRST}.items():
+        (course / "classroom" / "submitted" / who / "notebooks").mkdir(parents=True)
+        shutil.copy(notebook, course / "classroom" / "submitted" / who / "notebooks" / FIRST)
+    nbgrader(course, "autograde", "notebooks", "--Autograde.create_student=True")
+    with Gradebook(f"sqlite:///{course / 'classroom' / 'gradebook.db'}") as gradebook:
+        scores = {who: gradebook.find_submission_notebook(Path(FIRST).stem, "notebooks", who).score
+                  for who in ("unsolved", "solved")}
+    assert scores == {"unsolved": 0, "solved": 2}, scores
