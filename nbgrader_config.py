@@ -18,4 +18,5 @@ c.CourseDirectory.db_url = "sqlite:///classroom/gradebook.db"
 
 # A student copy runs top to bottom without errors: where the hidden solution was, a comment; each
 # self-check then says "Not solved yet". Autograding restores the hidden `assert solved` lines.
-c.ClearSolutions.code_stub = {"python": "# Your answer goes in the cell under the exercise's title."}
+c.ClearSolutions.code_stub = {
+    "python": "# The solution is not in this copy: write yours in the cell under the exercise's title."}

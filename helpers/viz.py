@@ -84,3 +84,8 @@ def show_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], titles: Seque
         prefix = f"{titles[i]}: " if titles else ""
         names += [f"{prefix}image", f"{prefix}mask", f"{prefix}overlay"]
     return show_grid(panels, titles=names, ncols=3, size=size)
+
+
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, with an "s" unless there is one: "1 worker", "2 workers" (04)."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 from nbgrader.api import Gradebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,22 +52,29 @@ def test_student_versions_keep_the_exercises_and_lose_the_solutions(course, path
         own = [line.strip() for line in solution_lines(cell) if line.strip() not in elsewhere]
         assert own and not [line for line in own if line in text], f"{path.name}: a solution is left"
     assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text and "assert solved" not in text
-    answers = [c.source for c in teacher.cells if c.metadata.get("nbgrader", {}).get("solution")
-               and not solution_lines(c)]
-    assert len(answers) == 2 and all(answer in text for answer in answers), "the stubs stay, unchanged"
+    kept = [cell.source for cell in teacher.cells if "nbgrader" not in cell.metadata]
+    assert all(source in text for source in kept), "every other cell, the stubs too, stays unchanged"
 
 
-def test_a_student_version_runs_to_its_not_solved_checks_and_autograding_scores_it(course):
-    student = course / "classroom" / "release" / "notebooks" / FIRST
-    run = NotebookClient(nbformat.read(student, as_version=4), timeout=120, kernel_name="python3",
-                         resources={"metadata": {"path": str(course / "notebooks")}}).execute()
-    outputs = "".join(o.get("text", "") for c in run.cells if c.cell_type == "code" for o in c.outputs)
-    assert outputs.count("Not solved yet") == 2 and "Correct" not in outputs
-    for who, notebook in {"unsolved": student, "solved": course / "notebooks" / FIRST}.items():
+def test_autograding_runs_a_student_version_to_its_not_solved_checks_and_scores_it(course):
+    """The unsolved student copy runs without errors up to the graded cells, whose restored hidden
+    `assert solved` fail; the teacher's solved notebook scores full marks."""
+    submitted = {"unsolved": course / "classroom" / "release" / "notebooks" / FIRST,
+                 "solved": course / "notebooks" / FIRST}
+    for who, notebook in submitted.items():
         (course / "classroom" / "submitted" / who / "notebooks").mkdir(parents=True)
         shutil.copy(notebook, course / "classroom" / "submitted" / who / "notebooks" / FIRST)
-    nbgrader(course, "autograde", "notebooks", "--Autograde.create_student=True")
+    nbgrader(course, "autograde", "notebooks")
     with Gradebook(f"sqlite:///{course / 'classroom' / 'gradebook.db'}") as gradebook:
         scores = {who: gradebook.find_submission_notebook(Path(FIRST).stem, "notebooks", who).score
-                  for who in ("unsolved", "solved")}
+                  for who in submitted}
     assert scores == {"unsolved": 0, "solved": 2}, scores
+    graded = nbformat.read(course / "classroom" / "autograded" / "unsolved" / "notebooks" / FIRST,
+                           as_version=4)
+    failed = [cell for cell in graded.cells if cell.cell_type == "code"
+              and any(output.output_type == "error" for output in cell.outputs)]
+    assert all(cell.metadata["nbgrader"]["grade"] for cell in failed) and len(failed) == 2
+    outputs = "".join(output.get("text", "") for cell in graded.cells if cell.cell_type == "code"
+                      for output in cell.outputs)
+    # each exercise checks twice: under its self-check heading, then in the graded cell
+    assert outputs.count("Not solved yet") == 4 and "Correct" not in outputs
