@@ -1,9 +1,11 @@
-"""Notebooks that start DataLoader workers must also run when workers are spawned.
+"""The lessons on how workers start must also run when workers are spawned.
 
 Linux up to Python 3.13 starts workers with fork, which hides a Dataset defined in a notebook cell;
-macOS and Windows use spawn, Linux from Python 3.14 forkserver, which import it instead. nbval runs
-every notebook with workers started by forkserver (tests/conftest.py); this runs those that start
-workers once more, top to bottom, under spawn.
+macOS and Windows use spawn, Linux from Python 3.14 forkserver, which both pickle the dataset into each
+worker and import its class. nbval runs every notebook with workers started by forkserver
+(tests/conftest.py), which catches what spawn would refuse, and tests/test_workers.py reads every
+Dataset of helpers/ through spawned workers. This runs the two notebooks that teach how workers start
+(00, 04) once more, top to bottom, under spawn itself: each behaviour tested once, where it is cheapest.
 """
 
 import os
@@ -25,11 +27,12 @@ def starts_workers(path: Path) -> bool:
     return any(WORKERS.search(cell.source) for cell in notebook.cells if cell.cell_type == "code")
 
 
-NOTEBOOKS = [p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")) if starts_workers(p)]
+NOTEBOOKS = [ROOT / "notebooks" / name for name in ("00_start_here.ipynb", "04_dataloader_batching.ipynb")]
 
 
-def test_the_detector_finds_worker_notebooks():
-    assert {p.name for p in NOTEBOOKS} >= {"03_augmentation.ipynb", "04_dataloader_batching.ipynb"}
+def test_the_spawn_lessons_start_workers():
+    assert all(starts_workers(path) for path in NOTEBOOKS)
+    assert not starts_workers(ROOT / "notebooks" / "01_two_images.ipynb")  # the detector can say no
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
