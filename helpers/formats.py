@@ -9,6 +9,7 @@ import io
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -194,3 +195,26 @@ class ShardStream(IterableDataset):
                     yield buffer.pop(int(torch.randint(len(buffer), ())))
         while buffer:
             yield buffer.pop(int(torch.randint(len(buffer), ())))
+
+
+class NamedSample(NamedTuple):
+    """An image, its mask, and the sample's name, to log who read what (07_distributed)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    name: str
+
+
+def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None) -> NamedSample:
+    """A sample as ``webdataset`` reads it from these shards (``{"__key__", "jpg", "png", ...}``), decoded:
+    uint8 image ``[3, H, W]``, uint8 mask ``[H, W]`` and the sample's name (07_distributed)."""
+    where = f"{sample.get('__url__', 'a shard')}: sample {sample.get('__key__')!r}"
+    if "jpg" not in sample or "png" not in sample:
+        found = sorted(key for key in sample if not key.startswith("__"))
+        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same shard.")
+    try:
+        image, mask = read_pair(io.BytesIO(sample["jpg"]), io.BytesIO(sample["png"]), size,
+                                mask_dtype=torch.uint8)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{where}: {error}") from error
+    return NamedSample(image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), sample["__key__"])

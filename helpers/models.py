@@ -10,16 +10,26 @@ import torch
 from torch import nn
 
 
-class DoubleConv(nn.Sequential):
-    """Two 3x3 convolutions, each followed by batch norm and ReLU; the size stays the same."""
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``"batch"``: BatchNorm, statistics over the batch; ``"group"``: GroupNorm with one group, statistics
+    over each sample alone, so a sample's output does not depend on the others in its batch (07)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(1, channels)
+    raise ValueError(f"norm must be 'batch' or 'group', not {kind!r}")
 
-    def __init__(self, in_channels: int, out_channels: int):
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 convolutions, each followed by normalisation (batch norm by default) and ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str = "batch"):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),  # BatchNorm has the bias
-            nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),  # the norm has the bias
+            norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
             nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
+            norm_layer(norm, out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -30,19 +40,20 @@ class UNet(nn.Module):
     ``widths`` are the channels of each level. ``downscale=2`` runs the network on the image shrunk to half
     its height and width (a quarter of the work) and scales the class scores back up, so the output
     still matches the input. H and W must be divisible by ``factor``: 8 for four levels, 16 with downscale 2.
+    ``norm="group"`` replaces batch norm by a per-sample norm (``norm_layer``).
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4, widths: Sequence[int] = (16, 32, 64, 128),
-                 downscale: int = 1):
+                 downscale: int = 1, norm: str = "batch"):
         super().__init__()
         self.downscale = downscale
         self.encoder = nn.ModuleList(
-            [DoubleConv(c_in, c_out) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)])
+            [DoubleConv(c_in, c_out, norm) for c_in, c_out in zip([in_channels, *widths[:-1]], widths)])
         self.upsample = nn.ModuleList(
             [nn.ConvTranspose2d(deep, shallow, 2, stride=2)
              for deep, shallow in zip(widths[:0:-1], widths[-2::-1])])
         self.decoder = nn.ModuleList(
-            [DoubleConv(2 * shallow, shallow) for shallow in widths[-2::-1]])
+            [DoubleConv(2 * shallow, shallow, norm) for shallow in widths[-2::-1]])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
         self.factor = downscale * 2 ** (len(widths) - 1)
 

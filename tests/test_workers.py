@@ -16,20 +16,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import webdataset as wds
 from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from helpers.datasets import InMemoryDataset, Sample, SegmentationDataset
-from helpers.formats import HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap, write_shards
+from helpers.ddp_train import Named
+from helpers.formats import (
+    HDF5Dataset,
+    MemmapDataset,
+    ShardStream,
+    decode_shard_sample,
+    write_hdf5,
+    write_memmap,
+    write_shards,
+)
 from helpers.paths import data_dir
 
 METHODS = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
 SIZE = 32  # side of the pre-decoded formats
 # Workers started by this test's forkserver fork from a server that has imported these already, which
 # saves each worker the imports; what crosses to the worker (the pickled dataset) is unchanged.
-multiprocessing.set_forkserver_preload(["torch", "torchvision", "helpers.formats"])
+multiprocessing.set_forkserver_preload(["torch", "torchvision", "helpers.formats", "webdataset"])
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +70,8 @@ def datasets(files, tmp_path_factory) -> dict[str, Dataset]:
     write_hdf5(files, folder / "data.h5", SIZE)
     return {"SegmentationDataset": files, "InMemoryDataset": InMemoryDataset(files, v2.CenterCrop(100)),
             "InMemoryDataset of 2,000": InMemoryDataset(numbered_samples(2000)),
-            "MemmapDataset": MemmapDataset(folder / "memmap"), "HDF5Dataset": HDF5Dataset(folder / "data.h5")}
+            "MemmapDataset": MemmapDataset(folder / "memmap"), "HDF5Dataset": HDF5Dataset(folder / "data.h5"),
+            "ddp_train.Named": Named(files)}
 
 
 def read_all(dataset, **loader_options) -> list[Sample]:
@@ -79,7 +90,7 @@ def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, m
     """One loader over all of them, so that each start method starts its (slow to spawn) workers once."""
     names, together = list(datasets), ConcatDataset(list(datasets.values()))
     got = read_all(together, num_workers=2, multiprocessing_context=method)
-    assert len(got) == len(together) == 4 * 12 + 2000
+    assert len(got) == len(together) == 5 * 12 + 2000
     for index, (sample, want) in enumerate(zip(got, read_all(together))):
         name = names[bisect.bisect_right(together.cumulative_sizes, index)]
         assert torch.equal(sample.image, want.image), f"{name}: {index}"
@@ -88,14 +99,19 @@ def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, m
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_shard_stream_gives_through_two_workers_what_it_gives_alone(files, tmp_path, method):
-    stream = ShardStream(write_shards(files, tmp_path, per_shard=4))
-    got, want = read_all(stream, num_workers=2, multiprocessing_context=method), read_all(stream)
-    assert len(got) == len(want) == 12
-    def as_counter(samples: list[Sample]) -> Counter:
-        return Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
+def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_path, method):
+    """The series' ShardStream (05) and the webdataset pipeline of helpers.ddp_train (07)."""
+    shards = write_shards(files, tmp_path, per_shard=4)
+    webdataset = (wds.WebDataset([str(shard) for shard in shards], shardshuffle=False, empty_check=False)
+                  .map(decode_shard_sample))
+    for stream in (ShardStream(shards), webdataset):
+        got, want = read_all(stream, num_workers=2, multiprocessing_context=method), read_all(stream)
+        assert len(got) == len(want) == 12
 
-    assert as_counter(got) == as_counter(want)  # each worker streams its own shards: the order interleaves
+        def as_counter(samples: list[Sample]) -> Counter:
+            return Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
+
+        assert as_counter(got) == as_counter(want)  # each worker streams its own shards: orders interleave
 
 
 def truncate(path: Path) -> None:

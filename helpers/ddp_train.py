@@ -1,0 +1,237 @@
+"""Data-parallel training of the shapes U-Net, one process per device, started by torchrun (07_distributed).
+
+    torchrun --nproc_per_node=2 -m helpers.ddp_train --shards SHARDS --out RUN
+
+Every process (a *rank*) builds the same model, reads its own share of the data and computes gradients
+on it; DistributedDataParallel averages the gradients over the ranks, so every rank takes the same step.
+The backend is ``nccl`` on CUDA (one GPU per process) and ``gloo`` on the CPU.
+
+Data: ``--shards FOLDER`` streams tar shards with ``webdataset``, split over ranks, then over each rank's
+workers; ``--data FOLDER`` reads the image files through a ``DistributedSampler``. Each rank writes
+``RUN/rank-R.json``: where it ran, what it read each epoch (sample names), its losses, the evaluation
+(confusion matrices summed over the ranks with ``all_reduce``). Rank 0 alone saves ``RUN/model.pt``;
+every rank then loads it and checks that it holds its own weights.
+"""
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import webdataset as wds
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from helpers.datasets import SegmentationDataset
+from helpers.formats import NamedSample, decode_shard_sample
+from helpers.masks import CLASSES
+from helpers.metrics import confusion_matrix, mean_iou
+from helpers.models import UNet
+from helpers.seeding import worker_seeding
+from helpers.training import segmentation_loss, to_device
+
+COMMAND = "torchrun --nproc_per_node=2 -m helpers.ddp_train --shards SHARDS --out RUN"
+
+
+class LaunchError(RuntimeError):
+    """A launch that cannot work, with what to do instead."""
+
+
+class Named(Dataset):
+    """``NamedSample(image, mask, name)`` from a SegmentationDataset, the name being the sample's index."""
+
+    def __init__(self, dataset: SegmentationDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> NamedSample:
+        image, mask = self.dataset[index]
+        return NamedSample(image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), str(index))
+
+
+def launch_info() -> dict:
+    """This process's place in the launch, as torchrun describes it in environment variables."""
+    missing = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if name not in os.environ]
+    if missing:
+        raise LaunchError(f"helpers.ddp_train must be started by torchrun, which sets {', '.join(missing)}; "
+                          f"e.g. {COMMAND}")
+    return {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"]),
+            "local_rank": int(os.environ["LOCAL_RANK"]), "node_rank": int(os.environ.get("GROUP_RANK", 0)),
+            "host": socket.gethostname()}
+
+
+def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
+    """What is wrong with the data as this rank sees it, or None."""
+    folder = Path(args.shards or args.data)
+    if not folder.is_dir():
+        return (f"{folder} is missing on this node: every node needs the data at the same path "
+                "(copy it there, or read shards by URL)")
+    if args.shards:
+        shards = sorted(folder.glob("*.tar"))
+        readers = world_size * max(1, args.workers)
+        if len(shards) < readers:
+            return (f"{len(shards)} shards in {folder} for {world_size} processes x {max(1, args.workers)} "
+                    f"workers: every reader needs a shard of its own; write at least {readers} "
+                    "(helpers.formats.write_shards(per_shard=...)) or start fewer")
+    return None
+
+
+def check_everywhere(problem: str | None) -> None:
+    """Collective: every rank reports its problem or None, and all raise the same error if any has one,
+    rather than one rank failing while the others wait for it forever."""
+    reports: list = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, (socket.gethostname(), problem))
+    found = [f"rank {rank} on {host}: {problem}" for rank, (host, problem) in enumerate(reports) if problem]
+    if found:
+        raise LaunchError("; ".join(found))
+
+
+def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
+    """This rank's loader for one epoch; the epoch changes the shuffle, as ``set_epoch`` does."""
+    size = (args.size, args.size)
+    seeds = worker_seeding(args.seed + 1000 * epoch + rank)  # other draws per rank, worker and epoch
+    if args.shards:
+        urls = [str(path) for path in sorted(Path(args.shards).glob("*.tar"))]
+        stream = (wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
+                                 shardshuffle=len(urls) if args.shuffle else False,
+                                 seed=args.seed + epoch, empty_check=False)
+                  .shuffle(args.buffer if args.shuffle else 0, seed=args.seed + epoch)
+                  .map(partial(decode_shard_sample, size=size)))
+        return DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers, **seeds)
+    dataset = Named(SegmentationDataset(args.data, split="train", size=size, mask_dtype=torch.uint8))
+    sampler = DistributedSampler(dataset, shuffle=args.shuffle, seed=args.seed, drop_last=True)
+    sampler.set_epoch(epoch)  # without it, every epoch repeats the first one's order
+    return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                      **seeds)
+
+
+@torch.no_grad()
+def evaluate_everywhere(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict:
+    """Each rank scores every world_size-th validation image (no padding, no duplicates); all_reduce
+    sums the confusion matrices and the image counts, so every rank gets the whole split's result."""
+    folder = args.data or args.val_data
+    if folder is None:
+        return {}
+    val = SegmentationDataset(folder, split="val", size=(args.size, args.size))
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
+    count = torch.zeros((), dtype=torch.int64, device=device)
+    model.eval()
+    for index in range(rank, len(val), world_size):
+        image, mask = val[index]
+        images, masks = to_device(image[None], mask[None], device)
+        confusion += confusion_matrix(model(images).argmax(dim=1), masks, len(CLASSES))
+        count += 1
+    dist.all_reduce(confusion)
+    dist.all_reduce(count)
+    return {"images": int(count), "confusion": confusion.tolist(), "mean_iou": mean_iou(confusion.cpu())}
+
+
+def save_and_check(model: nn.Module, path: Path, device: torch.device) -> bool:
+    """Rank 0 saves the weights; after a barrier every rank loads them and compares with its own."""
+    if dist.get_rank() == 0:
+        temporary = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), temporary)
+        temporary.replace(path)  # whole or not at all
+    dist.barrier()  # nobody reads before rank 0 has written
+    loaded = torch.load(path, map_location=device, weights_only=True)
+    return all(torch.equal(loaded[name], value) for name, value in model.state_dict().items())
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train, evaluate and save as one rank of the launch; return what this rank logged."""
+    where = launch_info()
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend)
+    try:
+        check_everywhere(data_problem(args, where["world_size"]))
+        torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)
+        model = UNet(num_classes=len(CLASSES), widths=args.widths, downscale=args.downscale, norm=args.norm)
+        if args.sync_bn and cuda:  # SyncBatchNorm: batch statistics over all ranks (CUDA only)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = model.to(device)
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr)
+        log = {**where, "backend": backend, "device": str(device), "epochs": []}
+        start = time.perf_counter()
+        for epoch in range(args.epochs):
+            names, losses = [], []
+            ddp.train()
+            with ddp.join():  # a rank out of batches keeps answering the others' all-reduces
+                for images, masks, batch_names in train_loader(args, epoch, where["rank"]):
+                    if args.steps and len(losses) == args.steps:
+                        break
+                    images, masks = to_device(images, masks, device)
+                    loss = segmentation_loss(ddp(images), masks, dice_weight=args.dice_weight)
+                    optimizer.zero_grad()
+                    loss.backward()  # DDP averages the gradients over the ranks here
+                    optimizer.step()
+                    names += list(batch_names)
+                    losses.append(loss.item())
+            log["epochs"].append({"names": names, "steps": len(losses), "loss": losses})
+        log["seconds"] = time.perf_counter() - start
+        log["eval"] = evaluate_everywhere(model, args, device)
+        args.out.mkdir(parents=True, exist_ok=True)
+        log["checkpoint_matches"] = save_and_check(model, args.out / "model.pt", device)
+        (args.out / f"rank-{where['rank']}.json").write_text(json.dumps(log))
+        return log
+    finally:
+        dist.destroy_process_group()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m helpers.ddp_train",
+                                     description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--shards", type=Path, help="a folder of tar shards (helpers.formats.write_shards)")
+    source.add_argument("--data", type=Path, help="a folder of images/ and masks/ with train.txt, val.txt")
+    parser.add_argument("--val-data", type=Path, default=None, help="with --shards: where val.txt is")
+    parser.add_argument("--out", type=Path, required=True, help="where the ranks write their logs and model")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=0, help="stop each epoch after this many (0: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="per process: the global batch is N x this")
+    parser.add_argument("--size", type=int, default=64, help="images and masks resized to size x size")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
+    parser.add_argument("--buffer", type=int, default=64, help="shuffle buffer of the shard stream")
+    parser.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="read in file order")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--downscale", type=int, default=1)
+    parser.add_argument("--norm", choices=["batch", "group"], default="batch")
+    parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm over the ranks (CUDA)")
+    parser.add_argument("--dice-weight", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=ResourceWarning)  # webdataset leaves tar files to the GC
+    try:
+        log = run(parse_args(argv))
+    except LaunchError as error:
+        print(f"helpers.ddp_train: {error}", file=sys.stderr)
+        return 2
+    if log["rank"] == 0:
+        steps = [epoch["steps"] for epoch in log["epochs"]]
+        score = f", mean IoU {log['eval']['mean_iou']:.3f}" if log["eval"] else ""
+        print(f"rank 0 of {log['world_size']} ({log['backend']}, {log['device']}): steps per epoch {steps}, "
+              f"{log['seconds']:.1f} s{score}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

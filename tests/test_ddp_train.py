@@ -1,0 +1,98 @@
+"""helpers.ddp_train: a real two-process gloo launch on tiny data, and clear errors for bad launches."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from argparse import Namespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from helpers.datasets import SegmentationDataset
+from helpers.ddp_train import LaunchError, check_everywhere, data_problem, main
+from helpers.formats import decode_shard_sample, write_shards
+from helpers.models import UNet
+from helpers.paths import data_dir
+
+
+def test_two_processes_read_every_sample_once_per_epoch_and_agree_on_the_model(tmp_path):
+    shards = write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path / "shards",
+                          per_shard=20)  # 64 pairs in 4 shards: 40 and 24 samples per rank, uneven
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
+               "helpers.ddp_train", "--shards", str(tmp_path / "shards"), "--val-data",
+               str(data_dir("shapes")), "--out", str(tmp_path / "run"), "--epochs", "2", "--size", "32"]
+    run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    logs = [json.loads((tmp_path / "run" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [log["backend"] for log in logs] == ["gloo", "gloo"] and len(shards) == 4
+    for epoch in range(2):
+        names = [name for log in logs for name in log["epochs"][epoch]["names"]]
+        assert sorted(names) == sorted(set(names)) and len(names) == 64  # each sample once
+    assert logs[0]["epochs"][0]["names"] != logs[0]["epochs"][1]["names"]  # reshuffled each epoch
+    assert logs[0]["epochs"][0]["steps"] > logs[1]["epochs"][0]["steps"]  # uneven shards, joined
+    assert logs[0]["eval"] == logs[1]["eval"] and logs[0]["eval"]["images"] == 64  # summed, no padding
+    assert all(log["checkpoint_matches"] for log in logs)
+
+
+def test_not_started_by_torchrun_says_how_to_start_it(monkeypatch, capsys, tmp_path):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["--data", str(data_dir("shapes")), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "must be started by torchrun" in error and "torchrun --nproc_per_node=2" in error
+
+
+def test_fewer_shards_than_readers_and_a_missing_folder_are_named(tmp_path):
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path / "shards", per_shard=32)
+    args = Namespace(shards=tmp_path / "shards", data=None, workers=2)
+    problem = data_problem(args, world_size=2)
+    assert "2 shards" in problem and "2 processes x 2 workers" in problem and "at least 4" in problem
+    assert data_problem(Namespace(shards=tmp_path / "shards", data=None, workers=0), world_size=2) is None
+    missing = data_problem(Namespace(shards=None, data=tmp_path / "nowhere", workers=0), world_size=1)
+    assert "nowhere is missing on this node" in missing
+
+
+def _report(rank: int, port: int, errors) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        check_everywhere("data/shapes is missing on this node" if rank == 1 else None)
+    except LaunchError as error:
+        errors.put((rank, str(error)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_problem_on_one_rank_stops_every_rank_with_that_rank_named():
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    errors = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_report, args=(port, errors), nprocs=2, start_method="spawn")
+    reports = sorted(errors.get() for _ in range(2))
+    assert [rank for rank, _ in reports] == [0, 1]  # both stop, rank 0 too
+    assert all(f"rank 1 on {socket.gethostname()}: data/shapes is missing" in text for _, text in reports)
+
+
+def test_group_norm_makes_each_sample_independent_of_its_batch():
+    torch.manual_seed(0)
+    images = torch.randn(4, 3, 16, 16)
+    for norm, independent in (("group", True), ("batch", False)):
+        model = UNet(widths=(8, 16), norm=norm)
+        together, apart = model(images), torch.cat([model(images[:2]), model(images[2:])])
+        assert torch.allclose(together, apart, atol=1e-5) == independent, norm
+    with pytest.raises(ValueError, match="norm must be"):
+        UNet(norm="layer")
+
+
+def test_a_shard_sample_without_its_mask_is_named():
+    with pytest.raises(ValueError, match=r"shard-00003\.tar: sample '0042' has \['jpg'\]"):
+        decode_shard_sample({"__key__": "0042", "__url__": "shard-00003.tar", "jpg": b""})
+    image = (data_dir("shapes") / "images" / "0001.jpg").read_bytes()
+    mask = (data_dir("shapes") / "masks" / "0001.png").read_bytes()
+    got, label, name = decode_shard_sample({"__key__": "0001", "jpg": image, "png": mask}, size=(32, 32))
+    assert got.shape == (3, 32, 32) and label.shape == (32, 32) and label.dtype == torch.uint8
+    assert name == "0001" and type(got) is torch.Tensor
