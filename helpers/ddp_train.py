@@ -63,7 +63,7 @@ def launch_info() -> dict:
     """This process's place in the launch, as torchrun describes it in environment variables."""
     missing = [name for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK") if name not in os.environ]
     if missing:
-        raise LaunchError(f"helpers.ddp_train must be started by torchrun, which sets {', '.join(missing)}; "
+        raise LaunchError(f"it must be started by torchrun, which sets {', '.join(missing)}; "
                           f"e.g. {COMMAND}")
     return {"rank": int(os.environ["RANK"]), "world_size": int(os.environ["WORLD_SIZE"]),
             "local_rank": int(os.environ["LOCAL_RANK"]), "node_rank": int(os.environ.get("GROUP_RANK", 0)),
@@ -151,7 +151,9 @@ def save_and_check(model: nn.Module, path: Path, device: torch.device) -> bool:
 def run(args: argparse.Namespace) -> dict:
     """Train, evaluate and save as one rank of the launch; return what this rank logged."""
     where = launch_info()
-    cuda = torch.cuda.is_available()
+    # one GPU per process, or none: nccl cannot put two ranks on one GPU
+    processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= processes_here
     device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
