@@ -6,7 +6,8 @@ Every process (a *rank*) builds the same model, reads its own share of the data 
 on it; DistributedDataParallel averages the gradients over the ranks, so every rank takes the same step.
 The backend is ``nccl`` on CUDA (one GPU per process) and ``gloo`` on the CPU.
 
-Data: ``--shards FOLDER`` streams tar shards with ``webdataset``, split over ranks, then over each rank's
+Data: ``--shards`` streams tar shards with ``webdataset`` (a folder of them, or URLs such as
+``https://host/shard-{000000..000099}.tar`` or ``pipe:COMMAND``), split over ranks, then over each rank's
 workers; ``--data FOLDER`` reads the image files through a ``DistributedSampler``. Each rank writes
 ``RUN/rank-R.json``: where it ran, what it read each epoch (sample names), its losses, the evaluation
 (confusion matrices summed over the ranks with ``all_reduce``). Rank 0 alone saves ``RUN/model.pt``;
@@ -70,18 +71,28 @@ def launch_info() -> dict:
             "host": socket.gethostname()}
 
 
+def is_url(spec: str) -> bool:
+    return spec.startswith("pipe:") or "://" in spec
+
+
+def shard_urls(spec: str) -> list[str]:
+    """The shards to read: the .tar files of a local folder, or URLs with {000..099} ranges expanded."""
+    if is_url(spec):
+        return wds.shardlists.expand_urls(spec)
+    return [str(path) for path in sorted(Path(spec).glob("*.tar"))]
+
+
 def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
     """What is wrong with the data as this rank sees it, or None."""
-    folder = Path(args.shards or args.data)
-    if not folder.is_dir():
-        return (f"{folder} is missing on this node: every node needs the data at the same path "
-                "(copy it there, or read shards by URL)")
+    source = str(args.shards or args.data)
+    if not is_url(source) and not Path(source).is_dir():
+        return (f"{source} is missing on this node: every node needs the data at the same path "
+                "(copy it there, or give --shards as URLs)")
     if args.shards:
-        shards = sorted(folder.glob("*.tar"))
-        readers = world_size * max(1, args.workers)
-        if len(shards) < readers:
-            return (f"{len(shards)} shards in {folder} for {world_size} processes x {max(1, args.workers)} "
-                    f"workers: every reader needs a shard of its own; write at least {readers} "
+        shards, workers = shard_urls(source), max(1, args.workers)
+        if len(shards) < world_size * workers:
+            return (f"{len(shards)} shards in {source} for {world_size} processes x {workers} workers: "
+                    f"every reader needs a shard of its own; write at least {world_size * workers} "
                     "(helpers.formats.write_shards(per_shard=...)) or start fewer")
     return None
 
@@ -101,7 +112,7 @@ def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
     size = (args.size, args.size)
     seeds = worker_seeding(args.seed + 1000 * epoch + rank)  # other draws per rank, worker and epoch
     if args.shards:
-        urls = [str(path) for path in sorted(Path(args.shards).glob("*.tar"))]
+        urls = shard_urls(args.shards)
         stream = (wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,
                                  shardshuffle=len(urls) if args.shuffle else False,
                                  seed=args.seed + epoch, empty_check=False)
@@ -153,7 +164,10 @@ def run(args: argparse.Namespace) -> dict:
     where = launch_info()
     # one GPU per process, or none: nccl cannot put two ranks on one GPU
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= processes_here
+    cuda = (not args.cpu and torch.cuda.is_available()
+            and torch.cuda.device_count() >= processes_here)
+    if args.sync_bn and not cuda:
+        raise LaunchError("--sync-bn needs one GPU per process: SyncBatchNorm only works on CUDA modules")
     device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -163,7 +177,7 @@ def run(args: argparse.Namespace) -> dict:
         check_everywhere(data_problem(args, where["world_size"]))
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)
         model = UNet(num_classes=len(CLASSES), widths=args.widths, downscale=args.downscale, norm=args.norm)
-        if args.sync_bn and cuda:  # SyncBatchNorm: batch statistics over all ranks (CUDA only)
+        if args.sync_bn:  # SyncBatchNorm: batch statistics over all ranks (CUDA only)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
         ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
@@ -199,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m helpers.ddp_train",
                                      description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--shards", type=Path, help="a folder of tar shards (helpers.formats.write_shards)")
+    source.add_argument("--shards", help="a folder of tar shards (helpers.formats.write_shards), or URLs")
     source.add_argument("--data", type=Path, help="a folder of images/ and masks/ with train.txt, val.txt")
     parser.add_argument("--val-data", type=Path, default=None, help="with --shards: where val.txt is")
     parser.add_argument("--out", type=Path, required=True, help="where the ranks write their logs and model")
@@ -216,6 +230,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--norm", choices=["batch", "group"], default="batch")
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm over the ranks (CUDA)")
     parser.add_argument("--dice-weight", type=float, default=0.0)
+    parser.add_argument("--cpu", action="store_true", help="gloo on the CPU even where there are GPUs")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
