@@ -67,6 +67,19 @@ class Pipeline(NamedTuple):
     finish: Callable[[Batch], Batch]
 
 
+def milliseconds(call: Callable[[], object], repeats: int = 10, rounds: int = 3) -> float:
+    """Milliseconds per ``call()``: the mean over ``repeats`` calls, best of ``rounds`` (03, 04, 05).
+
+    The best round is the least disturbed by whatever else the machine was doing."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        times.append((time.perf_counter() - start) / repeats * 1000)
+    return min(times)
+
+
 def bench_data(count: int, side: int, root: Path | None = None) -> Path:
     """Return a folder of ``count`` generated pairs of side x side pixels, generating it if missing."""
     root = root or Path(tempfile.gettempdir()) / f"pixels_to_batches_bench_{count}x{side}"

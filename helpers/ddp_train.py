@@ -29,15 +29,15 @@ import torch.distributed as dist
 import webdataset as wds
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from helpers.datasets import SegmentationDataset
 from helpers.formats import NamedSample, decode_shard_sample
 from helpers.masks import CLASSES
-from helpers.metrics import confusion_matrix, mean_iou
+from helpers.metrics import mean_iou
 from helpers.models import UNet
 from helpers.seeding import worker_seeding
-from helpers.training import segmentation_loss, to_device
+from helpers.training import evaluate, segmentation_loss, to_device
 
 COMMAND = "torchrun --nproc_per_node=2 -m helpers.ddp_train --shards SHARDS --out RUN"
 
@@ -126,7 +126,11 @@ def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
                       **seeds)
 
 
-@torch.no_grad()
+def build_model(norm: str = "batch") -> UNet:
+    """The small U-Net every launch trains: two levels of 8 and 16 channels, at full size."""
+    return UNet(num_classes=len(CLASSES), widths=(8, 16), norm=norm)
+
+
 def evaluate_everywhere(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict:
     """Each rank scores every world_size-th validation image (no padding, no duplicates); all_reduce
     sums the confusion matrices and the image counts, so every rank gets the whole split's result."""
@@ -134,15 +138,9 @@ def evaluate_everywhere(model: nn.Module, args: argparse.Namespace, device: torc
     if folder is None:
         return {}
     val = SegmentationDataset(folder, split="val", size=(args.size, args.size))
-    rank, world_size = dist.get_rank(), dist.get_world_size()
-    confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
-    model.eval()
-    for index in range(rank, len(val), world_size):
-        image, mask = val[index]
-        images, masks = to_device(image[None], mask[None], device)
-        confusion += confusion_matrix(model(images).argmax(dim=1), masks, len(CLASSES))
-        count += 1
+    mine = Subset(val, range(dist.get_rank(), len(val), dist.get_world_size()))
+    confusion = evaluate(model, DataLoader(mine, batch_size=1), device, len(CLASSES)).confusion
+    confusion, count = confusion.to(device), torch.tensor(len(mine), device=device)
     dist.all_reduce(confusion)
     dist.all_reduce(count)
     return {"images": int(count), "confusion": confusion.tolist(), "mean_iou": mean_iou(confusion.cpu())}
@@ -176,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         check_everywhere(data_problem(args, where["world_size"]))
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)
-        model = UNet(num_classes=len(CLASSES), widths=args.widths, downscale=args.downscale, norm=args.norm)
+        model = build_model(args.norm)
         if args.sync_bn:  # SyncBatchNorm: batch statistics over all ranks (CUDA only)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
@@ -192,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
                     if args.steps and len(losses) == args.steps:
                         break
                     images, masks = to_device(images, masks, device)
-                    loss = segmentation_loss(ddp(images), masks, dice_weight=args.dice_weight)
+                    loss = segmentation_loss(ddp(images), masks)  # cross-entropy
                     optimizer.zero_grad()
                     loss.backward()  # DDP averages the gradients over the ranks here
                     optimizer.step()
@@ -225,11 +223,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--buffer", type=int, default=64, help="shuffle buffer of the shard stream")
     parser.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="read in file order")
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--widths", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--downscale", type=int, default=1)
     parser.add_argument("--norm", choices=["batch", "group"], default="batch")
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm over the ranks (CUDA)")
-    parser.add_argument("--dice-weight", type=float, default=0.0)
     parser.add_argument("--cpu", action="store_true", help="gloo on the CPU even where there are GPUs")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)

@@ -171,3 +171,14 @@ def test_a_loader_over_same_size_batches_predicts_like_one_image_at_a_time():
                 assert torch.equal(masks[row], dataset[subset[index]].mask)
                 seen += 1
     assert seen == len(subset)
+
+
+
+def test_milliseconds_is_the_mean_per_call_of_the_best_round(monkeypatch):
+    from helpers import bench
+
+    clock = iter([0.0, 0.4, 1.0, 1.2])  # two rounds of two calls: 400 ms, then 200 ms
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    calls = []
+    assert bench.milliseconds(lambda: calls.append(1), repeats=2, rounds=2) == pytest.approx(100)
+    assert len(calls) == 4
