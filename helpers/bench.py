@@ -37,7 +37,6 @@ import torchvision
 import torchvision.transforms as v1
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
-from tqdm import tqdm
 
 from helpers.batching import flip_batch, flip_collate
 from helpers.datasets import SegmentationDataset, decode_image, pair_files, read_mask
@@ -51,6 +50,7 @@ from helpers.formats import (
     write_memmap,
     write_shards,
 )
+from helpers.progress import progress_bar
 from helpers.scenes import write_dataset
 from helpers.training import to_device
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
@@ -189,8 +189,8 @@ def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progres
         speeds = []
         for _ in range(epochs):
             start, images = time.perf_counter(), 0
-            for batch in tqdm(loader, desc=f"{label:>11}, {workers} workers", leave=False,
-                              disable=not progress):
+            for batch in progress_bar(loader, desc=f"{label:>11}, {workers} workers", leave=False,
+                                      disable=not progress):
                 image, mask = pipeline.finish(batch)
                 assert image.dtype == torch.float32 and mask.dtype == torch.int64
                 images += len(image)

@@ -22,7 +22,6 @@ from typing import NamedTuple, TypeVar
 
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from helpers.datasets import (
     IMAGE_SUFFIXES,
@@ -38,6 +37,7 @@ from helpers.datasets import (
     unpaired,
 )
 from helpers.masks import CLASSES
+from helpers.progress import progress_bar
 
 ERROR, WARNING = "error", "warning"  # an error stops SegmentationDataset; a warning is worth a look
 PROGRESS_FROM = 200  # pairs: smaller folders are checked in moments, without a progress bar
@@ -216,7 +216,8 @@ def diagnose(root: Path, num_classes: int = len(CLASSES), ignore_index: int | No
     pairs = find_pairs(report)
     report.pairs = len(pairs)
     show = progress and len(pairs) > PROGRESS_FROM
-    for image_path, mask_path in tqdm(pairs, desc="checking", unit="pair", leave=False, disable=not show):
+    bar = progress_bar(pairs, desc="checking", unit="pair", leave=False, disable=not show)
+    for image_path, mask_path in bar:
         check_pair(image_path, mask_path, report)
     report.findings.sort(key=lambda finding: (finding.severity != ERROR, finding.path))
     return report

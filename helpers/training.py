@@ -9,11 +9,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from helpers.batching import normalize_batch
 from helpers.masks import IGNORE_INDEX
 from helpers.metrics import confusion_matrix
+from helpers.progress import progress_bar
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -115,7 +115,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     """
     model.train()
     total, count = torch.zeros((), device=device), 0
-    for images, masks, *_ in tqdm(loader, desc="train", leave=False, disable=not progress):
+    for images, masks, *_ in progress_bar(loader, desc="train", leave=False, disable=not progress):
         images, masks = to_device(images, masks, device, channels_last, mean, std)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = loss_fn(model(images), masks)

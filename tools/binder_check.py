@@ -1,0 +1,96 @@
+"""Run notebooks as Binder runs them, and measure what Binder limits: time on one CPU and peak memory.
+
+mybinder.org gives a session 1 CPU and a 2 GB memory limit (1 GB guaranteed). This executes each
+notebook from a fresh kernel with ``jupyter nbconvert --execute``, pinned to ``--cpus`` cores, and every
+20 ms adds up the proportional set size (PSS: shared pages divided among the processes sharing them, as
+the memory limit counts them) of the kernel and every process it starts: DataLoader workers, torchrun
+and its ranks. It prints one row per notebook and writes the figures to ``--json``.
+
+    python tools/binder_check.py                          # every notebook, 1 CPU
+    python tools/binder_check.py notebooks/07_distributed.ipynb --cpus 2
+
+The executed copies go to a temporary folder; the repository's notebooks are not changed.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+LIMIT_GB = 1.5  # the series' budget: well inside Binder's 2 GB, near its guaranteed 1 GB
+
+
+def tree_pss(launcher: psutil.Process) -> tuple[int, int]:
+    """PSS in bytes of every process below ``launcher`` (the kernel and what it started), and their count."""
+    total = count = 0
+    for process in launcher.children(recursive=True):
+        try:
+            total += process.memory_full_info().pss
+            count += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass  # a worker that ended between the listing and the reading
+    return total, count
+
+
+def run_notebook(path: Path, cpus: int, out: Path) -> dict:
+    """Execute one notebook on the first ``cpus`` usable cores; return its time and peak memory."""
+    cores = sorted(os.sched_getaffinity(0))[:cpus]
+    command = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+               "--ExecutePreprocessor.timeout=600", "--output-dir", str(out), str(path)]
+    start = time.perf_counter()
+    run = subprocess.Popen(command, cwd=path.parent, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, preexec_fn=lambda: os.sched_setaffinity(0, cores))
+    stderr: list[str] = []
+    reader = threading.Thread(target=lambda: stderr.extend(run.stderr), daemon=True)
+    reader.start()
+    launcher, peak, peak_processes = psutil.Process(run.pid), 0, 0
+    while run.poll() is None:
+        pss, processes = tree_pss(launcher)
+        if pss > peak:
+            peak, peak_processes = pss, processes
+        time.sleep(0.02)
+    reader.join()
+    if run.returncode != 0:
+        raise SystemExit(f"{path.name} failed on {cpus} CPU(s):\n" + "".join(stderr[-40:]))
+    return {"notebook": path.stem, "cpus": cpus, "seconds": round(time.perf_counter() - start, 1),
+            "peak_pss_gb": round(peak / 1e9, 2), "processes_at_peak": peak_processes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("notebooks", nargs="*", type=Path,
+                        default=sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    parser.add_argument("--cpus", type=int, default=1, help="cores to pin the kernel to (Binder: 1)")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="binder_check_") as out:
+        for path in args.notebooks:
+            rows.append(run_notebook(path.resolve(), args.cpus, Path(out)))
+            row = rows[-1]
+            verdict = "ok" if row["peak_pss_gb"] <= LIMIT_GB else f"OVER {LIMIT_GB} GB"
+            print(f"{row['notebook']:<24} {row['seconds']:6.1f} s  {row['peak_pss_gb']:.2f} GB "
+                  f"({row['processes_at_peak']} processes)  {verdict}", flush=True)
+    if args.json:
+        import torch  # the versions measured, read after the runs so they do not count
+        machine = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+                   "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                   "cores_on_machine": os.cpu_count(), "cpus_used": args.cpus,
+                   "command": "python tools/binder_check.py " + " ".join(sys.argv[1:])}
+        args.json.write_text(json.dumps({"machine": machine, "notebooks": rows}, indent=1) + "\n")
+    if any(row["peak_pss_gb"] > LIMIT_GB for row in rows):
+        raise SystemExit(f"over the {LIMIT_GB} GB budget")
+
+
+if __name__ == "__main__":
+    main()
