@@ -15,10 +15,13 @@ every rank then loads it and checks that it holds its own weights.
 """
 
 import argparse
+import gc
 import json
+import multiprocessing
 import os
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from functools import partial
@@ -28,6 +31,7 @@ import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch import nn
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -166,6 +170,8 @@ def run(args: argparse.Namespace) -> dict:
             and torch.cuda.device_count() >= processes_here)
     if args.sync_bn and not cuda:
         raise LaunchError("--sync-bn needs one GPU per process: SyncBatchNorm only works on CUDA modules")
+    if "OMP_NUM_THREADS" in os.environ:  # torchrun sets 1 per process; a forked rank must apply it itself
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -243,6 +249,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rank 0 of {log['world_size']} ({log['backend']}, {log['device']}): steps per epoch {steps}, "
               f"{log['seconds']:.1f} s{score}")
     return 0
+
+
+def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int, log: str,
+          method: str) -> None:
+    """One node's launcher: torchrun's own elastic agent, starting ranks that run ``main``."""
+    for fd, suffix in ((1, ".out"), (2, ".err")):  # what the agent and its ranks print, to the log
+        with open(log + suffix, "w") as file:
+            os.dup2(file.fileno(), fd)
+    multiprocessing.set_start_method(method, force=True)  # the ranks' DataLoader workers start so too
+    if processes > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: one thread per process
+    config = LaunchConfig(min_nodes=nodes, max_nodes=nodes, nproc_per_node=processes, run_id="notebook",
+                          rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{port}",
+                          rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.1,
+                          start_method=method)
+    codes = elastic_launch(config, main)(argv)
+    sys.exit(max(codes.values()))
+
+
+def launch(argv: list[str], processes: int = 2, nodes: int = 1) -> str:
+    """Run ``torchrun --nnodes=NODES --nproc_per_node=PROCESSES -m helpers.ddp_train ARGV`` on this
+    machine from Python; return what the ranks printed. Taught in 07_distributed.
+
+    ``torchrun`` is a launcher (torch.distributed.run) that imports torch, and each rank it starts
+    imports torch again: about 0.4 GB each, over Binder's memory. This runs the same launcher,
+    ``elastic_launch``, in a process forked from this one, which forks the ranks (on Linux; elsewhere
+    they are spawned): they share this process's torch. ``gc.freeze`` keeps the ranks' garbage
+    collector from touching, and so copying, the objects they share.
+    """
+    with socket.socket() as free:  # node 0 listens here for the others
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    method = "fork" if sys.platform == "linux" else "spawn"
+    context = multiprocessing.get_context(method)
+    with tempfile.TemporaryDirectory(prefix="launch_") as logs:
+        paths = [os.path.join(logs, f"node-{node}") for node in range(nodes)]
+        gc.freeze()
+        try:
+            agents = [context.Process(target=agent, args=(argv, processes, nodes, node, port, path, method))
+                      for node, path in enumerate(paths)]
+            for process in agents:
+                process.start()
+        finally:
+            gc.unfreeze()
+        for process in agents:
+            process.join()
+        output, errors = ("".join(Path(path + suffix).read_text() for path in paths)
+                          for suffix in (".out", ".err"))
+    codes = [process.exitcode for process in agents]
+    if any(codes):
+        raise RuntimeError(f"the launch failed (exit codes {codes}):\n{errors[-3000:]}{output[-1000:]}")
+    return output.strip()
 
 
 if __name__ == "__main__":

@@ -74,8 +74,10 @@ def main() -> None:
                 path.write_text(text, encoding="utf-8")
     names = ", ".join(str(path.relative_to(ROOT)) for path in changed) or "nothing"
     if args.check:
-        print(f"links to {slug} ({branch}) differ in: {names}" if changed else f"all links: {slug} ({branch})")
-        sys.exit(1 if changed else 0)
+        if changed:
+            sys.exit(f"links differ from {slug} ({branch}) in: {names}; run tools/publish.py to fix them")
+        print(f"all links: {slug} ({branch})")
+        return
     print(f"pointed at {slug} ({branch}): {names}")
 
 

@@ -1,0 +1,34 @@
+"""Test sessions for the stacks learners use (README, "Tested stacks"). Run with nox:
+
+    nox -s tests-3.13     # the README's test command on Python 3.13 (also tests-3.11, tests-3.12)
+    nox -s colab          # every notebook on Colab's stack, through its own Colab cell
+
+Each session makes its own virtual environment under .nox/ with the Python it names, found on PATH as
+python3.11, python3.12 or python3.13. `.ci/run` runs the README's test command, then `colab`.
+"""
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests-3.13", "colab"]
+
+# Google Colab's runtime of August 2026: the oldest stack helpers/ supports (pyproject.toml's floor).
+# No simplejpeg and no nbgrader there; webdataset comes from each notebook's Colab cell.
+COLAB_STACK = ["torch==2.11.0", "torchvision==0.26.0", "pillow==11.3.0", "numpy==2.1.3",
+               "matplotlib==3.10.0", "h5py==3.16.0", "tqdm==4.67.1", "psutil==5.9.5",
+               "ipywidgets==7.7.1", "ipykernel", "nbclient"]
+
+
+@nox.session(python=["3.11", "3.12", "3.13"])
+def tests(session: nox.Session) -> None:
+    """The README's test command, with the pinned stack: unit tests, then every notebook (nbval)."""
+    session.install("-r", "requirements-teacher.txt")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python="3.13")
+def colab(session: nox.Session) -> None:
+    """Every notebook on Colab's stack, as Colab runs it: from outside the repository, through its
+    own Colab cell (which installs helpers/ from a copy of this checkout)."""
+    session.install(*COLAB_STACK)
+    session.run("python", "tools/colab/run.py", *session.posargs)

@@ -1,0 +1,26 @@
+"""Progress bars: text in a terminal, one final line in a saved notebook (helpers.progress)."""
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from helpers.progress import NotebookBar, in_notebook, progress_bar
+
+TRAINING = Path(__file__).resolve().parent.parent / "notebooks" / "06_gpu_training.ipynb"
+
+
+def test_outside_a_notebook_the_bar_is_tqdms_text_bar(capsys):
+    assert not in_notebook()
+    bar = progress_bar(range(3), desc="steps")
+    assert type(bar) is tqdm and not isinstance(bar, NotebookBar)
+    assert sum(bar) == 3
+    assert "steps: 100%" in capsys.readouterr().err
+
+
+def test_the_stored_training_run_shows_its_bar_as_one_final_line():
+    cells = json.loads(TRAINING.read_text(encoding="utf-8"))["cells"]
+    cell = next(c for c in cells if "progress_bar(range(EPOCHS)" in "".join(c["source"]))
+    bars = [o["data"]["text/plain"] for o in cell["outputs"] if o["output_type"] == "display_data"]
+    assert len(bars) == 1 and bars[0].startswith("epochs: 100%") and "\n" not in bars[0], bars
+    assert not [o for o in cell["outputs"] if o.get("name") == "stderr"], "no red text under the cell"
