@@ -257,6 +257,8 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
     for fd, suffix in ((1, ".out"), (2, ".err")):  # what the agent and its ranks print, to the log
         with open(log + suffix, "w") as file:
             os.dup2(file.fileno(), fd)
+    # print() writes to sys.stdout, which in a notebook is the kernel's, not a file: point it here too
+    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
     multiprocessing.set_start_method(method, force=True)  # the ranks' DataLoader workers start so too
     if processes > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: one thread per process

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from helpers.datasets import SegmentationDataset
-from helpers.ddp_train import LaunchError, check_everywhere, data_problem, main
+from helpers.ddp_train import LaunchError, check_everywhere, data_problem, launch, main
 from helpers.formats import decode_shard_sample, write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
@@ -36,6 +36,12 @@ def test_two_processes_read_every_sample_once_per_epoch_and_agree_on_the_model(t
     assert logs[0]["epochs"][0]["steps"] > logs[1]["epochs"][0]["steps"]  # uneven shards, joined
     assert logs[0]["eval"] == logs[1]["eval"] and logs[0]["eval"]["images"] == 64  # summed, no padding
     assert all(log["checkpoint_matches"] for log in logs)
+
+
+def test_a_failed_launch_from_python_raises_with_what_the_ranks_said(tmp_path):
+    """launch (07's way to start torchrun's agent from a notebook) fails loudly, not silently."""
+    with pytest.raises(RuntimeError, match=r"(?s)exit codes \[2\].*missing on this node"):
+        launch(["--shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")], processes=2)
 
 
 def test_not_started_by_torchrun_says_how_to_start_it(monkeypatch, capsys, tmp_path):
