@@ -234,8 +234,9 @@ def decode_ceiling(root: Path, processes: int, size: int) -> float:
         return len(pairs) / (time.perf_counter() - start)
 
 
-def copy_bandwidth(megabytes: int = 256, repeats: int = 3) -> float:
-    """Bytes per second (read plus written) of a large copy with all of torch's threads."""
+def copy_bandwidth(megabytes: int = 128, repeats: int = 3) -> float:
+    """Bytes per second (read plus written) of a large copy with all of torch's threads (2 x 128 MB by
+    default: far beyond any CPU cache, and small enough for Binder's memory)."""
     source = torch.ones(megabytes * 2**20, dtype=torch.uint8)
     target = torch.empty_like(source)
     target.copy_(source)  # touch every page first

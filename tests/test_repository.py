@@ -230,3 +230,13 @@ def test_the_teachers_guide_is_linked_and_lists_every_exercise():
         for title in exercise_checks(notebook(path)):
             name = title.split(": ", 1)[1]
             assert name in guide, f"TEACHING.md does not list {path.stem}'s exercise {name!r}"
+
+
+def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
+    """The 1-CPU time and peak memory of each notebook come from tools/binder_check.py's results file."""
+    recorded = json.loads((ROOT / "results" / "binder.json").read_text())
+    assert recorded["machine"]["cpus_used"] == 1 and len(recorded["notebooks"]) == len(NOTEBOOKS)
+    lines = (ROOT / "README.md").read_text().splitlines()
+    for row in recorded["notebooks"]:
+        line = next(line for line in lines if line.startswith(f"| [{row['notebook']}]("))
+        assert line.endswith(f"| {row['seconds']:.0f} s | {row['peak_pss_gb']:.2f} GB |"), line

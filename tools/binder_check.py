@@ -79,8 +79,9 @@ def main() -> None:
             rows.append(run_notebook(path.resolve(), args.cpus, Path(out)))
             row = rows[-1]
             verdict = "ok" if row["peak_pss_gb"] <= LIMIT_GB else f"OVER {LIMIT_GB} GB"
+            processes = f"{row['processes_at_peak']} process{'es' if row['processes_at_peak'] > 1 else ''}"
             print(f"{row['notebook']:<24} {row['seconds']:6.1f} s  {row['peak_pss_gb']:.2f} GB "
-                  f"({row['processes_at_peak']} processes)  {verdict}", flush=True)
+                  f"({processes})  {verdict}", flush=True)
     if args.json:
         import torch  # the versions measured, read after the runs so they do not count
         machine = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
