@@ -260,6 +260,7 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
     # print() writes to sys.stdout, which in a notebook is the kernel's, not a file: point it here too
     sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
     multiprocessing.set_start_method(method, force=True)  # the ranks' DataLoader workers start so too
+    gc.freeze()  # the ranks' garbage collector leaves the objects they inherit alone: no copies
     if processes > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: one thread per process
     config = LaunchConfig(min_nodes=nodes, max_nodes=nodes, nproc_per_node=processes, run_id="notebook",
@@ -271,32 +272,36 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
 
 
 def launch(argv: list[str], processes: int = 2, nodes: int = 1) -> str:
-    """Run ``torchrun --nnodes=NODES --nproc_per_node=PROCESSES -m helpers.ddp_train ARGV`` on this
-    machine from Python; return what the ranks printed. Taught in 07_distributed.
+    """Train as ``torchrun --nnodes=NODES --nproc_per_node=PROCESSES -m helpers.ddp_train ARGV`` would,
+    on this machine, from Python; return what the ranks printed. Taught in 07_distributed.
 
-    ``torchrun`` is a launcher (torch.distributed.run) that imports torch, and each rank it starts
-    imports torch again: about 0.4 GB each, over Binder's memory. This runs the same launcher,
-    ``elastic_launch``, in a process forked from this one, which forks the ranks (on Linux; elsewhere
-    they are spawned): they share this process's torch. ``gc.freeze`` keeps the ranks' garbage
-    collector from touching, and so copying, the objects they share.
+    ``torchrun`` is a Python process that imports torch, and each rank it starts imports torch again:
+    with a notebook's kernel, more than Binder's memory. This starts one fresh process per node that
+    runs the function torchrun calls, ``elastic_launch`` (the agent), with a static rendezvous on
+    127.0.0.1; the agent forks the ranks (on Linux; elsewhere they are spawned), so they share its
+    torch, copied only where they write to it. ``gc.freeze`` keeps their garbage collector from
+    writing to, and so copying, the objects they inherit. Never fork the kernel itself: its threads
+    (OpenMP's among them) do not survive a fork, and a rank can hang in its first torch operation.
     """
     with socket.socket() as free:  # node 0 listens here for the others
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    method = "fork" if sys.platform == "linux" else "spawn"
-    context = multiprocessing.get_context(method)
+    method = "fork" if sys.platform == "linux" else "spawn"  # how the agent starts the ranks
+    context = multiprocessing.get_context("spawn")  # a fresh agent: no threads, no CUDA to inherit
     with tempfile.TemporaryDirectory(prefix="launch_") as logs:
         paths = [os.path.join(logs, f"node-{node}") for node in range(nodes)]
-        gc.freeze()
-        try:
-            agents = [context.Process(target=agent, args=(argv, processes, nodes, node, port, path, method))
-                      for node, path in enumerate(paths)]
-            for process in agents:
-                process.start()
-        finally:
-            gc.unfreeze()
+        agents = [context.Process(target=agent, args=(argv, processes, nodes, node, port, path, method))
+                  for node, path in enumerate(paths)]
         for process in agents:
-            process.join()
+            process.start()
+        try:
+            for process in agents:
+                process.join()
+        finally:  # interrupted: stop the agents, which stop their ranks
+            for process in agents:
+                if process.is_alive():
+                    process.terminate()
+                    process.join()
         output, errors = ("".join(Path(path + suffix).read_text() for path in paths)
                           for suffix in (".out", ".err"))
     codes = [process.exitcode for process in agents]

@@ -28,6 +28,7 @@ class NotebookBar(notebook_tqdm):
     def __init__(self, *args: Any, **kwargs: Any):
         from IPython.display import display
 
+        self.handle = None  # set before tqdm can fail (no ipywidgets), so close() still works
         super().__init__(*args, **{**kwargs, "display": False})
         self.handle = None if self.disable else display(self.container, display_id=True)
         self.displayed = True

@@ -21,6 +21,6 @@ def test_outside_a_notebook_the_bar_is_tqdms_text_bar(capsys):
 def test_the_stored_training_run_shows_its_bar_as_one_final_line():
     cells = json.loads(TRAINING.read_text(encoding="utf-8"))["cells"]
     cell = next(c for c in cells if "progress_bar(range(EPOCHS)" in "".join(c["source"]))
-    bars = [o["data"]["text/plain"] for o in cell["outputs"] if o["output_type"] == "display_data"]
+    bars = ["".join(o["data"]["text/plain"]) for o in cell["outputs"] if o["output_type"] == "display_data"]
     assert len(bars) == 1 and bars[0].startswith("epochs: 100%") and "\n" not in bars[0], bars
     assert not [o for o in cell["outputs"] if o.get("name") == "stderr"], "no red text under the cell"
