@@ -19,6 +19,7 @@ import gc
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -271,42 +272,60 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
     sys.exit(max(codes.values()))
 
 
+def stop(processes: list) -> None:
+    """Terminate those still running (an interrupted cell) and wait for them."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join()
+
+
+def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str, method: str) -> None:
+    """In a fresh process (no threads, no CUDA): start one agent per node of this machine and wait."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: stop the agents (finally)
+    gc.freeze()  # forked agents and ranks: their garbage collector leaves inherited objects alone
+    context = multiprocessing.get_context(method)
+    agents = [context.Process(target=agent, args=(argv, processes, nodes, node, port,
+                                                  os.path.join(logs, f"node-{node}"), method))
+              for node in range(nodes)]
+    for process in agents:
+        process.start()
+    try:
+        for process in agents:
+            process.join()
+    finally:
+        stop(agents)
+    sys.exit(next((process.exitcode for process in agents if process.exitcode), 0))
+
+
 def launch(argv: list[str], processes: int = 2, nodes: int = 1) -> str:
     """Train as ``torchrun --nnodes=NODES --nproc_per_node=PROCESSES -m helpers.ddp_train ARGV`` would,
     on this machine, from Python; return what the ranks printed. Taught in 07_distributed.
 
     ``torchrun`` is a Python process that imports torch, and each rank it starts imports torch again:
-    with a notebook's kernel, more than Binder's memory. This starts one fresh process per node that
-    runs the function torchrun calls, ``elastic_launch`` (the agent), with a static rendezvous on
-    127.0.0.1; the agent forks the ranks (on Linux; elsewhere they are spawned), so they share its
-    torch, copied only where they write to it. ``gc.freeze`` keeps their garbage collector from
-    writing to, and so copying, the objects they inherit. Never fork the kernel itself: its threads
-    (OpenMP's among them) do not survive a fork, and a rank can hang in its first torch operation.
+    with a notebook's kernel, more than Binder's memory. This starts one fresh process, which forks one
+    agent per node (the function torchrun calls, ``elastic_launch``, with a static rendezvous on
+    127.0.0.1), and each agent forks its ranks: they all share one import of torch, copied only where
+    they write to it (on Linux; elsewhere they are spawned). The kernel itself is never forked: its
+    threads (OpenMP's among them) do not survive a fork, and a rank could hang in a torch operation.
     """
     with socket.socket() as free:  # node 0 listens here for the others
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    method = "fork" if sys.platform == "linux" else "spawn"  # how the agent starts the ranks
-    context = multiprocessing.get_context("spawn")  # a fresh agent: no threads, no CUDA to inherit
+    method = "fork" if sys.platform == "linux" else "spawn"  # how agents and ranks start
     with tempfile.TemporaryDirectory(prefix="launch_") as logs:
-        paths = [os.path.join(logs, f"node-{node}") for node in range(nodes)]
-        agents = [context.Process(target=agent, args=(argv, processes, nodes, node, port, path, method))
-                  for node, path in enumerate(paths)]
-        for process in agents:
-            process.start()
+        launcher = multiprocessing.get_context("spawn").Process(
+            target=run_agents, args=(argv, processes, nodes, port, logs, method))
+        launcher.start()
         try:
-            for process in agents:
-                process.join()
-        finally:  # interrupted: stop the agents, which stop their ranks
-            for process in agents:
-                if process.is_alive():
-                    process.terminate()
-                    process.join()
-        output, errors = ("".join(Path(path + suffix).read_text() for path in paths)
+            launcher.join()
+        finally:
+            stop([launcher])
+        output, errors = ("".join(Path(logs, f"node-{node}{suffix}").read_text() for node in range(nodes))
                           for suffix in (".out", ".err"))
-    codes = [process.exitcode for process in agents]
-    if any(codes):
-        raise RuntimeError(f"the launch failed (exit codes {codes}):\n{errors[-3000:]}{output[-1000:]}")
+    if launcher.exitcode:
+        raise RuntimeError(f"the launch failed (exit code {launcher.exitcode}):\n"
+                           f"{errors[-3000:]}{output[-1000:]}")
     return output.strip()
 
 

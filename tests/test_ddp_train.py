@@ -40,7 +40,7 @@ def test_two_processes_read_every_sample_once_per_epoch_and_agree_on_the_model(t
 
 def test_a_failed_launch_from_python_raises_with_what_the_ranks_said(tmp_path):
     """launch (07's way to start torchrun's agent from a notebook) fails loudly, not silently."""
-    with pytest.raises(RuntimeError, match=r"(?s)exit codes \[2\].*missing on this node"):
+    with pytest.raises(RuntimeError, match=r"(?s)exit code 2\).*missing on this node"):
         launch(["--shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")], processes=2)
 
 
