@@ -18,6 +18,7 @@ import argparse
 import gc
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
@@ -93,6 +94,8 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
     if not is_url(source) and not Path(source).is_dir():
         return (f"{source} is missing on this node: every node needs the data at the same path "
                 "(copy it there, or give --shards as URLs)")
+    if args.val_data and not args.val_data.is_dir():
+        return f"{args.val_data} is missing on this node: --val-data must be at the same path on every node"
     if args.shards:
         shards, workers = shard_urls(source), max(1, args.workers)
         if len(shards) < world_size * workers:
@@ -291,8 +294,10 @@ def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str
     for process in agents:
         process.start()
     try:
-        for process in agents:
-            process.join()
+        running = list(agents)
+        while running and not any(process.exitcode for process in agents):  # one failed: stop all
+            ended = multiprocessing.connection.wait([process.sentinel for process in running])
+            running = [process for process in running if process.sentinel not in ended]
     finally:
         stop(agents)
     sys.exit(next((process.exitcode for process in agents if process.exitcode), 0))
@@ -321,7 +326,8 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1) -> str:
             launcher.join()
         finally:
             stop([launcher])
-        output, errors = ("".join(Path(logs, f"node-{node}{suffix}").read_text() for node in range(nodes))
+        output, errors = ("".join(path.read_text() for node in range(nodes)
+                                  if (path := Path(logs, f"node-{node}{suffix}")).exists())
                           for suffix in (".out", ".err"))
     if launcher.exitcode:
         raise RuntimeError(f"the launch failed (exit code {launcher.exitcode}):\n"

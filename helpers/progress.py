@@ -1,10 +1,11 @@
-"""Progress bars that read well everywhere (used by 06_gpu_training, helpers.training and helpers.bench).
+"""Progress bars that read well everywhere (06_gpu_training; helpers.training, .bench and .doctor).
 
 In JupyterLab a bar is a widget while it runs. When it closes, the widget's output is replaced by one
 line of text, the bar's final state: that line is what a saved notebook stores, what nbval and
 ``nbconvert --execute`` see, and what GitHub shows. In a terminal it is tqdm's ordinary text bar.
 """
 
+import importlib.util
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,7 +29,7 @@ class NotebookBar(notebook_tqdm):
     def __init__(self, *args: Any, **kwargs: Any):
         from IPython.display import display
 
-        self.handle = None  # set before tqdm can fail (no ipywidgets), so close() still works
+        self.handle = None
         super().__init__(*args, **{**kwargs, "display": False})
         self.handle = None if self.disable else display(self.container, display_id=True)
         self.displayed = True
@@ -44,9 +45,6 @@ class NotebookBar(notebook_tqdm):
 
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar: a widget that ends as one line in a notebook, text in a terminal."""
-    if in_notebook():
-        try:
-            return NotebookBar(iterable, **kwargs)
-        except ImportError:  # no ipywidgets: tqdm says "IProgress not found"; fall back to text
-            pass
+    if in_notebook() and importlib.util.find_spec("ipywidgets") is not None:  # widgets need it
+        return NotebookBar(iterable, **kwargs)
     return tqdm(iterable, **kwargs)

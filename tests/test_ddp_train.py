@@ -54,11 +54,15 @@ def test_not_started_by_torchrun_says_how_to_start_it(monkeypatch, capsys, tmp_p
 
 def test_fewer_shards_than_readers_and_a_missing_folder_are_named(tmp_path):
     write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path / "shards", per_shard=32)
-    args = Namespace(shards=tmp_path / "shards", data=None, workers=2)
+    args = Namespace(shards=tmp_path / "shards", data=None, val_data=None, workers=2)
     problem = data_problem(args, world_size=2)
     assert "2 shards" in problem and "2 processes x 2 workers" in problem and "at least 4" in problem
-    assert data_problem(Namespace(shards=tmp_path / "shards", data=None, workers=0), world_size=2) is None
-    missing = data_problem(Namespace(shards=None, data=tmp_path / "nowhere", workers=0), world_size=1)
+    args.workers = 0
+    assert data_problem(args, world_size=2) is None
+    args.val_data = tmp_path / "no-val"  # evaluation comes after training: check it before
+    assert "no-val is missing on this node" in data_problem(args, world_size=2)
+    missing = data_problem(Namespace(shards=None, data=tmp_path / "nowhere", val_data=None, workers=0),
+                           world_size=1)
     assert "nowhere is missing on this node" in missing
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from helpers import progress
 from helpers.progress import NotebookBar, in_notebook, progress_bar
 
 TRAINING = Path(__file__).resolve().parent.parent / "notebooks" / "06_gpu_training.ipynb"
@@ -16,6 +17,12 @@ def test_outside_a_notebook_the_bar_is_tqdms_text_bar(capsys):
     assert type(bar) is tqdm and not isinstance(bar, NotebookBar)
     assert sum(bar) == 3
     assert "steps: 100%" in capsys.readouterr().err
+
+
+def test_in_a_notebook_without_ipywidgets_the_bar_is_text_not_an_error(monkeypatch):
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress.importlib.util, "find_spec", lambda name: None)
+    assert type(progress_bar(range(2), disable=True)) is tqdm
 
 
 def test_the_stored_training_run_shows_its_bar_as_one_final_line():
