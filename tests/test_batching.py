@@ -64,8 +64,8 @@ def test_every_benchmark_pipeline_delivers_normalised_images_with_aligned_masks(
     random.seed(seed)
     torch.manual_seed(seed)
     chosen = pipelines(striped, 32, batch_size=3) | format_pipelines(striped, 32, 3, tmp_path / "formats")
-    flipped = set()
     for name, pipeline in chosen.items():
+        flipped = set()
         batches = [pipeline.finish(batch) for batch in pipeline.loader(0)]
         assert sum(len(images) for images, _ in batches) == 6, name  # drop_last: 6 pairs make 2 batches
         for images, masks in batches:
@@ -75,7 +75,7 @@ def test_every_benchmark_pipeline_delivers_normalised_images_with_aligned_masks(
             red = images[:, 0] > images[:, 1] + 1  # normalised: red is far above green only in the stripe
             assert (red == (masks == 1)).float().mean() > 0.95, name  # the flip hit image and mask alike
             flipped |= set(masks[:, 0, -1].tolist())  # 1 in the right column: a flipped sample
-    assert flipped == {0, 1}  # some samples flipped, some not
+        assert flipped == {0, 1}, name  # in every pipeline, some samples flipped and some not
 
 
 def test_flip_collate_stacks_and_flips_uint8_pairs_alike():

@@ -15,10 +15,14 @@ from helpers.paths import data_dir
 
 
 def write_pair(root: Path, stem: str, label: int, size=(12, 8), image_suffix=".png") -> None:
-    """An image whose red channel encodes its label, and a mask with that label in its left half."""
+    """An image whose red channel encodes its label and whose green channel rises from left to right
+    (so a flip shows), and a mask with that label in its left half."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, (40 * label, 0, 0)).save(root / "images" / f"{stem}{image_suffix}")
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[..., 0] = 40 * label
+    pixels[..., 1] = np.linspace(0, 200, size[0], dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "images" / f"{stem}{image_suffix}")
     mask = np.zeros(size[::-1], np.uint8)
     mask[:, : size[0] // 2] = label
     to_palette_image(mask).save(root / "masks" / f"{stem}.png")
@@ -52,6 +56,7 @@ def test_one_transform_moves_image_and_mask_together(root):
     plain = SegmentationDataset(root)
     for i in range(3):
         flipped, original = flip[i], plain[i]
+        assert not torch.equal(original.image, original.image.flip(-1))  # a flip shows
         assert torch.equal(flipped.mask, original.mask.flip(-1))
         assert torch.equal(flipped.image, original.image.flip(-1))
         assert isinstance(flipped.mask, tv_tensors.Mask)
@@ -190,11 +195,14 @@ def test_in_memory_dataset_decodes_once_and_transforms_every_time(root):
     assert in_memory.sizes() == [(8, 12), (8, 12), (8, 12), (10, 6)]
     for path in (root / "images").iterdir():
         path.unlink()  # the files are gone; the decoded samples are not
+    stored = in_memory[0].image.clone()
     flipped = InMemoryDataset(in_memory, v2.RandomHorizontalFlip(p=1.0))
-    assert torch.equal(flipped[0].image, in_memory[0].image.flip(-1))
+    assert not torch.equal(stored, stored.flip(-1))  # the test image shows a flip
+    assert torch.equal(flipped[0].image, stored.flip(-1))
     assert torch.equal(flipped[0].mask, in_memory[0].mask.flip(-1))  # image and mask moved together
     assert isinstance(flipped[0].mask, tv_tensors.Mask)
-    assert torch.equal(flipped[0].image, flipped[0].image)  # each access starts from the stored sample again
+    assert torch.equal(flipped[0].image, stored.flip(-1))  # flipped again from the stored sample
+    assert torch.equal(in_memory[0].image, stored)  # which the transform left as it was
 
 
 def test_16_bit_masks_are_class_indices_with_the_same_checks(root):

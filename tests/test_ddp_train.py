@@ -81,8 +81,11 @@ def test_a_problem_on_one_rank_stops_every_rank_with_that_rank_named():
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     errors = mp.get_context("spawn").SimpleQueue()
-    mp.start_processes(_report, args=(port, errors), nprocs=2, start_method="spawn")
-    reports = sorted(errors.get() for _ in range(2))
+    mp.start_processes(_report, args=(port, errors), nprocs=2, start_method="spawn")  # both ended
+    reports = []
+    while not errors.empty():  # what they reported, without waiting for a report that never came
+        reports.append(errors.get())
+    reports.sort()
     assert [rank for rank, _ in reports] == [0, 1]  # both stop, rank 0 too
     assert all(f"rank 1 on {socket.gethostname()}: data/shapes is missing" in text for _, text in reports)
 

@@ -29,3 +29,4 @@ def test_seeds_and_indices_give_different_scenes():
     same = np.asarray(render_scene(3, seed=0)[0])
     assert np.array_equal(same, np.asarray(render_scene(3, seed=0)[0]))
     assert not np.array_equal(np.asarray(render_scene(3, seed=1)[1]), np.asarray(render_scene(3, seed=0)[1]))
+    assert not np.array_equal(np.asarray(render_scene(4, seed=0)[1]), np.asarray(render_scene(3, seed=0)[1]))

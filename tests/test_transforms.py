@@ -129,12 +129,14 @@ def test_train_transforms_without_scale_crop_at_the_images_own_scale():
 
     from helpers.transforms import train_transforms
 
-    mask = tv_tensors.Mask(torch.arange(40 * 48).reshape(40, 48) % 4)
+    mask = tv_tensors.Mask(torch.randint(0, 4, (40, 48), generator=torch.Generator().manual_seed(0)))
     image = tv_tensors.Image(torch.zeros(3, 40, 48, dtype=torch.uint8))
     _, cropped = train_transforms(32, scale=None, hflip=0.0, degrees=0, jitter=0)(image, mask)
     assert cropped.shape == (32, 32)
     windows = [mask[top:top + 32, left:left + 32] for top in range(9) for left in range(17)]
     assert any(torch.equal(cropped, window) for window in windows)
+    resized = v2.functional.resize(mask, [32, 32], interpolation=v2.InterpolationMode.NEAREST)
+    assert not any(torch.equal(resized, window) for window in windows)  # a resize would be caught
     small = tv_tensors.Mask(torch.zeros(20, 20, dtype=torch.int64))
     blank = tv_tensors.Image(torch.zeros(3, 20, 20))
     _, padded = train_transforms(32, scale=None, degrees=0, jitter=0)(blank, small)
@@ -143,8 +145,10 @@ def test_train_transforms_without_scale_crop_at_the_images_own_scale():
 
 def test_quarter_turns_turn_image_and_mask_together_and_exactly():
     """Every outcome is one of the four exact turns of the crop, the image's the same as the mask's."""
-    mask = tv_tensors.Mask(torch.arange(16 * 16).reshape(16, 16) % 4)
+    mask = tv_tensors.Mask(torch.randint(0, 4, (16, 16), generator=torch.Generator().manual_seed(0)))
     image = tv_tensors.Image(index_to_colour(mask))
+    views = [mask.rot90(k, (-2, -1)) for k in range(4)] + [mask.mT, mask.flip(-1)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(views) for b in views[i + 1:])  # all told apart
     pipeline = train_transforms(16, scale=None, hflip=0.0, quarter_turns=True, degrees=0, jitter=0)
     turns_seen = set()
     torch.manual_seed(0)
