@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -165,6 +166,35 @@ def save_and_check(model: nn.Module, path: Path, device: torch.device) -> bool:
     return all(torch.equal(loaded[name], value) for name, value in model.state_dict().items())
 
 
+def train_epoch(ddp: DistributedDataParallel, batches: Iterable, optimizer: torch.optim.Optimizer,
+                device: torch.device, steps: int = 0, stop_together: bool = False) -> tuple[list, list]:
+    """One epoch of this rank's batches (at most ``steps``; 0: all); returns sample names and losses.
+
+    Ranks may have different numbers of batches. ``join`` lets a rank that has run out answer the
+    others' gradient all-reduces, so the last steps run on fewer ranks. It cannot answer other
+    collectives of the forward pass, such as SyncBatchNorm's: then (``stop_together``) every rank
+    stops when the first runs out, as DDP's ``throw_on_early_termination`` signals it, instead of
+    waiting forever for the rank that left.
+    """
+    names, losses = [], []
+    try:
+        with ddp.join(throw_on_early_termination=stop_together):
+            for images, masks, batch_names in batches:
+                if steps and len(losses) == steps:
+                    break
+                images, masks = to_device(images, masks, device)
+                loss = segmentation_loss(ddp(images), masks)  # cross-entropy
+                optimizer.zero_grad()
+                loss.backward()  # DDP averages the gradients over the ranks here
+                optimizer.step()
+                names += list(batch_names)
+                losses.append(loss.item())
+    except RuntimeError as error:  # "... exhausted inputs": raised on every rank at the same step
+        if not (stop_together and "exhausted" in str(error)):
+            raise
+    return names, losses
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train, evaluate and save as one rank of the launch; return what this rank logged."""
     where = launch_info()
@@ -193,19 +223,9 @@ def run(args: argparse.Namespace) -> dict:
         log = {**where, "backend": backend, "device": str(device), "epochs": []}
         start = time.perf_counter()
         for epoch in range(args.epochs):
-            names, losses = [], []
             ddp.train()
-            with ddp.join():  # a rank out of batches keeps answering the others' all-reduces
-                for images, masks, batch_names in train_loader(args, epoch, where["rank"]):
-                    if args.steps and len(losses) == args.steps:
-                        break
-                    images, masks = to_device(images, masks, device)
-                    loss = segmentation_loss(ddp(images), masks)  # cross-entropy
-                    optimizer.zero_grad()
-                    loss.backward()  # DDP averages the gradients over the ranks here
-                    optimizer.step()
-                    names += list(batch_names)
-                    losses.append(loss.item())
+            names, losses = train_epoch(ddp, train_loader(args, epoch, where["rank"]), optimizer, device,
+                                        steps=args.steps, stop_together=args.sync_bn)
             log["epochs"].append({"names": names, "steps": len(losses), "loss": losses})
         log["seconds"] = time.perf_counter() - start
         log["eval"] = evaluate_everywhere(model, args, device)

@@ -6,14 +6,16 @@ import socket
 import subprocess
 import sys
 from argparse import Namespace
+from datetime import timedelta
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from helpers.datasets import SegmentationDataset
-from helpers.ddp_train import LaunchError, check_everywhere, data_problem, launch, main
+from helpers.ddp_train import LaunchError, check_everywhere, data_problem, launch, main, train_epoch
 from helpers.formats import decode_shard_sample, write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
@@ -109,3 +111,42 @@ def test_a_shard_sample_without_its_mask_is_named():
     got, label, name = decode_shard_sample({"__key__": "0001", "jpg": image, "png": mask}, size=(32, 32))
     assert got.shape == (3, 32, 32) and label.shape == (32, 32) and label.dtype == torch.uint8
     assert name == "0001" and type(got) is torch.Tensor
+
+
+class SyncedStatistics(torch.nn.Module):
+    """A 1x1 convolution whose forward pass all-reduces a statistic over the ranks, as SyncBatchNorm does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images.mean().reshape(1)
+        dist.all_reduce(mean)  # a collective in the forward pass: join cannot answer it
+        return self.conv(images - mean / dist.get_world_size())
+
+
+def _uneven_epoch(rank: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))  # a hang becomes an error
+    try:
+        torch.manual_seed(0)
+        ddp = DistributedDataParallel(SyncedStatistics())
+        batches = [(torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), torch.randint(0, 4, (2, 8, 8)),
+                    [f"{rank}-{step}"] * 2) for step in range((3, 5)[rank])]  # 3 batches on rank 0, 5 on 1
+        _, losses = train_epoch(ddp, batches, torch.optim.SGD(ddp.parameters(), lr=0.1), torch.device("cpu"),
+                                stop_together=True)
+        results.put((rank, len(losses)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_uneven_batches_with_a_collective_in_the_forward_pass_stop_together_instead_of_hanging():
+    """join alone hangs here (DDP's docstring: extra collectives need throw_on_early_termination)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_uneven_epoch, args=(port, results), nprocs=2, start_method="spawn")
+    steps = sorted(results.get() for _ in range(2) if not results.empty())
+    assert steps == [(0, 3), (1, 3)]  # both ranks took the 3 steps they could take together
