@@ -162,12 +162,19 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None,
                  size: tuple[int, int] | None = None):
-        self.shards, self.shuffle, self.seed, self.epoch = [Path(s) for s in shards], shuffle, seed, 0
+        self.shards, self.shuffle, self.seed = [Path(s) for s in shards], shuffle, seed
         self.transform, self.size = transform, size
+        # the epoch lives in shared memory: workers kept alive by persistent_workers=True hold a copy of
+        # this dataset made when they started, and would otherwise never see set_epoch
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Shuffle the shards in another order for this epoch (workers started later see it)."""
-        self.epoch = epoch
+        """Shuffle the shards in another order for this epoch: every worker sees it, persistent ones too."""
+        self._epoch.fill_(epoch)
 
     def my_shards(self) -> list[Path]:
         """This process's share of the shards: split over distributed ranks, then over workers."""

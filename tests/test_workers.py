@@ -114,6 +114,27 @@ def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_
         assert as_counter(got) == as_counter(want)  # each worker streams its own shards: orders interleave
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_set_epoch_reaches_persistent_workers(files, tmp_path, method):
+    """persistent_workers=True keeps each worker's copy of the stream from the first epoch: set_epoch in
+    the main process must still change what they read (ShardStream keeps the epoch in shared memory)."""
+    shards = write_shards(files, tmp_path, per_shard=1)  # 12 shards of one pair: the order is the shards'
+
+    def order(loader: DataLoader) -> list[bytes]:
+        return [sample.mask.numpy().tobytes() for sample in loader]
+
+    stream = ShardStream(shards, shuffle=1, seed=0)  # a buffer of 1: samples in shard order
+    loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=method)
+    first = order(loader)
+    stream.set_epoch(1)
+    second = order(loader)  # the same workers, still alive
+    fresh = ShardStream(shards, shuffle=1, seed=0)
+    fresh.set_epoch(1)
+    assert second != first and second == order(DataLoader(fresh, batch_size=None, num_workers=2,
+                                                           multiprocessing_context=method))
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:300])
 
