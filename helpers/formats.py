@@ -6,6 +6,7 @@ memory maps do not survive pickling into workers.
 """
 
 import io
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +153,17 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None) -> Iterator
                          "each NAME needs an image and NAME.png.")
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of ranks (0 and 1 outside a distributed launch).
+
+    From torch.distributed where the process group is set up; else from the RANK and WORLD_SIZE that
+    torchrun sets, as webdataset reads them. (05_large_datasets)
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 class ShardStream(IterableDataset):
     """Stream samples from tar shards: each worker (and each distributed rank) reads its own shards.
 
@@ -176,6 +188,11 @@ class ShardStream(IterableDataset):
         """Shuffle the shards in another order for this epoch: every worker sees it, persistent ones too."""
         self._epoch.fill_(epoch)
 
+    def __getstate__(self) -> dict:
+        """Pickled for a worker (spawn, forkserver): take this process's rank along; the new process
+        has no process group, and a forkserver's environment may predate the launch."""
+        return {**self.__dict__, "ranks": rank_and_world_size()}
+
     def my_shards(self) -> list[Path]:
         """This process's share of the shards: split over distributed ranks, then over workers."""
         shards = list(self.shards)
@@ -183,8 +200,8 @@ class ShardStream(IterableDataset):
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(len(shards), generator=generator)
             shards = [shards[i] for i in order]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            shards = shards[torch.distributed.get_rank()::torch.distributed.get_world_size()]
+        rank, world_size = self.__dict__.get("ranks") or rank_and_world_size()
+        shards = shards[rank::world_size]
         worker = get_worker_info()
         return shards[worker.id::worker.num_workers] if worker else shards
 

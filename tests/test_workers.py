@@ -135,6 +135,17 @@ def test_set_epoch_reaches_persistent_workers(files, tmp_path, method):
                                                            multiprocessing_context=method))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_workers_of_a_rank_read_only_that_ranks_shards(files, tmp_path, method, monkeypatch):
+    """A spawned or forkserver worker has no process group: it finds its rank in torchrun's variables."""
+    shards = write_shards(files, tmp_path, per_shard=3)  # 4 shards of 3 pairs
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them for rank 1 of 2
+    stream = ShardStream(shards)
+    got = read_all(stream, num_workers=2, multiprocessing_context=method)
+    assert len(got) == 6 == len(read_all(stream))  # rank 1's two shards, with workers as without
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:300])
 
