@@ -68,6 +68,13 @@ def test_fewer_shards_than_readers_and_a_missing_folder_are_named(tmp_path):
     assert "nowhere is missing on this node" in missing
 
 
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on, for rank 0's store."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        return free.getsockname()[1]
+
+
 def _report(rank: int, port: int, errors) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -79,9 +86,7 @@ def _report(rank: int, port: int, errors) -> None:
 
 
 def test_a_problem_on_one_rank_stops_every_rank_with_that_rank_named():
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     errors = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_report, args=(port, errors), nprocs=2, start_method="spawn")  # both ended
     reports = []
@@ -143,9 +148,7 @@ def _uneven_epoch(rank: int, port: int, results) -> None:
 
 def test_uneven_batches_with_a_collective_in_the_forward_pass_stop_together_instead_of_hanging():
     """join alone hangs here (DDP's docstring: extra collectives need throw_on_early_termination)."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    port = free_port()
     results = mp.get_context("spawn").SimpleQueue()
     mp.start_processes(_uneven_epoch, args=(port, results), nprocs=2, start_method="spawn")
     steps = sorted(results.get() for _ in range(2) if not results.empty())
