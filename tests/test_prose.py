@@ -1,0 +1,101 @@
+"""Prose quotes only what is printed: a measured figure in a notebook's markdown must appear in a cell of
+that notebook, and the README's measured sections quote only the results files in results/."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+UNIT = r"%|x\b|×|ms\b|s\b|min\b|[KMG]B\b|GB/s|MB/s|px\b|epochs?\b|steps?\b|workers?\b|images per second"
+FIGURE = re.compile(rf"(?<![\w.,/-])(\d{{1,3}}(?:,\d{{3}})+|\d+)(\.\d+)?(?:\s?({UNIT}))?")
+# A number right after one of these words is a version, an index or a name, not a measurement.
+NOT_MEASURED = re.compile(r"(python|torch|torchvision|pillow|numpy|cuda|jupyterlab|nbval|webdataset|h5py|"
+                          r"version|since|notebook|notebooks|cell|issue|step|exercise|rank|node|pep|"
+                          r"[<>=]=|v)\s*$", re.I)
+
+
+def figures(markdown: str) -> set[str]:
+    """The measured figures a text quotes, digits only: decimals, and numbers with a unit, % or x."""
+    text = re.sub(r"`[^`]*`", " ", markdown)  # code spans name things
+    text = re.sub(r"\]\([^)]*\)", "]", text)  # link targets
+    text = re.sub(r"\d+(?:\s?x\s?\d+)+", " ", text)  # sizes such as 3 x 224 x 224
+    found = set()
+    for match in FIGURE.finditer(text):
+        whole, decimals, unit = match.group(1), match.group(2), match.group(3)
+        if NOT_MEASURED.search(text[max(0, match.start() - 20):match.start()]):
+            continue
+        number = whole.replace(",", "") + (decimals or "")
+        if not decimals and (not unit or (int(number) < 10 and unit not in ("%", "x", "×"))):
+            continue  # a count ("3 classes", "2 workers"), not a measurement
+        found.add(number)
+    return found
+
+
+def printed(numbers: str, figure: str) -> bool:
+    """Whether ``figure`` (digits) occurs in ``numbers`` as a whole number, commas removed."""
+    return re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d])", numbers.replace(",", "")) is not None
+
+
+def cell_text(cell: dict) -> str:
+    """A code cell's source and its text outputs."""
+    parts = ["".join(cell["source"])]
+    for output in cell.get("outputs", []):
+        parts.append("".join(output.get("text", "")))
+        parts.append("".join(output.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+def test_figures_find_measurements_and_skip_versions_and_sizes():
+    text = "It took 27 s for a mean IoU of 0.888 (43 %, 2.3x) on torch 2.14.1, at 3 x 224 x 224, 2 workers."
+    assert figures(text) == {"27", "0.888", "43", "2.3"}
+    assert printed("mean IoU 0.888 in 27 s", "0.888") and not printed("0.8881", "0.888")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
+def test_notebook_prose_quotes_only_figures_its_cells_print(path):
+    cells = json.loads(path.read_text())["cells"]
+    shown = "\n".join(cell_text(cell) for cell in cells if cell["cell_type"] == "code")
+    unprinted = {(index, figure) for index, cell in enumerate(cells) if cell["cell_type"] == "markdown"
+                 for figure in figures("".join(cell["source"])) if not printed(shown, figure)}
+    assert not unprinted, f"{path.name}: figures in markdown that no cell prints (cell, figure): " \
+                          f"{sorted(unprinted)}. Print them from a cell or a results file."
+
+
+def readme_section(title: str) -> str:
+    """The README's text from the heading ``## {title}`` to the next ``## `` heading."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n## {title}")
+    end = readme.find("\n## ", start + 1)
+    return readme[start:end if end > 0 else None]
+
+
+@pytest.mark.parametrize("title, files", [
+    ("Benchmark", ["bench_2core", "bench_2core_photos", "bench_16core_cpu", "bench_h100"]),
+    ("Running on a GPU", ["gpu_training_runs"]),
+])
+def test_readme_quotes_only_the_results_files(title, files):
+    recorded = "\n".join((ROOT / "results" / f"{name}.json").read_text() for name in files)
+    prose = "\n".join(line for line in readme_section(title).splitlines() if not line.startswith("|"))
+    missing = sorted(figure for figure in figures(prose) if not printed(recorded, figure))
+    assert not missing, f"README '{title}' quotes figures no results file holds: {missing}"
+
+
+@pytest.mark.parametrize("name", ["bench_2core", "bench_h100"])
+def test_readme_benchmark_tables_agree_with_their_results_files(name):
+    """Each pipeline's row: its images per second at each worker count, then its share of its ceiling."""
+    result = json.loads((ROOT / "results" / f"{name}.json").read_text())
+    rows = [line for line in readme_section("Benchmark").splitlines() if line.startswith("| ")]
+    table = rows[[row.startswith("| ceiling") for row in rows].index(True) - 1:]  # header of the first table
+    if name == "bench_h100":
+        table = rows[next(i for i, row in enumerate(rows) if row.startswith("| on CUDA")):]
+    for pipeline, speeds in result["pipelines"].items():
+        row = next(row for row in table if row.startswith(f"| {pipeline} "))
+        cells = [cell.strip() for cell in row.split("|")[2:]]
+        assert cells[:len(speeds)] == [f"{speed:,}" for speed in speeds.values()], row
+        assert cells[len(speeds)].startswith(f"{round(result['shares'][pipeline] * 100)} % of"), row
+    for ceiling in ("decode only", "memory only"):
+        row = next(row for row in table if row.startswith(f"| ceiling: {ceiling}"))
+        assert f"| {result['ceilings'][ceiling]:,} |" in row, row
