@@ -99,3 +99,23 @@ def test_readme_benchmark_tables_agree_with_their_results_files(name):
     for ceiling in ("decode only", "memory only"):
         row = next(row for row in table if row.startswith(f"| ceiling: {ceiling}"))
         assert f"| {result['ceilings'][ceiling]:,} |" in row, row
+
+
+def test_every_results_file_names_its_machine_date_versions_and_command():
+    for path in sorted((ROOT / "results").glob("*.json")):
+        result = json.loads(path.read_text())
+        for run in result.get("runs", {"": result}).values():
+            described = json.dumps(run)
+            assert re.search(r'"date": "20\d\d-\d\d-\d\d"', described), f"{path.name}: no date"
+            assert '"torch' in described or "torch 2." in described, f"{path.name}: no versions"
+            assert '"command": ' in described and '"machine": ' in described, f"{path.name}"
+
+
+def test_print_run_prints_the_machine_and_the_figures_asked_for(capsys):
+    from helpers.results import print_run
+
+    figures = print_run("gpu_training_runs", "h100", "step (ms)")
+    assert figures == {"float32 step (ms)": 6.5, "bfloat16 step (ms)": 7.8, "channels_last step (ms)": 8.4}
+    assert capsys.readouterr().out.splitlines()[0].startswith("one NVIDIA H100")
+    with pytest.raises(KeyError, match="no-such-figure"):
+        print_run("gpu_training_runs", "h100", "no-such-figure")
