@@ -1,0 +1,143 @@
+"""Decoded samples kept on the device, cropped, flipped and turned there a whole batch at a time
+(taught in 06_gpu_training).
+
+The per-sample pipeline ``train_transforms(size, scale=..., hflip=..., vflip=..., quarter_turns=True,
+degrees=0, jitter=0, normalize=False)`` runs in the loader, one sample at a time, on the CPU.
+``DeviceBatches`` does the same work for a whole batch with a few tensor operations on the device that
+trains: one random draw per sample, the same for its image and its mask. Each output pixel is looked up in
+the stored pixels, so a crop at the images' own scale, a flip and a quarter turn are exact; a scaled crop
+samples the image bilinearly and the mask by nearest neighbour. Pixels outside an image (a crop larger than
+the image) are 0 in the image and ``IGNORE_INDEX`` in the mask, as ``train_transforms`` pads them.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from helpers.datasets import InMemoryDataset
+from helpers.masks import IGNORE_INDEX
+
+
+@dataclass
+class Draws:
+    """One batch's random choices, one per sample: which sample, the crop box and its flips and turn."""
+
+    index: torch.Tensor  # [B] sample indices
+    top: torch.Tensor  # [B] float: the crop box's top edge, in image pixels
+    left: torch.Tensor  # [B]
+    height: torch.Tensor  # [B] float: the crop box's size, in image pixels
+    width: torch.Tensor  # [B]
+    hflip: torch.Tensor  # [B] bool
+    vflip: torch.Tensor  # [B] bool
+    turns: torch.Tensor  # [B] quarter turns counter-clockwise, 0 to 3
+
+
+def draw(sizes: torch.Tensor, size: int, generator: torch.Generator, *, scale: tuple[float, float] | None,
+         hflip_prob: float, vflip_prob: float, quarter_turns: bool) -> Draws:
+    """Random crop boxes, flips and turns for images of ``sizes`` ([B, 2], height and width), on the CPU.
+
+    ``scale=None``: a ``size`` x ``size`` box at a uniform position (as ``v2.RandomCrop``, which pads a
+    smaller image). Otherwise a box covering a ``scale`` share of the image's area with an
+    aspect ratio between 3/4 and 4/3, inside the image (as ``v2.RandomResizedCrop``, without its retries).
+    """
+    count = len(sizes)
+    heights, widths = sizes[:, 0].double(), sizes[:, 1].double()
+    if scale is None:
+        box_h = box_w = torch.full((count,), float(size), dtype=torch.float64)
+    else:
+        uniform = torch.empty(2, count, dtype=torch.float64)
+        area = heights * widths * uniform[0].uniform_(*scale, generator=generator)
+        log_ratio = uniform[1].uniform_(-0.2877, 0.2877, generator=generator)  # ratio 3/4 to 4/3
+        box_w = (area * log_ratio.exp()).sqrt().clamp(max=widths).round().clamp(min=1)
+        box_h = (area / log_ratio.exp()).sqrt().clamp(max=heights).round().clamp(min=1)
+    # an integer corner, uniform over the positions that keep the box inside the image, or, when the image
+    # is the smaller one, the image inside the box (as v2.RandomCrop(pad_if_needed=True) pads)
+    spare_h, spare_w = heights - box_h, widths - box_w
+    top = spare_h.clamp(max=0) + (torch.rand(count, generator=generator, dtype=torch.float64)
+                                  * (spare_h.abs() + 1)).floor()
+    left = spare_w.clamp(max=0) + (torch.rand(count, generator=generator, dtype=torch.float64)
+                                   * (spare_w.abs() + 1)).floor()
+    hflip = torch.rand(count, generator=generator) < hflip_prob
+    vflip = torch.rand(count, generator=generator) < vflip_prob
+    turns = (torch.randint(0, 4, (count,), generator=generator) if quarter_turns
+             else torch.zeros(count, dtype=torch.int64))
+    return Draws(torch.zeros(count, dtype=torch.int64), top, left, box_h, box_w, hflip, vflip, turns)
+
+
+def source_points(draws: Draws, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each output pixel of each sample, the (row, column) it comes from in the stored image, as float
+    ([B, size, size] each). Crop, then horizontal flip, vertical flip and turn, in the order of
+    ``train_transforms``, traced back from the output."""
+    i = torch.arange(size, device=device).view(1, size, 1).expand(len(draws.top), size, size)
+    j = torch.arange(size, device=device).view(1, 1, size).expand_as(i)
+    last = size - 1
+    turns = draws.turns.to(device).view(-1, 1, 1)  # torch.rot90, k times: out[i, j] = before[a, b]
+    a = torch.where(turns == 1, j, torch.where(turns == 2, last - i, torch.where(turns == 3, last - j, i)))
+    b = torch.where(turns == 1, last - i, torch.where(turns == 2, last - j, torch.where(turns == 3, i, j)))
+    a = torch.where(draws.vflip.to(device).view(-1, 1, 1), last - a, a)
+    b = torch.where(draws.hflip.to(device).view(-1, 1, 1), last - b, b)
+
+    def place(position: torch.Tensor, corner: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
+        corner, extent = corner.to(device).view(-1, 1, 1), extent.to(device).view(-1, 1, 1)
+        return corner + (position + 0.5) * (extent / size) - 0.5  # pixel centres, as align_corners=False
+
+    return place(a, draws.top, draws.height), place(b, draws.left, draws.width)
+
+
+class DeviceBatches:
+    """The decoded samples of an ``InMemoryDataset``, moved to ``device`` once, served as augmented uint8
+    batches made there: ``for images, masks in DeviceBatches(...).epoch(generator)``."""
+
+    def __init__(self, data: InMemoryDataset, device: torch.device, size: int, batch_size: int, *,
+                 scale: tuple[float, float] | None = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
+                 quarter_turns: bool = False, drop_last: bool = True):
+        if data.shapes[:, 0].ne(3).any():
+            raise ValueError("DeviceBatches needs RGB images (3 channels); convert the data set first.")
+        self.images = data.images.to(device)  # flat uint8, each image channels last
+        self.masks = data.masks.to(device)
+        self.shapes, self.starts = data.shapes.to(device), data.starts.to(device)
+        self.sizes = data.shapes[:, 1:]  # on the CPU, for the draws
+        self.device, self.size, self.batch_size, self.drop_last = device, size, batch_size, drop_last
+        self.options = {"scale": scale, "hflip_prob": hflip_prob, "vflip_prob": vflip_prob,
+                        "quarter_turns": quarter_turns}
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        full, rest = divmod(len(self.sizes), self.batch_size)
+        return full + (rest > 0 and not self.drop_last)
+
+    def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One pass in a random order: (images [B, 3, size, size], masks [B, size, size]), uint8."""
+        order = torch.randperm(len(self.sizes), generator=generator)
+        for first in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[first:first + self.batch_size]
+            draws = draw(self.sizes[index], self.size, generator, **self.options)
+            draws.index = index
+            yield self.batch(draws)
+
+    def batch(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch these draws describe: image pixels bilinear (exact at the images' own scale), mask
+        pixels nearest, 0 and ``IGNORE_INDEX`` outside the image."""
+        rows, cols = source_points(draws, self.size, self.device)
+        index = draws.index.to(self.device).view(-1, 1, 1)
+        height, width = self.shapes[index, 1], self.shapes[index, 2]
+        start = self.starts[index]
+
+        def pixel(r: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            return start + (r.clamp(min=0) * width + c.clamp(min=0)).clamp(max=height * width - 1), inside
+
+        near, inside = pixel(rows.round().long(), cols.round().long())  # nearest: for the mask
+        masks = torch.where(inside, self.masks[near], IGNORE_INDEX).to(self.masks.dtype)
+        # bilinear: the four neighbours, weighted; points within half a pixel of the edge take the edge
+        rows = torch.minimum(rows.clamp(min=0), height - 1.0)
+        cols = torch.minimum(cols.clamp(min=0), width - 1.0)
+        top, left = rows.floor(), cols.floor()
+        images = torch.zeros(len(index), self.size, self.size, 3, device=self.device)
+        for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
+            weight = (1 - (rows - top - dr).abs()) * (1 - (cols - left - dc).abs())
+            where, ok = pixel(top.long() + dr, left.long() + dc)
+            channels = (where * 3).unsqueeze(-1) + torch.arange(3, device=self.device)
+            images += (weight * ok * inside).unsqueeze(-1) * self.images[channels].float()
+        return images.round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2), masks
