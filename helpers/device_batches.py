@@ -65,24 +65,28 @@ def draw(sizes: torch.Tensor, size: int, generator: torch.Generator, *, scale: t
     return Draws(torch.zeros(count, dtype=torch.int64), top, left, box_h, box_w, hflip, vflip, turns)
 
 
+# (row, column) in the crop of output pixel (i, j) after k quarter turns (torch.rot90): each is
+# ci * i + cj * j + c0 * (size - 1), with these (ci, cj, c0)
+TURNED = torch.tensor([[[1, 0, 0], [0, 1, 0]], [[0, 1, 0], [-1, 0, 1]],
+                       [[-1, 0, 1], [0, -1, 1]], [[0, -1, 1], [1, 0, 0]]], dtype=torch.float32)
+
+
 def source_points(draws: Draws, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """For each output pixel of each sample, the (row, column) it comes from in the stored image, as float
     ([B, size, size] each). Crop, then horizontal flip, vertical flip and turn, in the order of
     ``train_transforms``, traced back from the output."""
-    i = torch.arange(size, device=device).view(1, size, 1).expand(len(draws.top), size, size)
-    j = torch.arange(size, device=device).view(1, 1, size).expand_as(i)
-    last = size - 1
-    turns = draws.turns.to(device).view(-1, 1, 1)  # torch.rot90, k times: out[i, j] = before[a, b]
-    a = torch.where(turns == 1, j, torch.where(turns == 2, last - i, torch.where(turns == 3, last - j, i)))
-    b = torch.where(turns == 1, last - i, torch.where(turns == 2, last - j, torch.where(turns == 3, i, j)))
-    a = torch.where(draws.vflip.to(device).view(-1, 1, 1), last - a, a)
-    b = torch.where(draws.hflip.to(device).view(-1, 1, 1), last - b, b)
-
-    def place(position: torch.Tensor, corner: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
-        corner, extent = corner.to(device).view(-1, 1, 1), extent.to(device).view(-1, 1, 1)
-        return corner + (position + 0.5) * (extent / size) - 0.5  # pixel centres, as align_corners=False
-
-    return place(a, draws.top, draws.height), place(b, draws.left, draws.width)
+    coefficients = TURNED[draws.turns].clone()  # [B, 2 (row, column), 3 (ci, cj, c0)]
+    for axis, flipped in ((0, draws.vflip), (1, draws.hflip)):  # a flip maps x to (size - 1) - x
+        flip = coefficients[flipped, axis]
+        coefficients[flipped, axis] = torch.stack([-flip[:, 0], -flip[:, 1], 1 - flip[:, 2]], dim=1)
+    coefficients = coefficients.to(device).view(-1, 2, 3, 1, 1)
+    i = torch.arange(size, device=device, dtype=torch.float32).view(size, 1)
+    j = i.view(1, size)
+    crop = coefficients[:, :, 0] * i + coefficients[:, :, 1] * j + coefficients[:, :, 2] * (size - 1)
+    corner = torch.stack([draws.top, draws.left], 1).float().to(device).view(-1, 2, 1, 1)
+    extent = torch.stack([draws.height, draws.width], 1).float().to(device).view(-1, 2, 1, 1)
+    points = corner + (crop + 0.5) * (extent / size) - 0.5  # pixel centres, as align_corners=False
+    return points[:, 0], points[:, 1]
 
 
 class DeviceBatches:
@@ -130,6 +134,10 @@ class DeviceBatches:
 
         near, inside = pixel(rows.round().long(), cols.round().long())  # nearest: for the mask
         masks = torch.where(inside, self.masks[near], IGNORE_INDEX).to(self.masks.dtype)
+        channels = torch.arange(3, device=self.device)
+        if draws.height.eq(self.size).all() and draws.width.eq(self.size).all():  # each point is a pixel
+            images = self.images[(near * 3).unsqueeze(-1) + channels] * inside.unsqueeze(-1)
+            return images.permute(0, 3, 1, 2), masks
         # bilinear: the four neighbours, weighted; points within half a pixel of the edge take the edge
         rows = torch.minimum(rows.clamp(min=0), height - 1.0)
         cols = torch.minimum(cols.clamp(min=0), width - 1.0)
@@ -138,6 +146,6 @@ class DeviceBatches:
         for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
             weight = (1 - (rows - top - dr).abs()) * (1 - (cols - left - dc).abs())
             where, ok = pixel(top.long() + dr, left.long() + dc)
-            channels = (where * 3).unsqueeze(-1) + torch.arange(3, device=self.device)
-            images += (weight * ok * inside).unsqueeze(-1) * self.images[channels].float()
+            pixels = self.images[(where * 3).unsqueeze(-1) + channels].float()
+            images += (weight * ok * inside).unsqueeze(-1) * pixels
         return images.round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2), masks
