@@ -240,3 +240,23 @@ def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
     for row in recorded["notebooks"]:
         line = next(line for line in lines if line.startswith(f"| [{row['notebook']}]("))
         assert line.endswith(f"| {row['seconds']:.0f} s | {row['peak_pss_gb']:.2f} GB |"), line
+
+
+def test_teaching_points_to_headings_that_each_occur_once_in_their_notebook():
+    """TEACHING.md names sections as `04, *Heading*` or `04: *One*, *Two*`; each must be a heading of that
+    notebook, found once (a trailing " (optional)" aside)."""
+    text = re.sub(r"\s*\n\s*", " ", (ROOT / "TEACHING.md").read_text())
+    pointers = []
+    for number, spans in re.findall(r"\b(0\d)(?:'s|,|:) ((?:\*[^*]+\*(?:, | and |; )?)+)", text):
+        pointers += [(number, span) for span in re.findall(r"\*([^*]+)\*", spans)]
+    assert len(pointers) > 30
+    for path in NOTEBOOKS:
+        markdown = "\n".join("".join(cell["source"]) for cell in notebook(path)["cells"]
+                             if cell["cell_type"] == "markdown")
+        markdown = re.sub(r"```.*?```", "", markdown, flags=re.S)  # shell comments are not headings
+        titles = [re.sub(r" \(optional\)$", "", title.strip())
+                  for title in re.findall(r"^#+ (.*)$", markdown, re.M)]
+        for number, span in pointers:
+            if path.name.startswith(number):
+                assert titles.count(span) == 1, f"TEACHING.md points to {number}, *{span}*: " \
+                                                f"{titles.count(span)} headings of {path.name} read so"
