@@ -35,6 +35,7 @@ import torch.distributed as dist
 import webdataset as wds
 from torch import nn
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.distributed.run import run_script_path
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -275,9 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_script(path: str, *argv: str) -> int:
+    """One rank running a script, as ``torchrun --run-path SCRIPT ARGV`` runs it: in this interpreter."""
+    if "OMP_NUM_THREADS" in os.environ:  # as in run(): a forked rank applies it itself
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    run_script_path(path, *argv)
+    return 0
+
+
 def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int, log: str,
-          method: str) -> None:
-    """One node's launcher: torchrun's own elastic agent, starting ranks that run ``main``."""
+          method: str, script: str | None = None) -> None:
+    """One node's launcher: torchrun's own elastic agent, starting ranks that run ``main`` (or a script)."""
     for fd, suffix in ((1, ".out"), (2, ".err")):  # what the agent and its ranks print, to the log
         with open(log + suffix, "w") as file:
             os.dup2(file.fileno(), fd)
@@ -291,7 +300,10 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
                           rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{port}",
                           rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.1,
                           start_method=method)
-    codes = elastic_launch(config, main)(argv)
+    if script is None:
+        codes = elastic_launch(config, main)(argv)
+    else:
+        codes = elastic_launch(config, run_script)(script, *argv)
     sys.exit(max(codes.values()))
 
 
@@ -303,13 +315,14 @@ def stop(processes: list) -> None:
             process.join()
 
 
-def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str, method: str) -> None:
+def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str, method: str,
+               script: str | None = None) -> None:
     """In a fresh process (no threads, no CUDA): start one agent per node of this machine and wait."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: stop the agents (finally)
     gc.freeze()  # forked agents and ranks: their garbage collector leaves inherited objects alone
     context = multiprocessing.get_context(method)
     agents = [context.Process(target=agent, args=(argv, processes, nodes, node, port,
-                                                  os.path.join(logs, f"node-{node}"), method))
+                                                  os.path.join(logs, f"node-{node}"), method, script))
               for node in range(nodes)]
     for process in agents:
         process.start()
@@ -323,9 +336,11 @@ def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str
     sys.exit(next((process.exitcode for process in agents if process.exitcode), 0))
 
 
-def launch(argv: list[str], processes: int = 2, nodes: int = 1) -> str:
+def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Path | None = None) -> str:
     """Train as ``torchrun --nnodes=NODES --nproc_per_node=PROCESSES -m helpers.ddp_train ARGV`` would,
     on this machine, from Python; return what the ranks printed. Taught in 07_distributed.
+
+    With ``script``, the ranks run that file instead, as ``torchrun --run-path SCRIPT ARGV`` would.
 
     ``torchrun`` is a Python process that imports torch, and each rank it starts imports torch again:
     with a notebook's kernel, more than Binder's memory. This starts one fresh process, which forks one
@@ -340,7 +355,8 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1) -> str:
     method = "fork" if sys.platform == "linux" else "spawn"  # how agents and ranks start
     with tempfile.TemporaryDirectory(prefix="launch_") as logs:
         launcher = multiprocessing.get_context("spawn").Process(
-            target=run_agents, args=(argv, processes, nodes, port, logs, method))
+            target=run_agents, args=(argv, processes, nodes, port, logs, method,
+                                     None if script is None else str(Path(script).resolve())))
         launcher.start()
         try:
             launcher.join()
