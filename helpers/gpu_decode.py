@@ -1,0 +1,62 @@
+"""JPEGs decoded by the GPU's nvJPEG a whole batch at a time, through torchcodec (06_gpu_training, and
+``python -m helpers.bench --device cuda``).
+
+torchvision.io's decoders are deprecated since torchvision 0.29 in favour of torchcodec, whose
+``decode_jpeg`` decodes a list of encoded images in one nvJPEG call on CUDA, and with libjpeg-turbo on the
+CPU. torchcodec is an optional install (``requirements-gpu.txt``); only this module imports it, and only
+when it decodes. Workers read the compressed bytes and decode the PNG masks on the CPU; the main process
+decodes each batch of JPEGs on the GPU (CUDA cannot start in forked workers).
+"""
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from helpers.datasets import read_mask
+
+INSTALL = "pip install -r requirements-gpu.txt"
+
+
+def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Decode 1-D uint8 tensors of JPEG bytes into [3, H, W] uint8 RGB images on ``device``, in one call.
+
+    On CUDA it first waits on the host for the work already queued on the current stream: nvJPEG's
+    batched hardware decoder has been seen writing into memory that queued kernels were still reading
+    (on H100; pytorch/vision#9606, meta-pytorch/torchcodec#1634), and only a host wait prevents it.
+    """
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError as error:
+        raise ImportError(f"Decoding JPEGs with torchcodec needs it installed: {INSTALL}") from error
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return decode_jpeg(list(encoded), mode="RGB", device=device)
+
+
+class EncodedPairs(Dataset):
+    """Pairs of (JPEG bytes as a 1-D uint8 tensor, mask decoded on the CPU as uint8 [H, W]) for
+    ``decode_jpegs``: the loader's workers read files and decode the masks, never the JPEGs. ``mask_size``
+    (height, width) resizes masks by nearest neighbour. EXIF orientation is not applied."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None):
+        self.images = [str(image) for image, _ in pairs]
+        self.masks = [str(mask) for _, mask in pairs]
+        self.mask_size = mask_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data = Path(self.images[index]).read_bytes()
+        if not data.startswith(b"\xff\xd8"):
+            raise ValueError(f"{self.images[index]} is not a JPEG file (it does not start with FF D8); "
+                             "convert it to JPEG, or load it with SegmentationDataset instead.")
+        mask = read_mask(Path(self.masks[index]), dtype=torch.uint8, size=self.mask_size)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), mask.as_subclass(torch.Tensor)
+
+
+def encoded_collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor],
+                                                                                list[torch.Tensor]]:
+    """Keep a batch as two lists: encoded images differ in length, and masks may differ in size."""
+    return [image for image, _ in samples], [mask for _, mask in samples]

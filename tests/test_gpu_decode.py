@@ -1,0 +1,64 @@
+"""JPEGs decoded by torchcodec (helpers.gpu_decode, notebook 06's way (c)): the same pixels as the CPU
+pipeline, masks decoded by the workers, a clear error for what it cannot read, the stream guard."""
+
+import sys
+
+import pytest
+import torch
+
+from helpers.datasets import SegmentationDataset, pair_files
+from helpers.gpu_decode import EncodedPairs, decode_jpegs, encoded_collate
+from helpers.paths import data_dir
+
+pytest.importorskip("torchcodec", reason="torchcodec is installed by requirements-teacher.txt")
+SHAPES = data_dir("shapes")
+
+
+def first_pairs(count: int = 4):
+    return pair_files(SHAPES / "images", SHAPES / "masks")[:count]
+
+
+def test_decoded_batches_are_the_pixels_and_masks_the_cpu_pipeline_reads():
+    encoded, masks = encoded_collate([EncodedPairs(first_pairs())[index] for index in range(4)])
+    images = decode_jpegs(encoded, torch.device("cpu"))
+    reference = SegmentationDataset(SHAPES, split=None, mask_dtype=torch.uint8)
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        expected = reference[index]
+        assert image.shape == expected.image.shape and image.dtype == torch.uint8
+        assert (image.int() - expected.image.int()).abs().max() <= 1  # libjpeg-turbo either way
+        assert torch.equal(mask, expected.mask.as_subclass(torch.Tensor))
+
+
+def test_masks_resize_by_nearest_neighbour_and_keep_their_classes():
+    _, mask = EncodedPairs(first_pairs(1), mask_size=(64, 48))[0]
+    assert mask.shape == (64, 48) and mask.dtype == torch.uint8
+    assert set(mask.unique().tolist()) <= {0, 1, 2, 3}
+
+
+def test_a_file_that_is_not_a_jpeg_is_named(tmp_path):
+    image, mask = first_pairs(1)[0]
+    fake = tmp_path / "0000.jpg"
+    fake.write_bytes(mask.read_bytes())  # a PNG under a JPEG name
+    with pytest.raises(ValueError, match="0000.jpg is not a JPEG file"):
+        EncodedPairs([(fake, mask)])[0]
+
+
+def test_without_torchcodec_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
+    with pytest.raises(ImportError, match="requirements-gpu.txt"):
+        decode_jpegs([], torch.device("cpu"))
+
+
+def test_on_cuda_the_host_waits_for_the_stream_before_decoding(monkeypatch):
+    import torchcodec.decoders
+
+    calls = []
+
+    class Stream:
+        def synchronize(self):
+            calls.append("synchronize")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", lambda *args, **kwargs: calls.append("decode"))
+    decode_jpegs([], torch.device("cuda"))
+    assert calls == ["synchronize", "decode"]
