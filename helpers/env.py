@@ -1,8 +1,16 @@
-"""What is this machine? Versions, device, cores and start method (taught in 00_start_here)."""
+"""What is this machine? Versions, device, cores and start method (taught in 00_start_here).
 
+Also ``worker_stderr``, which catches what DataLoader workers print (04_dataloader_batching).
+"""
+
+import contextlib
 import multiprocessing
 import os
 import platform
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 
 import PIL
 import torch
@@ -25,6 +33,33 @@ def worker_start_method() -> str:
     """
     chosen = multiprocessing.get_start_method(allow_none=True)
     return chosen or multiprocessing.get_all_start_methods()[0]  # the first one is the default
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")  # colours, in tracebacks from Python 3.13 when FORCE_COLOR is set
+
+
+@contextlib.contextmanager
+def worker_stderr() -> Iterator[list[str]]:
+    """Catch what child processes, such as DataLoader workers, print to stderr during the block.
+
+    Children write to file descriptor 2, which lands under a notebook cell or in the terminal that
+    started Jupyter, depending on the setup. For the block it points at a temporary file instead; the
+    list fills with its lines, colour codes removed, when the block ends. Defined for
+    04_dataloader_batching, which shows a spawned worker's own error.
+    """
+    lines: list[str] = []
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)  # processes started now inherit it
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            lines.extend(ANSI_CODES.sub("", log.read()).splitlines())
 
 
 def environment_report() -> dict[str, str]:

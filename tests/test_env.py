@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from helpers.env import environment_report, format_report, usable_cores
+from helpers.env import environment_report, format_report, usable_cores, worker_stderr
 
 
 def test_report_names_versions_device_cores_and_start_method():
@@ -28,3 +28,11 @@ def test_start_method_is_read_without_fixing_it():
 def test_format_report_aligns_keys():
     lines = format_report({"a": "1", "long key": "2"}).splitlines()
     assert lines == ["a        : 1", "long key : 2"]
+
+
+def test_worker_stderr_catches_what_a_child_process_prints():
+    code = "import sys; sys.stderr.write('\\x1b[31mAttributeError: gone\\x1b[0m\\n')"
+    with worker_stderr() as lines:
+        subprocess.run([sys.executable, "-c", code], check=True)
+        assert lines == []  # filled when the block ends
+    assert lines == ["AttributeError: gone"]
