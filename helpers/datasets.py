@@ -320,8 +320,9 @@ class InMemoryDataset(Dataset):
     files and decodes nothing; only the random transforms are left. The pixels live in two big tensors
     (all images, all masks) plus each sample's shape and start, not one tensor per sample: a DataLoader
     worker started by spawn or forkserver then receives four tensors, whatever the number of samples.
-    (On Linux each tensor travels as a file descriptor, and forkserver passes at most 256 of them: a
-    tensor per sample fails there with "too many fds".) Taught in 06_gpu_training.
+    (On Linux each tensor travels as a file descriptor, and one message carries fewer than 256 of them:
+    from about 245 tensors a worker fails to start, with "too many fds" or, just below, "Invalid
+    argument".) Taught in 06_gpu_training.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None):
