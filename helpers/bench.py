@@ -15,10 +15,15 @@ only* (the JPEG images and PNG masks decoded by the pipeline's decoder, nothing 
 reads these files can beat it) and *memory only* (the bytes a pre-decoded pipeline must move per image,
 read as uint8 and written as float32 image and int64 mask, at the measured memory-copy speed: no
 pre-decoded pipeline can beat it). ``--json PATH`` writes every figure; ``--plot PATH`` saves a chart.
-Taught in 04_dataloader_batching and 05_large_datasets.
+
+With ``--device cuda`` the memory map at 0 workers gathers into reused pinned buffers and flips on the
+GPU, and, when torchcodec is installed (requirements-gpu.txt), a *gpu decode* pipeline decodes the JPEGs
+on the GPU, measured against a third ceiling: *gpu decode only*. CPU runs are unchanged.
+Taught in 04_dataloader_batching, 05_large_datasets and 06_gpu_training.
 """
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import platform
@@ -44,12 +49,14 @@ from helpers.env import usable_cores
 from helpers.formats import (
     HDF5Dataset,
     MemmapDataset,
+    PinnedMemmapBatches,
     ShardStream,
     disk_megabytes,
     write_hdf5,
     write_memmap,
     write_shards,
 )
+from helpers.gpu_decode import INSTALL, EncodedPairs, decode_jpegs, encoded_collate
 from helpers.progress import progress_bar
 from helpers.scenes import write_dataset
 from helpers.training import to_device
@@ -160,15 +167,57 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
     def flip_to_device(batch: Batch) -> Batch:
         return to_device(*flip_batch(*batch), device)
 
+    def memmap_loader(workers: int):
+        if workers == 0 and device.type == "cuda":  # gathered into reused pinned buffers, flipped there
+            return PinnedMemmapBatches(memmap, batch_size, device)
+        return _loader(memmap, workers, device, sampler=in_batches, batch_size=None)
+
     return {
-        "memmap": Pipeline(lambda w: _loader(memmap, w, device, sampler=in_batches, batch_size=None),
-                           flip_to_device),
+        "memmap": Pipeline(memmap_loader,
+                           lambda b: to_device(*b, device) if b[0].is_cuda else flip_to_device(b)),
         "hdf5": Pipeline(lambda w: _loader(hdf5, w, device, sampler=in_batches, batch_size=None),
                          flip_to_device),
         "shards": Pipeline(lambda w: _loader(streams, w, device, batch_size=batch_size,
                                              collate_fn=flip_collate),
                            lambda b: to_device(*b, device)),
     }
+
+
+def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.device) -> Pipeline:
+    """JPEGs decoded by the GPU (nvJPEG through torchcodec; 06's way (c)): workers read the bytes and
+    decode and resize the PNG masks; the main process decodes each batch of JPEGs on ``device``, resizes
+    and flips it there. Runs on the CPU too (torchcodec's CPU decoder), which the tests use."""
+    dataset = EncodedPairs(pair_files(Path(root) / "images", Path(root) / "masks"), mask_size=(size, size))
+
+    def finish(batch: tuple[list[torch.Tensor], torch.Tensor]) -> Batch:
+        images = torch.stack(decode_jpegs(batch[0], device))
+        if images.shape[-2:] != (size, size):  # bilinear with antialias, as the recommended pipeline
+            images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                     antialias=True).round_().clamp_(0, 255).byte()
+        masks = batch[1].to(device, non_blocking=True)
+        flip = (torch.rand(len(images)) < 0.5).to(device)
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        return to_device(images, torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks), device)
+
+    return Pipeline(lambda w: _loader(dataset, w, device, batch_size=batch_size, shuffle=True, drop_last=True,
+                                      collate_fn=encoded_collate), finish)
+
+
+def gpu_decode_ceiling(root: Path, device: torch.device, batch_size: int = 32, rounds: int = 3) -> float:
+    """JPEGs per second that ``decode_jpegs`` reaches on ``device`` in batches, the bytes already in memory
+    and nothing else done: no GPU-decoding pipeline beats it (the masks are decoded by the CPU)."""
+    encoded = [EncodedPairs([pair])[0][0] for pair in pair_files(Path(root) / "images", Path(root) / "masks")]
+    batches = [encoded[i:i + batch_size] for i in range(0, len(encoded), batch_size)]
+    decode_jpegs(batches[0], device)  # warm-up: the decoder's first call sets it up
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for batch in batches:
+            decode_jpegs(batch, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = max(best, len(encoded) / (time.perf_counter() - start))
+    return best
 
 
 def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progress: bool = True,
@@ -295,8 +344,12 @@ def ceilings(root: Path, size: int, processes: int, device: torch.device = CPU) 
 
 def shares(results: dict[str, dict[int, float]], limits: dict[str, float]) -> dict[str, float]:
     """Each pipeline's best speed as a share of its ceiling (memory for pre-decoded, decoding for files)."""
-    return {name: max(speeds.values()) / limits["memory only" if name in PRE_DECODED else "decode only"]
-            for name, speeds in results.items()}
+    def ceiling(name: str) -> str:
+        if name == "gpu decode":
+            return "gpu decode only"
+        return "memory only" if name in PRE_DECODED else "decode only"
+
+    return {name: max(speeds.values()) / limits[ceiling(name)] for name, speeds in results.items()}
 
 
 def machine() -> dict[str, str]:
@@ -332,9 +385,12 @@ def print_table(results: dict[str, dict[int, float]], limits: dict[str, float], 
     link = f", {limits['host to device GB/s']:.1f} GB/s to the GPU" if "host to device GB/s" in limits else ""
     print(f"{'':>12}{limits['memory only']:11.0f}   memory only: a pre-decoded pipeline's bytes at "
           f"{limits['copy GB/s']:.1f} GB/s{link}")
+    if "gpu decode only" in limits:
+        print(f"{'':>12}{limits['gpu decode only']:11.0f}   gpu decode only: JPEGs decoded by the GPU, "
+              "bytes in memory")
     print(f"{'pipeline':>12}" + "".join(f"{w:>9} w" for w in workers) + "   (images per second)")
     for name, share in shares(results, limits).items():
-        ceiling = "memory" if name in PRE_DECODED else "decode"
+        ceiling = "gpu decode" if name == "gpu decode" else "memory" if name in PRE_DECODED else "decode"
         speeds = "".join(f"{results[name][w]:11.0f}" for w in workers)
         print(f"{name:>12}{speeds}   {share:4.0%} of the {ceiling} ceiling")
 
@@ -365,11 +421,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
         chosen = pipelines(root, args.size, args.batch_size, device)
         if args.formats:
             chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
+        if device.type == "cuda" and importlib.util.find_spec("torchcodec"):
+            chosen["gpu decode"] = gpu_decode_pipeline(root, args.size, args.batch_size, device)
+        elif device.type == "cuda":
+            print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
         results = {name: {w: images_per_second(p, w, label=name, epochs=args.epochs) for w in args.workers}
                    for name, p in chosen.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     limits = ceilings(root, args.size, usable_cores(), device)
+    if "gpu decode" in results:
+        limits["gpu decode only"] = gpu_decode_ceiling(root, device, args.batch_size)
     print_table(results, limits, args.workers)
     if args.json:
         args.json.write_text(json.dumps({

@@ -57,6 +57,9 @@ class EncodedPairs(Dataset):
 
 
 def encoded_collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor],
-                                                                                list[torch.Tensor]]:
-    """Keep a batch as two lists: encoded images differ in length, and masks may differ in size."""
-    return [image for image, _ in samples], [mask for _, mask in samples]
+                                                                                torch.Tensor | list]:
+    """A batch of encoded images as a list (their lengths differ), with the masks stacked into one tensor
+    when they share a size, else kept as a list."""
+    images, masks = [image for image, _ in samples], [mask for _, mask in samples]
+    same_size = all(mask.shape == masks[0].shape for mask in masks)
+    return images, torch.stack(masks) if same_size else masks
