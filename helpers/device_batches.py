@@ -72,21 +72,26 @@ TURNED = torch.tensor([[[1, 0, 0], [0, 1, 0]], [[0, 1, 0], [-1, 0, 1]],
 
 
 def source_points(draws: Draws, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each output pixel of each sample, the (row, column) it comes from in the stored image, as float
-    ([B, size, size] each). Crop, then horizontal flip, vertical flip and turn, in the order of
-    ``train_transforms``, traced back from the output."""
+    """For each output pixel of each sample, the (row, column) it comes from in the stored image
+    ([B, size, size] each; int64 when every box is ``size`` x ``size``, else float). Crop, then
+    horizontal flip, vertical flip and turn, in the order of ``train_transforms``, traced back from the
+    output."""
     coefficients = TURNED[draws.turns].clone()  # [B, 2 (row, column), 3 (ci, cj, c0)]
     for axis, flipped in ((0, draws.vflip), (1, draws.hflip)):  # a flip maps x to (size - 1) - x
         flip = coefficients[flipped, axis]
         coefficients[flipped, axis] = torch.stack([-flip[:, 0], -flip[:, 1], 1 - flip[:, 2]], dim=1)
-    coefficients = coefficients.to(device).view(-1, 2, 3, 1, 1)
-    i = torch.arange(size, device=device, dtype=torch.float32).view(size, 1)
+    exact = bool(draws.height.eq(size).all() and draws.width.eq(size).all())  # integers all the way
+    dtype = torch.int64 if exact else torch.float32
+    coefficients = coefficients.to(device, dtype).view(-1, 2, 3, 1, 1)
+    i = torch.arange(size, device=device, dtype=dtype).view(size, 1)
     j = i.view(1, size)
     crop = coefficients[:, :, 0] * i + coefficients[:, :, 1] * j + coefficients[:, :, 2] * (size - 1)
-    corner = torch.stack([draws.top, draws.left], 1).float().to(device).view(-1, 2, 1, 1)
+    corner = torch.stack([draws.top, draws.left], 1).to(device, dtype).view(-1, 2, 1, 1)
+    if exact:  # at the images' own scale each output pixel is one stored pixel
+        return (corner + crop).unbind(1)
     extent = torch.stack([draws.height, draws.width], 1).float().to(device).view(-1, 2, 1, 1)
     points = corner + (crop + 0.5) * (extent / size) - 0.5  # pixel centres, as align_corners=False
-    return points[:, 0], points[:, 1]
+    return points.unbind(1)
 
 
 class DeviceBatches:
@@ -128,16 +133,23 @@ class DeviceBatches:
         height, width = self.shapes[index, 1], self.shapes[index, 2]
         start = self.starts[index]
 
+        pixels = self.images.view(-1, 3)  # one row of three channels per pixel
+        sizes = self.sizes[draws.index]
+        within = bool((draws.top >= 0).all() and (draws.left >= 0).all()
+                      and (draws.top + draws.height <= sizes[:, 0]).all()
+                      and (draws.left + draws.width <= sizes[:, 1]).all())
+        if within and not rows.is_floating_point():  # the common case, and the cheapest: one gather each
+            near = start + rows * width + cols
+            return pixels[near].permute(0, 3, 1, 2), self.masks[near]
+
         def pixel(r: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
             return start + (r.clamp(min=0) * width + c.clamp(min=0)).clamp(max=height * width - 1), inside
 
         near, inside = pixel(rows.round().long(), cols.round().long())  # nearest: for the mask
         masks = torch.where(inside, self.masks[near], IGNORE_INDEX).to(self.masks.dtype)
-        channels = torch.arange(3, device=self.device)
-        if draws.height.eq(self.size).all() and draws.width.eq(self.size).all():  # each point is a pixel
-            images = self.images[(near * 3).unsqueeze(-1) + channels] * inside.unsqueeze(-1)
-            return images.permute(0, 3, 1, 2), masks
+        if not rows.is_floating_point():  # each point is a pixel
+            return (pixels[near] * inside.unsqueeze(-1)).permute(0, 3, 1, 2), masks
         # bilinear: the four neighbours, weighted; points within half a pixel of the edge take the edge
         rows = torch.minimum(rows.clamp(min=0), height - 1.0)
         cols = torch.minimum(cols.clamp(min=0), width - 1.0)
@@ -146,6 +158,5 @@ class DeviceBatches:
         for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
             weight = (1 - (rows - top - dr).abs()) * (1 - (cols - left - dc).abs())
             where, ok = pixel(top.long() + dr, left.long() + dc)
-            pixels = self.images[(where * 3).unsqueeze(-1) + channels].float()
-            images += (weight * ok * inside).unsqueeze(-1) * pixels
+            images += (weight * ok * inside).unsqueeze(-1) * pixels[where].float()
         return images.round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2), masks
