@@ -22,7 +22,8 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     Whether either is *faster* depends on the hardware: measure before you keep it.
     """
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # in hardware only (compute capability 8.0, Ampere, and newer): a T4 merely emulates bfloat16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if device.type == "mps":
         return torch.float16  # the type MPS autocast has supported longest
     return torch.bfloat16  # CPUs: bfloat16 is the type CPU autocast is built for

@@ -29,6 +29,9 @@ def print_run(name: str, run: str, containing: str = "") -> dict:
     ``containing``; return those figures."""
     record = load_results(name)["runs"][run]
     print(f"{record['machine']}, {record['date']} ({record['versions']})")
+    print(f"  command: {record['command']}")
+    if "precision" in record:
+        print(f"  precision: {record['precision']}")
     figures = {key: value for key, value in record["figures"].items() if containing in key}
     if not figures:
         raise KeyError(f"No figure named like {containing!r} in run {run!r} of results/{name}.json")

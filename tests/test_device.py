@@ -28,7 +28,8 @@ def test_amp_dtype_prefers_bfloat16_and_falls_back_to_float16(monkeypatch):
 
     assert amp_dtype(torch.device("cpu")) == torch.bfloat16
     assert amp_dtype(torch.device("mps")) == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
-    assert amp_dtype(torch.device("cuda")) == torch.float16  # e.g. a T4 on Colab
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    # a T4 (Colab) emulates bfloat16: supported only when emulation counts, and float16 is the answer
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert amp_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert amp_dtype(torch.device("cuda")) == torch.bfloat16
