@@ -92,7 +92,9 @@ def eval_transforms(crop: int | None = None, *, mean: Sequence[float] = SHAPES_M
     """Deterministic: an optional centre crop, then float conversion and normalisation
     (unless ``normalize=False``)."""
     steps = [v2.CenterCrop(crop)] if crop else []
-    return v2.Compose(steps + ([to_model_input(mean, std)] if normalize else []))
+    if normalize:
+        steps.append(to_model_input(mean, std))
+    return v2.Compose(steps or [v2.Identity()])  # neither step: Compose refuses an empty list
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,

@@ -18,6 +18,9 @@ def test_pad_collate_pads_images_with_zero_masks_with_ignore_and_keeps_sizes():
     batch = pad_collate([small, large])
     assert isinstance(batch, PaddedBatch)
     assert batch.image.shape == (2, 3, 4, 5) and batch.mask.shape == (2, 4, 5)
+    assert batch.image.dtype == torch.uint8 and batch.mask.dtype == torch.int64  # the samples' own dtypes
+    light = pad_collate([(image, mask.to(torch.uint8)) for image, mask in (small, large)])
+    assert light.mask.dtype == torch.uint8 and light.mask[0, 2:].eq(IGNORE_INDEX).all()  # uint8 stays light
     assert batch.size.tolist() == [[2, 3], [4, 5]]
     assert batch.image[0, :, :2, :3].eq(1).all() and batch.image[0, :, 2:].eq(0).all()
     assert batch.mask[0, :2, :3].eq(1).all() and batch.mask[0, 2:].eq(IGNORE_INDEX).all()
@@ -88,9 +91,12 @@ def test_flip_collate_stacks_and_flips_uint8_pairs_alike():
     assert 0 < (masks[:, 0, 0] == 5).sum() < 8  # some flipped, some not
 
 
-def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys):
+def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys, monkeypatch):
+    from helpers import bench
     from helpers.bench import main
 
+    monkeypatch.setattr(bench, "usable_cores", lambda: 1)  # decode ceiling in this process (test_bench.py
+    # runs it in two spawned ones): starting them would cost most of this test's time
     results = main(["--count", "8", "--side", "64", "--size", "48", "--batch-size", "4", "--workers", "0",
                     "--data", str(tmp_path / "bench"), "--json", str(tmp_path / "b.json"),
                     "--plot", str(tmp_path / "b.png")])
@@ -112,9 +118,11 @@ def test_a_pre_decoded_image_moves_its_bytes_once_in_and_once_out():
     assert bytes_per_image(224, torch.device("cuda")) == 224 * 224 * (3 + 1) * 2  # uint8 gathered for the GPU
 
 
-def test_the_benchmark_measures_the_stored_formats_too(tmp_path, capsys):
+def test_the_benchmark_measures_the_stored_formats_too(tmp_path, capsys, monkeypatch):
+    from helpers import bench
     from helpers.bench import main
 
+    monkeypatch.setattr(bench, "usable_cores", lambda: 1)  # decode ceiling in this process, as above
     results = main(["--count", "8", "--side", "64", "--size", "48", "--batch-size", "4",
                     "--workers", "0", "--formats", "--data", str(tmp_path / "bench")])
     assert set(results) == {"naive", "recommended", "memmap", "hdf5", "shards"}
@@ -144,6 +152,7 @@ def test_batches_by_size_puts_each_index_once_in_a_batch_of_one_size():
     assert sorted(i for batch in batches for i in batch) == list(range(len(sizes)))
     for batch in batches:
         assert len({sizes[i] for i in batch}) == 1
+    assert batches_by_size(sizes, batch_size=1) == [[0], [2], [3], [1], [4], [5]]  # one at a time is fine
     with pytest.raises(ValueError, match="batch_size"):
         batches_by_size(sizes, batch_size=0)
 

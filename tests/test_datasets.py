@@ -1,6 +1,7 @@
 """Every way a folder of image+mask pairs can be wrong gets an error naming the file and the fix."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -224,6 +225,7 @@ def test_32_bit_mask_images_are_read_and_negative_values_refused():
     assert array.dtype == np.int32 and array.tolist() == values.tolist()
     with pytest.raises(ValueError, match=r"m.png has values \[-1, 70000\] outside the classes 0..3"):
         check_mask_values(torch.from_numpy(array), Path("m.png"), num_classes=4, ignore_index=None)
+    assert mask_array(Image.fromarray(np.zeros((2, 2), np.uint8)), Path("m.png")).dtype == np.uint8
 
 
 def test_a_mask_dtype_too_small_for_the_classes_is_refused(root):
@@ -241,8 +243,9 @@ def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
         read_mask(root / "masks" / "1.png")
 
 
-def write_photo(root: Path, size=(768, 1024), orientation: int = 1) -> tuple[Path, Path]:
-    """A photo-sized JPEG (height, width): grey ground, a red disc; its mask is 1 on the disc."""
+def write_photo(root: Path, size=(768, 1024), orientation: int | None = None) -> tuple[Path, Path]:
+    """A photo-sized JPEG (height, width): grey ground, a red disc, a blue square in the top left corner (so
+    a mirror or a turn shows); its mask is 1 on the disc. ``orientation``: the EXIF tag, if any."""
     from helpers.datasets import ORIENTATION
 
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -251,12 +254,29 @@ def write_photo(root: Path, size=(768, 1024), orientation: int = 1) -> tuple[Pat
     disc = (rows - size[0] // 3) ** 2 + (cols - size[1] // 2) ** 2 < (size[0] // 4) ** 2
     image = np.full((*size, 3), 120, np.uint8)
     image[disc] = (230, 20, 20)
-    exif = Image.Exif()
-    exif[ORIENTATION] = orientation
-    Image.fromarray(image).save(root / "images" / "photo.jpg", quality=90,
-                                exif=exif if orientation != 1 else b"")
+    image[: size[0] // 8, : size[1] // 8] = (20, 20, 200)
+    exif = b""  # none at all
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[ORIENTATION] = orientation
+    Image.fromarray(image).save(root / "images" / "photo.jpg", quality=90, exif=exif)
     to_palette_image(disc.astype(np.uint8)).save(root / "masks" / "photo.png")
     return root / "images" / "photo.jpg", root / "masks" / "photo.png"
+
+
+def test_nearest_resize_copies_the_mask_pixel_under_each_output_centre():
+    from helpers.datasets import nearest_resize
+
+    mask = torch.randint(0, 4, (8, 12), generator=torch.Generator().manual_seed(0))
+    assert all(not torch.equal(mask[0], row) for row in mask[1:])  # rows differ: a mix-up of axes shows
+    half = nearest_resize(mask, (4, 6))
+    assert torch.equal(half, mask[1::2, 1::2])  # the centre of output pixel i lies on input pixel 2i + 1
+    double = nearest_resize(half, (8, 12))
+    assert torch.equal(double, half.repeat_interleave(2, 0).repeat_interleave(2, 1))
+    odd = nearest_resize(mask, (5, 7))  # no whole factor: as PIL's nearest, which read_mask uses too
+    pil = Image.fromarray(mask.numpy().astype(np.uint8)).resize((7, 5), Image.Resampling.NEAREST)
+    assert torch.equal(odd, torch.from_numpy(np.array(pil)).long())
+    assert odd.dtype == torch.int64 and set(odd.unique().tolist()) <= set(mask.unique().tolist())
 
 
 def test_reduced_decoding_uses_only_the_fast_scales():
@@ -269,12 +289,32 @@ def test_reduced_decoding_uses_only_the_fast_scales():
     assert reduced_size((768, 1024), None) == (768, 1024)
 
 
+def spy_on_simplejpeg(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Skip unless simplejpeg is installed; check helpers.datasets found it, and record the keyword
+    arguments of every ``simplejpeg.decode_jpeg`` call it makes from now on."""
+    from helpers import datasets
+
+    simplejpeg = pytest.importorskip("simplejpeg")
+    assert datasets.simplejpeg is simplejpeg  # installed, so helpers must use it
+    calls: list[dict] = []
+
+    def decode_jpeg(data: bytes, *args, **kwargs):
+        calls.append(kwargs)
+        return simplejpeg.decode_jpeg(data, *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "simplejpeg", SimpleNamespace(
+        decode_jpeg=decode_jpeg, decode_jpeg_header=simplejpeg.decode_jpeg_header))
+    return calls
+
+
 @pytest.mark.parametrize("decoder", ["simplejpeg", "PIL"])
 def test_a_large_jpeg_decodes_at_reduced_scale_and_its_mask_stays_aligned(tmp_path, monkeypatch, decoder):
     from helpers import datasets
 
     if decoder == "PIL":
         monkeypatch.setattr(datasets, "simplejpeg", None)  # Image.draft instead
+    else:
+        calls = spy_on_simplejpeg(monkeypatch)
     image_path, mask_path = write_photo(tmp_path)
     pixels, full_size = datasets.decode_image(image_path, (192, 256))
     assert pixels.shape == (3, 192, 256) and full_size == (768, 1024)  # decoded at 1/4 scale
@@ -283,13 +323,17 @@ def test_a_large_jpeg_decodes_at_reduced_scale_and_its_mask_stays_aligned(tmp_pa
         assert image.shape == (3, *size) and mask.shape == size and set(mask.unique().tolist()) == {0, 1}
         red = (image[0].int() - image[1].int()) > 100
         assert (red == (mask == 1)).float().mean() > 0.99  # same scene, pixel for pixel but the disc's rim
+    if decoder == "simplejpeg":  # libjpeg-turbo was asked for 1/4 scale each time, by read_pair too
+        assert calls == [{"min_height": 192, "min_width": 256}] * 3
 
 
 def test_simplejpeg_gives_the_pixels_pil_gives(monkeypatch):
     from helpers import datasets
 
+    calls = spy_on_simplejpeg(monkeypatch)
     path = sorted((data_dir("shapes") / "images").glob("*.jpg"))[0]
     fast = datasets.read_image(path)
+    assert len(calls) == 1  # decoded by simplejpeg
     monkeypatch.setattr(datasets, "simplejpeg", None)
     assert torch.equal(fast, datasets.read_image(path))
 
@@ -302,3 +346,121 @@ def test_a_turned_photo_decodes_reduced_and_upright(tmp_path):
     assert full_size == (1024, 768) and pixels.shape == (3, 256, 192)
     with pytest.raises(ValueError, match="is 768x1024 .* but its mask .* is 1024x768"):
         read_pair(image_path, mask_path)  # the mask was drawn on the sideways pixels: refused
+
+
+def test_exif_orientation_is_applied_and_upright_photos_with_exif_still_decode_reduced(tmp_path):
+    from helpers.datasets import decode_image
+
+    def decoded(orientation: int | None, min_size=None) -> torch.Tensor:
+        path, _ = write_photo(tmp_path / str(orientation), size=(96, 128), orientation=orientation)
+        return decode_image(path, min_size)[0]
+
+    plain = decoded(None)  # no EXIF at all
+    assert torch.equal(decoded(2), plain.flip(-1))  # EXIF 2: stored mirrored, so mirrored back
+    assert torch.equal(decoded(1), plain)  # EXIF that says upright (most phone photos)
+    reduced = decoded(1, (48, 64))
+    assert reduced.shape == (3, 48, 64) and torch.equal(reduced, decoded(None, (48, 64)))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P"])
+def test_images_of_other_modes_decode_to_rgb(tmp_path, mode):
+    from helpers.datasets import read_image
+
+    picture = Image.new("RGB", (6, 4), (10, 200, 30)).convert(mode)
+    picture.save(tmp_path / "picture.png")
+    image = read_image(tmp_path / "picture.png")
+    assert image.shape == (3, 4, 6) and image.dtype == torch.uint8
+    assert torch.equal(image, torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1))
+
+
+def test_a_jpeg_too_large_to_decode_safely_is_refused_by_the_fast_decoder_too(root, monkeypatch):
+    (root / "images" / "1.png").unlink()
+    Image.new("RGB", (12, 8)).save(root / "images" / "1.jpg")  # no EXIF: libjpeg-turbo's own path
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 96 pixels: over twice the limit
+    with pytest.raises(ValueError, match=r"Cannot read image .*1.jpg: .*decompression bomb"):
+        SegmentationDataset(root)[0]
+
+
+def test_images_shrunk_by_read_pair_are_smoothed(tmp_path):
+    from helpers.datasets import read_pair
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "noise.png")  # a PNG: decoded at full size, then resized
+    to_palette_image(np.zeros((64, 64), np.uint8)).save(tmp_path / "mask.png")
+    image, _ = read_pair(tmp_path / "noise.png", tmp_path / "mask.png", size=(16, 16))
+    assert image.float().std() < 20  # antialiased: each pixel averages ~4x4 noisy pixels (aliased: std ~36)
+
+
+@pytest.mark.parametrize("mode", ["P", "L"])
+@pytest.mark.parametrize("size", [None, (4, 6)])
+def test_a_mask_value_equal_to_the_number_of_classes_is_refused(tmp_path, mode, size):
+    from helpers.datasets import read_mask
+
+    values = np.zeros((8, 12), np.uint8)
+    values[:, :6] = 4  # classes 0..3: 4 is one too many
+    (to_palette_image(values) if mode == "P" else Image.fromarray(values)).save(tmp_path / "m.png")
+    with pytest.raises(ValueError, match=r"m.png has values \[4\] outside the classes 0..3"):
+        read_mask(tmp_path / "m.png", size=size)  # checked at full size, before any resizing
+    assert read_mask(tmp_path / "m.png", ignore_index=4, size=size).max() == 4  # unless it means ignore
+
+
+@pytest.mark.parametrize("mode", ["P", "L", "I;16"])
+def test_read_mask_resizes_by_nearest_neighbour_from_the_full_mask(tmp_path, mode):
+    from helpers.datasets import nearest_resize, read_mask
+
+    values = np.random.default_rng(0).integers(0, 4, (8, 12), dtype=np.uint8)
+    files = {"P": to_palette_image(values), "L": Image.fromarray(values),
+             "I;16": Image.fromarray(values.astype(np.uint16))}
+    files[mode].save(tmp_path / "m.png")
+    assert Image.open(tmp_path / "m.png").mode == mode
+    resized = read_mask(tmp_path / "m.png", size=(5, 7))
+    assert isinstance(resized, tv_tensors.Mask) and resized.dtype == torch.int64
+    assert torch.equal(resized, nearest_resize(read_mask(tmp_path / "m.png"), (5, 7)))
+
+
+def test_uint8_masks_hold_256_classes_and_no_more(root):
+    from helpers.datasets import read_mask
+
+    path = root / "masks" / "1.png"
+    assert read_mask(path, num_classes=256, dtype=torch.uint8).dtype == torch.uint8  # classes 0..255
+    with pytest.raises(ValueError, match="torch.uint8 cannot hold class 256"):
+        read_mask(path, num_classes=257, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="torch.uint8 cannot hold class 256"):
+        read_mask(path, ignore_index=256, dtype=torch.uint8)
+
+
+def test_in_memory_masks_keep_values_above_255_and_are_stored_as_bytes_when_they_fit():
+    from helpers.datasets import InMemoryDataset
+
+    def samples(*masks: list[list[int]]) -> list[Sample]:
+        image = tv_tensors.Image(torch.zeros(3, 1, 2, dtype=torch.uint8))
+        return [Sample(image, tv_tensors.Mask(torch.tensor(mask))) for mask in masks]
+
+    wide = InMemoryDataset(samples([[0, 255]], [[3, 256]]))  # 256: one more than a byte holds
+    assert [wide[i].mask.tolist() for i in range(2)] == [[[0, 255]], [[3, 256]]]
+    narrow = InMemoryDataset(samples([[0, 255]]))
+    assert narrow.masks.dtype == torch.uint8  # 8x smaller than int64
+    assert narrow[0].mask.dtype == torch.int64 and narrow[0].mask.tolist() == [[0, 255]]
+
+
+def test_in_memory_samples_are_copies_that_a_transform_may_write_to(root):
+    from helpers.datasets import InMemoryDataset
+
+    in_memory = InMemoryDataset(SegmentationDataset(root, mask_dtype=torch.uint8))  # stored as it is given
+    first = in_memory[0]
+    first.image.fill_(7)
+    first.mask.fill_(7)
+    assert not (in_memory[0].image == 7).all() and not (in_memory[0].mask == 7).all()
+
+
+def test_photos_whose_exif_turns_nothing_are_decoded_by_simplejpeg_too(tmp_path, monkeypatch):
+    """Most phone photos carry EXIF: upright (orientation 1) or without the tag, they take the fast path."""
+    from helpers.datasets import ORIENTATION, decode_image
+
+    calls = spy_on_simplejpeg(monkeypatch)
+    for name, tags in (("upright", {ORIENTATION: 1}), ("no orientation", {})):
+        exif = Image.Exif()
+        exif.update(tags)
+        Image.fromarray(np.full((96, 128, 3), 120, np.uint8)).save(tmp_path / f"{name}.jpg", exif=exif)
+        assert decode_image(tmp_path / f"{name}.jpg", (48, 64))[0].shape == (3, 48, 64)
+    assert calls == [{"min_height": 48, "min_width": 64}] * 2

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from argparse import Namespace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,18 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from helpers.datasets import SegmentationDataset
-from helpers.ddp_train import LaunchError, check_everywhere, data_problem, launch, main, train_epoch
+from helpers.ddp_train import (
+    LaunchError,
+    check_everywhere,
+    data_problem,
+    is_url,
+    launch,
+    main,
+    parse_args,
+    shard_urls,
+    train_epoch,
+    train_loader,
+)
 from helpers.formats import decode_shard_sample, write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
@@ -153,3 +165,51 @@ def test_uneven_batches_with_a_collective_in_the_forward_pass_stop_together_inst
     mp.start_processes(_uneven_epoch, args=(port, results), nprocs=2, start_method="spawn")
     steps = sorted(results.get() for _ in range(2) if not results.empty())
     assert steps == [(0, 3), (1, 3)]  # both ranks took the 3 steps they could take together
+
+
+def test_shards_given_as_urls_are_expanded_counted_and_streamed(tmp_path, monkeypatch):
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)  # 2 shards
+    assert is_url("pipe:curl -s https://host/a.tar") and not is_url(str(tmp_path))
+    assert shard_urls(str(tmp_path)) == [str(tmp_path / "shard-00000.tar"), str(tmp_path / "shard-00001.tar")]
+    spec = tmp_path.as_uri() + "/shard-{00000..00001}.tar"  # file:// URLs, read as a web server's would be
+    assert shard_urls(spec) == [f"{tmp_path.as_uri()}/shard-0000{i}.tar" for i in (0, 1)]
+    args = parse_args(["--shards", spec, "--out", str(tmp_path / "run"), "--size", "32"])
+    assert data_problem(args, world_size=1) is None  # URLs: no folder to look for, two shards counted
+    assert "2 shards" in data_problem(args, world_size=4)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")  # rank 0 of 1, as torchrun would say
+    names = [name for _, _, batch_names in train_loader(args, epoch=0, rank=0) for name in batch_names]
+    assert sorted(names) == sorted(Path(path).stem for path in SegmentationDataset(data_dir("shapes"),
+                                                                                     split="val").image_paths)
+
+
+@pytest.fixture
+def one_rank(monkeypatch):
+    """This process as rank 0 of a launch of one, as torchrun describes it to ``main``."""
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):  # run() would set this process's torch threads
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_one_rank_trains_from_image_files_with_group_norm(one_rank, tmp_path, capsys):
+    """--data reads the files through a DistributedSampler; --norm group keeps no batch statistics."""
+    assert main(["--data", str(data_dir("shapes")), "--out", str(tmp_path), "--epochs", "2", "--steps", "2",
+                 "--batch-size", "4", "--size", "32", "--norm", "group", "--cpu"]) == 0
+    log = json.loads((tmp_path / "rank-0.json").read_text())
+    assert log["backend"] == "gloo" and [epoch["steps"] for epoch in log["epochs"]] == [2, 2]
+    first, second = (epoch["names"] for epoch in log["epochs"])
+    assert len(set(first)) == 8 and max(map(int, first)) < 256  # indices of the 256 training images
+    assert first != second  # set_epoch: another order each epoch
+    assert log["eval"]["images"] == 64 and log["checkpoint_matches"]
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert not any("running_mean" in name for name in weights)  # GroupNorm throughout, no BatchNorm
+    assert "mean IoU" in capsys.readouterr().out
+    assert not dist.is_initialized()  # the process group was taken down
+
+
+def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank, tmp_path, capsys):
+    assert main(["--data", str(data_dir("shapes")), "--out", str(tmp_path), "--sync-bn", "--cpu"]) == 2
+    assert "--sync-bn needs one GPU per process" in capsys.readouterr().err
+    assert not dist.is_initialized() and not any(tmp_path.iterdir())

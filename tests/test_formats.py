@@ -77,6 +77,17 @@ def test_shards_round_trip_without_re_encoding(tmp_path, source_dataset):
         assert torch.equal(samples[i].mask, source_dataset[i].mask)
 
 
+def test_shard_stream_applies_its_transform_to_image_and_mask_of_every_sample(tmp_path, source_dataset):
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=6)
+    plain = list(ShardStream(shards))
+    flipped = list(ShardStream(shards, transform=v2.RandomHorizontalFlip(p=1.0)))
+    assert len(flipped) == len(plain) == 20
+    assert not any(torch.equal(s.image, s.image.flip(-1)) for s in plain)  # a flip shows in every image
+    for sample, original in zip(flipped, plain):
+        assert torch.equal(sample.image, original.image.flip(-1))
+        assert torch.equal(sample.mask, original.mask.flip(-1))
+
+
 @pytest.mark.parametrize("shuffle", [0, 8])
 def test_every_sample_once_per_epoch_across_workers(tmp_path, source_dataset, shuffle):
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=5)

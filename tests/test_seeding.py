@@ -60,4 +60,5 @@ def test_seed_worker_works_under_spawn():
     from helpers.seeding import worker_seeding
 
     draws = loader_draws(2, multiprocessing_context="spawn", **worker_seeding(5))
+    assert len(draws) == 8 and {worker for _, worker, _ in draws} == {0, 1}  # both workers drew
     assert draws == loader_draws(2, **worker_seeding(5))

@@ -42,14 +42,21 @@ def test_time_loader_and_step_splits_waiting_from_working():
             time.sleep(0.05)
             yield i
 
-    waiting, stepping = time_loader_and_step(slow_loader(), lambda batch: time.sleep(0.01))
-    assert 0.14 < waiting < 0.5 and 0.025 < stepping < 0.2
+    seen = []
+
+    def step(batch):
+        seen.append(batch)  # the step is given each batch
+        time.sleep(0.01)
+
+    waiting, stepping = time_loader_and_step(slow_loader(), step)
+    assert 0.14 < waiting < 0.5 and 0.025 < stepping < 0.2 and seen == [0, 1, 2]
     waiting, stepping = time_loader_and_step(slow_loader(), lambda batch: None, max_batches=1)
     assert waiting < 0.1
 
 
 # --- 06_gpu_training: losses, one epoch, evaluation, checkpoints -----------------------------------
 
+import math  # noqa: E402
 import pickle  # noqa: E402
 
 import pytest  # noqa: E402
@@ -131,6 +138,7 @@ def fresh(seed=0, steps=12):
 def test_a_checkpoint_resumes_to_exactly_the_same_state(tmp_path):
     straight_model, *rest = fresh()
     straight = run(3, straight_model, *rest)
+    straight_draws = torch.rand(4)  # what torch's global generator gives next (dropout, augmentation)
 
     model, optimizer, scheduler, loader = fresh()
     first = run(1, model, optimizer, scheduler, loader)
@@ -145,14 +153,18 @@ def test_a_checkpoint_resumes_to_exactly_the_same_state(tmp_path):
     resumed = first + run(2, model, optimizer, scheduler, loader)
 
     assert resumed == straight  # same losses, epoch for epoch
+    assert torch.equal(torch.rand(4), straight_draws)  # the global generator continued where it stopped
     assert scheduler.last_epoch == 12  # the learning-rate schedule went on where it stopped
     for name, value in straight_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
 
 
-def test_load_checkpoint_refuses_pickled_objects(tmp_path):
-    path = tmp_path / "untrusted.pt"
-    torch.save({"model": {}, "epoch": 1, "history": {}, "payload": pytest.MonkeyPatch()}, path)
+def test_load_checkpoint_refuses_pickled_objects(tmp_path, monkeypatch):
+    """weights_only=True is asked for, not left to torch's default, which this variable turns off."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    path = tmp_path / "untrusted.pt"  # a whole checkpoint, plus an object that unpickling would build
+    checkpoint = {"epoch": 1, "history": {}, "torch_rng": torch.get_rng_state()}
+    torch.save(checkpoint | {"payload": pytest.MonkeyPatch()}, path)
     with pytest.raises(pickle.UnpicklingError, match="weights_only"):
         load_checkpoint(path)
 
@@ -174,3 +186,110 @@ def test_to_device_normalises_uint8_batches_and_makes_masks_int64():
     assert moved.is_contiguous(memory_format=torch.channels_last) and targets.dtype == torch.int64
     floats = moved.contiguous()
     assert to_device(floats, masks, torch.device("cpu"))[0] is floats  # float batches pass as they are
+    from helpers.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    imagenet = eval_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    moved, _ = to_device(images, masks, torch.device("cpu"), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert torch.allclose(moved, torch.stack([imagenet(image) for image in images]), atol=1e-6)
+
+
+def one_epoch(**options) -> tuple[float, nn.Module, dict[str, torch.Tensor], list[torch.Tensor]]:
+    """One epoch of SGD over two batches of the tiny task, with ``train_one_epoch``'s ``options``: the mean
+    loss, the model, its weights before, and every batch of images it was given."""
+    torch.manual_seed(0)
+    model = UNet(num_classes=3, widths=(4, 8))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    given: list[torch.Tensor] = []
+    model.register_forward_pre_hook(lambda module, inputs: given.append(inputs[0]))
+    loader = DataLoader(tiny_task(count=8), batch_size=4)
+    loss = train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), CPU, **options)
+    return loss, model, before, given
+
+
+def weights_changed(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    """Whether any parameter of ``model`` differs from its value in ``before``."""
+    return any(not torch.equal(value, before[name]) for name, value in model.named_parameters())
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+def test_train_one_epoch_with_autocast_runs_the_model_in_that_dtype_and_only_then(amp_dtype):
+    dtypes = []
+
+    def loss_fn(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        dtypes.append(logits.dtype)
+        return segmentation_loss(logits, masks)
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8) if amp_dtype == torch.float16 else None
+    loss, model, before, _ = one_epoch(amp_dtype=amp_dtype, scaler=scaler, loss_fn=loss_fn)
+    assert dtypes == [amp_dtype, amp_dtype]  # autocast: the convolutions ran in amp_dtype
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights stay float32
+    assert math.isfinite(loss) and weights_changed(model, before)
+    dtypes.clear()
+    one_epoch(loss_fn=loss_fn)
+    assert dtypes == [torch.float32, torch.float32]  # without amp_dtype, no autocast
+
+
+def test_train_one_epoch_with_a_grad_scaler_takes_the_unscaled_step():
+    plain_loss, plain, _, _ = one_epoch()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    scaled_loss, scaled, _, _ = one_epoch(scaler=scaler)
+    assert scaler.get_scale() == 2.0**12  # two steps with finite gradients: the scale doubled after each
+    assert scaled_loss == pytest.approx(plain_loss)  # the loss reported is the loss, not the scaled loss
+    for name, value in plain.state_dict().items():  # gradients unscaled before SGD stepped: the same weights
+        assert torch.allclose(scaled.state_dict()[name], value, atol=1e-6), name
+
+
+def test_train_one_epoch_with_channels_last_gives_the_model_channels_last_batches():
+    loss, model, before, given = one_epoch(channels_last=True)
+    assert len(given) == 2 and all(x.is_contiguous(memory_format=torch.channels_last) for x in given)
+    assert math.isfinite(loss) and weights_changed(model, before)
+    _, _, _, given = one_epoch()
+    assert not any(x.is_contiguous(memory_format=torch.channels_last) for x in given)  # not by chance
+
+
+def test_train_one_epoch_returns_the_mean_loss_per_sample():
+    """Batches of 2, 2 and 1: each batch's loss counts once per sample in it; and one sample alone."""
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 3, 1)  # no batch norm: a batch's loss does not depend on the mode
+    images, masks = tiny_task(count=5).tensors
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the weights stay as they are
+    for count, batch_size in ((5, 2), (1, 1)):
+        loader = DataLoader(TensorDataset(images[:count], masks[:count]), batch_size=batch_size)
+        losses = [segmentation_loss(model(x), y).item() * len(x) for x, y in loader]
+        mean = train_one_epoch(model, loader, optimizer, CPU)
+        assert mean == pytest.approx(sum(losses) / count, rel=1e-6), count
+
+
+def test_train_one_epoch_normalises_uint8_batches_with_the_given_statistics():
+    from helpers.batching import normalize_batch
+    from helpers.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    given = []
+    model = nn.Conv2d(3, 3, 1)
+    model.register_forward_pre_hook(lambda module, inputs: given.append(inputs[0]))
+    loader = DataLoader(TensorDataset(images, torch.zeros(4, 8, 8, dtype=torch.uint8)), batch_size=4)
+    train_one_epoch(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), CPU,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert torch.allclose(given[0], normalize_batch(images, IMAGENET_MEAN, IMAGENET_STD))
+
+
+def test_dice_and_segmentation_loss_have_the_values_worked_out_by_hand():
+    """Uniform scores over 2 classes for a mask [[0, 1], [1, 1]]: every probability is 1/2.
+    Dice per class (2 * overlap + 1) / (total + 1): class 0 (2 * 0.5 + 1) / (3 + 1) = 1/2, class 1
+    (2 * 1.5 + 1) / (5 + 1) = 2/3; loss 1 - 7/12. Cross-entropy ln 2."""
+    logits, masks = torch.zeros(1, 2, 2, 2), torch.tensor([[[0, 1], [1, 1]]])
+    assert dice_loss(logits, masks).item() == pytest.approx(5 / 12)
+    assert segmentation_loss(logits, masks).item() == pytest.approx(math.log(2))  # no Dice unless asked
+    assert segmentation_loss(logits, masks, dice_weight=0.5).item() == pytest.approx(math.log(2) + 5 / 24)
+    marked = torch.tensor([[[0, 1], [1, 9]]])  # a file's own ignore value: the last pixel counts for nothing
+    dice = dice_loss(logits, marked, ignore_index=9).item()  # class 0: 2 / 3.5, class 1: 3 / 4.5
+    assert dice == pytest.approx(8 / 21)
+    assert segmentation_loss(logits, marked, dice_weight=1.0, ignore_index=9).item() == pytest.approx(
+        math.log(2) + dice)
+
+
+def test_dice_loss_works_when_the_batch_lacks_the_last_class():
+    masks = torch.tensor([[[0, 1], [1, 0]]])  # 3 classes, class 2 absent
+    assert dice_loss(confident_logits(masks, num_classes=3), masks).item() < 1e-3

@@ -7,6 +7,8 @@ from helpers.datasets import SegmentationDataset
 from helpers.masks import IGNORE_INDEX, PALETTE, index_to_colour
 from helpers.paths import data_dir
 from helpers.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     SHAPES_MEAN,
     SHAPES_STD,
     RandomCutout,
@@ -109,6 +111,8 @@ def test_denormalize_undoes_normalize():
     image, mask = blocky_sample(side=32)
     normalised, _ = to_model_input()(image, mask)
     assert torch.allclose(denormalize(normalised), image / 255, atol=1e-6)
+    extremes = denormalize(torch.tensor([-100.0, 100.0]).view(1, 1, 2).expand(3, 1, 2))
+    assert extremes.flatten(1).tolist() == [[0.0, 1.0]] * 3  # clamped to [0, 1] for display
 
 
 def test_channel_stats_are_exact_on_known_images():
@@ -145,11 +149,11 @@ def test_train_transforms_without_scale_crop_at_the_images_own_scale():
 
 def test_quarter_turns_turn_image_and_mask_together_and_exactly():
     """Every outcome is one of the four exact turns of the crop, the image's the same as the mask's."""
-    mask = tv_tensors.Mask(torch.randint(0, 4, (16, 16), generator=torch.Generator().manual_seed(0)))
-    image = tv_tensors.Image(index_to_colour(mask))
+    mask = tv_tensors.Mask(torch.randint(0, 4, (64, 64), generator=torch.Generator().manual_seed(0)))
+    image = tv_tensors.Image(index_to_colour(mask))  # 64 px: a turn 1 degree off moves the corner pixels
     views = [mask.rot90(k, (-2, -1)) for k in range(4)] + [mask.mT, mask.flip(-1)]
     assert all(not torch.equal(a, b) for i, a in enumerate(views) for b in views[i + 1:])  # all told apart
-    pipeline = train_transforms(16, scale=None, hflip=0.0, quarter_turns=True, degrees=0, jitter=0)
+    pipeline = train_transforms(64, scale=None, hflip=0.0, quarter_turns=True, degrees=0, jitter=0)
     turns_seen = set()
     torch.manual_seed(0)
     for _ in range(40):
@@ -166,3 +170,66 @@ def test_steps_switched_off_are_left_out_of_the_pipeline():
     assert [type(step).__name__ for step in plain.transforms] == ["RandomResizedCrop", "Compose"]
     everything = train_transforms(32, vflip=0.5, quarter_turns=True, blur=0.5, cutout=0.5)
     assert len(everything.transforms) == 9  # crop, 2 flips, turns, rotation, jitter, blur, cutout, to float
+
+
+def test_cutout_squares_lie_wholly_inside_the_image_and_reach_its_edges():
+    image = tv_tensors.Image(torch.full((3, 20, 24), 9, dtype=torch.uint8))
+    mask = tv_tensors.Mask(torch.zeros(20, 24, dtype=torch.int64))
+    cutout = RandomCutout(size=16, p=1.0)
+    torch.manual_seed(0)
+    corners = set()
+    for _ in range(200):
+        rows, cols = (cutout(image, mask)[1] == IGNORE_INDEX).nonzero(as_tuple=True)
+        assert len(rows) == 16 * 16  # a whole square, never cut off by an edge
+        corners.add((rows.min().item(), cols.min().item()))
+    assert {top for top, _ in corners} == set(range(5)) and {left for _, left in corners} == set(range(9))
+    exactly = tv_tensors.Mask(torch.zeros(16, 16, dtype=torch.int64))  # the square's own size: all of it
+    assert all((cutout(exactly) == IGNORE_INDEX).all() for _ in range(10))
+
+
+def test_train_cutout_blanks_a_quarter_of_the_crop_with_the_probability_asked():
+    image, mask = blocky_sample(side=64)
+    pipeline = train_transforms(64, scale=None, hflip=0.0, degrees=0, jitter=0, cutout=1.0, normalize=False)
+    torch.manual_seed(0)
+    for _ in range(5):
+        assert (pipeline(image, mask)[1] == IGNORE_INDEX).sum() == 16 * 16  # every time, 64 // 4 square
+
+
+def test_rotation_marks_the_corners_it_brings_in_as_ignore():
+    image, mask = blocky_sample(side=64)
+    objects_only = tv_tensors.Mask(mask.clamp(min=1))  # no background: a 0 could only be a filled corner
+    pipeline = train_transforms(64, scale=None, hflip=0.0, degrees=45, jitter=0, normalize=False)
+    torch.manual_seed(0)
+    images, masks = zip(*(pipeline(image, objects_only) for _ in range(5)))
+    assert not any((mask == 0).any() for mask in masks)
+    assert sum(bool((mask == IGNORE_INDEX).any()) for mask in masks) >= 3  # all but the smallest angles
+    blended = [len(rotated[0].unique()) > len(PALETTE) + 1 for rotated in images]  # more than palette + fill
+    assert sum(blended) >= 3  # the image was interpolated smoothly (the mask by nearest neighbour)
+
+
+def test_normalize_false_stops_at_uint8_and_normalize_uses_the_statistics_given():
+    image, mask = blocky_sample(side=64)
+    for pipeline in (train_transforms(64, normalize=False), eval_transforms(normalize=False)):
+        out, out_mask = pipeline(image, mask)
+        assert out.dtype == torch.uint8 and out_mask.dtype == torch.int64
+    imagenet = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    want = v2.functional.normalize(image.float() / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert torch.allclose(eval_transforms(**imagenet)(image), want, atol=1e-5)
+    whole = train_transforms(64, scale=None, hflip=0.0, degrees=0, jitter=0, **imagenet)  # crops all 64 px
+    assert torch.allclose(whole(image, mask)[0], want, atol=1e-5)
+
+
+def test_eval_transforms_crop_the_centre_of_image_and_mask_alike():
+    image, mask = blocky_sample(side=64)
+    cropped_image, cropped_mask = eval_transforms(32, normalize=False)(image, mask)
+    assert torch.equal(cropped_image, image[:, 16:48, 16:48])
+    assert torch.equal(cropped_mask, mask[16:48, 16:48])
+
+
+def test_random_resized_crop_smooths_what_it_shrinks():
+    noise = tv_tensors.Image(torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8,
+                                           generator=torch.Generator().manual_seed(0)))
+    mask = tv_tensors.Mask(torch.zeros(64, 64, dtype=torch.int64))
+    pipeline = train_transforms(16, scale=(1.0, 1.0), hflip=0.0, degrees=0, jitter=0, normalize=False)
+    small, _ = pipeline(noise, mask)  # the whole image, 4x smaller
+    assert small.float().std() < 20  # antialiased: each pixel averages ~4x4 noisy pixels (aliased: std ~36)

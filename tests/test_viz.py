@@ -64,3 +64,9 @@ def test_overlay_paints_classes_and_leaves_background_alone():
     half = overlay(image.float() / 255, mask, alpha=0.5)
     assert half.dtype == torch.uint8 and half[:, 0, 1].tolist() != painted[:, 0, 1].tolist()
     assert len(show_pairs([(image, mask)]).axes) == 3
+
+
+def test_plural_adds_an_s_unless_there_is_one():
+    from helpers.viz import plural
+
+    assert [plural(n, "worker") for n in (0, 1, 2)] == ["0 workers", "1 worker", "2 workers"]

@@ -1,0 +1,38 @@
+"""helpers.memory: this process's memory in MB, and a Dataset that reports a worker's own (05)."""
+
+import math
+import multiprocessing
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from helpers.memory import NameTable, rss_mb, uss_mb
+
+
+@pytest.mark.parametrize("measure", [rss_mb, uss_mb])
+def test_memory_grows_by_the_megabytes_this_process_fills(measure):
+    before = measure()
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MB, every page written
+    grown = measure() - before
+    assert before > 10 and 56 < grown < 72, grown  # in MB (2**20 bytes), not bytes or kB
+    del block
+
+
+def test_name_table_reads_a_name_per_sample_and_reports_every_nth():
+    table = NameTable(np.array(["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]), every=2)
+    assert len(table) == 5
+    readings = [table[index] for index in range(5)]
+    assert [math.isnan(reading) for reading in readings] == [False, True, False, True, False]
+    assert all(reading > 10 for reading in readings[::2])  # this process's own megabytes
+    with pytest.raises(IndexError):
+        table[5]  # it reads the name: past the end there is none
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (Linux, macOS)")
+def test_a_forked_worker_owns_little_of_what_it_shares_with_its_parent():
+    """USS counts only the pages a process holds alone: a forked worker shares most of its parent's."""
+    loader = DataLoader(NameTable(np.array(["a.jpg"]), every=1), batch_size=None, num_workers=1,
+                        multiprocessing_context="fork")
+    (worker_uss,) = list(loader)
+    assert 0 < worker_uss < rss_mb() / 4  # a few MB of a few hundred
