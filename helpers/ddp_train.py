@@ -343,7 +343,7 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     With ``script``, the ranks run that file instead, as ``torchrun --run-path SCRIPT ARGV`` would.
 
     ``torchrun`` is a Python process that imports torch, and each rank it starts imports torch again:
-    with a notebook's kernel, more than Binder's memory. This starts one fresh process, which forks one
+    with a notebook's kernel, close to Binder's 2 GB. This starts one fresh process, which forks one
     agent per node (the function torchrun calls, ``elastic_launch``, with a static rendezvous on
     127.0.0.1), and each agent forks its ranks: they all share one import of torch, copied only where
     they write to it (on Linux; elsewhere they are spawned). The kernel itself is never forked: its

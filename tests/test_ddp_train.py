@@ -213,3 +213,11 @@ def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank
     assert main(["--data", str(data_dir("shapes")), "--out", str(tmp_path), "--sync-bn", "--cpu"]) == 2
     assert "--sync-bn needs one GPU per process" in capsys.readouterr().err
     assert not dist.is_initialized() and not any(tmp_path.iterdir())
+
+
+def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text("import os\nimport sys\nfrom pathlib import Path\n\n"
+                      "Path(sys.argv[1], 'rank' + os.environ['RANK']).write_text(os.environ['WORLD_SIZE'])\n")
+    launch([str(tmp_path)], processes=2, script=script)
+    assert {path.name: path.read_text() for path in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
