@@ -12,6 +12,7 @@ the image) are 0 in the image and ``IGNORE_INDEX`` in the mask, as ``train_trans
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -98,7 +99,8 @@ class DeviceBatches:
     """The decoded samples of an ``InMemoryDataset``, moved to ``device`` once, served as augmented uint8
     batches made there: ``for images, masks in DeviceBatches(...).epoch(generator)``."""
 
-    def __init__(self, data: InMemoryDataset, device: torch.device, size: int, batch_size: int, *,
+    def __init__(self, data: InMemoryDataset | SimpleNamespace, device: torch.device, size: int,
+                 batch_size: int, *,
                  scale: tuple[float, float] | None = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
                  quarter_turns: bool = False, drop_last: bool = True):
         if data.shapes[:, 0].ne(3).any():
@@ -160,3 +162,19 @@ class DeviceBatches:
             where, ok = pixel(top.long() + dr, left.long() + dc)
             images += (weight * ok * inside).unsqueeze(-1) * pixels[where].float()
         return images.round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2), masks
+
+
+def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: int,
+                  generator: torch.Generator, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crop, flip and turn one batch of images ``[3, H, W]`` and masks ``[H, W]`` of any sizes that are
+    already on their device (just decoded by the GPU, for example: ``helpers.gpu_decode``), as
+    ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 batches."""
+    shapes = torch.tensor([tuple(image.shape) for image in images])
+    packed = SimpleNamespace(images=torch.cat([image.permute(1, 2, 0).flatten() for image in images]),
+                             masks=torch.cat([mask.flatten() for mask in masks]), shapes=shapes,
+                             starts=torch.cat([torch.zeros(1, dtype=torch.int64),
+                                               shapes[:, 1:].prod(1).cumsum(0)]))
+    batches = DeviceBatches(packed, images[0].device, size, len(images), **options)
+    draws = draw(batches.sizes, size, generator, **batches.options)
+    draws.index = torch.arange(len(images))
+    return batches.batch(draws)

@@ -101,3 +101,18 @@ def test_a_box_is_inside_the_image_and_covers_its_share_of_the_area():
     assert (draws.left >= 0).all() and (draws.left + draws.width <= 60).all()
     share = draws.height * draws.width / 6000
     assert 0.2 < share.min() and share.max() < 0.55 and abs(share.mean() - 0.375) < 0.02
+
+
+def test_a_decoded_batch_of_any_sizes_is_cropped_flipped_and_turned_as_v2_would():
+    from helpers.device_batches import augment_batch
+
+    samples = scenes()
+    options = {"hflip_prob": 0.5, "vflip_prob": 0.5, "quarter_turns": True}
+    images, masks = augment_batch([image for image, _ in samples], [mask for _, mask in samples], 32,
+                                  torch.Generator().manual_seed(3), **options)
+    sizes = torch.tensor([tuple(image.shape[1:]) for image, _ in samples])
+    draws = draw(sizes, 32, torch.Generator().manual_seed(3), scale=None, **options)
+    for n, (image, mask) in enumerate(samples):
+        expected = by_v2(image, mask, int(draws.top[n]), int(draws.left[n]), 32, bool(draws.hflip[n]),
+                         bool(draws.vflip[n]), int(draws.turns[n]))
+        assert torch.equal(images[n], expected[0]) and torch.equal(masks[n], expected[1]), n
