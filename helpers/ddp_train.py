@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import runpy
 import signal
 import socket
 import sys
@@ -35,7 +36,6 @@ import torch.distributed as dist
 import webdataset as wds
 from torch import nn
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-from torch.distributed.run import run_script_path
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -276,11 +276,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+SCRIPT_GLOBALS: list[dict] = []  # what run_script's script made, kept until the rank's process ends
+
+
 def run_script(path: str, *argv: str) -> int:
-    """One rank running a script, as ``torchrun --run-path SCRIPT ARGV`` runs it: in this interpreter."""
+    """One rank running a script, as ``torchrun --run-path SCRIPT ARGV`` runs it: in this interpreter.
+
+    What the script made (its model, its DDP wrapper) is kept, not torn down after it: the rank's
+    process then ends, and the system frees it all. Tearing it down can hang: the DDP wrapper's last
+    reference to a gloo process group destroys it while holding the GIL, and waits for the group's
+    thread, which may still need the GIL to let go of the last all-reduced tensor (seen with
+    torch 2.11 on Python 3.13; pytorch/pytorch#56297).
+    """
     if "OMP_NUM_THREADS" in os.environ:  # as in run(): a forked rank applies it itself
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    run_script_path(path, *argv)
+    sys.argv = [path, *argv]  # as torch.distributed.run.run_script_path does
+    SCRIPT_GLOBALS.append(runpy.run_path(path, run_name="__main__"))
     return 0
 
 

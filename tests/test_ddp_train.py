@@ -1,5 +1,6 @@
 """helpers.ddp_train: a real two-process gloo launch on tiny data, and clear errors for bad launches."""
 
+import gc
 import json
 import os
 import socket
@@ -15,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from helpers import ddp_train
 from helpers.datasets import SegmentationDataset
 from helpers.ddp_train import (
     LaunchError,
@@ -24,6 +26,7 @@ from helpers.ddp_train import (
     launch,
     main,
     parse_args,
+    run_script,
     shard_urls,
     train_epoch,
     train_loader,
@@ -221,3 +224,19 @@ def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path):
                       "Path(sys.argv[1], 'rank' + os.environ['RANK']).write_text(os.environ['WORLD_SIZE'])\n")
     launch([str(tmp_path)], processes=2, script=script)
     assert {path.name: path.read_text() for path in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
+
+
+def test_a_rank_keeps_what_its_script_made_so_nothing_is_torn_down_before_the_process_ends(
+        tmp_path, monkeypatch, capsys):
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nimport weakref\n\nclass Model:\n    pass\n\n"
+                      "model = Model()\nweakref.finalize(model, print, 'torn down')\n"
+                      "print('argv', sys.argv[1:])\n")
+    monkeypatch.setattr(sys, "argv", sys.argv[:])
+    monkeypatch.setattr(ddp_train, "SCRIPT_GLOBALS", [])
+    assert run_script(str(script), "DATA") == 0
+    gc.collect()
+    assert capsys.readouterr().out == "argv ['DATA']\n"  # run, with its arguments, and not torn down
+    ddp_train.SCRIPT_GLOBALS.clear()
+    gc.collect()
+    assert capsys.readouterr().out == "torn down\n"  # the check above could fail
