@@ -260,3 +260,21 @@ def test_teaching_points_to_headings_that_each_occur_once_in_their_notebook():
             if path.name.startswith(number):
                 assert titles.count(span) == 1, f"TEACHING.md points to {number}, *{span}*: " \
                                                 f"{titles.count(span)} headings of {path.name} read so"
+
+
+def test_a_notebook_runs_as_a_script_where_jupyter_is_missing(tmp_path):
+    """tools/notebook_script.py, which tools/gpu_run.sh uses on a machine without Jupyter."""
+    def cell(kind: str, source: str) -> dict:
+        return {"cell_type": kind, "source": source, "metadata": {}}
+
+    notebook = tmp_path / "lesson.ipynb"
+    cells = [cell("markdown", "x = 1"), cell("code", "x = 2"), cell("code", "y = x * 21\ny"),
+             cell("code", "print('printed')\nNone")]
+    notebook.write_text(json.dumps({"cells": cells}))
+    run = subprocess.run([sys.executable, "tools/notebook_script.py", str(notebook)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout == "--- cell 1\n--- cell 2\n42\n--- cell 3\nprinted\n" and run.returncode == 0
+    notebook.write_text(json.dumps({"cells": [cell("code", "%timeit 1")]}))
+    run = subprocess.run([sys.executable, "tools/notebook_script.py", str(notebook)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "cell 1 uses an IPython magic" in run.stderr

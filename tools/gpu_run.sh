@@ -2,23 +2,55 @@
 # The GPU check of "Feed the GPU", prepared to run once on a machine with an NVIDIA GPU, from the
 # repository root, within about 10 minutes:
 #
-#     bash tools/gpu_run.sh OUT
+#     bash tools/gpu_run.sh OUT [STEP ...]      # steps: tests bench 06 ddp (default: all, in order)
 #
+# Where the machine cannot reach a package registry (the lent GPU machine: Python 3.12, torch 2.11),
+# first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there.
+# Every step runs even if one before it failed; the exit status says whether all passed.
 # It writes into the folder OUT:
-#   gpu.csv                  what the GPU is (nvidia-smi)
+#   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
+#   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
 #   bench_cuda.json, .log    python -m helpers.bench --formats --device cuda (gpu decode, pinned memmap)
-#   06_gpu_training.ipynb    notebook 06 run on the GPU: its three ways to feed the device, measured
-#   ddp_nccl/                helpers.ddp_train on nccl, one process per GPU, with --sync-bn
+#   06_gpu_training.log      notebook 06 run as a script on the GPU: its three ways to feed the device
+#   ddp_nccl.log, rank-*.json  helpers.ddp_train on nccl, one process per GPU, with --sync-bn
 # Copy what the lessons quote into results/ (machine, date, versions, command), as results/README.md says.
-set -euo pipefail
+set -uo pipefail
 out=${1:?name a folder for the results}
+shift
+steps=" ${*:-tests bench 06 ddp} "
+python=${PYTHON:-python3}
 mkdir -p "$out"
-python -m pip install -q -r requirements-gpu.txt
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.csv"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .whl ]; then  # no registry here: the wheels tools/gpu_wheels.sh fetched
+    "$python" -m pip install -q --no-index --no-deps --target /tmp/gpu_run_site .whl/*.whl || exit
+    export PYTHONPATH="$PYTHONPATH:/tmp/gpu_run_site"
+else
+    "$python" -m pip install -q -r requirements-gpu.txt || exit
+fi
+failed=()
+step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, go on if it fails
+    local name=$1 seconds=$2; shift 2
+    [[ $steps == *" ${name%%_*} "* ]] || return 0
+    echo "== $name: $*"
+    timeout "$seconds" "$@" 2>&1 | tee "$out/$name.log" || failed+=("$name")
+}
+{
+    date -u +"date: %Y-%m-%dT%H:%M:%SZ"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | sed 's/^/gpu: /'
+    echo "cpu: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+    "$python" -c "import platform, torch, torchvision, torchcodec
+print('python', platform.python_version(), '| torch', torch.__version__, '| torchvision',
+      torchvision.__version__, '| torchcodec', torchcodec.__version__, '| cuda', torch.version.cuda)"
+} > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
 gpus=$(nvidia-smi --list-gpus | wc -l)
-timeout 300 python -m helpers.bench --formats --device cuda --workers 0 4 8 \
-    --json "$out/bench_cuda.json" | tee "$out/bench_cuda.log"
-timeout 200 jupyter nbconvert --to notebook --execute notebooks/06_gpu_training.ipynb \
-    --output-dir "$out" --ExecutePreprocessor.timeout=190
-timeout 120 python -m torch.distributed.run --standalone --nproc-per-node "$gpus" -m helpers.ddp_train \
-    --data data/shapes --out "$out/ddp_nccl" --epochs 2 --sync-bn --workers 2 | tee "$out/ddp_nccl.log"
+step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py \
+    tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
+step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda --workers 0 4 8 12 \
+    --json "$out/bench_cuda.json"
+step 06_gpu_training 150 "$python" tools/notebook_script.py notebooks/06_gpu_training.ipynb
+step ddp_nccl 90 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
+    -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
+cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
+if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
+echo "all passed"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Wheels for tools/gpu_run.sh on a GPU machine that cannot reach a package registry, fetched here
+# into .whl/ (ignored by git). The lent machine has Python 3.12 with torch 2.11, torchvision 0.26,
+# numpy, pillow, matplotlib, h5py, tqdm, psutil and pyyaml; these are what the series adds:
+#   torchcodec  the GPU JPEG decoder (works with torch >= 2.11)
+#   webdataset, braceexpand  shards (helpers.formats, helpers.ddp_train)
+#   simplejpeg  the CPU pipeline the benchmark recommends, so CPU and GPU decode compare fairly
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python="${PYTHON_VERSION:-3.12}"
+rm -rf .whl && mkdir .whl
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$python" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl \
+    torchcodec==0.17.0 webdataset==1.0.2 braceexpand==0.1.7 simplejpeg==1.9.0
+ls -s .whl
