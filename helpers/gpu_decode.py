@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from helpers.datasets import read_mask
 
-INSTALL = "pip install -r requirements-gpu.txt"
+INSTALL = "pip install torchcodec==0.17.0 (requirements-gpu.txt pins it; it works with torch 2.11 or newer)"
 
 
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:

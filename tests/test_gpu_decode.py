@@ -2,12 +2,13 @@
 pipeline, masks decoded by the workers, a clear error for what it cannot read, the stream guard."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from helpers.datasets import SegmentationDataset, pair_files
-from helpers.gpu_decode import EncodedPairs, decode_jpegs, encoded_collate
+from helpers.gpu_decode import INSTALL, EncodedPairs, decode_jpegs, encoded_collate
 from helpers.paths import data_dir
 
 pytest.importorskip("torchcodec", reason="torchcodec is installed by requirements-teacher.txt")
@@ -45,7 +46,7 @@ def test_a_file_that_is_not_a_jpeg_is_named(tmp_path):
 
 def test_without_torchcodec_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
-    with pytest.raises(ImportError, match="requirements-gpu.txt"):
+    with pytest.raises(ImportError, match=r"pip install torchcodec==0\.17\.0"):
         decode_jpegs([], torch.device("cpu"))
 
 
@@ -62,3 +63,9 @@ def test_on_cuda_the_host_waits_for_the_stream_before_decoding(monkeypatch):
     monkeypatch.setattr(torchcodec.decoders, "decode_jpeg", lambda *args, **kwargs: calls.append("decode"))
     decode_jpegs([], torch.device("cuda"))
     assert calls == ["synchronize", "decode"]
+
+
+def test_the_install_hint_names_the_version_requirements_gpu_pins():
+    pins = Path(__file__).resolve().parent.parent.joinpath("requirements-gpu.txt").read_text()
+    pin = next(line for line in pins.splitlines() if line.startswith("torchcodec=="))
+    assert f"pip install {pin} " in INSTALL
