@@ -29,6 +29,7 @@ import multiprocessing
 import platform
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from helpers.batching import flip_batch, flip_collate
 from helpers.datasets import SegmentationDataset, decode_image, pair_files, read_mask
+from helpers.device import upload
 from helpers.env import usable_cores
 from helpers.formats import (
     HDF5Dataset,
@@ -195,7 +197,7 @@ def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.de
             images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
                                                      antialias=True).round_().clamp_(0, 255).byte()
         masks = batch[1].to(device, non_blocking=True)
-        flip = (torch.rand(len(images)) < 0.5).to(device)
+        flip = upload(torch.rand(len(images)) < 0.5, device)
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         return to_device(images, torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks), device)
 
@@ -352,12 +354,13 @@ def shares(results: dict[str, dict[int, float]], limits: dict[str, float]) -> di
     return {name: max(speeds.values()) / limits[ceiling(name)] for name, speeds in results.items()}
 
 
-def machine() -> dict[str, str]:
-    """What the figures were measured on, for --json."""
-    return {"platform": platform.platform(terse=True), "processor": platform.machine(),
-            "cpu capability": torch.backends.cpu.get_cpu_capability(), "cores": str(usable_cores()),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
+def machine(device: torch.device) -> dict[str, str]:
+    """What the figures were measured on, and when, for --json."""
+    gpu = {"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
+    return {"date": time.strftime("%Y-%m-%d", time.gmtime()), "platform": platform.platform(terse=True),
+            "processor": platform.machine(), "cpu capability": torch.backends.cpu.get_cpu_capability(),
+            "cores": str(usable_cores()), **gpu, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
 def plot(results: dict[str, dict[int, float]], limits: dict[str, float], path: Path) -> None:
@@ -425,8 +428,14 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
             chosen["gpu decode"] = gpu_decode_pipeline(root, args.size, args.batch_size, device)
         elif device.type == "cuda":
             print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
-        results = {name: {w: images_per_second(p, w, label=name, epochs=args.epochs) for w in args.workers}
-                   for name, p in chosen.items()}
+        results = {}
+        for name in sorted(chosen, key=lambda name: name not in ("gpu decode", "recommended")):
+            # the pipelines compared on a GPU first, and each printed as it ends: a run cut short keeps them
+            results[name] = {w: images_per_second(chosen[name], w, label=name, epochs=args.epochs)
+                             for w in args.workers}
+            print(f"{name}: " + ", ".join(f"{speed:,.0f} with {w}" for w, speed in results[name].items())
+                  + " workers (images/s)", flush=True)
+        results = {name: results[name] for name in chosen}  # the table's order
     finally:
         shutil.rmtree(work, ignore_errors=True)
     limits = ceilings(root, args.size, usable_cores(), device)
@@ -435,8 +444,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     print_table(results, limits, args.workers)
     if args.json:
         args.json.write_text(json.dumps({
-            "machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()}, "ceilings": limits,
-            "pipelines": results, "shares": shares(results, limits)}, indent=2))
+            "command": " ".join(["python -m helpers.bench", *(sys.argv[1:] if argv is None else argv)]),
+            "machine": machine(device), "settings": {k: str(v) for k, v in vars(args).items()},
+            "ceilings": limits, "pipelines": results, "shares": shares(results, limits)}, indent=2))
     if args.plot:
         plot(results, limits, args.plot)
     naive = max(results["naive"].values())

@@ -27,3 +27,15 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     if device.type == "mps":
         return torch.float16  # the type MPS autocast has supported longest
     return torch.bfloat16  # CPUs: bfloat16 is the type CPU autocast is built for
+
+
+def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor``, on the CPU, copied to ``device`` without making the program wait (06_gpu_training).
+
+    A plain ``tensor.to("cuda")`` waits until the GPU has finished everything already queued, so the
+    CPU cannot prepare the next batch meanwhile. From page-locked (pinned) memory the copy is queued
+    like any other GPU work instead; torch keeps the pinned memory until the copy has read it.
+    """
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

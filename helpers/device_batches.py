@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from helpers.datasets import InMemoryDataset
+from helpers.device import upload
 from helpers.masks import IGNORE_INDEX
 
 
@@ -83,14 +84,14 @@ def source_points(draws: Draws, size: int, device: torch.device) -> tuple[torch.
         coefficients[flipped, axis] = torch.stack([-flip[:, 0], -flip[:, 1], 1 - flip[:, 2]], dim=1)
     exact = bool(draws.height.eq(size).all() and draws.width.eq(size).all())  # integers all the way
     dtype = torch.int64 if exact else torch.float32
-    coefficients = coefficients.to(device, dtype).view(-1, 2, 3, 1, 1)
+    coefficients = upload(coefficients.to(dtype), device).view(-1, 2, 3, 1, 1)
     i = torch.arange(size, device=device, dtype=dtype).view(size, 1)
     j = i.view(1, size)
     crop = coefficients[:, :, 0] * i + coefficients[:, :, 1] * j + coefficients[:, :, 2] * (size - 1)
-    corner = torch.stack([draws.top, draws.left], 1).to(device, dtype).view(-1, 2, 1, 1)
+    corner = upload(torch.stack([draws.top, draws.left], 1).to(dtype), device).view(-1, 2, 1, 1)
     if exact:  # at the images' own scale each output pixel is one stored pixel
         return (corner + crop).unbind(1)
-    extent = torch.stack([draws.height, draws.width], 1).float().to(device).view(-1, 2, 1, 1)
+    extent = upload(torch.stack([draws.height, draws.width], 1).float(), device).view(-1, 2, 1, 1)
     points = corner + (crop + 0.5) * (extent / size) - 0.5  # pixel centres, as align_corners=False
     return points.unbind(1)
 
@@ -131,7 +132,7 @@ class DeviceBatches:
         """The batch these draws describe: image pixels bilinear (exact at the images' own scale), mask
         pixels nearest, 0 and ``IGNORE_INDEX`` outside the image."""
         rows, cols = source_points(draws, self.size, self.device)
-        index = draws.index.to(self.device).view(-1, 1, 1)
+        index = upload(draws.index, self.device).view(-1, 1, 1)
         height, width = self.shapes[index, 1], self.shapes[index, 2]
         start = self.starts[index]
 

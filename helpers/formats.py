@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
 from helpers.datasets import Sample, SegmentationDataset, read_pair
+from helpers.device import upload
 
 
 def disk_megabytes(path: Path) -> float:
@@ -122,10 +123,11 @@ class PinnedMemmapBatches:
             np.take(masks, index, axis=0, out=mask_buffer.numpy(), mode="clip")
             batch = (image_buffer.to(self.device, non_blocking=True),
                      mask_buffer.to(self.device, non_blocking=True))
-            if self.device.type == "cuda":
+            coins = torch.rand(self.batch_size, generator=self.generator)
+            flip = upload(coins < self.hflip_prob, self.device)
+            if self.device.type == "cuda":  # after the copies from this buffer, on their stream
                 self.ready[slot] = torch.cuda.Event()
-                self.ready[slot].record()
-            flip = (torch.rand(self.batch_size, generator=self.generator) < self.hflip_prob).to(self.device)
+                self.ready[slot].record(torch.cuda.current_stream(self.device))
             yield Sample(torch.where(flip.view(-1, 1, 1, 1), batch[0].flip(-1), batch[0]),
                          torch.where(flip.view(-1, 1, 1), batch[1].flip(-1), batch[1]))
 

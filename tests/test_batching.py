@@ -1,5 +1,6 @@
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -105,8 +106,11 @@ def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys,
     assert "decode only" in out and "memory only" in out and "of the decode ceiling" in out
     assert out.strip().splitlines()[-1].startswith("best speed-up: ")
     saved = json.loads((tmp_path / "b.json").read_text())
-    assert set(saved) == {"machine", "settings", "ceilings", "pipelines", "shares"}
+    assert set(saved) == {"command", "machine", "settings", "ceilings", "pipelines", "shares"}
     assert saved["pipelines"]["naive"]["0"] == results["naive"][0] and saved["machine"]["cores"]
+    assert saved["command"].startswith("python -m helpers.bench --count 8 --side 64")  # a results file's
+    assert re.fullmatch(r"20\d\d-\d\d-\d\d", saved["machine"]["date"])  # command and date, as results/ needs
+    assert "recommended: " in out  # each pipeline's figures, printed as soon as it is measured
     assert 0 < saved["shares"]["recommended"] and saved["ceilings"]["decode only"] > 0
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 

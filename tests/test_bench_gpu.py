@@ -1,5 +1,5 @@
-"""The benchmark's GPU pieces, run on the CPU: JPEGs decoded by torchcodec in the main process, and its
-ceiling. (On CUDA the same code decodes with nvJPEG.)"""
+"""The benchmark's GPU pieces: JPEGs decoded by torchcodec in the main process, and its ceiling; on the CPU,
+and on CUDA (nvJPEG) where there is a GPU."""
 
 import pytest
 import torch
@@ -8,14 +8,18 @@ from helpers.bench import bench_data, gpu_decode_ceiling, gpu_decode_pipeline, s
 
 pytest.importorskip("torchcodec", reason="torchcodec is installed by requirements-teacher.txt")
 CPU = torch.device("cpu")
+DEVICES = [CPU, pytest.param(torch.device("cuda"), id="cuda",
+                             marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
-def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_path, device):
     root = bench_data(8, 48, tmp_path / "data")
-    pipeline = gpu_decode_pipeline(root, 32, batch_size=4, device=CPU)
+    pipeline = gpu_decode_pipeline(root, 32, batch_size=4, device=device)
     for batch in pipeline.loader(0):
         images, masks = pipeline.finish(batch)
         assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
+        assert images.device.type == masks.device.type == device.type
         assert masks.shape == (4, 32, 32) and masks.dtype == torch.int64
         assert set(masks.unique().tolist()) <= {0, 1, 2, 3}
     # the same batch twice: where a mask came out mirrored the second time, so did its image
@@ -26,9 +30,10 @@ def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_p
     assert all(torch.equal(first[0][i], second[0][i]) for i in range(4) if i not in mirrored)
 
 
-def test_gpu_decode_ceiling_counts_images_per_second_and_gives_the_pipeline_its_share(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gpu_decode_ceiling_counts_images_per_second_and_gives_the_pipeline_its_share(tmp_path, device):
     root = bench_data(8, 48, tmp_path / "data")
-    speed = gpu_decode_ceiling(root, CPU, batch_size=4, rounds=1)
+    speed = gpu_decode_ceiling(root, device, batch_size=4, rounds=1)
     assert speed > 0
     limits = {"decode only": 1.0, "memory only": 1.0, "gpu decode only": speed}
     assert shares({"gpu decode": {0: speed / 2}}, limits) == {"gpu decode": pytest.approx(0.5)}

@@ -1,12 +1,13 @@
-"""The GPU paths of notebook 06 on an NVIDIA GPU: the same batches as on the CPU, and JPEGs decoded by
-nvJPEG right after other GPU work (pytorch/vision#9606) still the images. Skipped without a GPU;
-tools/gpu_run.sh runs them first where there is one."""
+"""The GPU paths of notebook 06 on an NVIDIA GPU: the same batches as on the CPU, made without making
+the program wait for the GPU, reused pinned buffers never overwritten too early, and JPEGs decoded by
+nvJPEG into memory that queued GPU work just released still the images (pytorch/vision#9606).
+Skipped without a GPU; tools/gpu_run.sh runs them first where there is one."""
 
 import pytest
 import torch
 
 from helpers.datasets import InMemoryDataset, SegmentationDataset, pair_files
-from helpers.device_batches import DeviceBatches
+from helpers.device_batches import DeviceBatches, augment_batch
 from helpers.formats import MemmapDataset, PinnedMemmapBatches, write_memmap
 from helpers.paths import data_dir
 
@@ -15,38 +16,58 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 SHAPES = data_dir("shapes")
 
 
+def busy(tensor: torch.Tensor, launches: int = 2000) -> None:
+    """Queue a few milliseconds of GPU work that writes ``tensor``, and return at once."""
+    for _ in range(launches):
+        tensor.add_(1)
+
+
 @pytest.mark.parametrize("scale", [None, (0.3, 1.0)])  # pixel for pixel, and bilinear
-def test_device_batches_on_the_gpu_are_the_batches_made_on_the_cpu(scale):
+def test_device_batches_on_the_gpu_are_the_cpu_batches_made_without_waiting_for_it(scale):
     data = InMemoryDataset(SegmentationDataset(SHAPES, split="val"))
     options = {"size": 96, "batch_size": 16, "scale": scale, "vflip_prob": 0.5, "quarter_turns": True}
-    on_cpu, on_gpu = (DeviceBatches(data, device, **options).epoch(torch.Generator().manual_seed(0))
-                      for device in (CPU, CUDA))
+    on_cpu = list(DeviceBatches(data, CPU, **options).epoch(torch.Generator().manual_seed(0)))
+    on_gpu = DeviceBatches(data, CUDA, **options).epoch(torch.Generator().manual_seed(0))
+    torch.cuda.set_sync_debug_mode("error")  # a hidden wait for the GPU (a blocking copy) raises
+    try:
+        on_gpu = list(on_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     for (images, masks), (gpu_images, gpu_masks) in zip(on_cpu, on_gpu, strict=True):
         assert gpu_images.device.type == CUDA.type and gpu_images.dtype == torch.uint8
         assert (gpu_images.cpu().int() - images.int()).abs().max() <= 1  # float rounding, at most
         assert gpu_masks.cpu().ne(masks).float().mean() < 1e-3  # nearest: a point exactly between two
 
 
-def test_pinned_memmap_batches_on_the_gpu_are_the_batches_made_on_the_cpu(tmp_path):
+def test_pinned_memmap_batches_are_the_cpu_batches_while_the_gpu_lags_behind(tmp_path):
     write_memmap(SegmentationDataset(SHAPES, split="val"), tmp_path, 64)
     memmap = MemmapDataset(tmp_path)
-    on_cpu, on_gpu = (PinnedMemmapBatches(memmap, 8, device, torch.Generator().manual_seed(0))
-                      for device in (CPU, CUDA))
+    on_cpu = list(PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0)))
+    on_gpu, lag = [], torch.zeros(1024, device=CUDA)
+    for batch in PinnedMemmapBatches(memmap, 8, CUDA, torch.Generator().manual_seed(0)):
+        on_gpu.append(batch)  # nothing read back yet: a buffer overwritten before its copy would show
+        busy(lag)  # the copy of the next batch queues behind this
     for cpu_batch, gpu_batch in zip(on_cpu, on_gpu, strict=True):  # two reused buffers, eight batches
         assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
 
 
-def test_jpegs_decoded_by_the_gpu_after_other_gpu_work_are_the_images():
+def test_jpegs_decoded_by_the_gpu_into_just_released_memory_are_the_images_and_augment_alike():
     pytest.importorskip("torchcodec")
     from helpers.gpu_decode import EncodedPairs, decode_jpegs, encoded_collate
 
     pairs = EncodedPairs(pair_files(SHAPES / "images", SHAPES / "masks")[:32])
-    encoded, _ = encoded_collate([pairs[index] for index in range(len(pairs))])
+    encoded, masks = encoded_collate([pairs[index] for index in range(len(pairs))])
     expected = decode_jpegs(encoded, CPU)
-    busy = torch.randn(4096, 4096, device=CUDA)
     for _ in range(5):
-        busy = busy @ busy / 64  # GPU work still queued when the decoding starts
+        released = torch.zeros(expected[0].shape, dtype=torch.uint8, device=CUDA)
+        busy(released)  # still being written when it is freed ...
+        del released  # ... and the next image of this size gets its memory
         decoded = decode_jpegs(encoded, CUDA)
         for image, reference in zip(decoded, expected, strict=True):
             assert image.device.type == CUDA.type and image.shape == reference.shape
             assert (image.cpu().float() - reference.float()).abs().mean() < 2  # nvJPEG, not libjpeg
+    batches = [augment_batch(images, [mask.to(images[0].device) for mask in masks], 64,
+                             torch.Generator().manual_seed(0), hflip_prob=0.5, quarter_turns=True)
+               for images in (expected, decoded)]
+    assert torch.equal(batches[1][1].cpu(), batches[0][1])  # the masks: the same draws, the same pixels
+    assert (batches[1][0].cpu().float() - batches[0][0].float()).abs().mean() < 2

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The GPU check of "Feed the GPU", prepared to run once on a machine with an NVIDIA GPU, from the
-# repository root, within about 10 minutes:
+# The GPU check of "Feed the GPU", prepared to run on a machine with an NVIDIA GPU, from the repository
+# root. All of it takes up to about 10 minutes (each step has a time limit); where one command may run
+# at most 10 minutes, run it in two, each up to about 6 minutes:
 #
 #     bash tools/gpu_run.sh OUT [STEP ...]      # steps: tests bench 06 ddp (default: all, in order)
+#     bash tools/gpu_run.sh "$OUT" tests bench  # then: bash tools/gpu_run.sh "$OUT" 06 ddp
 #
 # Where the machine cannot reach a package registry (the lent GPU machine: Python 3.12, torch 2.11),
 # first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there.
-# Every step runs even if one before it failed; the exit status says whether all passed.
+# Elsewhere install requirements-gpu.txt first. Every step runs even if one before it failed; the exit
+# status says whether all passed.
 # It writes into the folder OUT:
 #   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
@@ -21,12 +24,14 @@ steps=" ${*:-tests bench 06 ddp} "
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .whl ]; then  # no registry here: the wheels tools/gpu_wheels.sh fetched
+if compgen -G ".whl/*.whl" > /dev/null; then  # no registry here: the wheels tools/gpu_wheels.sh fetched
     "$python" -m pip install -q --no-index --no-deps --target /tmp/gpu_run_site .whl/*.whl || exit
     export PYTHONPATH="$PYTHONPATH:/tmp/gpu_run_site"
-else
-    "$python" -m pip install -q -r requirements-gpu.txt || exit
 fi
+"$python" -c "import torchcodec, webdataset" || {
+    echo "missing packages: pip install -r requirements-gpu.txt, or carry .whl/ (tools/gpu_wheels.sh)"
+    exit 1
+}
 failed=()
 step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, go on if it fails
     local name=$1 seconds=$2; shift 2

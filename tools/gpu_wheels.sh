@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON_VERSION:-3.12}"
-rm -rf .whl && mkdir .whl
+fetched=$(mktemp -d)  # .whl/ is replaced only once every wheel is here
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$python" --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl \
+    --platform manylinux2014_x86_64 -d "$fetched" \
     torchcodec==0.17.0 webdataset==1.0.2 braceexpand==0.1.7 simplejpeg==1.9.0
+rm -rf .whl && mv "$fetched" .whl
 ls -s .whl
