@@ -269,11 +269,12 @@ def test_a_notebook_runs_as_a_script_where_jupyter_is_missing(tmp_path):
 
     notebook = tmp_path / "lesson.ipynb"
     cells = [cell("markdown", "x = 1"), cell("code", "x = 2"), cell("code", "y = x * 21\ny"),
-             cell("code", "print('printed')\nNone")]
+             cell("code", "print('printed')\nNone"), cell("code", "y;")]
     notebook.write_text(json.dumps({"cells": cells}))
     run = subprocess.run([sys.executable, "tools/notebook_script.py", str(notebook)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
-    assert run.stdout == "--- cell 1\n--- cell 2\n42\n--- cell 3\nprinted\n" and run.returncode == 0
+    assert run.returncode == 0
+    assert run.stdout == "--- cell 1\n--- cell 2\n42\n--- cell 3\nprinted\n--- cell 4\n"  # "y;": nothing
     notebook.write_text(json.dumps({"cells": [cell("code", "%timeit 1")]}))
     run = subprocess.run([sys.executable, "tools/notebook_script.py", str(notebook)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)

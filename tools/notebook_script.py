@@ -22,7 +22,8 @@ def code_cells(notebook: Path) -> list[str]:
 
 
 def run_cell(source: str, name: str, namespace: dict) -> None:
-    """Run one cell in ``namespace``; print its last expression's value, as a kernel shows it."""
+    """Run one cell in ``namespace``; print its last expression's value, as a kernel shows it (not
+    after a closing ``;``)."""
     if any(line.lstrip().startswith(("%", "!")) for line in source.splitlines()):
         raise SystemExit(f"{name} uses an IPython magic or shell escape: run it with Jupyter instead")
     tree = ast.parse(source, name)
@@ -30,7 +31,7 @@ def run_cell(source: str, name: str, namespace: dict) -> None:
     exec(compile(tree, name, "exec"), namespace)
     if last is not None:
         value = eval(compile(ast.Expression(last.value), name, "eval"), namespace)
-        if value is not None:
+        if value is not None and not source.rstrip().endswith(";"):  # a ";" hides it, as in Jupyter
             print(repr(value))
 
 
