@@ -269,12 +269,18 @@ def test_a_notebook_runs_as_a_script_where_jupyter_is_missing(tmp_path):
 
     notebook = tmp_path / "lesson.ipynb"
     cells = [cell("markdown", "x = 1"), cell("code", "x = 2"), cell("code", "y = x * 21\ny"),
-             cell("code", "print('printed')\nNone"), cell("code", "y;")]
+             cell("code", "print('printed')\nNone"), cell("code", "y;"),
+             cell("code", "shares = {('memory', 0): [0.5, None]}\nkept = object()")]
     notebook.write_text(json.dumps({"cells": cells}))
-    run = subprocess.run([sys.executable, "tools/notebook_script.py", str(notebook)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    figures = tmp_path / "figures.json"
+    command = [sys.executable, "tools/notebook_script.py", str(notebook), "--figures", str(figures)]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0
-    assert run.stdout == "--- cell 1\n--- cell 2\n42\n--- cell 3\nprinted\n--- cell 4\n"  # "y;": nothing
+    # "y;" prints nothing
+    assert run.stdout == "--- cell 1\n--- cell 2\n42\n--- cell 3\nprinted\n--- cell 4\n--- cell 5\n"
+    # the plain values, for a results file; not what JSON cannot hold
+    assert json.loads(figures.read_text()) == {"after cell": 5, "x": 2, "y": 42,
+                                               "shares": {"('memory', 0)": [0.5, None]}}
     notebook.write_text(json.dumps({"cells": [cell("code", "%timeit 1")]}))
     run = subprocess.run([sys.executable, "tools/notebook_script.py", str(notebook)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)

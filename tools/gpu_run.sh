@@ -15,6 +15,7 @@
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
 #   bench_cuda.json, .log    python -m helpers.bench --formats --device cuda (gpu decode, pinned memmap)
 #   06_gpu_training.log      notebook 06 run as a script on the GPU: its three ways to feed the device
+#   06_figures.json          the values 06 computed (timings, shares, fed, val_miou, ...), after each cell
 #   ddp_nccl.log, rank-*.json  helpers.ddp_train on nccl, one process per GPU, with --sync-bn
 # Copy what the lessons quote into results/ (machine, date, versions, command), as results/README.md says.
 set -uo pipefail
@@ -53,7 +54,9 @@ step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
 step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda --workers 0 4 8 12 \
     --json "$out/bench_cuda.json"
-step 06_gpu_training 150 "$python" tools/notebook_script.py notebooks/06_gpu_training.ipynb
+step 06_gpu_training 150 "$python" tools/notebook_script.py notebooks/06_gpu_training.ipynb \
+    --figures "$out/06_figures.json"
+[[ $steps == *" ddp "* ]] && rm -rf /tmp/gpu_run_ddp  # no ranks' files from an earlier run
 step ddp_nccl 90 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
 cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
