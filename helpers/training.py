@@ -187,8 +187,9 @@ def load_checkpoint(path: Path, *, generator: torch.Generator | None = None, map
                     **stateful: Any) -> tuple[int, dict[str, list[float]]]:
     """Restore what ``save_checkpoint`` saved into the objects given by name; return (epoch, history).
 
-    ``weights_only=True`` loads tensors and plain Python values only, never arbitrary objects: a checkpoint
-    from someone else cannot run code on your machine.
+    ``weights_only=True`` unpickles tensors and plain Python values only, never arbitrary objects, so a
+    checkpoint from someone else cannot run code as a full unpickling would (keep torch up to date: before
+    2.6 this check had a hole, CVE-2025-32434).
     """
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     for name, obj in stateful.items():
