@@ -67,6 +67,9 @@ from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 Batch = tuple[torch.Tensor, torch.Tensor]
 PRE_DECODED = ("memmap", "hdf5")  # pipelines bounded by memory traffic; the others decode files
 CPU = torch.device("cpu")
+# shards the format benchmark writes, sizes one pair apart at most: 1, 2, 3, 4, 6, 8, 12, 16 or 24 workers
+# each get as many, so no worker reads more than the others while they wait for it at the end of an epoch
+SHARDS = 48
 
 
 class Pipeline(NamedTuple):
@@ -156,7 +159,7 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
     source = SegmentationDataset(root)
     writers = {"memmap": (work / "memmap", lambda path: write_memmap(source, path, size)),
                "hdf5": (work / "data.h5", lambda path: write_hdf5(source, path, size)),
-               "shards": (work / "shards", lambda path: write_shards(source, path, per_shard=256))}
+               "shards": (work / "shards", lambda path: write_shards(source, path, shards=SHARDS))}
     for name, (path, write) in writers.items():
         start = time.perf_counter()
         write(path)

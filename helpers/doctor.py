@@ -147,9 +147,9 @@ def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, i
         return None
     if head is not None and head.orientation in TURN_UPRIGHT:
         report.add(WARNING, path, f"Image {path} is stored with EXIF orientation {head.orientation}: "
-                   f"read_image turns it upright (Image.Transpose.{TURN_UPRIGHT[head.orientation]}), as "
-                   "photo viewers do. Check that its mask was drawn on the upright photo "
-                   "(helpers.viz.overlay shows both).")
+                   "helpers.datasets.read_image turns it upright "
+                   f"(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), as photo viewers do. "
+                   "Check that its mask was drawn on the upright photo (helpers.viz.overlay shows both).")
     size = (image.shape[-2], image.shape[-1])
     report.sizes[size] += 1
     return size

@@ -174,21 +174,37 @@ class HDF5Dataset(Dataset):
         return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
 
 
-def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64) -> list[Path]:
+def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64,
+                 shards: int | None = None) -> list[Path]:
     """Write pairs into tar shards in the WebDataset layout: ``NAME.jpg`` and ``NAME.png`` side by side.
 
-    The files go in as they are on disk (still compressed), so shards are about as small as the folder.
+    ``per_shard`` pairs in each shard (the last one gets the rest), or, with ``shards``, that many shards
+    whose sizes differ by one pair at most. The files go in as they are on disk (still compressed), each
+    with its time in whole seconds: a fraction would cost every file an extra 1 KB header (PAX format).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    count = len(dataset)
+    if shards and count:
+        shards = min(shards, count)  # no empty shard
+        bounds = [count * k // shards for k in range(shards + 1)]
+    else:
+        bounds = [*range(0, count, per_shard), count]
     paths = []
-    for start in range(0, len(dataset), per_shard):
-        path = folder / f"shard-{start // per_shard:05d}.tar"
+    for number, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+        path = folder / f"shard-{number:05d}.tar"
         with tarfile.open(path, "w") as tar:
-            for i in range(start, min(start + per_shard, len(dataset))):
+            for i in range(start, stop):
                 for source in (Path(dataset.image_paths[i]), Path(dataset.mask_paths[i])):
-                    tar.add(source, arcname=source.name)
+                    tar.add(source, arcname=source.name, filter=_whole_seconds)
         paths.append(path)
     return paths
+
+
+def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A file's time without its fraction of a second, which tarfile's default PAX format keeps in an
+    extra header of its own (05_large_datasets)."""
+    info.mtime = int(info.mtime)
+    return info
 
 
 def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None) -> Iterator[Sample]:

@@ -77,6 +77,31 @@ def test_shards_round_trip_without_re_encoding(tmp_path, source_dataset):
         assert torch.equal(samples[i].mask, source_dataset[i].mask)
 
 
+def test_shards_by_count_differ_by_one_pair_at_most_and_keep_the_order(tmp_path, source_dataset):
+    import tarfile
+
+    shards = write_shards(source_dataset, tmp_path / "shards", shards=6)  # 20 pairs: 3 or 4 in each
+    sizes = []
+    for path in shards:
+        with tarfile.open(path) as tar:
+            sizes.append(len(tar.getnames()) // 2)
+    assert len(shards) == 6 and sum(sizes) == 20 and max(sizes) - min(sizes) <= 1
+    samples = list(ShardStream(shards))
+    assert torch.equal(samples[19].mask, source_dataset[19].mask)
+    assert len(write_shards(source_dataset, tmp_path / "more", shards=50)) == 20  # never an empty shard
+
+
+def test_shards_hold_no_pax_header_per_file(tmp_path, source_dataset):
+    import tarfile
+
+    path = write_shards(source_dataset, tmp_path / "shards", per_shard=20)[0]
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    assert all(not member.pax_headers for member in members)  # whole seconds: no 1 KB extra per file
+    payload = sum(512 + -(-member.size // 512) * 512 for member in members)  # header, padded data
+    assert path.stat().st_size <= payload + 2 * 512 + tarfile.RECORDSIZE  # end blocks, last record
+
+
 def test_shard_stream_applies_its_transform_to_image_and_mask_of_every_sample(tmp_path, source_dataset):
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=6)
     plain = list(ShardStream(shards))
