@@ -17,7 +17,7 @@
 #   06_gpu_training.log      notebook 06 run as a script on the GPU: its three ways to feed the device
 #   06_figures.json          the values 06 computed (timings, shares, fed, val_miou, ...), after each cell
 #   ddp_nccl.log, rank-*.json  helpers.ddp_train on nccl, one process per GPU, with --sync-bn
-# Copy what the lessons quote into results/ (machine, date, versions, command), as results/README.md says.
+# Then, where the repository is: python tools/record_gpu_run.py NAME OUT [OUT ...] (results/README.md).
 set -uo pipefail
 out=${1:?name a folder for the results}
 shift

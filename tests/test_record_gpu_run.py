@@ -1,0 +1,60 @@
+"""tools/record_gpu_run.py: what tools/gpu_run.sh wrote on a GPU machine becomes results files, no figure
+retyped."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+
+import record_gpu_run  # noqa: E402
+
+
+def test_a_gpu_run_becomes_a_results_file_of_06s_figures_and_the_nccl_launch(tmp_path):
+    first, second, results = tmp_path / "call-1", tmp_path / "call-2", tmp_path / "results"
+    for folder in (first, second, results):
+        folder.mkdir()
+    (results / "gpu_training_runs.json").write_text('{"about": "runs", "runs": {}}\n')
+    machine = ("date: 2026-12-04T10:00:00Z\ngpu: NVIDIA H200, 143771 MiB, 580.159.04\n"
+               "cpu: 16 cores, Intel Xeon\npython 3.12.3 | torch 2.11.0+cu130 | torchcodec 0.17.0\n")
+    (first / "machine.txt").write_text(machine)
+    (first / "bench_cuda.json").write_text('{"command": "python -m helpers.bench"}')
+    (second / "machine.txt").write_text(machine)
+    values = {"timings": {"(None, False)": 6.54, "(torch.bfloat16, True)": 7.81}, "AMP": None,
+              "CHANNELS_LAST": False, "WORKERS": 4, "EPOCHS": 25, "train_seconds": 6.04, "val_miou": 0.8916,
+              "shares": {"('memory', 4)": [0.2211, 2900.4]}, "fed": {"(b) resident": [0.031, 2400.2]},
+              "copy_ms": {"pinned": 0.0241}}
+    (second / "06_figures.json").write_text(json.dumps(values))
+    rank = {"rank": 0, "world_size": 1, "backend": "nccl", "device": "cuda:0", "seconds": 4.21,
+            "epochs": [{"steps": 32}, {"steps": 32}], "eval": {"mean_iou": 0.5123},
+            "checkpoint_matches": True}
+    (second / "rank-0.json").write_text(json.dumps(rank))
+
+    run = record_gpu_run.record("h200", [first, second], results)
+    assert (results / "bench_h200.json").read_text() == '{"command": "python -m helpers.bench"}'
+    assert run["machine"] == "one NVIDIA H200, 16 cores, Intel Xeon host" and run["date"] == "2026-12-04"
+    assert run["versions"].startswith("python 3.12.3, torch 2.11.0")
+    assert run["figures"] == {
+        "float32 contiguous step (ms)": 6.5, "bfloat16 channels_last step (ms)": 7.8,
+        "kept": "float32, contiguous, 4 loader workers", "25 epochs, validation included (s)": 6.0,
+        "mean IoU over objects": 0.892, "waiting for data, samples in memory, 4 workers (%)": 22,
+        "images trained per second, samples in memory, 4 workers": 2900,
+        "(b) resident: waiting for data (%)": 3.1, "(b) resident: images trained per second": 2400,
+        "one uint8 batch to the GPU from pinned memory (ms)": 0.024,
+        "helpers.ddp_train launch": "1 ranks, nccl on cuda:0",
+        "helpers.ddp_train steps per epoch, rank by rank": [[32, 32]],
+        "helpers.ddp_train seconds (rank 0)": 4.2, "helpers.ddp_train mean IoU after its epochs": 0.512,
+        "helpers.ddp_train checkpoint the same on every rank": True}
+    assert json.loads((results / "gpu_training_runs.json").read_text())["runs"]["h200"] == run
+
+
+def test_it_rewrites_the_results_file_as_it_is_kept(tmp_path):
+    kept = (ROOT / "results" / "gpu_training_runs.json").read_text()
+    assert record_gpu_run.dumps(json.loads(kept)) == kept  # no reformatting of the other runs
+    empty = tmp_path / "out"
+    empty.mkdir()
+    run = subprocess.run([sys.executable, "tools/record_gpu_run.py", "h200", str(empty)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "nothing to record" in run.stderr

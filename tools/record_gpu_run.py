@@ -1,0 +1,115 @@
+"""Make results files from what tools/gpu_run.sh wrote, so that no figure of a GPU run is retyped.
+
+    python tools/record_gpu_run.py NAME OUT [OUT ...]      # e.g. NAME=h200, one OUT per gpu_run.sh call
+
+From the folders OUT (whichever of these files they hold):
+  bench_cuda.json     copied as results/bench_NAME.json (it already names its command, date and GPU)
+  machine.txt         the machine, date and versions of the run
+  06_figures.json     06's values (tools/notebook_script.py --figures): the run NAME in
+                      results/gpu_training_runs.json, with its step times, what it kept, the waiting
+                      shares and the three ways to feed the device
+  rank-*.json         the nccl launch of helpers.ddp_train, added to the same run
+06 prints the run with helpers.results.print_run("gpu_training_runs", NAME); the README quotes it.
+"""
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def machine(folder: Path) -> dict[str, str]:
+    """machine, date and versions from OUT/machine.txt."""
+    lines = dict(line.split(": ", 1) for line in (folder / "machine.txt").read_text().splitlines()
+                 if re.match(r"(date|gpu|cpu): ", line))
+    versions = next(line for line in (folder / "machine.txt").read_text().splitlines()
+                    if line.startswith("python "))
+    gpu = lines.get("gpu", "no GPU found").split(",")[0].strip()
+    return {"machine": f"one {gpu}, {lines['cpu']} host", "date": lines["date"][:10],
+            "versions": versions.replace(" | ", ", ")}
+
+
+def lesson_figures(values: dict) -> dict[str, object]:
+    """06's figures by name, from the values its cells computed."""
+    figures: dict[str, object] = {}
+    for key, ms in values.get("timings", {}).items():  # "(None, False)": float32, contiguous
+        amp, layout = key.strip("()").split(", ")
+        precision = "float32" if amp == "None" else amp.removeprefix("torch.")
+        layout = "channels_last" if layout == "True" else "contiguous"
+        figures[f"{precision} {layout} step (ms)"] = round(ms, 1)
+    if "CHANNELS_LAST" in values:
+        figures["kept"] = (f"{(values['AMP'] or 'float32').removeprefix('torch.')}, "
+                           f"{'channels_last' if values['CHANNELS_LAST'] else 'contiguous'}, "
+                           f"{values['WORKERS']} loader workers")
+    if "train_seconds" in values:
+        figures[f"{values['EPOCHS']} epochs, validation included (s)"] = round(values["train_seconds"], 1)
+    if "val_miou" in values:
+        figures["mean IoU over objects"] = round(values["val_miou"], 3)
+    for key, measured in values.get("shares", {}).items():  # "('files', 0)": [share, images/s]
+        source, workers = re.match(r"\('(\w+)', (\d+)\)", key).groups()
+        source = "samples in memory" if source == "memory" else source
+        loaders = "main process" if workers == "0" else f"{workers} workers"
+        share, speed = measured if isinstance(measured, list) else (measured, None)
+        figures[f"waiting for data, {source}, {loaders} (%)"] = round(share * 100)
+        if speed is not None:
+            figures[f"images trained per second, {source}, {loaders}"] = round(speed)
+    for way, (share, speed) in values.get("fed", {}).items():  # "(b) resident": [share, images/s]
+        figures[f"{way}: waiting for data (%)"] = round(share * 100, 1)
+        figures[f"{way}: images trained per second"] = round(speed)
+    for memory, ms in values.get("copy_ms", {}).items():
+        figures[f"one uint8 batch to the GPU from {memory} memory (ms)"] = round(ms, 3)
+    return figures
+
+
+def launch_figures(folder: Path) -> dict[str, object]:
+    """The nccl launch's figures, from the ranks' rank-R.json."""
+    ranks = sorted((json.loads(path.read_text()) for path in folder.glob("rank-*.json")),
+                   key=lambda log: log["rank"])
+    if not ranks:
+        return {}
+    first, launch = ranks[0], "helpers.ddp_train"
+    return {f"{launch} launch": f"{first['world_size']} ranks, {first['backend']} on {first['device']}",
+            f"{launch} steps per epoch, rank by rank": [[e["steps"] for e in r["epochs"]] for r in ranks],
+            f"{launch} seconds (rank 0)": round(first["seconds"], 1),
+            f"{launch} mean IoU after its epochs": round(first["eval"]["mean_iou"], 3),
+            f"{launch} checkpoint the same on every rank": all(r["checkpoint_matches"] for r in ranks)}
+
+
+def dumps(data: dict) -> str:
+    """JSON as the results files keep it: indented, with short lists of numbers on one line."""
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    one_line = lambda match: "[" + re.sub(r",\s+", ", ", match.group(1)) + "]"  # noqa: E731
+    return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", one_line, text) + "\n"
+
+
+def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
+    """Write results/bench_NAME.json and the run NAME of results/gpu_training_runs.json; return the run."""
+    run: dict = {"figures": {}}
+    for folder in folders:
+        if (folder / "bench_cuda.json").is_file():
+            shutil.copyfile(folder / "bench_cuda.json", results / f"bench_{name}.json")
+        if (folder / "machine.txt").is_file():
+            run = {**machine(folder), **run}
+        if (folder / "06_figures.json").is_file():
+            run["figures"] |= lesson_figures(json.loads((folder / "06_figures.json").read_text()))
+        run["figures"] |= launch_figures(folder)
+    if not run["figures"]:
+        raise SystemExit(f"No 06_figures.json or rank-*.json in {' '.join(map(str, folders))}: "
+                         "nothing to record.")
+    run["command"] = ("bash tools/gpu_run.sh OUT: 06 as tools/notebook_script.py "
+                      "notebooks/06_gpu_training.ipynb --figures, and torch.distributed.run -m "
+                      "helpers.ddp_train --sync-bn on nccl")
+    runs_file = results / "gpu_training_runs.json"
+    runs = json.loads(runs_file.read_text())
+    runs["runs"][name] = {key: run[key] for key in ("machine", "date", "versions", "command", "figures")}
+    runs_file.write_text(dumps(runs))
+    return runs["runs"][name]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        raise SystemExit(__doc__)
+    print(json.dumps(record(sys.argv[1], [Path(folder) for folder in sys.argv[2:]]), indent=1))
