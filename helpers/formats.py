@@ -180,7 +180,8 @@ def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64
 
     ``per_shard`` pairs in each shard (the last one gets the rest), or, with ``shards``, that many shards
     whose sizes differ by one pair at most. The files go in as they are on disk (still compressed), each
-    with its time in whole seconds: a fraction would cost every file an extra 1 KB header (PAX format).
+    with its time as an int, in whole seconds: tarfile's PAX format gives a float time (even 1.0) an extra
+    1 KB header per file.
     """
     folder.mkdir(parents=True, exist_ok=True)
     count = len(dataset)
@@ -201,8 +202,8 @@ def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64
 
 
 def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    """A file's time without its fraction of a second, which tarfile's default PAX format keeps in an
-    extra header of its own (05_large_datasets)."""
+    """A file's time as an int: tarfile's default PAX format keeps any float time in an extra header of
+    its own (05_large_datasets)."""
     info.mtime = int(info.mtime)
     return info
 
