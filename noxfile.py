@@ -5,7 +5,8 @@
     nox -s mutation       # mutation testing of the data helpers (not by default: ~20 min on 2 cores)
 
 Each session makes its own virtual environment under .nox/ with the Python it names, found on PATH as
-python3.11, python3.12 or python3.13. `.ci/run` runs the README's test command, then `colab`.
+python3.11, python3.12 or python3.13. `.ci/run` runs the README's test command, then `colab`,
+`tests-3.12` and `tests-3.13`.
 """
 
 import nox
