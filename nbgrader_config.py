@@ -7,7 +7,12 @@ to ``classroom/`` (not in git). From the repository's folder:
     nbgrader autograde notebooks            # grades classroom/submitted/<student>/notebooks/*.ipynb
 """
 
+from pathlib import Path
+
 c = get_config()  # noqa: F821 (nbgrader defines get_config when it reads this file)
+# nbgrader opens the gradebook before it makes any folder: without classroom/ it fails with
+# "unable to open database file" (sqlite), asking for `nbgrader db upgrade`, which does not help
+Path("classroom").mkdir(exist_ok=True)
 
 c.CourseDirectory.source_directory = "."  # so the source of assignment "notebooks" is notebooks/
 c.CourseDirectory.release_directory = "classroom/release"

@@ -220,12 +220,25 @@ def test_each_notebook_opens_with_objectives_and_prerequisites_and_ends_with_a_l
     intro = source(cells[0])
     goals = intro.split("**You will be able to:**")[1].split("**Prerequisites:**")[0]
     assert 3 <= len(re.findall(r"^- ", goals, re.MULTILINE)) <= 5 and "**Prerequisites:**" in intro
-    assert re.search(r"\]\(0\d_\w+\.ipynb\)", source(cells[-1])), "end with a link to the next notebook"
+    stems = [p.stem for p in sorted(path.parent.glob("[0-9][0-9]_*.ipynb"))]
+    following = stems[stems.index(path.stem) + 1:] or stems[:1]  # the last one leads back to 00
+    link = f"[{following[0]}]({following[0]}.ipynb)"
+    assert link in source(cells[-1]), f"{path.name} ends with a link to the next notebook, {link}"
+
+
+def test_the_route_in_00_names_every_notebook_in_order():
+    route = next(source(cell) for cell in notebook(NOTEBOOKS[0])["cells"]
+                 if source(cell).startswith("## Which notebooks, in which order?"))
+    assert re.findall(r"^\| `(\d\d_\w+)` \|", route, re.M) == [p.stem for p in NOTEBOOKS], (
+        "00_start_here's table under *Which notebooks, in which order?* lists every notebook, in order")
 
 
 def test_the_teachers_guide_is_linked_and_lists_every_exercise():
     guide = (ROOT / "TEACHING.md").read_text()
     assert "(TEACHING.md)" in (ROOT / "README.md").read_text()
+    times = guide.split("## Class time per notebook")[1].split("\n## ")[0]
+    assert re.findall(r"^\| (\d\d) ", times, re.M) == [p.name[:2] for p in NOTEBOOKS], (
+        "TEACHING.md's table under *Class time per notebook* has a row for every notebook, in order")
     for path in NOTEBOOKS:
         for title in exercise_checks(notebook(path)):
             name = title.split(": ", 1)[1]
@@ -235,11 +248,17 @@ def test_the_teachers_guide_is_linked_and_lists_every_exercise():
 def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
     """The 1-CPU time and peak memory of each notebook come from tools/binder_check.py's results file."""
     recorded = json.loads((ROOT / "results" / "binder.json").read_text())
-    assert recorded["machine"]["cpus_used"] == 1 and len(recorded["notebooks"]) == len(NOTEBOOKS)
+    measure = "measure every notebook again: python tools/binder_check.py --json results/binder.json"
+    assert recorded["machine"]["cpus_used"] == 1, measure
+    assert [row["notebook"] for row in recorded["notebooks"]] == [p.stem for p in NOTEBOOKS], (
+        f"results/binder.json does not hold the notebooks of notebooks/: {measure}")
     lines = (ROOT / "README.md").read_text().splitlines()
     for row in recorded["notebooks"]:
-        line = next(line for line in lines if line.startswith(f"| [{row['notebook']}]("))
-        assert line.endswith(f"| {row['seconds']:.0f} s | {row['peak_pss_gb']:.2f} GB |"), line
+        figures = f"| {row['seconds']:.0f} s | {row['peak_pss_gb']:.2f} GB |"
+        line = [line for line in lines if line.startswith(f"| [{row['notebook']}](")] or ["(no row)"]
+        assert line[0].endswith(figures), (
+            f"README's notebook table: the row of {row['notebook']} must end {figures!r} "
+            f"(results/binder.json), not {line[0]!r}")
 
 
 def test_teaching_points_to_headings_that_each_occur_once_in_their_notebook():

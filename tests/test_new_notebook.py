@@ -1,0 +1,46 @@
+"""tools/new_notebook.py starts a lesson that passes the repository's checks (README, "Adding a notebook")."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import test_repository as repository
+
+ROOT = repository.ROOT
+
+
+def test_a_new_notebook_run_as_written_passes_every_check_of_a_lesson(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    first, last = repository.NOTEBOOKS[0], repository.NOTEBOOKS[-1]
+    for path in (first, last):
+        shutil.copy(path, folder)
+    number = f"{int(last.name[:2]) + 1:02d}"
+    command = [sys.executable, "tools/new_notebook.py", number, "class_balance", "Class balance",
+               "--folder", str(folder)]
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    path = folder / f"{number}_class_balance.ipynb"
+    assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode == 1  # kept
+    execute = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
+               str(path)]
+    run = subprocess.run(execute, cwd=folder, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    for check in (repository.test_stored_outputs_come_from_one_clean_run,
+                  repository.test_lessons_have_two_exercises_with_collapsed_solutions,
+                  repository.test_every_exercise_check_says_not_solved_on_its_stub,
+                  repository.test_each_notebook_opens_with_objectives_and_prerequisites_and_ends_with_a_link):
+        check(path)
+    cells = json.loads(path.read_text())["cells"]
+    assert cells[1]["source"] == json.loads(first.read_text())["cells"][1]["source"]  # the Colab cell
+    lint = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
+                           str(ROOT / "notebooks" / "ruff.toml"), str(path)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout[-2000:]
+    # marked for nbgrader as the series' notebooks are, each exercise's marks named for it
+    marks = [cell["metadata"]["nbgrader"] for cell in cells if "nbgrader" in cell["metadata"]]
+    series = [cell["metadata"]["nbgrader"] for cell in json.loads(last.read_text())["cells"]
+              if "nbgrader" in cell["metadata"]]
+    assert [{**mark, "grade_id": ""} for mark in marks] == [{**mark, "grade_id": ""} for mark in series]
+    assert [mark["grade_id"] for mark in marks] == [
+        f"nb{number}-exercise{k}-{part}" for k in (1, 2) for part in ("solution", "check")]
