@@ -1,4 +1,4 @@
-"""tools/new_notebook.py starts a lesson that passes the repository's checks (README, "Adding a notebook")."""
+"""tools/new_notebook.py starts a lesson that passes every check of a lesson (README, contributors)."""
 
 import json
 import shutil

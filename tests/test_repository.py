@@ -248,11 +248,17 @@ def test_the_teachers_guide_is_linked_and_lists_every_exercise():
 def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
     """The 1-CPU time and peak memory of each notebook come from tools/binder_check.py's results file."""
     recorded = json.loads((ROOT / "results" / "binder.json").read_text())
-    measure = "measure every notebook again: python tools/binder_check.py --json results/binder.json"
+    measure = ("measure every notebook again (python tools/binder_check.py --json results/binder.json), "
+               "copy its figures, machine and date into the README's notebook table, and run 00 again")
     assert recorded["machine"]["cpus_used"] == 1, measure
     assert [row["notebook"] for row in recorded["notebooks"]] == [p.stem for p in NOTEBOOKS], (
         f"results/binder.json does not hold the notebooks of notebooks/: {measure}")
-    lines = (ROOT / "README.md").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## The notebooks")[1].split("| notebook |")[0]  # the sentence above the table
+    machine = recorded["machine"]
+    said = [f"Python {machine['python']}", f"torch {machine['torch']}", machine["date"]]
+    assert all(fact in table for fact in said), f"README, above the notebook table: {said}; {measure}"
+    lines = readme.splitlines()
     for row in recorded["notebooks"]:
         figures = f"| {row['seconds']:.0f} s | {row['peak_pss_gb']:.2f} GB |"
         line = [line for line in lines if line.startswith(f"| [{row['notebook']}](")] or ["(no row)"]

@@ -9,7 +9,9 @@ and its ranks. It prints one row per notebook and writes the figures to ``--json
     python tools/binder_check.py                          # every notebook, 1 CPU
     python tools/binder_check.py notebooks/07_distributed.ipynb --cpus 2
 
-The executed copies go to a temporary folder; the repository's notebooks are not changed.
+The executed copies go to a temporary folder; the repository's notebooks are not changed. It runs on
+Linux only, as Binder does. ``--json`` keeps one run of every notebook together: the README's notebook
+table and 00 quote it, so after adding a notebook measure them all again.
 """
 
 import argparse
@@ -73,6 +75,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=1, help="cores to pin the kernel to (Binder: 1)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
+    if not hasattr(os, "sched_getaffinity"):  # and PSS: Linux's own measure
+        raise SystemExit("binder_check needs Linux, as Binder runs: open a terminal in a Binder session "
+                         "(File > New > Terminal) or use another Linux machine, and run it there")
     rows = []
     with tempfile.TemporaryDirectory(prefix="binder_check_") as out:
         for path in args.notebooks:

@@ -1,4 +1,4 @@
-"""Start a new lesson notebook with the series' frame already in place (README, "Adding a notebook").
+"""Start a new lesson notebook with the series' frame in place (README, "For teachers and contributors").
 
     python tools/new_notebook.py 08 class_balance "Class balance: what the masks hold, and what the loss sees"
 
@@ -158,7 +158,7 @@ def main() -> None:
         sys.exit(f"a notebook numbered {args.number} exists already in {args.folder}")
     notebook = new_notebook(args.number, args.name, args.title, args.folder)
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {path}; next: README.md, \"Adding a notebook\"")
+    print(f"wrote {path}; next: README.md, \"For teachers and contributors\", Adding a notebook")
 
 
 if __name__ == "__main__":
