@@ -80,6 +80,7 @@ def launch_info() -> dict:
 
 
 def is_url(spec: str) -> bool:
+    """Whether a shard is named by URL (``https://...``, ``pipe:curl ...``) rather than by a path."""
     return spec.startswith("pipe:") or "://" in spec
 
 
@@ -239,6 +240,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them), from ``argv`` or ``sys.argv``."""
     parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node=N -m helpers.ddp_train",
                                      description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -262,6 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one rank of the training that torchrun started: 0 when it trained, 2 after saying what is wrong
+    with the launch (other errors are raised, and torchrun names the rank)."""
     warnings.filterwarnings("ignore", category=ResourceWarning)  # webdataset leaves tar files to the GC
     try:
         log = run(parse_args(argv))
