@@ -75,12 +75,31 @@ def test_mask_without_image_is_named(root):
         SegmentationDataset(root)
 
 
+def test_long_lists_of_unpaired_files_and_bad_values_are_cut_short(root):
+    """The message names the first five unpaired files of each side and the first eight bad values."""
+    for stem in "abcdefg":
+        Image.new("RGB", (12, 8)).save(root / "images" / f"{stem}.png")
+        Image.new("L", (12, 8)).save(root / "masks" / f"{stem}_mask.png")
+    with pytest.raises(ValueError, match=r"no mask \['a.png', 'b.png', 'c.png', 'd.png', 'e.png'\], .* "
+                                         r"no image \['a_mask.png', .*'e_mask.png'\]\."):
+        SegmentationDataset(root)
+    for stem in "abcdefg":
+        (root / "images" / f"{stem}.png").unlink()
+        (root / "masks" / f"{stem}_mask.png").unlink()
+    noisy = np.arange(96, dtype=np.uint8).reshape(8, 12)  # 0..3 are classes, 4..95 are not
+    Image.fromarray(noisy, mode="L").save(root / "masks" / "1.png")
+    dataset = SegmentationDataset(root)
+    with pytest.raises(ValueError, match=r"values \[4, 5, 6, 7, 8, 9, 10, 11\] outside"):
+        dataset[[Path(p).stem for p in dataset.image_paths].index("1")]
+
+
 def test_empty_and_missing_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="No folder .*images"):
         SegmentationDataset(tmp_path)
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    with pytest.raises(FileNotFoundError, match="No images in .*0001.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"No images in .*images: expected files such as 0001.jpg, "
+                       r"each with a mask masks/0001.png\.$"):
         SegmentationDataset(tmp_path)
 
 
@@ -95,7 +114,8 @@ def test_clutter_is_ignored(root):
 
 def test_other_stray_files_are_refused(root):
     (root / "images" / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="Unexpected 'notes.txt'.*Move it out"):
+    with pytest.raises(ValueError, match=r"Unexpected 'notes.txt' in .*images: only .jpg, .jpeg, .png files "
+                       r"belong here \(masks must be PNG: JPEG would change their values\)\. Move it out\.$"):
         SegmentationDataset(root)
 
 
@@ -114,7 +134,8 @@ def test_two_files_with_one_name_are_refused(root):
 def test_size_mismatch_names_both_files(root):
     Image.new("RGB", (10, 8)).save(root / "images" / "2.png")
     dataset = SegmentationDataset(root)
-    with pytest.raises(ValueError, match=r"2.png is 10x8 .* mask .*2.png is 12x8"):
+    with pytest.raises(ValueError, match=r"2.png is 10x8 .* mask .*2.png is 12x8: a mask must match its "
+                       r"image pixel for pixel\. Export the mask again at the image's size\.$"):
         dataset[[Path(p).stem for p in dataset.image_paths].index("2")]
 
 
@@ -131,14 +152,18 @@ def test_a_0_255_mask_is_refused_unless_255_means_ignore(root):
     binary = np.zeros((8, 12), np.uint8)
     binary[:, 6:] = 255
     Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match="0/255 mask needs dividing by 255"):
+    with pytest.raises(ValueError, match=r"A mask saved as JPEG or resized with smooth interpolation invents "
+                       r"values; a 0/255 mask needs dividing by 255\. Save masks as PNG and resize them with "
+                       r"nearest-neighbour\.$"):
         SegmentationDataset(root)[0]
     assert SegmentationDataset(root, ignore_index=255)[0].mask.max() == 255
 
 
 def test_rgb_masks_point_to_colour_conversion(root):
     Image.new("RGB", (12, 8)).save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match="has mode RGB, not class indices.*colour_to_index"):
+    with pytest.raises(ValueError, match=r"Mask .*1.png has mode RGB, not class indices \(P, L, 1, I;16, "
+                       r"I;16L, I;16B, I mode\)\. If its classes are colours, convert it with "
+                       r"helpers.masks.colour_to_index\.$"):
         SegmentationDataset(root)[0]
 
 
@@ -147,7 +172,8 @@ def test_truncated_image_is_named(root):
     (root / "images" / "1.png").unlink()
     data = (root / "images" / "1.jpg").read_bytes()
     (root / "images" / "1.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"(?i)Cannot read image .*1.jpg: .*truncated"):
+    with pytest.raises(ValueError, match=r"Cannot read image .*1.jpg: .*(?i:truncated).*\. The file is "
+                       r"damaged or not an image: export it again, or remove it and its mask\.$"):
         SegmentationDataset(root)[0]
 
 
@@ -162,7 +188,8 @@ def test_split_files_choose_and_order_samples(root):
     dataset = SegmentationDataset(root, split="val")
     assert [Path(p).stem for p in dataset.image_paths] == ["2", "10"]
     (root / "val.txt").write_text("2\n99\n")
-    with pytest.raises(ValueError, match=r"val.txt lists \['99'\]"):
+    with pytest.raises(ValueError, match=r"val.txt lists \['99'\], which have no image\+mask pair\. "
+                       r"Fix the list or add the files\.$"):
         SegmentationDataset(root, split="val")
     with pytest.raises(FileNotFoundError, match="No split file .*test.txt"):
         SegmentationDataset(root, split="test")

@@ -186,6 +186,8 @@ def test_to_device_normalises_uint8_batches_and_makes_masks_int64():
     assert moved.is_contiguous(memory_format=torch.channels_last) and targets.dtype == torch.int64
     floats = moved.contiguous()
     assert to_device(floats, masks, torch.device("cpu"))[0] is floats  # float batches pass as they are
+    for batch in (images, floats):  # the device asked for: "meta" stands in for a second device here
+        assert [t.device.type for t in to_device(batch, masks, torch.device("meta"))] == ["meta", "meta"]
     from helpers.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     imagenet = eval_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD)

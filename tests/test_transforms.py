@@ -142,9 +142,10 @@ def test_train_transforms_without_scale_crop_at_the_images_own_scale():
     resized = v2.functional.resize(mask, [32, 32], interpolation=v2.InterpolationMode.NEAREST)
     assert not any(torch.equal(resized, window) for window in windows)  # a resize would be caught
     small = tv_tensors.Mask(torch.zeros(20, 20, dtype=torch.int64))
-    blank = tv_tensors.Image(torch.zeros(3, 20, 20))
-    _, padded = train_transforms(32, scale=None, degrees=0, jitter=0)(blank, small)
+    grey = tv_tensors.Image(torch.full((3, 20, 20), 200, dtype=torch.uint8))
+    image, padded = train_transforms(32, scale=None, degrees=0, jitter=0, normalize=False)(grey, small)
     assert padded.shape == (32, 32) and (padded == 255).sum() == 32 * 32 - 20 * 20  # padding is ignored
+    assert torch.equal((image == 0).all(0), padded == 255)  # and black in the image
 
 
 def test_quarter_turns_turn_image_and_mask_together_and_exactly():
@@ -198,6 +199,7 @@ def test_train_cutout_blanks_a_quarter_of_the_crop_with_the_probability_asked():
 def test_rotation_marks_the_corners_it_brings_in_as_ignore():
     image, mask = blocky_sample(side=64)
     objects_only = tv_tensors.Mask(mask.clamp(min=1))  # no background: a 0 could only be a filled corner
+    image = tv_tensors.Image(index_to_colour(objects_only))  # no black either
     pipeline = train_transforms(64, scale=None, hflip=0.0, degrees=45, jitter=0, normalize=False)
     torch.manual_seed(0)
     images, masks = zip(*(pipeline(image, objects_only) for _ in range(5)))
@@ -205,6 +207,18 @@ def test_rotation_marks_the_corners_it_brings_in_as_ignore():
     assert sum(bool((mask == IGNORE_INDEX).any()) for mask in masks) >= 3  # all but the smallest angles
     blended = [len(rotated[0].unique()) > len(PALETTE) + 1 for rotated in images]  # more than palette + fill
     assert sum(blended) >= 3  # the image was interpolated smoothly (the mask by nearest neighbour)
+    assert sum(bool((rotated == 0).all(0).any()) for rotated in images) >= 3  # its corners filled black
+
+
+def test_blur_is_drawn_with_the_probability_asked():
+    """blur=1.0 blurs every sample; the smallest sigmas change no uint8 value, hence 'most'."""
+    image, mask = blocky_sample(side=64)
+    torch.manual_seed(0)
+    for blur, least, most in ((1.0, 32, 40), (0.3, 4, 24)):
+        pipeline = train_transforms(64, scale=None, hflip=0.0, degrees=0, jitter=0, blur=blur,
+                                    normalize=False)
+        changed = sum(not torch.equal(pipeline(image, mask)[0], image) for _ in range(40))
+        assert least <= changed <= most, (blur, changed)
 
 
 def test_normalize_false_stops_at_uint8_and_normalize_uses_the_statistics_given():
