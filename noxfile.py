@@ -2,7 +2,7 @@
 
     nox -s tests-3.13     # the README's test command on Python 3.13 (also tests-3.11, tests-3.12)
     nox -s colab          # every notebook on Colab's stack, through its own Colab cell
-    nox -s mutation       # mutation testing of the data helpers (not by default: ~20 min on 2 cores)
+    nox -s mutation       # mutation testing of the data helpers (not by default: ~25 min on 2 cores)
 
 Each session makes its own virtual environment under .nox/ with the Python it names, found on PATH as
 python3.11, python3.12 or python3.13. `.ci/run` runs the README's test command, then `colab`,
@@ -38,8 +38,8 @@ def colab(session: nox.Session) -> None:
 
 @nox.session(python="3.13", default=False)
 def mutation(session: nox.Session) -> None:
-    """Mutation testing with the pinned mutmut: every small change to helpers/datasets.py, batching.py,
-    transforms.py and training.py must fail one of their unit tests ([tool.mutmut] in pyproject.toml).
+    """Mutation testing with the pinned mutmut: every small change to the helpers listed in [tool.mutmut]
+    of pyproject.toml (the data path from file to batch, its metrics and masks) should fail a unit test.
     Prints the survivors (``mutmut show NAME`` shows one). ``nox -s mutation -- "helpers.batching*"`` runs
     the mutants of one module. Results are kept in mutants/: a second run tests only the functions that
     changed, and names given after -- again; delete mutants/ for a fresh run after changing tests."""

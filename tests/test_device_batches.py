@@ -1,6 +1,7 @@
 """Batches augmented on the device (helpers.device_batches, notebook 06): aligned, drawn at their
 probabilities, reproducible, and the same pixels as the per-sample v2 pipeline they replace."""
 
+import pytest
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
@@ -116,3 +117,57 @@ def test_a_decoded_batch_of_any_sizes_is_cropped_flipped_and_turned_as_v2_would(
         expected = by_v2(image, mask, int(draws.top[n]), int(draws.left[n]), 32, bool(draws.hflip[n]),
                          bool(draws.vflip[n]), int(draws.turns[n]))
         assert torch.equal(images[n], expected[0]) and torch.equal(masks[n], expected[1]), n
+
+
+def test_a_scaled_crop_samples_its_box_as_a_bilinear_resize_does():
+    """A box that is the whole image, shrunk to 32 x 32 and stretched to 64 x 64: the image as
+    ``F.resize`` makes it without antialiasing, the mask from its nearest pixel centre (``NEAREST_EXACT``),
+    at the edges too. (Inside an image a box's edge pixels blend with their real neighbours instead.)"""
+    samples = scenes(count=2)
+    whole = [torch.tensor(float(value)).expand(2) for value in (0, 0)] + \
+        [torch.tensor([float(image.shape[axis]) for image, _ in samples]) for axis in (1, 2)]
+    draws = Draws(torch.arange(2), *whole, torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool),
+                  torch.zeros(2, dtype=torch.int64))
+    for size in (32, 64):
+        images, masks = DeviceBatches(InMemoryDataset(samples), CPU, size, batch_size=2).batch(draws)
+        assert images.dtype == torch.uint8 and masks.dtype == torch.uint8
+        for n, (image, mask) in enumerate(samples):
+            expected = F.resize(image.float(), [size, size], antialias=False)
+            assert (images[n].float() - expected).abs().max() <= 0.5 + 1e-3, (size, n)  # rounded, no more
+            nearest = F.resize(mask[None], [size, size], interpolation=F.InterpolationMode.NEAREST_EXACT)
+            assert torch.equal(masks[n], nearest[0]), (size, n)
+
+
+def test_boxes_have_aspect_ratios_from_three_quarters_to_four_thirds():
+    sizes = torch.tensor([[400, 400]]).expand(2000, 2)  # large: no box is cut by the image's edges
+    draws = draw(sizes, 32, torch.Generator().manual_seed(0), scale=(0.1, 0.2), hflip_prob=0.5,
+                 vflip_prob=0, quarter_turns=False)
+    ratio = draws.width / draws.height
+    assert 0.74 < ratio.min() < 0.8 and 1.3 < ratio.max() < 1.35
+
+
+def test_an_epoch_serves_every_sample_once_and_keeps_the_last_short_batch_unless_asked_not_to():
+    samples = [(tv_tensors.Image(torch.full((3, 8, 8), n, dtype=torch.uint8)),
+                tv_tensors.Mask(torch.zeros(8, 8, dtype=torch.uint8))) for n in range(6)]  # image n is all n
+    for batch_size, drop_last, sizes in ((4, True, [4]), (4, False, [4, 2]), (3, False, [3, 3]),
+                                         (5, False, [5, 1])):
+        batches = DeviceBatches(InMemoryDataset(samples), CPU, 8, batch_size, drop_last=drop_last)
+        epoch = list(batches.epoch(torch.Generator().manual_seed(0)))
+        assert len(batches) == len(epoch) and [len(images) for images, _ in epoch] == sizes
+        if not drop_last:
+            assert sorted(int(image.max()) for images, _ in epoch for image in images) == list(range(6))
+
+
+def test_defaults_are_those_of_train_transforms_and_grey_images_are_refused():
+    import inspect
+
+    from helpers.transforms import train_transforms
+
+    ours = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=32, batch_size=1).options
+    theirs = inspect.signature(train_transforms).parameters
+    assert [ours[name] for name in ("hflip_prob", "vflip_prob", "quarter_turns")] == \
+        [theirs[name].default for name in ("hflip", "vflip", "quarter_turns")]
+    grey = [(tv_tensors.Image(torch.zeros(1, 8, 8, dtype=torch.uint8)), tv_tensors.Mask(torch.zeros(8, 8)))]
+    with pytest.raises(ValueError, match=r"^DeviceBatches needs RGB images \(3 channels\); convert the data "
+                                         r"set first\.$"):
+        DeviceBatches(InMemoryDataset(grey), CPU, size=8, batch_size=1)

@@ -49,7 +49,15 @@ def test_a_class_predicted_but_absent_scores_zero():
 def test_metrics_work_on_batches_and_refuse_bad_input():
     batch = torch.randint(0, 4, (3, 5, 5))
     assert confusion_matrix(batch, batch, num_classes=4).trace() == 75
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"^Predicted mask \(3, 4, 5\) and target \(3, 5, 5\) differ in "
+                                         r"shape\.$"):
         confusion_matrix(batch[:, :4], batch, num_classes=4)
-    with pytest.raises(ValueError, match="class 7"):
-        confusion_matrix(batch, torch.full_like(batch, 7), num_classes=4)
+    with pytest.raises(ValueError, match=r"^Target has class 4, outside 0..3\.$"):
+        confusion_matrix(batch, torch.full_like(batch, 4), num_classes=4)
+
+
+def test_without_an_ignore_index_every_pixel_counts():
+    confusion = confusion_matrix(PREDICTED, TARGET.clamp(max=2), num_classes=3, ignore_index=None)
+    assert confusion.sum() == 8 and confusion[2, 2] == 2  # the last pixel, 2 now, counts
+    with pytest.raises(ValueError, match="class 255"):
+        confusion_matrix(PREDICTED, TARGET, num_classes=3, ignore_index=None)
