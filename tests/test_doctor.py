@@ -8,7 +8,7 @@ from PIL import Image
 from test_datasets import write_pair
 
 from helpers import doctor
-from helpers.datasets import ORIENTATION
+from helpers.datasets import ORIENTATION, PAIR_FIX
 from helpers.doctor import ERROR, WARNING, diagnose, format_report, main
 
 
@@ -124,6 +124,7 @@ def test_a_mask_that_fits_the_photo_only_as_stored_is_an_error(root):
     (root / "images" / "1.png").unlink()
     message = found(diagnose(root))["masks/1.png"]
     assert "as stored" in message and "ignored the orientation" in message and "ROTATE_270" in message
+    assert "upright to 8x12 (WxH)" in message and message.endswith("and save it as PNG.")
 
 
 def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
@@ -192,3 +193,44 @@ def test_the_command_refuses_a_folder_that_does_not_exist(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([str(tmp_path / "nowhere")])
     assert exit.value.code == 2 and "no folder" in capsys.readouterr().err
+
+
+def test_every_finding_names_its_file_and_errors_come_first(root):
+    """A folder with many problems at once: each message names its own file (and the fix), errors are
+    listed before warnings, and values far outside the classes (a 16-bit mask) are counted."""
+    for stem in ("4", "5", "6", "7"):
+        write_pair(root, stem, 1)
+    (root / "masks" / "2.png").unlink()  # an image without its mask
+    (root / "images" / "3.png").unlink()  # a mask without its image
+    (root / "images" / "notes.txt").write_text("hello")  # a stray file
+    Image.new("RGB", (10, 8)).save(root / "images" / "4.png")  # a size mismatch
+    Image.fromarray(np.full((8, 12), 4, np.uint8), mode="L").save(root / "masks" / "5.png")  # class 4 of 0..3
+    Image.fromarray(np.full((8, 12), 60000, np.uint16)).save(root / "masks" / "6.png")  # 16-bit, I;16
+    save_turned(root / "images" / "7.jpg", (8, 12))  # upright 12x8, as its mask: a warning
+    (root / "images" / "7.png").unlink()
+    report = diagnose(root)
+    errors, warnings = found(report), found(report, WARNING)
+    assert errors.keys() == {"images/2.png", "masks/3.png", "images/notes.txt", "masks/4.png", "masks/5.png",
+                             "masks/6.png"} and warnings.keys() == {"images/7.jpg"}
+    for path, message in {**errors, **warnings}.items():
+        assert str(report.root / path) in message or repr(Path(path).name) in message, (path, message)
+    no_image = f"has no image {report.root / 'images' / '3'}.jpg (or .jpeg, .png). {PAIR_FIX}"
+    assert errors["masks/3.png"].endswith(no_image)
+    assert str(report.root / "images" / "4.png") in errors["masks/4.png"]  # both files of the pair
+    assert [finding.severity for finding in report.findings][-1] == WARNING  # errors first
+    assert report.pixels[60000] == 96 and report.pixels[4] == 96
+    assert "4 outside the classes" in format_report(report).replace("  ", " ")
+
+
+def test_one_missing_folder_is_named_and_the_other_not_checked(root):
+    import shutil
+
+    shutil.rmtree(root / "masks")
+    assert found(diagnose(root)) == {"masks": f"No folder {root / 'masks'}: expected image+mask pairs in "
+                                              "images/ and masks/."}
+    shutil.rmtree(root / "images")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    message = found(diagnose(root))["images"]
+    assert message == (f"No images in {root / 'images'}: expected files such as 0001.jpg, each with a mask "
+                       "masks/0001.png.")

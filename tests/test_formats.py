@@ -3,6 +3,7 @@
 import pickle
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
@@ -31,6 +32,8 @@ def test_memmap_round_trip_single_and_batched(tmp_path, source_dataset):
     write_memmap(source_dataset, tmp_path / "mm", SIZE)
     dataset = MemmapDataset(tmp_path / "mm")
     assert len(dataset) == 20
+    dataset[0]
+    assert all(isinstance(array, np.memmap) for array in dataset.arrays)  # mapped, not read into memory
     for i in (0, 7, 19):
         image, mask = dataset[i]
         want_image, want_mask = expected(source_dataset, i)
@@ -56,6 +59,7 @@ def test_memmap_batches_through_a_loader_with_workers(tmp_path, source_dataset):
 def test_hdf5_round_trip(tmp_path, source_dataset):
     write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
     dataset = HDF5Dataset(tmp_path / "data.h5")
+    assert len(dataset) == 20
     dataset[0]  # opens a handle in this process; workers must not inherit it (tests/test_workers.py)
     assert pickle.loads(pickle.dumps(dataset)).file is None
     for i in (0, 13):
@@ -141,7 +145,8 @@ def test_unpaired_files_in_a_shard_are_named(tmp_path, source_dataset):
 
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
         tar.add(Path(source_dataset.image_paths[0]), arcname="0001.jpg")
-    with pytest.raises(ValueError, match=r"bad.tar has unpaired files \['0001'\]"):
+    with pytest.raises(ValueError, match=r"bad.tar has unpaired files \['0001'\]: each NAME needs an image "
+                                         r"and NAME.png\.$"):
         list(ShardStream([tmp_path / "bad.tar"]))
 
 
@@ -157,6 +162,11 @@ def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_
     assert not set(per_rank[0]) & set(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == sorted(shards)
     assert abs(len(per_rank[0]) - len(per_rank[1])) <= 1
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)  # no process group yet:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun sets for every rank
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        assert ShardStream(shards, shuffle=4, seed=3).my_shards() == per_rank[rank]
 
 
 def test_disk_megabytes_counts_a_file_or_a_folder(tmp_path):
