@@ -124,10 +124,10 @@ def test_a_scaled_crop_samples_its_box_as_a_bilinear_resize_does():
     ``F.resize`` makes it without antialiasing, the mask from its nearest pixel centre (``NEAREST_EXACT``),
     at the edges too. (Inside an image a box's edge pixels blend with their real neighbours instead.)"""
     samples = scenes(count=2)
-    whole = [torch.tensor(float(value)).expand(2) for value in (0, 0)] + \
-        [torch.tensor([float(image.shape[axis]) for image, _ in samples]) for axis in (1, 2)]
-    draws = Draws(torch.arange(2), *whole, torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool),
-                  torch.zeros(2, dtype=torch.int64))
+    heights, widths = (torch.tensor([float(image.shape[axis]) for image, _ in samples]) for axis in (1, 2))
+    unflipped = torch.zeros(2, dtype=torch.bool)
+    draws = Draws(torch.arange(2), torch.zeros(2), torch.zeros(2), heights, widths, unflipped, unflipped,
+                  turns=torch.zeros(2, dtype=torch.int64))
     for size in (32, 64):
         images, masks = DeviceBatches(InMemoryDataset(samples), CPU, size, batch_size=2).batch(draws)
         assert images.dtype == torch.uint8 and masks.dtype == torch.uint8
