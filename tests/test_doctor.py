@@ -31,7 +31,8 @@ def test_a_clean_folder_has_no_findings_and_a_summary(root):
     assert report.sizes == {(8, 12): 3} and report.mask_modes == {"P": 3}
     assert report.pixels == {0: 3 * 48, 1: 48, 2: 48, 3: 48}  # left half of each mask is its label
     text = format_report(report)
-    assert "pairs: 3" in text and "(8, 12) x3" in text and "P x3" in text and "No errors" in text
+    assert "pairs: 3" in text and "(8, 12) x3" in text and "P x3" in text
+    assert text.endswith("\n\nNo errors: every pair reads as SegmentationDataset reads it.")
     assert "background" in text and "    1 disc" in text and "16.7%" in text
 
 
@@ -117,6 +118,14 @@ def test_an_exif_turned_photo_is_a_warning_when_its_mask_fits_upright(root):
     report = diagnose(root)
     assert found(report) == {} and "EXIF orientation 6" in found(report, WARNING)["images/1.jpg"]
     assert main([str(root)]) == 0  # warnings alone do not fail
+
+
+def test_exif_without_an_orientation_is_no_finding(root):
+    exif = Image.Exif()
+    exif[0x010F] = "a camera maker"  # Make: EXIF, but nothing about orientation
+    Image.new("RGB", (12, 8), (200, 0, 0)).save(root / "images" / "1.jpg", exif=exif)
+    (root / "images" / "1.png").unlink()
+    assert diagnose(root).findings == []
 
 
 def test_a_mask_that_fits_the_photo_only_as_stored_is_an_error(root):
@@ -234,3 +243,24 @@ def test_one_missing_folder_is_named_and_the_other_not_checked(root):
     message = found(diagnose(root))["images"]
     assert message == (f"No images in {root / 'images'}: expected files such as 0001.jpg, each with a mask "
                        "masks/0001.png.")
+
+
+def test_the_report_lists_findings_under_their_counts_and_the_options_reach_the_check(root, capsys):
+    binary = np.zeros((8, 12), np.uint8)
+    binary[:, 6:] = 255
+    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")  # an error, unless 255 means ignore
+    save_turned(root / "images" / "2.jpg", (8, 12))  # a warning
+    (root / "images" / "2.png").unlink()
+    assert main([str(root)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[lines.index("1 error(s), must be fixed:") + 1] == "  masks/1.png"
+    assert lines[lines.index("1 warning(s), worth a look:") + 1] == "  images/2.jpg"
+    assert lines[-1] == "1 error(s): fix them, then run this check again."
+    assert main([str(root), "--ignore-index", "255"]) == 0  # as the error advises
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == "No errors, 1 warning(s): every pair reads as SegmentationDataset reads it."
+    assert main([str(root), "--ignore-index", "255", "--num-classes", "3"]) == 1  # 3.png's class 3
+    assert "values [3] outside the classes 0..2" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit:
+        main([str(root), "--num-classes", "0"])
+    assert exit.value.code == 2 and "--num-classes must be at least 1" in capsys.readouterr().err
