@@ -146,7 +146,8 @@ def test_missing_folders_and_empty_folders_are_findings(tmp_path):
     assert found(diagnose(tmp_path)).keys() == {"images", "masks"}
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    assert "No images in" in found(diagnose(tmp_path))["images"]
+    assert found(diagnose(tmp_path))["images"] == (f"No images in {tmp_path / 'images'}: expected files such "
+                                                   "as 0001.jpg, each with a mask masks/0001.png.")
 
 
 def test_the_summary_uses_indices_for_other_classes_and_ranges_for_many_sizes(root):
@@ -205,8 +206,8 @@ def test_the_command_refuses_a_folder_that_does_not_exist(tmp_path, capsys):
 
 
 def test_every_finding_names_its_file_and_errors_come_first(root):
-    """A folder with many problems at once: each message names its own file (and the fix), errors are
-    listed before warnings, and values far outside the classes (a 16-bit mask) are counted."""
+    """A folder with many problems at once: each message names its own file, errors are listed before
+    warnings, and values far outside the classes (a 16-bit mask) are counted."""
     for stem in ("4", "5", "6", "7"):
         write_pair(root, stem, 1)
     (root / "masks" / "2.png").unlink()  # an image without its mask
@@ -228,21 +229,15 @@ def test_every_finding_names_its_file_and_errors_come_first(root):
     assert str(report.root / "images" / "4.png") in errors["masks/4.png"]  # both files of the pair
     assert [finding.severity for finding in report.findings][-1] == WARNING  # errors first
     assert report.pixels[60000] == 96 and report.pixels[4] == 96
-    assert "4 outside the classes" in format_report(report).replace("  ", " ")
+    assert "4 outside the classes" in format_report(report)
 
 
-def test_one_missing_folder_is_named_and_the_other_not_checked(root):
+def test_one_missing_folder_is_the_only_finding(root):
     import shutil
 
-    shutil.rmtree(root / "masks")
+    shutil.rmtree(root / "masks")  # the images are not reported as unpaired
     assert found(diagnose(root)) == {"masks": f"No folder {root / 'masks'}: expected image+mask pairs in "
                                               "images/ and masks/."}
-    shutil.rmtree(root / "images")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    message = found(diagnose(root))["images"]
-    assert message == (f"No images in {root / 'images'}: expected files such as 0001.jpg, each with a mask "
-                       "masks/0001.png.")
 
 
 def test_the_report_lists_findings_under_their_counts_and_the_options_reach_the_check(root, capsys):
