@@ -4,13 +4,14 @@ Taught in 02_segmentation_masks; used by every later notebook and by DataLoader 
 """
 
 import io
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
@@ -92,11 +93,16 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     if not split_file.is_file():
         raise FileNotFoundError(f"No split file {split_file}: expected one file name stem per line.")
     by_stem = {image.stem: (image, mask) for image, mask in pairs}
-    stems = split_file.read_text().split()
+    stems = split_file.read_text().splitlines()
+    stems = [stem.strip() for stem in stems if stem.strip()]  # blank lines and stray spaces do not count
     unknown = [stem for stem in stems if stem not in by_stem]
     if unknown:
         raise ValueError(f"{split_file.name} lists {unknown[:5]}, which have no image+mask pair. "
                          "Fix the list or add the files.")
+    twice = sorted(stem for stem, count in Counter(stems).items() if count > 1)
+    if twice or not stems:
+        problem = f"lists {twice[:5]} more than once" if twice else "lists no file"
+        raise ValueError(f"{split_file} {problem}: write each stem of the split once, one per line.")
     return [by_stem[stem] for stem in stems]
 
 
@@ -106,6 +112,25 @@ TOO_LARGE = ("Pillow refuses images this large in case the file is a decompressi
 
 
 TURNED = (5, 6, 7, 8)  # EXIF orientations that swap height and width
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,  # per EXIF orientation,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,  # as ImageOps.exif_transpose
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+WIDE_GREY = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # 16-bit, 32-bit and float grey: not 8-bit
+
+
+class ImageRefused(ValueError):
+    """An image file refused with a message of its own, which names the file and the fix."""
+
+
+class InMemoryFile(io.BytesIO):
+    """A file's bytes held in memory (a member of a tar shard), named in error messages as ``name``."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.label = name
+
+    def __str__(self) -> str:
+        return self.label
 
 
 def reduced_size(size: tuple[int, int], min_size: tuple[int, int] | None) -> tuple[int, int]:
@@ -137,23 +162,31 @@ def decode_image(path: Path | BinaryIO,
                 height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             except ValueError:  # damaged: PIL below says how, in plainer words
                 colorspace = None
-            if colorspace in ("Gray", "YCbCr", "RGB") and height * width <= Image.MAX_IMAGE_PIXELS:
+            limit = Image.MAX_IMAGE_PIXELS  # None: the decompression-bomb check is switched off
+            if colorspace in ("Gray", "YCbCr", "RGB") and (limit is None or height * width <= limit):
                 try:
                     return _decode_jpeg(data, (height, width), min_size), (height, width)
                 except ValueError:
                     pass  # damaged: PIL below says how
         with Image.open(io.BytesIO(data)) as file:  # checks the size against Image.MAX_IMAGE_PIXELS
-            orientation = file.getexif().get(ORIENTATION, 1) if "exif" in file.info else 1
+            orientation = exif_orientation(file, path)
             width, height = file.size[::-1] if orientation in TURNED else file.size
-            if (simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L")
-                    and orientation == 1):
-                return _decode_jpeg(data, (height, width), min_size), (height, width)
+            if simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L"):
+                stored_min = min_size[::-1] if min_size is not None and orientation in TURNED else min_size
+                return _decode_jpeg(data, (file.height, file.width), stored_min, orientation), (height, width)
             if min_size is not None and file.format == "JPEG":  # PIL's own reduced decoding
                 low_h, low_w = min_size[::-1] if orientation in TURNED else min_size  # as stored
                 file.draft("RGB", (low_w, low_h))  # picks 1/2, 1/4 or 1/8 likewise
-            if orientation != 1:  # stored sideways or mirrored
-                file = ImageOps.exif_transpose(file)
+            if file.mode in WIDE_GREY:  # PIL's conversion to RGB would clip every value above 255
+                raise ImageRefused(
+                    f"Image {path} has {file.mode} pixels (16-bit, 32-bit or float grey), which 8-bit RGB "
+                    "cannot hold: converting would clip them to white. Scale it to 8 bits for its own "
+                    "range and save it again (e.g. as PNG in mode L).")
+            if orientation in UPRIGHT:  # stored sideways or mirrored; EXIF's other tags are not needed
+                file = file.transpose(UPRIGHT[orientation])
             array = np.array(file if file.mode == "RGB" else file.convert("RGB"))
+    except ImageRefused:
+        raise
     except Image.DecompressionBombError as error:
         raise ValueError(f"Cannot read image {path}: {error} {TOO_LARGE}") from None
     except (OSError, SyntaxError, ValueError) as error:
@@ -162,10 +195,27 @@ def decode_image(path: Path | BinaryIO,
     return torch.from_numpy(array).permute(2, 0, 1), (height, width)
 
 
-def _decode_jpeg(data: bytes, size: tuple[int, int], min_size: tuple[int, int] | None) -> torch.Tensor:
-    """libjpeg-turbo through simplejpeg: the pixels PIL would give, about twice as fast, as ``[3, H, W]``."""
+def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
+    """The EXIF orientation of an opened image (1, upright, when it has none); damaged EXIF raises, naming
+    the file."""
+    if "exif" not in file.info:
+        return 1
+    try:
+        return file.getexif().get(ORIENTATION, 1)
+    except Exception as error:  # PIL's EXIF parser raises struct.error, TypeError, ... on damaged metadata
+        raise ImageRefused(f"Cannot read image {path}: its EXIF metadata is damaged ({type(error).__name__}: "
+                           f"{error}). Export it again, or strip its metadata.") from None
+
+
+def _decode_jpeg(data: bytes, size: tuple[int, int], min_size: tuple[int, int] | None,
+                 orientation: int = 1) -> torch.Tensor:
+    """libjpeg-turbo through simplejpeg: the pixels PIL would give, about twice as fast, as ``[3, H, W]``;
+    ``size`` and ``min_size`` as stored. Turned upright by PIL when the EXIF ``orientation`` says so (PIL
+    turns whole pixels at once, faster than torch's flips of a ``[3, H, W]`` view)."""
     low_h, low_w = reduced_size(size, min_size)
     pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=low_h, min_width=low_w)
+    if orientation in UPRIGHT:
+        pixels = np.array(Image.fromarray(pixels).transpose(UPRIGHT[orientation]))
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
@@ -224,6 +274,9 @@ def _read_mask(path: Path | BinaryIO, num_classes: int, ignore_index: int | None
         raise ValueError(f"{dtype} cannot hold class {largest}: use torch.int64.")
     try:
         with Image.open(path) as file:
+            if file.format != "PNG":  # named .png, but JPEG's compression would have invented values
+                raise ValueError(f"Mask {path} is a {file.format} file, not a PNG: masks must be stored "
+                                 "losslessly. Export it again as PNG from the original class indices.")
             full, array = file.size[::-1], None
             if size is not None and tuple(size) != full and file.mode in ("P", "L"):
                 low, high = file.getextrema()  # checked inside PIL, no copy of the full mask

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from helpers.datasets import SegmentationDataset
-from helpers.formats import NamedSample, decode_shard_sample
+from helpers.formats import NamedSample, check_whole_tar, decode_shard_sample
 from helpers.masks import CLASSES
 from helpers.metrics import mean_iou
 from helpers.models import UNet
@@ -105,6 +105,11 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
             return (f"{len(shards)} shards in {source} for {world_size} processes x {workers} workers: "
                     f"every reader needs a shard of its own; write at least {world_size * workers} "
                     "(helpers.formats.write_shards(per_shard=...)) or start fewer")
+        for shard in [] if is_url(source) else shards:  # a shard cut short reads without an error
+            try:
+                check_whole_tar(Path(shard))
+            except ValueError as error:
+                return str(error)
     return None
 
 

@@ -29,6 +29,7 @@ from helpers.datasets import (
     NO_IMAGES,
     ORIENTATION,
     PAIR_FIX,
+    UPRIGHT,
     check_mask_values,
     check_same_size,
     read_image,
@@ -42,8 +43,7 @@ from helpers.progress import progress_bar
 ERROR, WARNING = "error", "warning"  # an error stops SegmentationDataset; a warning is worth a look
 PROGRESS_FROM = 200  # pairs: smaller folders are checked in moments, without a progress bar
 ANY_VALUE = 2**31    # read masks as if there were this many classes: every value comes back, to be counted
-TURN_UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",  # per EXIF
-                6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}  # orientation, as ImageOps.exif_transpose
+TURN_UPRIGHT = {orientation: turn.name for orientation, turn in UPRIGHT.items()}  # per EXIF orientation
 BLACK_AND_WHITE = ("Mask {path} holds only 0 and 255, a black-and-white mask. If 255 marks the objects, "
                    "divide it by 255 (np.array(mask) // 255) and save it again as PNG; if 255 means "
                    "'no label here', run again with --ignore-index 255.")

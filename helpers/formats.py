@@ -5,7 +5,6 @@ lazily, inside the process that reads (a DataLoader worker), never in ``__init__
 memory maps do not survive pickling into workers.
 """
 
-import io
 import os
 import tarfile
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
-from helpers.datasets import Sample, SegmentationDataset, read_pair
+from helpers.datasets import InMemoryFile, Sample, SegmentationDataset, read_pair
 from helpers.device import upload
+from helpers.masks import CLASSES
 
 
 def disk_megabytes(path: Path) -> float:
@@ -33,21 +33,36 @@ def resized_pairs(dataset: SegmentationDataset, size: int) -> Iterator[tuple[np.
     """Yield each pair decoded and resized once: uint8 image ``[3, size, size]``, uint8 mask
     ``[size, size]``."""
     resize = v2.Resize((size, size), antialias=True)  # masks: nearest
-    for image, mask in dataset:
+    for index, (image, mask) in enumerate(dataset):
         image, mask = resize(image, mask)
+        if mask.max() > 255:
+            raise ValueError(f"Mask {dataset.mask_paths[index]} has class {int(mask.max())}, but these files "
+                             "store masks as uint8 (0..255). Number the classes from 0, or keep the "
+                             "folder and read it with SegmentationDataset.")
         yield image.numpy(), mask.numpy().astype(np.uint8)
+
+
+def written_whole(path: Path) -> Path:
+    """Where ``path`` is written before it is complete: readers never see a file cut short by an error."""
+    return path.with_name(path.stem + ".partial" + path.suffix)
 
 
 def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
     """Decode every pair once into ``folder/images.npy`` ``[N, 3, size, size]`` and ``masks.npy`` (uint8)."""
     folder.mkdir(parents=True, exist_ok=True)
     shape = (len(dataset), size, size)
-    images = np.lib.format.open_memmap(folder / "images.npy", "w+", np.uint8, (shape[0], 3, *shape[1:]))
-    masks = np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, shape)
+    paths = [folder / "images.npy", folder / "masks.npy"]
+    for path in paths:  # an older copy must not pass for this one if writing stops half-way
+        path.unlink(missing_ok=True)
+    images = np.lib.format.open_memmap(written_whole(paths[0]), "w+", np.uint8, (shape[0], 3, *shape[1:]))
+    masks = np.lib.format.open_memmap(written_whole(paths[1]), "w+", np.uint8, shape)
     for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
         images[i], masks[i] = image, mask
     images.flush()
     masks.flush()
+    del images, masks  # closes the maps
+    for path in paths:
+        written_whole(path).replace(path)
 
 
 class MemmapDataset(Dataset):
@@ -58,7 +73,17 @@ class MemmapDataset(Dataset):
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        self.length = len(np.load(self.folder / "masks.npy", mmap_mode="r"))
+        shapes = []
+        for path in (self.folder / "images.npy", self.folder / "masks.npy"):
+            try:
+                shapes.append(np.load(path, mmap_mode="r").shape)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"Cannot map {path}: {error}. "
+                                 "Write the folder again with write_memmap.") from None
+        if len(shapes[0]) != 4 or shapes[0][0] != shapes[1][0] or shapes[0][2:] != shapes[1][1:]:
+            raise ValueError(f"{self.folder}: images {shapes[0]} and masks {shapes[1]} do not pair up "
+                             "([N, 3, H, W] and [N, H, W]). Write the folder again with write_memmap.")
+        self.length = shapes[0][0]
         self.arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened on first use, per process
 
     def __getstate__(self) -> dict:
@@ -72,7 +97,7 @@ class MemmapDataset(Dataset):
             self.arrays = (np.load(self.folder / "images.npy", mmap_mode="r"),
                            np.load(self.folder / "masks.npy", mmap_mode="r"))
         images, masks = self.arrays
-        if isinstance(index, int):
+        if isinstance(index, int | np.integer):
             return Sample(torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(masks[index])))
         # a list gathers the batch straight from the map, in the order asked: one copy, nothing reordered
         return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
@@ -134,12 +159,14 @@ class PinnedMemmapBatches:
 
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
     """Decode every pair once into one HDF5 file, one chunk per image and per mask."""
-    with h5py.File(path, "w") as file:
+    Path(path).unlink(missing_ok=True)  # an older copy must not pass for this one if writing stops half-way
+    with h5py.File(written_whole(Path(path)), "w") as file:
         images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8,
                                      chunks=(1, 3, size, size))
         masks = file.create_dataset("masks", (len(dataset), size, size), np.uint8, chunks=(1, size, size))
         for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
             images[i], masks[i] = image, mask
+    written_whole(Path(path)).replace(path)
 
 
 class HDF5Dataset(Dataset):
@@ -151,8 +178,15 @@ class HDF5Dataset(Dataset):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        with h5py.File(self.path, "r") as file:
-            self.length = len(file["masks"])
+        try:
+            with h5py.File(self.path, "r") as file:
+                shapes = file["images"].shape, file["masks"].shape
+        except (OSError, KeyError) as error:
+            raise ValueError(f"Cannot read {self.path}: {error}. Write it again with write_hdf5.") from None
+        if len(shapes[0]) != 4 or shapes[0][0] != shapes[1][0] or shapes[0][2:] != shapes[1][1:]:
+            raise ValueError(f"{self.path}: images {shapes[0]} and masks {shapes[1]} do not pair up "
+                             "([N, 3, H, W] and [N, H, W]). Write it again with write_hdf5.")
+        self.length = shapes[0][0]
         self.file: h5py.File | None = None  # an h5py handle cannot be pickled into workers
 
     def __getstate__(self) -> dict:
@@ -165,7 +199,7 @@ class HDF5Dataset(Dataset):
         if self.file is None:
             self.file = h5py.File(self.path, "r")
         images, masks = self.file["images"], self.file["masks"]
-        if isinstance(index, int):
+        if isinstance(index, int | np.integer):
             return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
         batch = (np.empty((len(index), *images.shape[1:]), np.uint8),
                  np.empty((len(index), *masks.shape[1:]), np.uint8))
@@ -181,8 +215,13 @@ def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64
     ``per_shard`` pairs in each shard (the last one gets the rest), or, with ``shards``, that many shards
     whose sizes differ by one pair at most. The files go in as they are on disk (still compressed), each
     with its time as an int, in whole seconds: tarfile's PAX format gives a float time (even 1.0) an extra
-    1 KB header per file.
+    1 KB header per file. Images must be JPEGs: they go in as ``NAME.jpg`` (``.jpeg`` and ``.JPG`` too).
     """
+    pngs = [path for path in dataset.image_paths if Path(path).suffix.lower() == ".png"]
+    if pngs:
+        raise ValueError(f"{len(pngs)} image(s) are PNGs, e.g. {pngs[0]}: a shard holds NAME.jpg beside the "
+                         "mask NAME.png, and a PNG image would collide with its mask. Convert the images to "
+                         "JPEG, or keep the folder and read it with SegmentationDataset.")
     folder.mkdir(parents=True, exist_ok=True)
     count = len(dataset)
     if shards and count:
@@ -195,8 +234,9 @@ def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64
         path = folder / f"shard-{number:05d}.tar"
         with tarfile.open(path, "w") as tar:
             for i in range(start, stop):
-                for source in (Path(dataset.image_paths[i]), Path(dataset.mask_paths[i])):
-                    tar.add(source, arcname=source.name, filter=_whole_seconds)
+                image, mask = Path(dataset.image_paths[i]), Path(dataset.mask_paths[i])
+                tar.add(image, arcname=image.stem + ".jpg", filter=_whole_seconds)  # the names readers expect
+                tar.add(mask, arcname=mask.stem + ".png", filter=_whole_seconds)
         paths.append(path)
     return paths
 
@@ -208,17 +248,39 @@ def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None) -> Iterator[Sample]:
-    """Read a shard front to back; yield each image+mask pair as a Sample (resized to ``size``, if given)."""
+def check_whole_tar(path: Path) -> None:
+    """Raise unless ``path`` ends with tar's end-of-archive blocks (zeros): a shard cut short between two
+    files (an interrupted copy or download) reads without any error, its last samples missing."""
+    with open(path, "rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        file.seek(max(0, size - 2 * tarfile.BLOCKSIZE))
+        tail = file.read()
+    if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE or tail.count(0) != len(tail):
+        raise ValueError(f"{path} does not end as a tar file does: it was cut short, and the samples at its "
+                         "end are missing. Copy or write the shard again.")
+
+
+def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
+                    ignore_index: int | None = None) -> Iterator[Sample]:
+    """Read a shard front to back; yield each image+mask pair as a Sample (resized to ``size``, if given);
+    mask values are checked as ``read_pair`` checks them."""
+    check_whole_tar(path)
     pending: dict[str, dict[str, bytes]] = {}
     with tarfile.open(path) as tar:
         for member in tar:
-            stem, suffix = member.name.rsplit(".", 1)
+            if not member.isfile():  # a folder's own entry (tar cf shard.tar folder/)
+                continue
+            stem, dot, suffix = member.name.rpartition(".")
+            if not dot:
+                raise ValueError(f"{path} holds {member.name!r}, which has no extension: "
+                                 "a shard holds NAME.jpg and NAME.png only.")
             pending.setdefault(stem, {})[suffix] = tar.extractfile(member).read()
             files = pending[stem]
             if "png" in files and len(files) == 2:
                 image_name = next(k for k in files if k != "png")
-                yield read_pair(io.BytesIO(files[image_name]), io.BytesIO(files["png"]), size)
+                yield read_pair(InMemoryFile(files[image_name], f"{path}:{stem}.{image_name}"),
+                                InMemoryFile(files["png"], f"{path}:{stem}.png"), size, num_classes,
+                                ignore_index)
                 del pending[stem]
     if pending:
         raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: "
@@ -241,13 +303,15 @@ class ShardStream(IterableDataset):
 
     With ``shuffle > 0``, shard order is shuffled per epoch (call ``set_epoch`` before each, as with
     ``DistributedSampler``) and samples pass through a buffer of that size.
-    ``size`` and ``transform`` act as in ``SegmentationDataset``.
+    ``size``, ``transform``, ``num_classes`` and ``ignore_index`` act as in ``SegmentationDataset``.
     """
 
     def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None,
-                 size: tuple[int, int] | None = None):
+                 size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
+                 ignore_index: int | None = None):
         self.shards, self.shuffle, self.seed = [Path(s) for s in shards], shuffle, seed
         self.transform, self.size = transform, size
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         # the epoch lives in shared memory: workers kept alive by persistent_workers=True hold a copy of
         # this dataset made when they started, and would otherwise never see set_epoch
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -273,6 +337,9 @@ class ShardStream(IterableDataset):
             order = torch.randperm(len(shards), generator=generator)
             shards = [shards[i] for i in order]
         rank, world_size = self.__dict__.get("ranks") or rank_and_world_size()
+        if len(shards) < world_size:  # a rank without shards would stop first, and the others wait for it
+            raise ValueError(f"{len(shards)} shards cannot feed {world_size} ranks: write at least one "
+                             f"per rank (write_shards(shards={world_size})), or start fewer ranks.")
         shards = shards[rank::world_size]
         worker = get_worker_info()
         return shards[worker.id::worker.num_workers] if worker else shards
@@ -280,7 +347,7 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         buffer: list[Sample] = []
         for shard in self.my_shards():
-            for sample in _pairs_in_shard(shard, self.size):
+            for sample in _pairs_in_shard(shard, self.size, self.num_classes, self.ignore_index):
                 if self.transform is not None:
                     sample = Sample(*self.transform(*sample))
                 if not self.shuffle:
@@ -308,9 +375,10 @@ def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None) -> Na
     if "jpg" not in sample or "png" not in sample:
         found = sorted(key for key in sample if not key.startswith("__"))
         raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same shard.")
+    key = sample.get("__key__")
     try:
-        image, mask = read_pair(io.BytesIO(sample["jpg"]), io.BytesIO(sample["png"]), size,
-                                mask_dtype=torch.uint8)
+        image, mask = read_pair(InMemoryFile(sample["jpg"], f"{key}.jpg"),
+                                InMemoryFile(sample["png"], f"{key}.png"), size, mask_dtype=torch.uint8)
     except (ValueError, OSError) as error:
         raise ValueError(f"{where}: {error}") from error
     return NamedSample(image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), sample["__key__"])

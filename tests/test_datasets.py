@@ -491,3 +491,63 @@ def test_photos_whose_exif_turns_nothing_are_decoded_by_simplejpeg_too(tmp_path,
         Image.fromarray(np.full((96, 128, 3), 120, np.uint8)).save(tmp_path / f"{name}.jpg", exif=exif)
         assert decode_image(tmp_path / f"{name}.jpg", (48, 64))[0].shape == (3, 48, 64)
     assert calls == [{"min_height": 48, "min_width": 64}] * 2
+
+
+def test_jpegs_decode_with_the_decompression_bomb_check_switched_off(root, monkeypatch):
+    (root / "images" / "1.png").unlink()
+    Image.new("RGB", (12, 8), (90, 10, 10)).save(root / "images" / "1.jpg")  # no EXIF: libjpeg-turbo's path
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # PIL's documented switch, which TOO_LARGE suggests
+    assert SegmentationDataset(root)[0].image.shape == (3, 8, 12)
+
+
+def test_wide_grey_images_are_refused_instead_of_clipped_to_white(root):
+    ramp = np.linspace(0, 4095, 96, dtype=np.uint16).reshape(8, 12)  # a 12-bit scan, stored in 16 bits
+    Image.fromarray(ramp).save(root / "images" / "1.png")
+    assert Image.open(root / "images" / "1.png").mode.startswith("I;16")
+    with pytest.raises(ValueError, match=r"^Image .*1.png has I;16 pixels \(16-bit, 32-bit or float grey\), "
+                                         r"which 8-bit RGB cannot hold: .*Scale it to 8 bits"):
+        SegmentationDataset(root)[0]
+
+
+def test_damaged_exif_is_named_and_turned_photos_still_decode(tmp_path, monkeypatch):
+    from helpers.datasets import read_image
+
+    path, _ = write_photo(tmp_path, size=(16, 24), orientation=6)
+    upright = read_image(path)
+    assert upright.shape == (3, 24, 16)  # turned: not ImageOps.exif_transpose, whose EXIF rewrite can fail
+    monkeypatch.setattr(Image.Exif, "get", lambda self, tag, default=None: 1 / 0)  # a parser that fails
+    with pytest.raises(ValueError, match=r"^Cannot read image .*photo.jpg: its EXIF metadata is damaged "
+                                         r"\(ZeroDivisionError: division by zero\)\. Export it again"):
+        read_image(path)
+
+
+def test_a_jpeg_named_png_is_refused_as_a_mask(root):
+    Image.new("L", (12, 8)).save(root / "masks" / "1.png", format="JPEG")
+    with pytest.raises(ValueError, match=r"^Mask .*1.png is a JPEG file, not a PNG: masks must be stored "
+                                         r"losslessly\. Export it again as PNG"):
+        SegmentationDataset(root)[0]
+
+
+def test_split_files_that_repeat_or_list_nothing_are_refused(root):
+    (root / "val.txt").write_text("2\n10\n2\n")
+    with pytest.raises(ValueError, match=r"val.txt lists \['2'\] more than once: write each stem"):
+        SegmentationDataset(root, split="val")
+    (root / "val.txt").write_text("\n  \n")
+    with pytest.raises(ValueError, match=r"val.txt lists no file: write each stem of the split once"):
+        SegmentationDataset(root, split="val")
+    (root / "val.txt").write_text(" 2 \n\n10\n")  # blank lines and stray spaces are fine
+    assert [Path(p).stem for p in SegmentationDataset(root, split="val").image_paths] == ["2", "10"]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_turned_photos_are_decoded_by_simplejpeg_as_pil_turns_them(tmp_path, monkeypatch, orientation):
+    from helpers import datasets
+
+    path, _ = write_photo(tmp_path, size=(96, 128), orientation=orientation)
+    calls = spy_on_simplejpeg(monkeypatch)
+    fast, size = datasets.decode_image(path)
+    reduced, _ = datasets.decode_image(path, (24, 24))
+    assert len(calls) == 2  # libjpeg-turbo decoded it, at 1/4 scale the second time
+    monkeypatch.setattr(datasets, "simplejpeg", None)  # PIL: Image.transpose, as ImageOps.exif_transpose
+    assert torch.equal(fast, datasets.decode_image(path)[0]) and fast.shape[1:] == size
+    assert torch.equal(reduced, datasets.decode_image(path, (24, 24))[0]) and reduced.shape[1] < 96

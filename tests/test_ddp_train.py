@@ -69,7 +69,7 @@ def test_not_started_by_torchrun_says_how_to_start_it(monkeypatch, capsys, tmp_p
     assert "must be started by torchrun" in error and "torchrun --nproc_per_node=2" in error
 
 
-def test_fewer_shards_than_readers_and_a_missing_folder_are_named(tmp_path):
+def test_fewer_shards_than_readers_a_shard_cut_short_and_a_missing_folder_are_named(tmp_path):
     write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path / "shards", per_shard=32)
     args = Namespace(shards=tmp_path / "shards", data=None, val_data=None, workers=2)
     problem = data_problem(args, world_size=2)
@@ -81,6 +81,11 @@ def test_fewer_shards_than_readers_and_a_missing_folder_are_named(tmp_path):
     missing = data_problem(Namespace(shards=None, data=tmp_path / "nowhere", val_data=None, workers=0),
                            world_size=1)
     assert "nowhere is missing on this node" in missing
+    args.val_data, shard = None, sorted((tmp_path / "shards").glob("*.tar"))[1]
+    shard.write_bytes(shard.read_bytes()[:-10240])  # an interrupted copy: whole files, no end blocks
+    assert data_problem(args, world_size=2) == (f"{shard} does not end as a tar file does: it was cut "
+                                                "short, and the samples at its end are missing. Copy or "
+                                                "write the shard again.")
 
 
 def free_port() -> int:

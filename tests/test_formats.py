@@ -176,3 +176,137 @@ def test_disk_megabytes_counts_a_file_or_a_folder(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"\0" * 2**20)
     (tmp_path / "sub" / "b.bin").write_bytes(b"\0" * 2**19)
     assert disk_megabytes(tmp_path / "a.bin") == 1.0 and disk_megabytes(tmp_path) == 1.5
+
+
+def test_a_write_that_stops_half_way_leaves_nothing_a_reader_takes_for_whole(tmp_path, source_dataset):
+    from pathlib import Path
+
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)  # an older, whole copy
+    write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
+    broken = SegmentationDataset(data_dir("shapes"), split="val")
+    broken.mask_paths = [*source_dataset.mask_paths[:3], str(tmp_path / "missing.png")]
+    broken.image_paths = source_dataset.image_paths[:4]
+    for write, path in [(write_memmap, tmp_path / "mm"), (write_hdf5, tmp_path / "data.h5")]:
+        with pytest.raises(ValueError, match="missing.png"):
+            write(broken, path, SIZE)
+        reader = MemmapDataset if write is write_memmap else HDF5Dataset
+        with pytest.raises(ValueError, match=rf"^Cannot (map|read) {path}.*again with {write.__name__}"):
+            reader(path)
+    assert sorted(Path(p).name for p in (tmp_path / "mm").iterdir()) == ["images.partial.npy",
+                                                                         "masks.partial.npy"]
+
+
+def test_arrays_that_do_not_pair_up_are_refused(tmp_path):
+    import h5py
+
+    (tmp_path / "mm").mkdir()
+    np.save(tmp_path / "mm" / "images.npy", np.zeros((6, 3, 8, 8), np.uint8))
+    np.save(tmp_path / "mm" / "masks.npy", np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"mm: images \(6, 3, 8, 8\) and masks \(4, 8, 8\) do not pair up"):
+        MemmapDataset(tmp_path / "mm")
+    with h5py.File(tmp_path / "data.h5", "w") as file:
+        file["images"], file["masks"] = np.zeros((4, 3, 16, 16), np.uint8), np.zeros((4, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match=r"data.h5: images \(4, 3, 16, 16\) and masks \(4, 8, 8\) do not"):
+        HDF5Dataset(tmp_path / "data.h5")
+
+
+def test_masks_with_classes_beyond_uint8_are_refused_not_wrapped(tmp_path):
+    from PIL import Image
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
+    Image.fromarray(np.full((8, 8), 300, np.uint16)).save(tmp_path / "masks" / "a.png")  # 16-bit: class 300
+    wide = SegmentationDataset(tmp_path, num_classes=301)
+    with pytest.raises(ValueError, match=r"^Mask .*a.png has class 300, but these files store masks as "
+                                         r"uint8 \(0\.\.255\)"):
+        write_memmap(wide, tmp_path / "mm", 8)
+
+
+def test_numpy_integers_index_one_sample(tmp_path, source_dataset):
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
+    for dataset in (MemmapDataset(tmp_path / "mm"), HDF5Dataset(tmp_path / "data.h5")):
+        sample = dataset[np.int64(2)]  # as Subset(dataset, np.flatnonzero(...)) passes them
+        assert sample.image.shape == (3, SIZE, SIZE) and sample.image.is_contiguous()
+        assert torch.equal(sample.image, dataset[2].image) and sample.image.numpy().flags.writeable
+
+
+def test_a_shard_cut_short_between_two_files_is_refused(tmp_path, source_dataset):
+    import tarfile
+
+    (shard,) = write_shards(source_dataset, tmp_path / "shards", per_shard=20)
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        cut = [member.offset for member in tar][10]  # where the 6th pair starts: a block boundary
+    shard.write_bytes(data[:cut])
+    with tarfile.open(shard) as tar:
+        assert len(tar.getmembers()) == 10  # tarfile itself reads the first 5 pairs without a complaint
+    with pytest.raises(ValueError, match=r"shard-00000.tar does not end as a tar file does: it was cut"):
+        list(ShardStream([shard]))
+
+
+def test_shard_errors_name_the_shard_and_the_file_and_folder_entries_are_skipped(tmp_path, source_dataset):
+    import io
+    import tarfile
+    from pathlib import Path
+
+    image, mask = Path(source_dataset.image_paths[0]), Path(source_dataset.mask_paths[0])
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        folder = tarfile.TarInfo("shapes")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)  # what `tar cf bad.tar shapes/` starts with
+        tar.add(image, arcname="0001.jpg")
+        info = tarfile.TarInfo("0001.png")
+        info.size = 10
+        tar.addfile(info, io.BytesIO(mask.read_bytes()[:10]))  # a mask cut short
+    with pytest.raises(ValueError, match=r"^Cannot read mask .*bad.tar:0001.png: "):
+        list(ShardStream([tmp_path / "bad.tar"]))
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        tar.add(image, arcname="README")
+    with pytest.raises(ValueError, match=r"bad.tar holds 'README', which has no extension: a shard holds "):
+        list(ShardStream([tmp_path / "bad.tar"]))
+
+
+def test_png_images_are_refused_by_write_shards_and_jpeg_spellings_become_jpg(tmp_path, source_dataset):
+    import shutil
+    import tarfile
+    from pathlib import Path
+
+    for folder in ("images", "masks"):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+    shutil.copy(source_dataset.image_paths[0], tmp_path / "src" / "images" / "a.JPEG")
+    shutil.copy(source_dataset.mask_paths[0], tmp_path / "src" / "masks" / "a.PNG")
+    (shard,) = write_shards(SegmentationDataset(tmp_path / "src"), tmp_path / "shards")
+    with tarfile.open(shard) as tar:
+        assert tar.getnames() == ["a.jpg", "a.png"]  # the names ShardStream and webdataset read
+    Path(tmp_path / "src" / "images" / "a.JPEG").unlink()
+    shutil.copy(source_dataset.mask_paths[0], tmp_path / "src" / "images" / "a.png")  # a PNG image
+    with pytest.raises(ValueError, match=r"^1 image\(s\) are PNGs, e.g. .*a.png: a shard holds NAME.jpg"):
+        write_shards(SegmentationDataset(tmp_path / "src"), tmp_path / "shards")
+
+
+def test_fewer_shards_than_ranks_are_refused(tmp_path, source_dataset, monkeypatch):
+    shards = write_shards(source_dataset, tmp_path / "shards", shards=3)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")  # would get no shard, stop first, and leave the others waiting
+    with pytest.raises(ValueError, match=r"^3 shards cannot feed 4 ranks: write at least one per rank "
+                                         r"\(write_shards\(shards=4\)\)"):
+        ShardStream(shards).my_shards()
+
+
+def test_shard_streams_take_the_classes_and_ignore_index_of_the_data(tmp_path):
+    from PIL import Image
+
+    for folder in ("images", "masks"):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "src" / "images" / "a.jpg")
+    mask = np.full((8, 8), 5, np.uint8)
+    mask[0] = 255
+    Image.fromarray(mask).save(tmp_path / "src" / "masks" / "a.png")  # six classes, and 255 for "ignore"
+    shards = write_shards(SegmentationDataset(tmp_path / "src", num_classes=6, ignore_index=255),
+                          tmp_path / "shards")
+    with pytest.raises(ValueError, match=r"a.png has values \[5, 255\] outside the classes 0..3"):
+        list(ShardStream(shards))
+    (sample,) = ShardStream(shards, num_classes=6, ignore_index=255)
+    assert torch.equal(sample.mask, torch.from_numpy(mask).long())
