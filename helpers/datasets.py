@@ -93,7 +93,7 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     if not split_file.is_file():
         raise FileNotFoundError(f"No split file {split_file}: expected one file name stem per line.")
     by_stem = {image.stem: (image, mask) for image, mask in pairs}
-    stems = split_file.read_text().splitlines()
+    stems = split_file.read_text(encoding="utf-8-sig").splitlines()  # -sig: drops the BOM Notepad writes
     stems = [stem.strip() for stem in stems if stem.strip()]  # blank lines and stray spaces do not count
     unknown = [stem for stem in stems if stem not in by_stem]
     if unknown:
@@ -132,6 +132,8 @@ class InMemoryFile(io.BytesIO):
     def __str__(self) -> str:
         return self.label
 
+    __repr__ = __str__
+
 
 def reduced_size(size: tuple[int, int], min_size: tuple[int, int] | None) -> tuple[int, int]:
     """The (height, width) a JPEG of ``size`` decodes to at the smallest of 1, 1/2, 1/4, 1/8 scale that keeps
@@ -168,7 +170,7 @@ def decode_image(path: Path | BinaryIO,
                     return _decode_jpeg(data, (height, width), min_size), (height, width)
                 except ValueError:
                     pass  # damaged: PIL below says how
-        with Image.open(io.BytesIO(data)) as file:  # checks the size against Image.MAX_IMAGE_PIXELS
+        with Image.open(InMemoryFile(data, str(path))) as file:  # checks the size against MAX_IMAGE_PIXELS
             orientation = exif_orientation(file, path)
             width, height = file.size[::-1] if orientation in TURNED else file.size
             if simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L"):
@@ -177,11 +179,8 @@ def decode_image(path: Path | BinaryIO,
             if min_size is not None and file.format == "JPEG":  # PIL's own reduced decoding
                 low_h, low_w = min_size[::-1] if orientation in TURNED else min_size  # as stored
                 file.draft("RGB", (low_w, low_h))  # picks 1/2, 1/4 or 1/8 likewise
-            if file.mode in WIDE_GREY:  # PIL's conversion to RGB would clip every value above 255
-                raise ImageRefused(
-                    f"Image {path} has {file.mode} pixels (16-bit, 32-bit or float grey), which 8-bit RGB "
-                    "cannot hold: converting would clip them to white. Scale it to 8 bits for its own "
-                    "range and save it again (e.g. as PNG in mode L).")
+            if file.mode in WIDE_GREY:
+                file = eight_bit_grey(file, path)
             if orientation in UPRIGHT:  # stored sideways or mirrored; EXIF's other tags are not needed
                 file = file.transpose(UPRIGHT[orientation])
             array = np.array(file if file.mode == "RGB" else file.convert("RGB"))
@@ -193,6 +192,19 @@ def decode_image(path: Path | BinaryIO,
         raise ValueError(f"Cannot read image {path}: {error}. The file is damaged or not an image: "
                          "export it again, or remove it and its mask.") from None
     return torch.from_numpy(array).permute(2, 0, 1), (height, width)
+
+
+def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
+    """A 16-bit, 32-bit or float grey image as 8-bit grey (mode L) where its values are whole numbers in
+    0..255; otherwise refused, since PIL's conversion to RGB would clip every value above 255 to white."""
+    low, high = file.getextrema()
+    array = np.array(file)
+    if low < 0 or high > 255 or not np.array_equal(array, np.round(array)):
+        raise ImageRefused(
+            f"Image {path} has {file.mode} pixels (16-bit, 32-bit or float grey) from {low} to {high}, which "
+            "8-bit RGB cannot hold: converting would clip or round them. Scale it to 0..255 for its own "
+            "range and save it again (e.g. as PNG in mode L).")
+    return Image.fromarray(array.astype(np.uint8))
 
 
 def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
@@ -275,8 +287,9 @@ def _read_mask(path: Path | BinaryIO, num_classes: int, ignore_index: int | None
     try:
         with Image.open(path) as file:
             if file.format != "PNG":  # named .png, but JPEG's compression would have invented values
-                raise ValueError(f"Mask {path} is a {file.format} file, not a PNG: masks must be stored "
-                                 "losslessly. Export it again as PNG from the original class indices.")
+                why = "stored losslessly" if file.format in ("JPEG", "MPO") else "PNG files"
+                raise ValueError(f"Mask {path} is a {file.format} file, not a PNG: masks must be {why}. "
+                                 "Export it again as PNG from the original class indices.")
             full, array = file.size[::-1], None
             if size is not None and tuple(size) != full and file.mode in ("P", "L"):
                 low, high = file.getextrema()  # checked inside PIL, no copy of the full mask

@@ -5,8 +5,10 @@ lazily, inside the process that reads (a DataLoader worker), never in ``__init__
 memory maps do not survive pickling into workers.
 """
 
+import operator
 import os
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -37,14 +39,24 @@ def resized_pairs(dataset: SegmentationDataset, size: int) -> Iterator[tuple[np.
         image, mask = resize(image, mask)
         if mask.max() > 255:
             raise ValueError(f"Mask {dataset.mask_paths[index]} has class {int(mask.max())}, but these files "
-                             "store masks as uint8 (0..255). Number the classes from 0, or keep the "
-                             "folder and read it with SegmentationDataset.")
+                             "store masks as uint8 (0..255): at most 256 classes, an ignore value such as "
+                             "255 included. Number the classes from 0, or keep the folder and read it with "
+                             "SegmentationDataset.")
         yield image.numpy(), mask.numpy().astype(np.uint8)
 
 
 def written_whole(path: Path) -> Path:
     """Where ``path`` is written before it is complete: readers never see a file cut short by an error."""
     return path.with_name(path.stem + ".partial" + path.suffix)
+
+
+def as_sample_index(index: object) -> int | None:
+    """``index`` as an int where it names one sample (an int, a NumPy integer, a 0-d tensor as ``Subset``
+    passes from ``torch.randperm``); None where it is a list of them, a batch (05_large_datasets)."""
+    try:
+        return operator.index(index)
+    except TypeError:
+        return None
 
 
 def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
@@ -56,11 +68,17 @@ def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
         path.unlink(missing_ok=True)
     images = np.lib.format.open_memmap(written_whole(paths[0]), "w+", np.uint8, (shape[0], 3, *shape[1:]))
     masks = np.lib.format.open_memmap(written_whole(paths[1]), "w+", np.uint8, shape)
-    for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
-        images[i], masks[i] = image, mask
-    images.flush()
-    masks.flush()
-    del images, masks  # closes the maps
+    try:
+        for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
+            images[i], masks[i] = image, mask
+        images.flush()
+        masks.flush()
+    except BaseException:
+        del images, masks  # closes the maps: Windows cannot delete a file that is mapped
+        for path in paths:
+            written_whole(path).unlink(missing_ok=True)
+        raise
+    del images, masks
     for path in paths:
         written_whole(path).replace(path)
 
@@ -97,8 +115,8 @@ class MemmapDataset(Dataset):
             self.arrays = (np.load(self.folder / "images.npy", mmap_mode="r"),
                            np.load(self.folder / "masks.npy", mmap_mode="r"))
         images, masks = self.arrays
-        if isinstance(index, int | np.integer):
-            return Sample(torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(masks[index])))
+        if (one := as_sample_index(index)) is not None:
+            return Sample(torch.from_numpy(np.array(images[one])), torch.from_numpy(np.array(masks[one])))
         # a list gathers the batch straight from the map, in the order asked: one copy, nothing reordered
         return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
 
@@ -160,12 +178,16 @@ class PinnedMemmapBatches:
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
     """Decode every pair once into one HDF5 file, one chunk per image and per mask."""
     Path(path).unlink(missing_ok=True)  # an older copy must not pass for this one if writing stops half-way
-    with h5py.File(written_whole(Path(path)), "w") as file:
-        images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8,
-                                     chunks=(1, 3, size, size))
-        masks = file.create_dataset("masks", (len(dataset), size, size), np.uint8, chunks=(1, size, size))
-        for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
-            images[i], masks[i] = image, mask
+    try:
+        with h5py.File(written_whole(Path(path)), "w") as file:
+            images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8,
+                                         chunks=(1, 3, size, size))
+            masks = file.create_dataset("masks", (len(dataset), size, size), np.uint8, chunks=(1, size, size))
+            for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
+                images[i], masks[i] = image, mask
+    except BaseException:
+        written_whole(Path(path)).unlink(missing_ok=True)
+        raise
     written_whole(Path(path)).replace(path)
 
 
@@ -199,8 +221,8 @@ class HDF5Dataset(Dataset):
         if self.file is None:
             self.file = h5py.File(self.path, "r")
         images, masks = self.file["images"], self.file["masks"]
-        if isinstance(index, int | np.integer):
-            return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
+        if (one := as_sample_index(index)) is not None:
+            return Sample(torch.from_numpy(images[one]), torch.from_numpy(masks[one]))
         batch = (np.empty((len(index), *images.shape[1:]), np.uint8),
                  np.empty((len(index), *masks.shape[1:]), np.uint8))
         for i, k in enumerate(index):  # h5py's own list indexing refuses a shuffled list, and is slow
@@ -248,10 +270,17 @@ def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
 def check_whole_tar(path: Path) -> None:
     """Raise unless ``path`` ends with tar's end-of-archive blocks (zeros): a shard cut short between two
-    files (an interrupted copy or download) reads without any error, its last samples missing."""
+    files (an interrupted copy or download) reads without any error, its last samples missing.
+
+    A compressed shard (``.tar.gz``) is not checked here: its decompressor notices a cut itself."""
     with open(path, "rb") as file:
+        if file.read(6).startswith(COMPRESSED):
+            return
         size = file.seek(0, os.SEEK_END)
         file.seek(max(0, size - 2 * tarfile.BLOCKSIZE))
         tail = file.read()
@@ -260,28 +289,50 @@ def check_whole_tar(path: Path) -> None:
                          "end are missing. Copy or write the shard again.")
 
 
+def _files_in_shard(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Each file in a shard as (name, bytes), in the shard's order. Folders' own entries are passed over;
+    anything else that is not a file (a link to outside the shard, a device) is refused, never skipped."""
+    check_whole_tar(path)
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                if member.isdir():  # a folder's own entry (tar cf shard.tar folder/)
+                    continue
+                if member.islnk() or member.issym():
+                    try:  # a link to a file inside the shard reads as that file
+                        yield member.name, tar.extractfile(member).read()
+                    except KeyError:
+                        raise ValueError(f"{path}:{member.name} links to {member.linkname!r}, which is not "
+                                         "in the shard: write it with tar -h, which stores files, not links."
+                                         ) from None
+                elif member.isfile():
+                    yield member.name, tar.extractfile(member).read()
+                else:
+                    raise ValueError(f"{path}:{member.name} is not a file: a shard holds NAME.jpg and "
+                                     "NAME.png only.")
+    except (tarfile.TarError, EOFError, zlib.error) as error:
+        raise ValueError(f"Cannot read {path} as a tar file: {error}. Copy or write the shard again."
+                         ) from None
+
+
 def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
                     ignore_index: int | None = None) -> Iterator[Sample]:
     """Read a shard front to back; yield each image+mask pair as a Sample (resized to ``size``, if given);
     mask values are checked as ``read_pair`` checks them."""
-    check_whole_tar(path)
     pending: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():  # a folder's own entry (tar cf shard.tar folder/)
-                continue
-            stem, dot, suffix = member.name.rpartition(".")
-            if not dot:
-                raise ValueError(f"{path} holds {member.name!r}, which has no extension: "
-                                 "a shard holds NAME.jpg and NAME.png only.")
-            pending.setdefault(stem, {})[suffix] = tar.extractfile(member).read()
-            files = pending[stem]
-            if "png" in files and len(files) == 2:
-                image_name = next(k for k in files if k != "png")
-                yield read_pair(InMemoryFile(files[image_name], f"{path}:{stem}.{image_name}"),
-                                InMemoryFile(files["png"], f"{path}:{stem}.png"), size, num_classes,
-                                ignore_index)
-                del pending[stem]
+    for name, data in _files_in_shard(path):
+        stem, dot, suffix = name.rpartition(".")
+        if not dot:
+            raise ValueError(f"{path} holds {name!r}, which has no extension: "
+                             "a shard holds NAME.jpg and NAME.png only.")
+        pending.setdefault(stem, {})[suffix] = data
+        files = pending[stem]
+        if "png" in files and len(files) == 2:
+            image_name = next(k for k in files if k != "png")
+            yield read_pair(InMemoryFile(files[image_name], f"{path}:{stem}.{image_name}"),
+                            InMemoryFile(files["png"], f"{path}:{stem}.png"), size, num_classes,
+                            ignore_index)
+            del pending[stem]
     if pending:
         raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: "
                          "each NAME needs an image and NAME.png.")

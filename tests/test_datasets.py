@@ -504,9 +504,12 @@ def test_wide_grey_images_are_refused_instead_of_clipped_to_white(root):
     ramp = np.linspace(0, 4095, 96, dtype=np.uint16).reshape(8, 12)  # a 12-bit scan, stored in 16 bits
     Image.fromarray(ramp).save(root / "images" / "1.png")
     assert Image.open(root / "images" / "1.png").mode.startswith("I;16")
-    with pytest.raises(ValueError, match=r"^Image .*1.png has I;16 pixels \(16-bit, 32-bit or float grey\), "
-                                         r"which 8-bit RGB cannot hold: .*Scale it to 8 bits"):
+    with pytest.raises(ValueError, match=r"^Image .*1.png has I;16 pixels \(16-bit, 32-bit or float grey\) "
+                                         r"from 0 to 4095, which 8-bit RGB cannot hold: .*Scale it"):
         SegmentationDataset(root)[0]
+    Image.fromarray(ramp // 16).save(root / "images" / "1.png")  # still 16-bit, but every value fits a byte
+    image = SegmentationDataset(root)[0].image
+    assert image.dtype == torch.uint8 and image.tolist() == [(ramp // 16).tolist()] * 3
 
 
 def test_damaged_exif_is_named_and_turned_photos_still_decode(tmp_path, monkeypatch):
@@ -526,6 +529,17 @@ def test_a_jpeg_named_png_is_refused_as_a_mask(root):
     with pytest.raises(ValueError, match=r"^Mask .*1.png is a JPEG file, not a PNG: masks must be stored "
                                          r"losslessly\. Export it again as PNG"):
         SegmentationDataset(root)[0]
+
+
+def test_a_gif_named_png_is_refused_as_a_mask_without_calling_it_lossy(root):
+    Image.new("L", (12, 8)).save(root / "masks" / "1.png", format="GIF")
+    with pytest.raises(ValueError, match=r"^Mask .*1.png is a GIF file, not a PNG: masks must be PNG files"):
+        SegmentationDataset(root)[0]
+
+
+def test_split_files_saved_with_a_byte_order_mark_are_read(root):
+    (root / "val.txt").write_text("2\n1\n", encoding="utf-8-sig")  # as Windows Notepad saves UTF-8
+    assert [Path(image).stem for image in SegmentationDataset(root, split="val").image_paths] == ["2", "1"]
 
 
 def test_split_files_that_repeat_or_list_nothing_are_refused(root):

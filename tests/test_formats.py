@@ -179,7 +179,6 @@ def test_disk_megabytes_counts_a_file_or_a_folder(tmp_path):
 
 
 def test_a_write_that_stops_half_way_leaves_nothing_a_reader_takes_for_whole(tmp_path, source_dataset):
-    from pathlib import Path
 
     write_memmap(source_dataset, tmp_path / "mm", SIZE)  # an older, whole copy
     write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
@@ -192,8 +191,7 @@ def test_a_write_that_stops_half_way_leaves_nothing_a_reader_takes_for_whole(tmp
         reader = MemmapDataset if write is write_memmap else HDF5Dataset
         with pytest.raises(ValueError, match=rf"^Cannot (map|read) {path}.*again with {write.__name__}"):
             reader(path)
-    assert sorted(Path(p).name for p in (tmp_path / "mm").iterdir()) == ["images.partial.npy",
-                                                                         "masks.partial.npy"]
+    assert not list((tmp_path / "mm").iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["mm"]
 
 
 def test_arrays_that_do_not_pair_up_are_refused(tmp_path):
@@ -219,15 +217,16 @@ def test_masks_with_classes_beyond_uint8_are_refused_not_wrapped(tmp_path):
     Image.fromarray(np.full((8, 8), 300, np.uint16)).save(tmp_path / "masks" / "a.png")  # 16-bit: class 300
     wide = SegmentationDataset(tmp_path, num_classes=301)
     with pytest.raises(ValueError, match=r"^Mask .*a.png has class 300, but these files store masks as "
-                                         r"uint8 \(0\.\.255\)"):
+                                         r"uint8 \(0\.\.255\): at most 256 classes, an ignore value"):
         write_memmap(wide, tmp_path / "mm", 8)
 
 
-def test_numpy_integers_index_one_sample(tmp_path, source_dataset):
+@pytest.mark.parametrize("index", [np.int64(2), torch.tensor(2)], ids=["numpy", "0-d tensor"])
+def test_numpy_integers_and_0d_tensors_index_one_sample(tmp_path, source_dataset, index):
     write_memmap(source_dataset, tmp_path / "mm", SIZE)
     write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
     for dataset in (MemmapDataset(tmp_path / "mm"), HDF5Dataset(tmp_path / "data.h5")):
-        sample = dataset[np.int64(2)]  # as Subset(dataset, np.flatnonzero(...)) passes them
+        sample = dataset[index]  # as Subset passes them from np.flatnonzero(...) or torch.randperm(...)
         assert sample.image.shape == (3, SIZE, SIZE) and sample.image.is_contiguous()
         assert torch.equal(sample.image, dataset[2].image) and sample.image.numpy().flags.writeable
 
@@ -261,6 +260,14 @@ def test_shard_errors_name_the_shard_and_the_file_and_folder_entries_are_skipped
         info.size = 10
         tar.addfile(info, io.BytesIO(mask.read_bytes()[:10]))  # a mask cut short
     with pytest.raises(ValueError, match=r"^Cannot read mask .*bad.tar:0001.png: "):
+        list(ShardStream([tmp_path / "bad.tar"]))
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        info = tarfile.TarInfo("0002.jpg")  # not an image: named as PIL names a file, not <BytesIO at 0x...>
+        info.size = 10
+        tar.addfile(info, io.BytesIO(b"not a jpg!"))
+        tar.add(mask, arcname="0002.png")
+    with pytest.raises(ValueError, match=r"^Cannot read image .*bad.tar:0002.jpg: cannot identify image file "
+                                         r".*bad.tar:0002.jpg\. The file is damaged"):
         list(ShardStream([tmp_path / "bad.tar"]))
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
         tar.add(image, arcname="README")
@@ -310,3 +317,43 @@ def test_shard_streams_take_the_classes_and_ignore_index_of_the_data(tmp_path):
         list(ShardStream(shards))
     (sample,) = ShardStream(shards, num_classes=6, ignore_index=255)
     assert torch.equal(sample.mask, torch.from_numpy(mask).long())
+
+
+def test_compressed_shards_are_read_and_a_cut_one_is_named(tmp_path, source_dataset):
+    import tarfile
+
+    (shard,) = write_shards(source_dataset, tmp_path / "shards", shards=1)
+    with tarfile.open(shard) as tar, tarfile.open(tmp_path / "shard.tar.gz", "w:gz") as packed:
+        for member in tar:
+            packed.addfile(member, tar.extractfile(member))
+    plain, packed = ([sample.mask for sample in ShardStream([path])]
+                     for path in (shard, tmp_path / "shard.tar.gz"))
+    assert len(packed) == len(plain) == len(source_dataset) and all(map(torch.equal, plain, packed))
+    data = (tmp_path / "shard.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"^Cannot read .*cut.tar.gz as a tar file: Compressed file ended "):
+        list(ShardStream([tmp_path / "cut.tar.gz"]))
+
+
+def test_links_in_a_shard_are_read_or_refused_never_skipped(tmp_path, source_dataset):
+    import tarfile
+    from pathlib import Path
+
+    image, mask = Path(source_dataset.image_paths[0]), Path(source_dataset.mask_paths[0])
+    with tarfile.open(tmp_path / "links.tar", "w") as tar:
+        tar.add(image, arcname="a.jpg")
+        tar.add(mask, arcname="a.png")
+        for kind, name, target in [(tarfile.LNKTYPE, "b.jpg", "a.jpg"), (tarfile.SYMTYPE, "b.png", "a.png")]:
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, target
+            tar.addfile(link)
+    first, second = ShardStream([tmp_path / "links.tar"])  # a link inside the shard reads as its file
+    assert torch.equal(first.image, second.image) and torch.equal(first.mask, second.mask)
+    with tarfile.open(tmp_path / "outside.tar", "w") as tar:
+        tar.add(image, arcname="a.jpg")
+        link = tarfile.TarInfo("a.png")
+        link.type, link.linkname = tarfile.SYMTYPE, str(mask)  # what tar cf stores for a symlinked folder
+        tar.addfile(link)
+    with pytest.raises(ValueError, match=r"outside.tar:a.png links to .*, which is not in the shard: write "
+                                         r"it with tar -h"):
+        list(ShardStream([tmp_path / "outside.tar"]))
