@@ -93,7 +93,11 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     if not split_file.is_file():
         raise FileNotFoundError(f"No split file {split_file}: expected one file name stem per line.")
     by_stem = {image.stem: (image, mask) for image, mask in pairs}
-    stems = split_file.read_text(encoding="utf-8-sig").splitlines()  # -sig: drops the BOM Notepad writes
+    try:
+        stems = split_file.read_text(encoding="utf-8-sig").splitlines()  # -sig: drops the BOM Notepad writes
+    except UnicodeDecodeError:
+        raise ValueError(f"{split_file} is not UTF-8 text: save it again as UTF-8 (Windows PowerShell 5's > "
+                         "writes UTF-16; use Set-Content -Encoding utf8).") from None
     stems = [stem.strip() for stem in stems if stem.strip()]  # blank lines and stray spaces do not count
     unknown = [stem for stem in stems if stem not in by_stem]
     if unknown:
@@ -195,15 +199,15 @@ def decode_image(path: Path | BinaryIO,
 
 
 def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
-    """A 16-bit, 32-bit or float grey image as 8-bit grey (mode L) where its values are whole numbers in
-    0..255; otherwise refused, since PIL's conversion to RGB would clip every value above 255 to white."""
-    low, high = file.getextrema()
+    """A 16- or 32-bit grey image as 8-bit grey (mode L) where every value is in 0..255; otherwise, and
+    for float grey, refused: PIL's conversion to RGB would clip every value above 255 to white."""
     array = np.array(file)
-    if low < 0 or high > 255 or not np.array_equal(array, np.round(array)):
+    low, high = (array.min(), array.max()) if array.size else (0, 0)
+    if file.mode == "F" or low < 0 or high > 255:
         raise ImageRefused(
             f"Image {path} has {file.mode} pixels (16-bit, 32-bit or float grey) from {low} to {high}, which "
-            "8-bit RGB cannot hold: converting would clip or round them. Scale it to 0..255 for its own "
-            "range and save it again (e.g. as PNG in mode L).")
+            "8-bit RGB cannot hold as they are: converting would clip or round them. Scale it to 0..255 for "
+            "its own range and save it again (e.g. as PNG in mode L).")
     return Image.fromarray(array.astype(np.uint8))
 
 

@@ -5,6 +5,7 @@ lazily, inside the process that reads (a DataLoader worker), never in ``__init__
 memory maps do not survive pickling into workers.
 """
 
+import lzma
 import operator
 import os
 import tarfile
@@ -52,7 +53,12 @@ def written_whole(path: Path) -> Path:
 
 def as_sample_index(index: object) -> int | None:
     """``index`` as an int where it names one sample (an int, a NumPy integer, a 0-d tensor as ``Subset``
-    passes from ``torch.randperm``); None where it is a list of them, a batch (05_large_datasets)."""
+    passes from ``torch.randperm``); None where it is a list, array or tensor of them, a batch, even of one
+    (05_large_datasets)."""
+    if getattr(index, "ndim", 0) != 0:
+        return None
+    if isinstance(index, bool | np.bool_) or getattr(index, "dtype", None) == torch.bool:
+        raise TypeError(f"Index a dataset with an int or a list of ints, not the bool {index}.")
     try:
         return operator.index(index)
     except TypeError:
@@ -66,9 +72,10 @@ def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
     paths = [folder / "images.npy", folder / "masks.npy"]
     for path in paths:  # an older copy must not pass for this one if writing stops half-way
         path.unlink(missing_ok=True)
-    images = np.lib.format.open_memmap(written_whole(paths[0]), "w+", np.uint8, (shape[0], 3, *shape[1:]))
-    masks = np.lib.format.open_memmap(written_whole(paths[1]), "w+", np.uint8, shape)
+    images = masks = None
     try:
+        images = np.lib.format.open_memmap(written_whole(paths[0]), "w+", np.uint8, (shape[0], 3, *shape[1:]))
+        masks = np.lib.format.open_memmap(written_whole(paths[1]), "w+", np.uint8, shape)
         for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
             images[i], masks[i] = image, mask
         images.flush()
@@ -118,7 +125,8 @@ class MemmapDataset(Dataset):
         if (one := as_sample_index(index)) is not None:
             return Sample(torch.from_numpy(np.array(images[one])), torch.from_numpy(np.array(masks[one])))
         # a list gathers the batch straight from the map, in the order asked: one copy, nothing reordered
-        return Sample(torch.from_numpy(images[index]), torch.from_numpy(masks[index]))
+        rows = np.asarray(index, np.int64)  # not a tensor of one: NumPy would take it as one int
+        return Sample(torch.from_numpy(images[rows]), torch.from_numpy(masks[rows]))
 
 
 class PinnedMemmapBatches:
@@ -225,8 +233,9 @@ class HDF5Dataset(Dataset):
             return Sample(torch.from_numpy(images[one]), torch.from_numpy(masks[one]))
         batch = (np.empty((len(index), *images.shape[1:]), np.uint8),
                  np.empty((len(index), *masks.shape[1:]), np.uint8))
-        for i, k in enumerate(index):  # h5py's own list indexing refuses a shuffled list, and is slow
-            batch[0][i], batch[1][i] = images[k], masks[k]  # (read_direct, per sample, is 3x slower)
+        # h5py's own list indexing refuses a shuffled list, and is slow; read_direct per sample is 3x slower
+        for i, k in enumerate(np.asarray(index, np.int64)):
+            batch[0][i], batch[1][i] = images[k], masks[k]
         return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
 
 
@@ -270,49 +279,79 @@ def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+NOT_READ_BY_TARFILE = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4"}  # their first bytes
+CUT_SHORT = ("does not end as a tar file does: it was cut short (an interrupted copy, download or write), "
+             "and the samples at its end are missing. Copy or write the shard again.")
 
 
 def check_whole_tar(path: Path) -> None:
-    """Raise unless ``path`` ends with tar's end-of-archive blocks (zeros): a shard cut short between two
-    files (an interrupted copy or download) reads without any error, its last samples missing.
+    """Raise unless an uncompressed tar ``path`` ends with tar's end-of-archive blocks (zeros): a shard cut
+    short between two files reads without any error, its last samples missing. Reads only the first and
+    the last blocks, so every rank can check every shard before training (07_distributed).
 
-    A compressed shard (``.tar.gz``) is not checked here: its decompressor notices a cut itself."""
+    Other files (compressed, or tar's oldest format, without "ustar" in its first header) pass here; reading
+    them with ``ShardStream`` checks them whole."""
     with open(path, "rb") as file:
-        if file.read(6).startswith(COMPRESSED):
+        if file.read(tarfile.BLOCKSIZE)[257:262] != b"ustar":
             return
         size = file.seek(0, os.SEEK_END)
         file.seek(max(0, size - 2 * tarfile.BLOCKSIZE))
         tail = file.read()
     if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE or tail.count(0) != len(tail):
-        raise ValueError(f"{path} does not end as a tar file does: it was cut short, and the samples at its "
-                         "end are missing. Copy or write the shard again.")
+        raise ValueError(f"{path} {CUT_SHORT}")
 
 
 def _files_in_shard(path: Path) -> Iterator[tuple[str, bytes]]:
     """Each file in a shard as (name, bytes), in the shard's order. Folders' own entries are passed over;
-    anything else that is not a file (a link to outside the shard, a device) is refused, never skipped."""
-    check_whole_tar(path)
+    anything else that is not a file (a link to outside the shard, a device) is refused, never skipped.
+    After the last file comes a check that the rest of the shard is tar's end, zeros, and nothing else."""
     try:
         with tarfile.open(path) as tar:
             for member in tar:
                 if member.isdir():  # a folder's own entry (tar cf shard.tar folder/)
                     continue
-                if member.islnk() or member.issym():
-                    try:  # a link to a file inside the shard reads as that file
-                        yield member.name, tar.extractfile(member).read()
-                    except KeyError:
-                        raise ValueError(f"{path}:{member.name} links to {member.linkname!r}, which is not "
-                                         "in the shard: write it with tar -h, which stores files, not links."
-                                         ) from None
-                elif member.isfile():
-                    yield member.name, tar.extractfile(member).read()
-                else:
+                if not (member.isfile() or member.islnk() or member.issym()):
                     raise ValueError(f"{path}:{member.name} is not a file: a shard holds NAME.jpg and "
                                      "NAME.png only.")
-    except (tarfile.TarError, EOFError, zlib.error) as error:
+                yield member.name, _member_bytes(tar, member, path)
+            _check_tar_end(tar, path)
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
+        with open(path, "rb") as file:
+            kind = NOT_READ_BY_TARFILE.get(file.read(4))
+        if kind:
+            raise ValueError(f"{path} is compressed with {kind}, which Python's tarfile cannot read: "
+                             f"decompress it ({kind} -d), or write shards as .tar or .tar.gz.") from None
         raise ValueError(f"Cannot read {path} as a tar file: {error}. Copy or write the shard again."
                          ) from None
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
+    """A member's bytes; a link to a file inside the shard reads as that file."""
+    try:
+        data = tar.extractfile(member)
+    except (KeyError, RecursionError):  # links to outside the shard, or in a loop
+        data = None
+    if data is None:
+        how = "tar --hard-dereference" if member.islnk() else "tar -h (--dereference)"
+        raise ValueError(f"{path}:{member.name} links to {member.linkname!r}, which is no file in the shard: "
+                         f"write the shard again with {how}, which stores files, not links.")
+    return data.read()
+
+
+def _check_tar_end(tar: tarfile.TarFile, path: Path) -> None:
+    """Raise unless all that follows the last member is zeros: tarfile stops quietly at a cut, at a damaged
+    header or at the end of the first of two tars joined with cat. Reading a compressed shard to its end
+    also makes its decompressor check the checksum there."""
+    tar.fileobj.seek(tar.offset)
+    rest = 0
+    while chunk := tar.fileobj.read(2**20):
+        if chunk.count(0) != len(chunk):
+            raise ValueError(f"{path} holds more after its end blocks (tars joined with cat, or a damaged "
+                             "header): those samples would be skipped. Write the shard again (tar -A, not "
+                             "cat, joins tars).")
+        rest += len(chunk)
+    if rest < 2 * tarfile.BLOCKSIZE:
+        raise ValueError(f"{path} {CUT_SHORT}")
 
 
 def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
@@ -321,10 +360,14 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
     mask values are checked as ``read_pair`` checks them."""
     pending: dict[str, dict[str, bytes]] = {}
     for name, data in _files_in_shard(path):
-        stem, dot, suffix = name.rpartition(".")
-        if not dot:
+        base = name.rpartition("/")[2]
+        if base.startswith("."):
+            raise ValueError(f"{path} holds {name!r}, a hidden file (macOS adds ._NAME and .DS_Store): "
+                             "write the shard again with COPYFILE_DISABLE=1 tar ..., or with write_shards.")
+        if "." not in base:
             raise ValueError(f"{path} holds {name!r}, which has no extension: "
                              "a shard holds NAME.jpg and NAME.png only.")
+        stem, _, suffix = name.rpartition(".")
         pending.setdefault(stem, {})[suffix] = data
         files = pending[stem]
         if "png" in files and len(files) == 2:

@@ -505,11 +505,31 @@ def test_wide_grey_images_are_refused_instead_of_clipped_to_white(root):
     Image.fromarray(ramp).save(root / "images" / "1.png")
     assert Image.open(root / "images" / "1.png").mode.startswith("I;16")
     with pytest.raises(ValueError, match=r"^Image .*1.png has I;16 pixels \(16-bit, 32-bit or float grey\) "
-                                         r"from 0 to 4095, which 8-bit RGB cannot hold: .*Scale it"):
+                                         r"from 0 to 4095, which 8-bit RGB cannot hold as they are: .*Scale"):
         SegmentationDataset(root)[0]
     Image.fromarray(ramp // 16).save(root / "images" / "1.png")  # still 16-bit, but every value fits a byte
     image = SegmentationDataset(root)[0].image
     assert image.dtype == torch.uint8 and image.tolist() == [(ramp // 16).tolist()] * 3
+
+
+@pytest.mark.parametrize("array", [np.arange(96).astype(">u2"), np.arange(96).astype(np.int32)],
+                         ids=["16-bit big-endian", "32-bit"])
+def test_wide_grey_images_in_any_byte_order_are_read_where_their_values_fit_a_byte(tmp_path, array):
+    from helpers.datasets import read_image
+
+    Image.fromarray(array.reshape(8, 12)).save(tmp_path / "scan.tif")  # as ImageJ writes 16-bit scans
+    assert read_image(tmp_path / "scan.tif").tolist() == [np.arange(96).reshape(8, 12).tolist()] * 3
+
+
+@pytest.mark.parametrize("array", [np.array([0, 1], np.float32), np.array([-1, 5], np.int32)],
+                         ids=["float 0..1", "negative"])
+def test_float_and_negative_grey_images_are_refused(tmp_path, array):
+    from helpers.datasets import read_image
+
+    Image.fromarray(np.resize(array, (8, 12))).save(tmp_path / "scan.tif")
+    with pytest.raises(ValueError, match=rf"^Image .*scan.tif has (F|I) pixels .* from {array[0]}\.?0? to "
+                                         rf"{array[1]}\.?0?, which 8-bit RGB cannot hold as they are"):
+        read_image(tmp_path / "scan.tif")
 
 
 def test_damaged_exif_is_named_and_turned_photos_still_decode(tmp_path, monkeypatch):
@@ -540,6 +560,12 @@ def test_a_gif_named_png_is_refused_as_a_mask_without_calling_it_lossy(root):
 def test_split_files_saved_with_a_byte_order_mark_are_read(root):
     (root / "val.txt").write_text("2\n1\n", encoding="utf-8-sig")  # as Windows Notepad saves UTF-8
     assert [Path(image).stem for image in SegmentationDataset(root, split="val").image_paths] == ["2", "1"]
+
+
+def test_split_files_in_utf16_are_named_with_the_fix(root):
+    (root / "val.txt").write_text("2\n1\n", encoding="utf-16")  # as Windows PowerShell 5's > writes
+    with pytest.raises(ValueError, match=r"val.txt is not UTF-8 text: save it again as UTF-8 \(Windows "):
+        SegmentationDataset(root, split="val")
 
 
 def test_split_files_that_repeat_or_list_nothing_are_refused(root):

@@ -84,8 +84,9 @@ def test_fewer_shards_than_readers_a_shard_cut_short_and_a_missing_folder_are_na
     args.val_data, shard = None, sorted((tmp_path / "shards").glob("*.tar"))[1]
     shard.write_bytes(shard.read_bytes()[:-10240])  # an interrupted copy: whole files, no end blocks
     assert data_problem(args, world_size=2) == (f"{shard} does not end as a tar file does: it was cut "
-                                                "short, and the samples at its end are missing. Copy or "
-                                                "write the shard again.")
+                                                "short (an interrupted copy, download or write), and the "
+                                                "samples at its end are missing. Copy or write the shard "
+                                                "again.")
 
 
 def free_port() -> int:

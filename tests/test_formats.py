@@ -194,6 +194,23 @@ def test_a_write_that_stops_half_way_leaves_nothing_a_reader_takes_for_whole(tmp
     assert not list((tmp_path / "mm").iterdir()) and sorted(p.name for p in tmp_path.iterdir()) == ["mm"]
 
 
+def test_a_write_whose_second_map_cannot_be_made_leaves_no_partial_file(tmp_path, source_dataset,
+                                                                      monkeypatch):
+    maps = []
+
+    def open_memmap(path, *args, **kwargs):  # the masks' map fails, as on a full disk
+        if maps:
+            raise OSError(28, "No space left on device")
+        maps.append(real(path, *args, **kwargs))
+        return maps[-1]
+
+    real = np.lib.format.open_memmap
+    monkeypatch.setattr(np.lib.format, "open_memmap", open_memmap)
+    with pytest.raises(OSError, match="No space left"):
+        write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    assert maps and not list((tmp_path / "mm").iterdir())
+
+
 def test_arrays_that_do_not_pair_up_are_refused(tmp_path):
     import h5py
 
@@ -229,6 +246,9 @@ def test_numpy_integers_and_0d_tensors_index_one_sample(tmp_path, source_dataset
         sample = dataset[index]  # as Subset passes them from np.flatnonzero(...) or torch.randperm(...)
         assert sample.image.shape == (3, SIZE, SIZE) and sample.image.is_contiguous()
         assert torch.equal(sample.image, dataset[2].image) and sample.image.numpy().flags.writeable
+        assert dataset[index.reshape(1)].image.shape == (1, 3, SIZE, SIZE)  # a batch of one stays a batch
+        with pytest.raises(TypeError, match="Index a dataset with an int or a list of ints, not the bool"):
+            dataset[torch.tensor(True)]
 
 
 def test_a_shard_cut_short_between_two_files_is_refused(tmp_path, source_dataset):
@@ -319,41 +339,106 @@ def test_shard_streams_take_the_classes_and_ignore_index_of_the_data(tmp_path):
     assert torch.equal(sample.mask, torch.from_numpy(mask).long())
 
 
-def test_compressed_shards_are_read_and_a_cut_one_is_named(tmp_path, source_dataset):
+def first_pair(dataset):
+    """``dataset`` cut to its first image+mask pair."""
+    import copy
+
+    one = copy.copy(dataset)
+    one.image_paths, one.mask_paths = dataset.image_paths[:1], dataset.mask_paths[:1]
+    return one
+
+
+def repack(shard, path, mode="w", extra=()):
+    """Copy ``shard``'s members into a new tar at ``path`` (``mode`` "w:gz" compresses), then ``extra``:
+    (TarInfo, bytes or None) pairs."""
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tar, tarfile.open(path, mode) as out:
+        for member in tar:
+            out.addfile(member, tar.extractfile(member))
+        for info, data in extra:
+            info.size = len(data or b"")
+            out.addfile(info, io.BytesIO(data) if data else None)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["gz", "bz2", "xz"])
+def test_compressed_shards_are_read_whole_and_damaged_ones_are_named(tmp_path, source_dataset, mode):
+    (shard,) = write_shards(source_dataset, tmp_path / "shards", shards=1)
+    packed = repack(shard, tmp_path / f"shard.tar.{mode}", f"w:{mode}")
+    plain, unpacked = ([sample.mask for sample in ShardStream([path])] for path in (shard, packed))
+    assert len(unpacked) == len(plain) == len(source_dataset) and all(map(torch.equal, plain, unpacked))
+    data = packed.read_bytes()
+    (tmp_path / "cut").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"(?s)^Cannot read .*cut as a tar file: .*Copy or write the shard"):
+        list(ShardStream([tmp_path / "cut"]))
+    if mode == "gz":  # the checksum at the end, which tarfile alone never reads
+        (tmp_path / "crc").write_bytes(data[:-8] + bytes([data[-8] ^ 1]) + data[-7:])
+        with pytest.raises(ValueError, match=r"^Cannot read .*crc as a tar file: CRC check failed"):
+            list(ShardStream([tmp_path / "crc"]))
+
+
+def test_a_compressed_shard_whose_writing_stopped_between_files_is_refused(tmp_path, source_dataset):
     import tarfile
 
     (shard,) = write_shards(source_dataset, tmp_path / "shards", shards=1)
-    with tarfile.open(shard) as tar, tarfile.open(tmp_path / "shard.tar.gz", "w:gz") as packed:
-        for member in tar:
+    with tarfile.open(shard) as tar, open(tmp_path / "stopped.tar.gz", "wb") as file:
+        packed = tarfile.open(fileobj=file, mode="w:gz")
+        for member in tar.getmembers()[:6]:
             packed.addfile(member, tar.extractfile(member))
-    plain, packed = ([sample.mask for sample in ShardStream([path])]
-                     for path in (shard, tmp_path / "shard.tar.gz"))
-    assert len(packed) == len(plain) == len(source_dataset) and all(map(torch.equal, plain, packed))
-    data = (tmp_path / "shard.tar.gz").read_bytes()
-    (tmp_path / "cut.tar.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"^Cannot read .*cut.tar.gz as a tar file: Compressed file ended "):
-        list(ShardStream([tmp_path / "cut.tar.gz"]))
+        packed.fileobj.close()  # a whole gzip stream, but without tar's end blocks: as after Ctrl-C
+    assert len(tarfile.open(tmp_path / "stopped.tar.gz").getmembers()) == 6  # tarfile finds no fault
+    with pytest.raises(ValueError, match=r"stopped.tar.gz does not end as a tar file does: it was cut short"):
+        list(ShardStream([tmp_path / "stopped.tar.gz"]))
+
+
+def test_tars_joined_with_cat_are_refused_not_read_half(tmp_path, source_dataset):
+    first, second = write_shards(source_dataset, tmp_path / "shards", shards=2)
+    (tmp_path / "joined.tar").write_bytes(first.read_bytes() + second.read_bytes())
+    with pytest.raises(ValueError, match=r"joined.tar holds more after its end blocks \(tars joined with "
+                                         r"cat, or a damaged header\): those samples would be skipped"):
+        list(ShardStream([tmp_path / "joined.tar"]))
+
+
+def test_shards_compressed_in_a_way_tarfile_cannot_read_say_so(tmp_path):
+    (tmp_path / "shard.tar.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(100))
+    with pytest.raises(ValueError, match=r"shard.tar.zst is compressed with zstd, which Python's tarfile "
+                                         r"cannot read: decompress it \(zstd -d\)"):
+        list(ShardStream([tmp_path / "shard.tar.zst"]))
 
 
 def test_links_in_a_shard_are_read_or_refused_never_skipped(tmp_path, source_dataset):
     import tarfile
     from pathlib import Path
 
-    image, mask = Path(source_dataset.image_paths[0]), Path(source_dataset.mask_paths[0])
-    with tarfile.open(tmp_path / "links.tar", "w") as tar:
-        tar.add(image, arcname="a.jpg")
-        tar.add(mask, arcname="a.png")
-        for kind, name, target in [(tarfile.LNKTYPE, "b.jpg", "a.jpg"), (tarfile.SYMTYPE, "b.png", "a.png")]:
-            link = tarfile.TarInfo(name)
-            link.type, link.linkname = kind, target
-            tar.addfile(link)
-    first, second = ShardStream([tmp_path / "links.tar"])  # a link inside the shard reads as its file
+    (shard,) = write_shards(first_pair(source_dataset), tmp_path / "shards")
+    stem = Path(source_dataset.image_paths[0]).stem
+    inside = []
+    for kind, suffix in [(tarfile.LNKTYPE, "jpg"), (tarfile.SYMTYPE, "png")]:  # b.* link to the first pair
+        inside.append((tarfile.TarInfo(f"b.{suffix}"), None))
+        inside[-1][0].type, inside[-1][0].linkname = kind, f"{stem}.{suffix}"
+    first, second = ShardStream([repack(shard, tmp_path / "links.tar", extra=inside)])
     assert torch.equal(first.image, second.image) and torch.equal(first.mask, second.mask)
-    with tarfile.open(tmp_path / "outside.tar", "w") as tar:
-        tar.add(image, arcname="a.jpg")
-        link = tarfile.TarInfo("a.png")
-        link.type, link.linkname = tarfile.SYMTYPE, str(mask)  # what tar cf stores for a symlinked folder
-        tar.addfile(link)
-    with pytest.raises(ValueError, match=r"outside.tar:a.png links to .*, which is not in the shard: write "
-                                         r"it with tar -h"):
-        list(ShardStream([tmp_path / "outside.tar"]))
+    for kind, target, fix in [(tarfile.SYMTYPE, "/data/b.png", r"tar -h \(--dereference\)"),
+                              (tarfile.LNKTYPE, "data/b.png", "tar --hard-dereference"),
+                              (tarfile.SYMTYPE, "b.png", r"tar -h")]:  # a link to itself: a loop
+        link = tarfile.TarInfo("b.png")
+        link.type, link.linkname = kind, target
+        with pytest.raises(ValueError, match=rf"bad.tar:b.png links to '{target}', which is no file in the "
+                                             rf"shard: write the shard again with {fix}"):
+            list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=[(link, None)])]))
+    fifo = tarfile.TarInfo("b.jpg")
+    fifo.type = tarfile.FIFOTYPE
+    with pytest.raises(ValueError, match=r"bad.tar:b.jpg is not a file: a shard holds NAME.jpg and NAME.png"):
+        list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=[(fifo, None)])]))
+
+
+@pytest.mark.parametrize("name", ["./._0001.jpg", ".DS_Store"])
+def test_hidden_files_in_a_shard_are_named_with_the_fix(tmp_path, source_dataset, name):
+    import tarfile
+
+    (shard,) = write_shards(first_pair(source_dataset), tmp_path / "shards")
+    with pytest.raises(ValueError, match=rf"bad.tar holds '{name}', a hidden file \(macOS adds ._NAME and "
+                                         r"\.DS_Store\): write the shard again with COPYFILE_DISABLE=1"):
+        list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=[(tarfile.TarInfo(name), b"x")])]))
