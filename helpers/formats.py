@@ -51,18 +51,20 @@ def written_whole(path: Path) -> Path:
     return path.with_name(path.stem + ".partial" + path.suffix)
 
 
-def as_sample_index(index: object) -> int | None:
-    """``index`` as an int where it names one sample (an int, a NumPy integer, a 0-d tensor as ``Subset``
-    passes from ``torch.randperm``); None where it is a list, array or tensor of them, a batch, even of one
-    (05_large_datasets)."""
-    if getattr(index, "ndim", 0) != 0:
-        return None
-    if isinstance(index, bool | np.bool_) or getattr(index, "dtype", None) == torch.bool:
-        raise TypeError(f"Index a dataset with an int or a list of ints, not the bool {index}.")
-    try:
-        return operator.index(index)
-    except TypeError:
-        return None
+def sample_rows(index: object) -> int | np.ndarray:
+    """What ``index`` asks a dataset for: one sample as an int (an int, a NumPy integer, a 0-d tensor as
+    ``Subset`` passes from ``torch.randperm``), or a batch as an int64 array (a list, array or tensor of
+    them, even of one). Anything else, bools and floats included, is refused (05_large_datasets)."""
+    if isinstance(index, list | tuple | range) or getattr(index, "ndim", 0) >= 1:
+        rows = np.asarray(index)
+        if rows.size == 0 or rows.dtype.kind in "iu":
+            return rows.astype(np.int64, copy=False)
+    elif not (isinstance(index, bool | np.bool_) or getattr(index, "dtype", None) == torch.bool):
+        try:
+            return operator.index(index)
+        except TypeError:
+            pass
+    raise TypeError(f"Index a dataset with an int or a list of ints, not {index!r}.")
 
 
 def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
@@ -122,10 +124,10 @@ class MemmapDataset(Dataset):
             self.arrays = (np.load(self.folder / "images.npy", mmap_mode="r"),
                            np.load(self.folder / "masks.npy", mmap_mode="r"))
         images, masks = self.arrays
-        if (one := as_sample_index(index)) is not None:
-            return Sample(torch.from_numpy(np.array(images[one])), torch.from_numpy(np.array(masks[one])))
+        rows = sample_rows(index)
+        if isinstance(rows, int):
+            return Sample(torch.from_numpy(np.array(images[rows])), torch.from_numpy(np.array(masks[rows])))
         # a list gathers the batch straight from the map, in the order asked: one copy, nothing reordered
-        rows = np.asarray(index, np.int64)  # not a tensor of one: NumPy would take it as one int
         return Sample(torch.from_numpy(images[rows]), torch.from_numpy(masks[rows]))
 
 
@@ -229,12 +231,13 @@ class HDF5Dataset(Dataset):
         if self.file is None:
             self.file = h5py.File(self.path, "r")
         images, masks = self.file["images"], self.file["masks"]
-        if (one := as_sample_index(index)) is not None:
-            return Sample(torch.from_numpy(images[one]), torch.from_numpy(masks[one]))
-        batch = (np.empty((len(index), *images.shape[1:]), np.uint8),
-                 np.empty((len(index), *masks.shape[1:]), np.uint8))
+        rows = sample_rows(index)
+        if isinstance(rows, int):
+            return Sample(torch.from_numpy(images[rows]), torch.from_numpy(masks[rows]))
+        batch = (np.empty((len(rows), *images.shape[1:]), np.uint8),
+                 np.empty((len(rows), *masks.shape[1:]), np.uint8))
         # h5py's own list indexing refuses a shuffled list, and is slow; read_direct per sample is 3x slower
-        for i, k in enumerate(np.asarray(index, np.int64)):
+        for i, k in enumerate(rows):
             batch[0][i], batch[1][i] = images[k], masks[k]
         return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
 
@@ -279,24 +282,39 @@ def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-NOT_READ_BY_TARFILE = {b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4"}  # their first bytes
+COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x5d\x00\x00": "lzma",
+              b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"LZIP": "lzip",
+              b"\x89LZO": "lzop"}  # each format's first bytes
+NOT_READ_BY_TARFILE = ("zstd", "lz4", "lzip", "lzop")
 CUT_SHORT = ("does not end as a tar file does: it was cut short (an interrupted copy, download or write), "
              "and the samples at its end are missing. Copy or write the shard again.")
+PADDING = 2**20 + 2 * 512  # more zeros than tar puts at its end: part of a download is missing
+
+
+def compression(head: bytes) -> str | None:
+    """The compression a file's first bytes show, or None."""
+    return next((name for magic, name in COMPRESSED.items() if head.startswith(magic)), None)
 
 
 def check_whole_tar(path: Path) -> None:
-    """Raise unless an uncompressed tar ``path`` ends with tar's end-of-archive blocks (zeros): a shard cut
+    """Raise unless ``path`` is a tar file that ends with tar's end-of-archive blocks (zeros): a shard cut
     short between two files reads without any error, its last samples missing. Reads only the first and
     the last blocks, so every rank can check every shard before training (07_distributed).
 
-    Other files (compressed, or tar's oldest format, without "ustar" in its first header) pass here; reading
-    them with ``ShardStream`` checks them whole."""
+    A compressed shard passes here; reading it with ``ShardStream`` checks it whole."""
     with open(path, "rb") as file:
-        if file.read(tarfile.BLOCKSIZE)[257:262] != b"ustar":
-            return
+        head = file.read(tarfile.BLOCKSIZE)
         size = file.seek(0, os.SEEK_END)
         file.seek(max(0, size - 2 * tarfile.BLOCKSIZE))
         tail = file.read()
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")  # a valid first header, checksum and all
+    except tarfile.HeaderError:
+        if compression(head):
+            return
+        if len(head) == tarfile.BLOCKSIZE:
+            raise ValueError(f"{path} is not a tar file: it starts with {head[:16]!r}. Copy or write the "
+                             "shard again.") from None
     if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE or tail.count(0) != len(tail):
         raise ValueError(f"{path} {CUT_SHORT}")
 
@@ -315,12 +333,16 @@ def _files_in_shard(path: Path) -> Iterator[tuple[str, bytes]]:
                                      "NAME.png only.")
                 yield member.name, _member_bytes(tar, member, path)
             _check_tar_end(tar, path)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as error:
         with open(path, "rb") as file:
-            kind = NOT_READ_BY_TARFILE.get(file.read(4))
-        if kind:
+            kind = compression(file.read(4))
+        if kind in NOT_READ_BY_TARFILE:
             raise ValueError(f"{path} is compressed with {kind}, which Python's tarfile cannot read: "
                              f"decompress it ({kind} -d), or write shards as .tar or .tar.gz.") from None
+        if str(error) == "unexpected end of data":  # tarfile's words for a file cut short
+            raise ValueError(f"{path} {CUT_SHORT}") from None
         raise ValueError(f"Cannot read {path} as a tar file: {error}. Copy or write the shard again."
                          ) from None
 
@@ -339,19 +361,23 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> 
 
 
 def _check_tar_end(tar: tarfile.TarFile, path: Path) -> None:
-    """Raise unless all that follows the last member is zeros: tarfile stops quietly at a cut, at a damaged
-    header or at the end of the first of two tars joined with cat. Reading a compressed shard to its end
-    also makes its decompressor check the checksum there."""
+    """Raise unless what follows the last member is tar's end: whole blocks of zeros, at least two and not
+    a megabyte more. tarfile stops quietly at a cut, at a damaged header, at the end of the first of two
+    tars joined with cat, and at a run of zeros where a download stopped. Reading a compressed shard to
+    its end also makes its decompressor check the checksum there."""
     tar.fileobj.seek(tar.offset)
-    rest = 0
+    length, data = 0, False
     while chunk := tar.fileobj.read(2**20):
-        if chunk.count(0) != len(chunk):
-            raise ValueError(f"{path} holds more after its end blocks (tars joined with cat, or a damaged "
-                             "header): those samples would be skipped. Write the shard again (tar -A, not "
-                             "cat, joins tars).")
-        rest += len(chunk)
-    if rest < 2 * tarfile.BLOCKSIZE:
+        length, data = length + len(chunk), data or chunk.count(0) != len(chunk)
+    if length < 2 * tarfile.BLOCKSIZE or length % tarfile.BLOCKSIZE:
         raise ValueError(f"{path} {CUT_SHORT}")
+    if data:
+        raise ValueError(f"{path} holds more after its end blocks (tars joined with cat, or a damaged "
+                         "header): those samples would be skipped. Write the shard again (tar -A, not "
+                         "cat, joins tars).")
+    if length > PADDING:
+        raise ValueError(f"{path} ends in {length:,} bytes of zeros, far more than tar's end: a download "
+                         "or copy stopped part-way and the rest is missing. Copy or write the shard again.")
 
 
 def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
@@ -359,6 +385,7 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
     """Read a shard front to back; yield each image+mask pair as a Sample (resized to ``size``, if given);
     mask values are checked as ``read_pair`` checks them."""
     pending: dict[str, dict[str, bytes]] = {}
+    pairs = 0
     for name, data in _files_in_shard(path):
         base = name.rpartition("/")[2]
         if base.startswith("."):
@@ -376,9 +403,12 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
                             InMemoryFile(files["png"], f"{path}:{stem}.png"), size, num_classes,
                             ignore_index)
             del pending[stem]
+            pairs += 1
     if pending:
         raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: "
                          "each NAME needs an image and NAME.png.")
+    if not pairs:
+        raise ValueError(f"{path} holds no samples: copy or write the shard again.")
 
 
 def rank_and_world_size() -> tuple[int, int]:

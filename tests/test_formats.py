@@ -247,8 +247,9 @@ def test_numpy_integers_and_0d_tensors_index_one_sample(tmp_path, source_dataset
         assert sample.image.shape == (3, SIZE, SIZE) and sample.image.is_contiguous()
         assert torch.equal(sample.image, dataset[2].image) and sample.image.numpy().flags.writeable
         assert dataset[index.reshape(1)].image.shape == (1, 3, SIZE, SIZE)  # a batch of one stays a batch
-        with pytest.raises(TypeError, match="Index a dataset with an int or a list of ints, not the bool"):
-            dataset[torch.tensor(True)]
+        for wrong in (torch.tensor(True), 2.7, "2", [1.7], torch.tensor([True, False])):
+            with pytest.raises(TypeError, match="^Index a dataset with an int or a list of ints, not "):
+                dataset[wrong]  # not read as sample 1 or 2
 
 
 def test_a_shard_cut_short_between_two_files_is_refused(tmp_path, source_dataset):
@@ -391,6 +392,34 @@ def test_a_compressed_shard_whose_writing_stopped_between_files_is_refused(tmp_p
     assert len(tarfile.open(tmp_path / "stopped.tar.gz").getmembers()) == 6  # tarfile finds no fault
     with pytest.raises(ValueError, match=r"stopped.tar.gz does not end as a tar file does: it was cut short"):
         list(ShardStream([tmp_path / "stopped.tar.gz"]))
+
+
+def test_shards_cut_inside_a_header_or_zero_filled_are_refused(tmp_path, source_dataset):
+    import tarfile
+
+    (shard,) = write_shards(source_dataset, tmp_path / "shards", shards=1)
+    data = shard.read_bytes()
+    with tarfile.open(shard) as tar:
+        cut = [member.offset for member in tar][10]  # where the 6th pair's header starts
+    for name, damaged, message in [
+        ("cut", data[:cut + 100], "does not end as a tar file does: it was cut short"),
+        ("zeros", data[:cut] + bytes(2**21), r"ends in [\d,]+ bytes of zeros, far more than tar's end"),
+        ("empty", bytes(10240), "holds no samples"),  # a download that never started, preallocated
+    ]:
+        (tmp_path / name).write_bytes(damaged)
+        with pytest.raises(ValueError, match=rf"{name} {message}"):
+            list(ShardStream([tmp_path / name]))
+
+
+@pytest.mark.parametrize("content, message", [(b"", "does not end as a tar file does: it was cut short"),
+                                              (b"<html>Not Found" * 40, "is not a tar file: it starts with")],
+                         ids=["empty", "web page"])
+def test_the_preflight_refuses_files_that_are_no_tar(tmp_path, content, message):
+    from helpers.formats import check_whole_tar
+
+    (tmp_path / "shard.tar").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"shard.tar {message}"):
+        check_whole_tar(tmp_path / "shard.tar")
 
 
 def test_tars_joined_with_cat_are_refused_not_read_half(tmp_path, source_dataset):
