@@ -46,7 +46,7 @@ def resized_pairs(dataset: SegmentationDataset, size: int) -> Iterator[tuple[np.
         yield image.numpy(), mask.numpy().astype(np.uint8)
 
 
-def written_whole(path: Path) -> Path:
+def partial_path(path: Path) -> Path:
     """Where ``path`` is written before it is complete: readers never see a file cut short by an error."""
     return path.with_name(path.stem + ".partial" + path.suffix)
 
@@ -76,8 +76,8 @@ def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
         path.unlink(missing_ok=True)
     images = masks = None
     try:
-        images = np.lib.format.open_memmap(written_whole(paths[0]), "w+", np.uint8, (shape[0], 3, *shape[1:]))
-        masks = np.lib.format.open_memmap(written_whole(paths[1]), "w+", np.uint8, shape)
+        images = np.lib.format.open_memmap(partial_path(paths[0]), "w+", np.uint8, (shape[0], 3, *shape[1:]))
+        masks = np.lib.format.open_memmap(partial_path(paths[1]), "w+", np.uint8, shape)
         for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
             images[i], masks[i] = image, mask
         images.flush()
@@ -85,11 +85,11 @@ def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
     except BaseException:
         del images, masks  # closes the maps: Windows cannot delete a file that is mapped
         for path in paths:
-            written_whole(path).unlink(missing_ok=True)
+            partial_path(path).unlink(missing_ok=True)
         raise
     del images, masks
     for path in paths:
-        written_whole(path).replace(path)
+        partial_path(path).replace(path)
 
 
 class MemmapDataset(Dataset):
@@ -189,16 +189,16 @@ def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
     """Decode every pair once into one HDF5 file, one chunk per image and per mask."""
     Path(path).unlink(missing_ok=True)  # an older copy must not pass for this one if writing stops half-way
     try:
-        with h5py.File(written_whole(Path(path)), "w") as file:
+        with h5py.File(partial_path(Path(path)), "w") as file:
             images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8,
                                          chunks=(1, 3, size, size))
             masks = file.create_dataset("masks", (len(dataset), size, size), np.uint8, chunks=(1, size, size))
             for i, (image, mask) in enumerate(resized_pairs(dataset, size)):
                 images[i], masks[i] = image, mask
     except BaseException:
-        written_whole(Path(path)).unlink(missing_ok=True)
+        partial_path(Path(path)).unlink(missing_ok=True)
         raise
-    written_whole(Path(path)).replace(path)
+    partial_path(Path(path)).replace(path)
 
 
 class HDF5Dataset(Dataset):
