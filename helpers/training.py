@@ -70,12 +70,15 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor, ignore_index: int = IGN
     """1 - mean soft Dice over classes, from logits ``[B, C, H, W]`` and masks ``[B, H, W]``.
 
     Soft: it uses probabilities, so it has gradients. Pixels marked ``ignore_index`` count for nothing.
+    The one-hot masks are a bool comparison with each class, ``[B, C, H, W]``, which costs less than
+    ``nn.functional.one_hot``'s int64 tensor and gives the same loss and gradients (a unit test checks).
     """
     valid = (masks != ignore_index).unsqueeze(1)  # [B, 1, H, W]
-    probs = logits.float().softmax(dim=1) * valid
-    one_hot = nn.functional.one_hot(masks.where(valid[:, 0], 0), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    probs = logits.float().softmax(dim=1)
+    classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1, 1, 1)
+    one_hot = (masks.unsqueeze(1) == classes) & valid  # [B, C, H, W] bool
     overlap = (probs * one_hot).sum(dim=(0, 2, 3))
-    total = probs.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    total = (probs * valid).sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
     return 1 - ((2 * overlap + 1) / (total + 1)).mean()  # +1: a class absent from both scores 1, not 0/0
 
 

@@ -295,3 +295,28 @@ def test_dice_and_segmentation_loss_have_the_values_worked_out_by_hand():
 def test_dice_loss_works_when_the_batch_lacks_the_last_class():
     masks = torch.tensor([[[0, 1], [1, 0]]])  # 3 classes, class 2 absent
     assert dice_loss(confident_logits(masks, num_classes=3), masks).item() < 1e-3
+
+
+def test_dice_loss_matches_the_one_hot_formula_exactly():
+    """The bool comparison stands in for ``one_hot``: same loss and same gradients, bit for bit, with
+    ignored pixels (255, and an ignore value that is also a class index) and in bfloat16."""
+
+    def with_one_hot(logits, masks, ignore_index):
+        valid = (masks != ignore_index).unsqueeze(1)
+        probs = logits.float().softmax(dim=1) * valid
+        labels = torch.nn.functional.one_hot(masks.where(valid[:, 0], 0), logits.shape[1])
+        one_hot = labels.permute(0, 3, 1, 2) * valid
+        overlap = (probs * one_hot).sum(dim=(0, 2, 3))
+        total = probs.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+        return 1 - ((2 * overlap + 1) / (total + 1)).mean()
+
+    generator = torch.Generator().manual_seed(0)
+    classes = torch.randint(0, 4, (2, 16, 16), generator=generator)
+    marked = classes.clone()
+    marked[:, :3] = 255
+    for dtype, masks, ignore_index in [(torch.float32, marked, 255), (torch.float32, classes, 0),
+                                       (torch.bfloat16, marked, 255)]:
+        logits = torch.randn(2, 4, 16, 16, generator=generator).to(dtype).requires_grad_()
+        ours, reference = dice_loss(logits, masks, ignore_index), with_one_hot(logits, masks, ignore_index)
+        assert ours.item() == reference.item()
+        assert torch.equal(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(reference, logits)[0])
