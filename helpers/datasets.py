@@ -162,8 +162,9 @@ def decode_image(path: Path | BinaryIO,
     """
     data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
     try:
-        # a JPEG without EXIF has nothing to turn: libjpeg-turbo decodes it straight from the bytes
-        if simplejpeg is not None and data[:3] == b"\xff\xd8\xff" and b"Exif\x00\x00" not in data:
+        # a JPEG without EXIF or XMP orientation has nothing to turn: libjpeg-turbo decodes it from the bytes
+        if (simplejpeg is not None and data[:3] == b"\xff\xd8\xff" and b"Exif\x00\x00" not in data
+                and b"tiff:Orientation" not in data):  # nor XMP's orientation
             try:
                 height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
             except ValueError:  # damaged: PIL below says how, in plainer words
@@ -214,9 +215,7 @@ def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
 def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
     """The EXIF orientation of an opened image (1, upright, when it has none); damaged EXIF raises, naming
     the file."""
-    if "exif" not in file.info:
-        return 1
-    try:
+    try:  # EXIF in JPEG, PNG and WebP, a TIFF's own tags, or XMP's tiff:Orientation, as PIL reads them
         return file.getexif().get(ORIENTATION, 1)
     except Exception as error:  # PIL's EXIF parser raises struct.error, TypeError, ... on damaged metadata
         raise ImageRefused(f"Cannot read image {path}: its EXIF metadata is damaged ({type(error).__name__}: "
@@ -278,11 +277,11 @@ def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_ind
     Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one. ``size``
     (height, width): resized by nearest neighbour after the values are checked at full size.
     """
-    return tv_tensors.Mask(_read_mask(path, num_classes, ignore_index, dtype, size)[0])
+    return tv_tensors.Mask(read_mask_with_size(path, num_classes, ignore_index, dtype, size)[0])
 
 
-def _read_mask(path: Path | BinaryIO, num_classes: int, ignore_index: int | None, dtype: torch.dtype,
-               size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: int | None, dtype: torch.dtype,
+                        size: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """A mask's class indices, checked at full size and then resized to ``size`` by nearest neighbour;
     also its full (height, width)."""
     if torch.iinfo(dtype).max < max(num_classes - 1, ignore_index or 0):
@@ -342,7 +341,7 @@ def read_pair(image_path: Path, mask_path: Path, size: tuple[int, int] | None = 
     both cover the same scene. Taught in 04_dataloader_batching.
     """
     image, image_size = decode_image(image_path, size)
-    mask, mask_size = _read_mask(mask_path, num_classes, ignore_index, mask_dtype, size)
+    mask, mask_size = read_mask_with_size(mask_path, num_classes, ignore_index, mask_dtype, size)
     check_same_size(image_size, mask_size, image_path, mask_path)
     if size is not None and tuple(image.shape[-2:]) != tuple(size):
         image = F.resize(image, list(size), antialias=True)

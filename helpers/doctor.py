@@ -27,11 +27,11 @@ from helpers.datasets import (
     IMAGE_SUFFIXES,
     MASK_SUFFIXES,
     NO_IMAGES,
-    ORIENTATION,
     PAIR_FIX,
     UPRIGHT,
     check_mask_values,
     check_same_size,
+    exif_orientation,
     read_image,
     read_mask,
     scan_folder,
@@ -94,8 +94,7 @@ def read_header(path: Path) -> Header | None:
     """Mode, stored size and EXIF orientation of an image file; None if even its header cannot be read."""
     try:
         with Image.open(path) as file:
-            turned = "exif" in file.info and file.getexif().get(ORIENTATION, 1)  # as read_image decides
-            return Header(file.mode, (file.height, file.width), turned or 1)
+            return Header(file.mode, (file.height, file.width), exif_orientation(file, path))  # as read_image
     except Exception:  # whatever it is, the reader that follows reports it with the file's name
         return None
 

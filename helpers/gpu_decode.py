@@ -11,9 +11,11 @@ decodes each batch of JPEGs on the GPU (CUDA cannot start in forked workers).
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from helpers.datasets import read_mask
+from helpers.datasets import UPRIGHT, InMemoryFile, check_same_size, exif_orientation, read_mask_with_size
+from helpers.masks import CLASSES
 
 INSTALL = "pip install torchcodec==0.17.0 (requirements-gpu.txt pins it; it works with torch 2.11 or newer)"
 
@@ -37,7 +39,9 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
 class EncodedPairs(Dataset):
     """Pairs of (JPEG bytes as a 1-D uint8 tensor, mask decoded on the CPU as uint8 [H, W]) for
     ``decode_jpegs``: the loader's workers read files and decode the masks, never the JPEGs. ``mask_size``
-    (height, width) resizes masks by nearest neighbour. EXIF orientation is not applied."""
+    (height, width) resizes masks by nearest neighbour. Each JPEG's header is read (no pixels): its size
+    must be its mask's, and a photo stored turned (EXIF or XMP orientation) is refused, since nvJPEG gives
+    the pixels as stored, not upright as ``SegmentationDataset`` reads them."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None):
         self.images = [str(image) for image, _ in pairs]
@@ -48,11 +52,24 @@ class EncodedPairs(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        data = Path(self.images[index]).read_bytes()
+        image, mask_path = self.images[index], Path(self.masks[index])
+        data = Path(image).read_bytes()
         if not data.startswith(b"\xff\xd8"):
-            raise ValueError(f"{self.images[index]} is not a JPEG file (it does not start with FF D8); "
+            raise ValueError(f"{image} is not a JPEG file (it does not start with FF D8); "
                              "convert it to JPEG, or load it with SegmentationDataset instead.")
-        mask = read_mask(Path(self.masks[index]), dtype=torch.uint8, size=self.mask_size)
+        try:
+            with Image.open(InMemoryFile(data, image)) as file:  # the header: size and metadata
+                stored, orientation = (file.height, file.width), exif_orientation(file, image)
+        except (OSError, SyntaxError) as error:
+            raise ValueError(f"Cannot read image {image}: {error}. The file is damaged or not an image: "
+                             "export it again, or remove it and its mask.") from None
+        if orientation in UPRIGHT:
+            raise ValueError(f"Image {image} is stored turned (orientation {orientation} in its metadata), "
+                             "and the GPU decoder gives its pixels as stored, not upright. Save it upright "
+                             "(python -m helpers.doctor lists every such file and the turn), or read the "
+                             "data set with SegmentationDataset, which turns it.")
+        mask, mask_size = read_mask_with_size(mask_path, len(CLASSES), None, torch.uint8, self.mask_size)
+        check_same_size(stored, mask_size, Path(image), mask_path)
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), mask.as_subclass(torch.Tensor)
 
 

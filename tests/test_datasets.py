@@ -591,3 +591,31 @@ def test_turned_photos_are_decoded_by_simplejpeg_as_pil_turns_them(tmp_path, mon
     monkeypatch.setattr(datasets, "simplejpeg", None)  # PIL: Image.transpose, as ImageOps.exif_transpose
     assert torch.equal(fast, datasets.decode_image(path)[0]) and fast.shape[1:] == size
     assert torch.equal(reduced, datasets.decode_image(path, (24, 24))[0]) and reduced.shape[1] < 96
+
+
+XMP_TURNED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+              '</rdf:RDF></x:xmpmeta>')
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_an_orientation_in_xmp_alone_is_applied_as_pil_applies_it(tmp_path, suffix):
+    """Some editors write the orientation only in XMP metadata; PIL's ImageOps.exif_transpose honours it,
+    and so do read_image and the doctor (which reads the same header)."""
+    from PIL import ImageOps, PngImagePlugin
+
+    from helpers.datasets import read_image
+    from helpers.doctor import read_header
+
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    path = tmp_path / f"turned{suffix}"
+    if suffix == ".jpg":
+        picture.save(path, xmp=XMP_TURNED.encode(), quality=95)
+    else:
+        text = PngImagePlugin.PngInfo()
+        text.add_itxt("XML:com.adobe.xmp", XMP_TURNED)
+        picture.save(path, pnginfo=text)
+    upright = np.array(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert upright.shape == (60, 40, 3)  # PIL turned it: 6 means stored a quarter turn off
+    assert torch.equal(read_image(path).permute(1, 2, 0), torch.from_numpy(upright))
+    assert read_header(path).orientation == 6

@@ -44,6 +44,30 @@ def test_a_file_that_is_not_a_jpeg_is_named(tmp_path):
         EncodedPairs([(fake, mask)])[0]
 
 
+def test_a_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_refused(tmp_path):
+    """nvJPEG decodes the pixels as stored: a photo that its metadata turns upright would be misaligned
+    with a mask drawn upright, and a mask resized to mask_size would hide a size mismatch."""
+    from PIL import Image
+
+    from helpers.datasets import ORIENTATION
+
+    image, mask = first_pairs(1)[0]
+    turned = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    Image.open(image).save(turned, exif=exif)
+    with pytest.raises(ValueError, match=r"turned.jpg is stored turned \(orientation 6 .*helpers.doctor"):
+        EncodedPairs([(turned, mask)], mask_size=(32, 32))[0]
+    wide = tmp_path / "wide.jpg"
+    Image.new("RGB", (200, 100)).save(wide)
+    with pytest.raises(ValueError, match=r"wide.jpg is 200x100 \(WxH\) but its mask .* is"):
+        EncodedPairs([(wide, mask)], mask_size=(32, 32))[0]
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(image.read_bytes()[:20])  # starts as a JPEG, ends inside its header
+    with pytest.raises(ValueError, match="Cannot read image .*cut.jpg"):
+        EncodedPairs([(cut, mask)])[0]
+
+
 def test_without_torchcodec_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
     with pytest.raises(ImportError, match=r"pip install torchcodec==0\.17\.0"):
