@@ -58,7 +58,7 @@ from helpers.formats import (
     write_memmap,
     write_shards,
 )
-from helpers.gpu_decode import INSTALL, EncodedPairs, decode_jpegs, encoded_collate
+from helpers.gpu_decode import INSTALL, EncodedBatch, EncodedPairs, decode_jpegs, encoded_collate
 from helpers.progress import progress_bar
 from helpers.scenes import write_dataset
 from helpers.training import to_device
@@ -194,12 +194,12 @@ def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.de
     and flips it there. Runs on the CPU too (torchcodec's CPU decoder), which the tests use."""
     dataset = EncodedPairs(pair_files(Path(root) / "images", Path(root) / "masks"), mask_size=(size, size))
 
-    def finish(batch: tuple[list[torch.Tensor], torch.Tensor]) -> Batch:
-        images = torch.stack(decode_jpegs(batch[0], device))
+    def finish(batch: EncodedBatch) -> Batch:
+        images = torch.stack(decode_jpegs(batch.encoded(), device))
         if images.shape[-2:] != (size, size):  # bilinear with antialias, as the recommended pipeline
             images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
                                                      antialias=True).round_().clamp_(0, 255).byte()
-        masks = batch[1].to(device, non_blocking=True)
+        masks = batch.masks.to(device, non_blocking=True).view(-1, size, size)  # all of mask_size
         flip = upload(torch.rand(len(images)) < 0.5, device)
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         return to_device(images, torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks), device)

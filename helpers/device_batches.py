@@ -70,30 +70,33 @@ def draw(sizes: torch.Tensor, size: int, generator: torch.Generator, *, scale: t
 # (row, column) in the crop of output pixel (i, j) after k quarter turns (torch.rot90): each is
 # ci * i + cj * j + c0 * (size - 1), with these (ci, cj, c0)
 TURNED = torch.tensor([[[1, 0, 0], [0, 1, 0]], [[0, 1, 0], [-1, 0, 1]],
-                       [[-1, 0, 1], [0, -1, 1]], [[0, -1, 1], [1, 0, 0]]], dtype=torch.float32)
+                       [[-1, 0, 1], [0, -1, 1]], [[0, -1, 1], [1, 0, 0]]])
 
 
-def source_points(draws: Draws, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each output pixel of each sample, the (row, column) it comes from in the stored image
-    ([B, size, size] each; int64 when every box is ``size`` x ``size``, else float). Crop, then
-    horizontal flip, vertical flip and turn, in the order of ``train_transforms``, traced back from the
-    output."""
+def placement(draws: Draws) -> torch.Tensor:
+    """The draws as one int64 tensor [B, 2, 5], on the CPU: for the rows, then the columns, of each sample
+    (ci, cj, c0, corner, box side). Crop, then horizontal flip, vertical flip and turn, in the order of
+    ``train_transforms``, traced back from the output pixel."""
     coefficients = TURNED[draws.turns].clone()  # [B, 2 (row, column), 3 (ci, cj, c0)]
     for axis, flipped in ((0, draws.vflip), (1, draws.hflip)):  # a flip maps x to (size - 1) - x
         flip = coefficients[flipped, axis]
         coefficients[flipped, axis] = torch.stack([-flip[:, 0], -flip[:, 1], 1 - flip[:, 2]], dim=1)
-    exact = bool(draws.height.eq(size).all() and draws.width.eq(size).all())  # integers all the way
+    corner = torch.stack([draws.top, draws.left], 1).long().unsqueeze(-1)  # whole pixels, as drawn
+    side = torch.stack([draws.height, draws.width], 1).long().unsqueeze(-1)
+    return torch.cat([coefficients, corner, side], 2)
+
+
+def source_points(placed: torch.Tensor, size: int, exact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each output pixel of each sample, the (row, column) it comes from in the stored image
+    ([B, size, size] each, on ``placed``'s device): int64 when every box is ``size`` x ``size``
+    (``exact``), else float, at pixel centres as ``align_corners=False``."""
     dtype = torch.int64 if exact else torch.float32
-    coefficients = upload(coefficients.to(dtype), device).view(-1, 2, 3, 1, 1)
-    i = torch.arange(size, device=device, dtype=dtype).view(size, 1)
-    j = i.view(1, size)
-    crop = coefficients[:, :, 0] * i + coefficients[:, :, 1] * j + coefficients[:, :, 2] * (size - 1)
-    corner = upload(torch.stack([draws.top, draws.left], 1).to(dtype), device).view(-1, 2, 1, 1)
+    placed = placed.to(dtype).view(-1, 2, 5, 1, 1)
+    i = torch.arange(size, device=placed.device, dtype=dtype).view(size, 1)
+    crop = placed[:, :, 0] * i + placed[:, :, 1] * i.view(1, size) + placed[:, :, 2] * (size - 1)
     if exact:  # at the images' own scale each output pixel is one stored pixel
-        return (corner + crop).unbind(1)
-    extent = upload(torch.stack([draws.height, draws.width], 1).float(), device).view(-1, 2, 1, 1)
-    points = corner + (crop + 0.5) * (extent / size) - 0.5  # pixel centres, as align_corners=False
-    return points.unbind(1)
+        return (placed[:, :, 3] + crop).unbind(1)
+    return (placed[:, :, 3] + (crop + 0.5) * (placed[:, :, 4] / size) - 0.5).unbind(1)
 
 
 class DeviceBatches:
@@ -120,28 +123,41 @@ class DeviceBatches:
         return full + (rest > 0 and not self.drop_last)
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass in a random order: (images [B, 3, size, size], masks [B, size, size]), uint8."""
-        order = torch.randperm(len(self.sizes), generator=generator)
-        for first in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[first:first + self.batch_size]
-            draws = draw(self.sizes[index], self.size, generator, **self.options)
-            draws.index = index
-            yield self.batch(draws)
+        """One pass in a random order: (images [B, 3, size, size], masks [B, size, size]), uint8.
+
+        The whole epoch is drawn at its start and copied to the device in one piece: making a batch then
+        queues a few operations on the device, and copies nothing."""
+        order = torch.randperm(len(self.sizes), generator=generator)[:len(self) * self.batch_size]
+        draws = draw(self.sizes[order], self.size, generator, **self.options)
+        draws.index = order
+        plan, exact, within = self.plan(draws)
+        for first in range(0, len(order), self.batch_size):
+            yield self.make(plan[first:first + self.batch_size], exact, within)
 
     def batch(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch these draws describe: image pixels bilinear (exact at the images' own scale), mask
         pixels nearest, 0 and ``IGNORE_INDEX`` outside the image."""
-        rows, cols = source_points(draws, self.size, self.device)
-        index = upload(draws.index, self.device).view(-1, 1, 1)
-        height, width = self.shapes[index, 1], self.shapes[index, 2]
-        start = self.starts[index]
+        return self.make(*self.plan(draws))
 
-        pixels = self.images.view(-1, 3)  # one row of three channels per pixel
+    def plan(self, draws: Draws) -> tuple[torch.Tensor, bool, bool]:
+        """The draws on the device as one int64 tensor [B, 11] (each sample's index, then its
+        ``placement``), whether every box is ``size`` x ``size`` and whether every box is inside its image
+        (both known on the CPU, so that no batch waits for the device to tell)."""
         sizes = self.sizes[draws.index]
+        exact = bool(draws.height.eq(self.size).all() and draws.width.eq(self.size).all())
         within = bool((draws.top >= 0).all() and (draws.left >= 0).all()
                       and (draws.top + draws.height <= sizes[:, 0]).all()
                       and (draws.left + draws.width <= sizes[:, 1]).all())
-        if within and not rows.is_floating_point():  # the common case, and the cheapest: one gather each
+        plan = torch.cat([draws.index.view(-1, 1), placement(draws).flatten(1)], 1)
+        return upload(plan, self.device), exact, within
+
+    def make(self, plan: torch.Tensor, exact: bool, within: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of a slice of ``plan`` (see ``plan``), made on the device."""
+        index = plan[:, 0].view(-1, 1, 1)
+        rows, cols = source_points(plan[:, 1:], self.size, exact)
+        height, width, start = self.shapes[index, 1], self.shapes[index, 2], self.starts[index]
+        pixels = self.images.view(-1, 3)  # one row of three channels per pixel
+        if within and exact:  # the common case, and the cheapest: one gather each
             near = start + rows * width + cols
             return pixels[near].permute(0, 3, 1, 2), self.masks[near]
 
@@ -151,13 +167,13 @@ class DeviceBatches:
 
         near, inside = pixel(rows.round().long(), cols.round().long())  # nearest: for the mask
         masks = torch.where(inside, self.masks[near], IGNORE_INDEX).to(self.masks.dtype)
-        if not rows.is_floating_point():  # each point is a pixel
+        if exact:  # each point is a pixel
             return (pixels[near] * inside.unsqueeze(-1)).permute(0, 3, 1, 2), masks
         # bilinear: the four neighbours, weighted; points within half a pixel of the edge take the edge
         rows = torch.minimum(rows.clamp(min=0), height - 1.0)
         cols = torch.minimum(cols.clamp(min=0), width - 1.0)
         top, left = rows.floor(), cols.floor()
-        images = torch.zeros(len(index), self.size, self.size, 3, device=self.device)
+        images = torch.zeros(len(plan), self.size, self.size, 3, device=self.device)
         for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
             weight = (1 - (rows - top - dr).abs()) * (1 - (cols - left - dc).abs())
             where, ok = pixel(top.long() + dr, left.long() + dc)

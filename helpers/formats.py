@@ -133,8 +133,9 @@ class MemmapDataset(Dataset):
 
 class PinnedMemmapBatches:
     """Batches of a ``MemmapDataset`` for a GPU, made by the main process without a DataLoader: each batch
-    is gathered from the map straight into one of two page-locked (pinned) buffers that are reused, copied
-    to ``device`` without blocking, and flipped there, one coin per sample for image and mask alike.
+    is gathered from the map straight into one of two page-locked (pinned) buffers that are reused (by
+    ``torch.index_select``, on all of torch's threads), copied to ``device`` without blocking, and flipped
+    there, one coin per sample for image and mask alike (the epoch's coins copied there at its start).
 
     One copy on the CPU instead of three (gather, pin, flip). While one buffer crosses to the GPU the next
     batch is gathered into the other; a CUDA event says when a buffer may be written again. On the CPU
@@ -151,7 +152,8 @@ class PinnedMemmapBatches:
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size  # whole batches only
 
-    def _buffer(self, slot: int, images: np.ndarray, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffer(self, slot: int, images: torch.Tensor,
+                masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where batch ``slot`` is gathered: a reused pinned buffer on CUDA, fresh memory otherwise."""
         shapes = ((self.batch_size, *images.shape[1:]), (self.batch_size, *masks.shape[1:]))
         if self.device.type != "cuda":
@@ -164,25 +166,26 @@ class PinnedMemmapBatches:
         return self.buffers[slot]
 
     def __iter__(self) -> Iterator[Sample]:
-        self.dataset[[0]]  # opens the memory maps in this process
-        images, masks = self.dataset.arrays
-        order = torch.randperm(len(self.dataset), generator=self.generator).numpy()
+        # the maps as tensors, copy-on-write so that torch may view them (nothing writes to them)
+        images, masks = (torch.from_numpy(np.load(self.dataset.folder / name, mmap_mode="c"))
+                         for name in ("images.npy", "masks.npy"))
+        order = torch.randperm(len(self.dataset), generator=self.generator)
+        flips = upload(torch.rand(len(order), generator=self.generator) < self.hflip_prob, self.device)
         for number in range(len(self)):
-            index = order[number * self.batch_size:(number + 1) * self.batch_size]
+            batch = slice(number * self.batch_size, (number + 1) * self.batch_size)
             slot = number % 2
             image_buffer, mask_buffer = self._buffer(slot, images, masks)
-            # the one copy, from the map into the buffer ("clip": numpy buffers `out` under "raise")
-            np.take(images, index, axis=0, out=image_buffer.numpy(), mode="clip")
-            np.take(masks, index, axis=0, out=mask_buffer.numpy(), mode="clip")
-            batch = (image_buffer.to(self.device, non_blocking=True),
-                     mask_buffer.to(self.device, non_blocking=True))
-            coins = torch.rand(self.batch_size, generator=self.generator)
-            flip = upload(coins < self.hflip_prob, self.device)
+            # the one copy, from the map into the buffer, on all of torch's threads
+            torch.index_select(images, 0, order[batch], out=image_buffer)
+            torch.index_select(masks, 0, order[batch], out=mask_buffer)
+            on_device = (image_buffer.to(self.device, non_blocking=True),
+                         mask_buffer.to(self.device, non_blocking=True))
             if self.device.type == "cuda":  # after the copies from this buffer, on their stream
                 self.ready[slot] = torch.cuda.Event()
                 self.ready[slot].record(torch.cuda.current_stream(self.device))
-            yield Sample(torch.where(flip.view(-1, 1, 1, 1), batch[0].flip(-1), batch[0]),
-                         torch.where(flip.view(-1, 1, 1), batch[1].flip(-1), batch[1]))
+            flip = flips[batch]
+            yield Sample(torch.where(flip.view(-1, 1, 1, 1), on_device[0].flip(-1), on_device[0]),
+                         torch.where(flip.view(-1, 1, 1), on_device[1].flip(-1), on_device[1]))
 
 
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:

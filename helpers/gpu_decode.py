@@ -4,11 +4,13 @@
 torchvision.io's decoders are deprecated since torchvision 0.29 in favour of torchcodec, whose
 ``decode_jpeg`` decodes a list of encoded images in one nvJPEG call on CUDA, and with libjpeg-turbo on the
 CPU. torchcodec is an optional install (``requirements-gpu.txt``); only this module imports it, and only
-when it decodes. Workers read the compressed bytes and decode the PNG masks on the CPU; the main process
-decodes each batch of JPEGs on the GPU (CUDA cannot start in forked workers).
+when it decodes. Workers read the compressed bytes and decode the PNG masks on the CPU, and pack each
+batch into a few tensors (``encoded_collate``); the main process decodes each batch of JPEGs on the GPU
+(CUDA cannot start in forked workers).
 """
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -73,10 +75,31 @@ class EncodedPairs(Dataset):
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), mask.as_subclass(torch.Tensor)
 
 
-def encoded_collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor],
-                                                                                torch.Tensor | list]:
-    """A batch of encoded images as a list (their lengths differ), with the masks stacked into one tensor
-    when they share a size, else kept as a list."""
+class EncodedBatch(NamedTuple):
+    """A batch as ``encoded_collate`` packs it: four tensors, however many samples. A DataLoader passes
+    each tensor between processes on its own (in shared memory, with a file descriptor each), so a batch
+    held as 32 small tensors costs the main process more than decoding it on the GPU."""
+
+    jpegs: torch.Tensor  # every image's JPEG bytes, end to end (1-D uint8)
+    lengths: torch.Tensor  # [B]: each image's number of bytes
+    masks: torch.Tensor  # every mask's pixels, end to end (1-D uint8)
+    sizes: torch.Tensor  # [B, 2]: each mask's (height, width)
+
+    def encoded(self) -> list[torch.Tensor]:
+        """Each image's bytes, as views of ``jpegs`` (no copy), for ``decode_jpegs``."""
+        return list(self.jpegs.split(self.lengths.tolist()))
+
+    def masks_to(self, device: torch.device) -> list[torch.Tensor]:
+        """Each mask as [H, W] on ``device``, copied there in one piece (without waiting, when pinned)."""
+        flat = self.masks.to(device, non_blocking=True)
+        return [mask.view(height, width) for mask, (height, width)
+                in zip(flat.split(self.sizes.prod(1).tolist()), self.sizes.tolist(), strict=True)]
+
+
+def encoded_collate(samples: list[tuple[torch.Tensor, torch.Tensor]]) -> EncodedBatch:
+    """Pack ``EncodedPairs`` samples into one ``EncodedBatch``: the JPEG bytes end to end, the masks end
+    to end, and the lengths and sizes to take them apart again. Masks may differ in size."""
     images, masks = [image for image, _ in samples], [mask for _, mask in samples]
-    same_size = all(mask.shape == masks[0].shape for mask in masks)
-    return images, torch.stack(masks) if same_size else masks
+    return EncodedBatch(torch.cat(images), torch.tensor([len(image) for image in images]),
+                        torch.cat([mask.flatten() for mask in masks]),
+                        torch.tensor([tuple(mask.shape) for mask in masks]).view(-1, 2))

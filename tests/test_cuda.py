@@ -56,7 +56,8 @@ def test_jpegs_decoded_by_the_gpu_into_just_released_memory_are_the_images_and_a
     from helpers.gpu_decode import EncodedPairs, decode_jpegs, encoded_collate
 
     pairs = EncodedPairs(pair_files(SHAPES / "images", SHAPES / "masks")[:32])
-    encoded, masks = encoded_collate([pairs[index] for index in range(len(pairs))])
+    batch = encoded_collate([pairs[index] for index in range(len(pairs))])
+    encoded, masks = batch.encoded(), batch.masks_to(CUDA)
     expected = decode_jpegs(encoded, CPU)
     for _ in range(5):
         released = torch.zeros(expected[0].shape, dtype=torch.uint8, device=CUDA)

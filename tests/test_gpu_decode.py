@@ -20,8 +20,9 @@ def first_pairs(count: int = 4):
 
 
 def test_decoded_batches_are_the_pixels_and_masks_the_cpu_pipeline_reads():
-    encoded, masks = encoded_collate([EncodedPairs(first_pairs())[index] for index in range(4)])
-    images = decode_jpegs(encoded, torch.device("cpu"))
+    batch = encoded_collate([EncodedPairs(first_pairs())[index] for index in range(4)])
+    assert len(batch) == 4  # four tensors, however many samples
+    images, masks = decode_jpegs(batch.encoded(), torch.device("cpu")), batch.masks_to(torch.device("cpu"))
     reference = SegmentationDataset(SHAPES, split=None, mask_dtype=torch.uint8)
     for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
         expected = reference[index]

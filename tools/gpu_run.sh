@@ -3,8 +3,8 @@
 # root. All of it takes up to about 10 minutes (each step has a time limit); where one command may run
 # at most 10 minutes, run it in two, each up to about 6 minutes:
 #
-#     bash tools/gpu_run.sh OUT [STEP ...]      # steps: tests bench 06 ddp (default: all, in order)
-#     bash tools/gpu_run.sh "$OUT" tests bench  # then: bash tools/gpu_run.sh "$OUT" 06 ddp
+#     bash tools/gpu_run.sh OUT [STEP ...]      # steps: tests 06 ddp bench (default: all, in order)
+#     bash tools/gpu_run.sh "$OUT" tests 06 ddp  # then: bash tools/gpu_run.sh "$OUT" bench
 #
 # Where the machine cannot reach a package registry (the lent GPU machine: Python 3.12, torch 2.11),
 # first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there.
@@ -21,7 +21,7 @@
 set -uo pipefail
 out=${1:?name a folder for the results}
 shift
-steps=" ${*:-tests bench 06 ddp} "
+steps=" ${*:-tests 06 ddp bench} "
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -52,13 +52,15 @@ cat "$out/machine.txt"
 gpus=$(nvidia-smi --list-gpus | wc -l)
 step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py \
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
-step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda --workers 0 4 8 12 \
-    --json "$out/bench_cuda.json"
 step 06_gpu_training 150 "$python" tools/notebook_script.py notebooks/06_gpu_training.ipynb \
     --figures "$out/06_figures.json"
 [[ $steps == *" ddp "* ]] && rm -rf /tmp/gpu_run_ddp  # no ranks' files from an earlier run
 step ddp_nccl 90 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
 cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
+# last, as the longest: BENCH_ARGS may shorten it (fewer worker counts, --epochs 2) where time is short
+# shellcheck disable=SC2086
+step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 8 12} \
+    --json "$out/bench_cuda.json"
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
 echo "all passed"
