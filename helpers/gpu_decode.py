@@ -12,6 +12,7 @@ batch into a few tensors (``encoded_collate``); the main process decodes each ba
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -38,20 +39,80 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
     return decode_jpeg(list(encoded), mode="RGB", device=device)
 
 
+def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, int]) -> None:
+    """Decode every pair's mask once, checked and resized to ``size`` (height, width) by nearest neighbour,
+    into ``folder/masks.npy`` ([N, H, W] uint8), with each mask's own (height, width) in ``sizes.npy`` and
+    the masks' file names in ``names.txt``: ``EncodedPairs(pairs, masks=folder)`` then reads them instead
+    of decoding a PNG per sample, which costs the workers more than reading the JPEG."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("masks.npy", "sizes.npy", "names.txt"):  # an older copy must not pass for this one
+        (folder / name).unlink(missing_ok=True)
+    masks = np.lib.format.open_memmap(folder / "masks.partial.npy", mode="w+", dtype=np.uint8,
+                                      shape=(len(pairs), *size))
+    sizes = np.zeros((len(pairs), 2), dtype=np.int64)
+    for row, (_, path) in enumerate(pairs):
+        mask, sizes[row] = read_mask_with_size(Path(path), len(CLASSES), None, torch.uint8, size)
+        masks[row] = mask.numpy()
+    masks.flush()
+    del masks
+    np.save(folder / "sizes.npy", sizes)
+    (folder / "names.txt").write_text("".join(f"{Path(path).name}\n" for _, path in pairs))
+    (folder / "masks.partial.npy").replace(folder / "masks.npy")
+
+
 class EncodedPairs(Dataset):
     """Pairs of (JPEG bytes as a 1-D uint8 tensor, mask decoded on the CPU as uint8 [H, W]) for
     ``decode_jpegs``: the loader's workers read files and decode the masks, never the JPEGs. ``mask_size``
-    (height, width) resizes masks by nearest neighbour. Each JPEG's header is read (no pixels): its size
-    must be its mask's, and a photo stored turned (EXIF or XMP orientation) is refused, since nvJPEG gives
-    the pixels as stored, not upright as ``SegmentationDataset`` reads them."""
+    (height, width) resizes masks by nearest neighbour. ``masks``, a folder ``write_masks`` wrote for these
+    pairs, gives the masks already decoded instead. Each JPEG's header is read (no pixels): its size must
+    be its mask's, and a photo stored turned (EXIF or XMP orientation) is refused, since nvJPEG gives the
+    pixels as stored, not upright as ``SegmentationDataset`` reads them."""
 
-    def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None):
+    def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None,
+                 masks: Path | None = None):
         self.images = [str(image) for image, _ in pairs]
         self.masks = [str(mask) for _, mask in pairs]
-        self.mask_size = mask_size
+        self.mask_size, self.decoded, self.arrays = mask_size, masks, None
+        if masks is not None:
+            self.mask_size = self._check_decoded(Path(masks), mask_size)
+
+    def _check_decoded(self, folder: Path, mask_size: tuple[int, int] | None) -> tuple[int, int]:
+        """The size of the masks ``write_masks`` stored in ``folder``, once they are these pairs' masks."""
+        try:
+            names = (folder / "names.txt").read_text().splitlines()
+            stored = tuple(np.load(folder / "masks.npy", mmap_mode="r").shape[1:])
+        except (OSError, ValueError) as error:
+            raise ValueError(f"Cannot read the decoded masks in {folder}: {error}. "
+                             "Write them again with write_masks.") from None
+        ours = [Path(mask).name for mask in self.masks]
+        if names != ours:
+            where = next((i for i, pair in enumerate(zip(names, ours)) if pair[0] != pair[1]),
+                         min(len(names), len(ours)))
+            raise ValueError(f"{folder} holds the masks of other files: {len(names)} masks for {len(ours)} "
+                             f"pairs, first difference at pair {where}. Write them again with write_masks "
+                             "for these pairs, in this order.")
+        if mask_size is not None and tuple(mask_size) != stored:
+            raise ValueError(f"The masks in {folder} are {stored} (HxW), not mask_size {tuple(mask_size)}: "
+                             "write them again at that size, or leave mask_size out.")
+        return stored
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "arrays": None}  # a worker maps the file itself
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def _mask(self, index: int, mask_path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The mask, at ``mask_size`` when given, and its own size: decoded now, or read as decoded."""
+        if self.decoded is None:
+            mask, size = read_mask_with_size(mask_path, len(CLASSES), None, torch.uint8, self.mask_size)
+            return mask.as_subclass(torch.Tensor), size
+        if self.arrays is None:
+            self.arrays = (np.load(Path(self.decoded) / "masks.npy", mmap_mode="r"),
+                           np.load(Path(self.decoded) / "sizes.npy"))
+        masks, sizes = self.arrays
+        return torch.from_numpy(np.array(masks[index])), (int(sizes[index][0]), int(sizes[index][1]))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask_path = self.images[index], Path(self.masks[index])
@@ -70,15 +131,16 @@ class EncodedPairs(Dataset):
                              "and the GPU decoder gives its pixels as stored, not upright. Save it upright "
                              "(python -m helpers.doctor lists every such file and the turn), or read the "
                              "data set with SegmentationDataset, which turns it.")
-        mask, mask_size = read_mask_with_size(mask_path, len(CLASSES), None, torch.uint8, self.mask_size)
+        mask, mask_size = self._mask(index, mask_path)
         check_same_size(stored, mask_size, Path(image), mask_path)
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), mask.as_subclass(torch.Tensor)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8), mask
 
 
 class EncodedBatch(NamedTuple):
     """A batch as ``encoded_collate`` packs it: four tensors, however many samples. A DataLoader passes
     each tensor between processes on its own (in shared memory, with a file descriptor each), so a batch
-    held as 32 small tensors costs the main process more than decoding it on the GPU."""
+    held as one small tensor per sample is slow to receive: on the H200 host of results/bench_h200.json,
+    the gpu decode pipeline ran about three times faster once its batches were four tensors."""
 
     jpegs: torch.Tensor  # every image's JPEG bytes, end to end (1-D uint8)
     lengths: torch.Tensor  # [B]: each image's number of bytes

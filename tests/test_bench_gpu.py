@@ -12,10 +12,17 @@ DEVICES = [CPU, pytest.param(torch.device("cuda"), id="cuda",
                              marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
+@pytest.mark.parametrize("stored", [False, True], ids=["png masks", "stored masks"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_path, device):
+def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_path, device, stored):
+    from helpers.datasets import pair_files
+    from helpers.gpu_decode import write_masks
+
     root = bench_data(8, 48, tmp_path / "data")
-    pipeline = gpu_decode_pipeline(root, 32, batch_size=4, device=device)
+    if stored:
+        write_masks(pair_files(root / "images", root / "masks"), tmp_path / "masks", (32, 32))
+    masks = tmp_path / "masks" if stored else None
+    pipeline = gpu_decode_pipeline(root, 32, batch_size=4, device=device, masks=masks)
     for batch in pipeline.loader(0):
         images, masks = pipeline.finish(batch)
         assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32

@@ -94,3 +94,39 @@ def test_the_install_hint_names_the_version_requirements_gpu_pins():
     pins = Path(__file__).resolve().parent.parent.joinpath("requirements-gpu.txt").read_text()
     pin = next(line for line in pins.splitlines() if line.startswith("torchcodec=="))
     assert f"pip install {pin} " in INSTALL
+
+
+def test_masks_stored_decoded_are_the_masks_decoded_per_sample_and_refuse_other_pairs(tmp_path):
+    import pickle
+
+    from helpers.gpu_decode import write_masks
+
+    pairs = first_pairs(6)
+    write_masks(pairs, tmp_path / "masks", (64, 48))
+    stored, decoded = EncodedPairs(pairs, masks=tmp_path / "masks"), EncodedPairs(pairs, mask_size=(64, 48))
+    for index in range(6):
+        assert all(torch.equal(a, b) for a, b in zip(stored[index], decoded[index], strict=True))
+    stored = pickle.loads(pickle.dumps(stored))  # as a spawned worker gets it: it maps the file itself
+    assert torch.equal(stored[5][1], decoded[5][1])
+    with pytest.raises(ValueError, match=r"holds the masks of other files: 6 masks for 6 pairs, first "
+                                         r"difference at pair 0\. Write them again with write_masks"):
+        EncodedPairs(pairs[::-1], masks=tmp_path / "masks")
+    with pytest.raises(ValueError, match=r"6 masks for 5 pairs, first difference at pair 5"):
+        EncodedPairs(pairs[:5], masks=tmp_path / "masks")
+    with pytest.raises(ValueError, match=r"are \(64, 48\) \(HxW\), not mask_size \(32, 32\)"):
+        EncodedPairs(pairs, mask_size=(32, 32), masks=tmp_path / "masks")
+    with pytest.raises(ValueError, match=r"Cannot read the decoded masks in .*nowhere.*write_masks"):
+        EncodedPairs(pairs, masks=tmp_path / "nowhere")
+
+
+def test_a_stored_mask_still_checks_its_image_size(tmp_path):
+    """The stored masks are resized; their own sizes, stored beside them, are what the JPEG must match."""
+    from PIL import Image
+
+    from helpers.gpu_decode import write_masks
+
+    (_, mask), wide = first_pairs(1)[0], tmp_path / "wide.jpg"
+    Image.new("RGB", (200, 100)).save(wide)
+    write_masks([(wide, mask)], tmp_path / "masks", (32, 32))
+    with pytest.raises(ValueError, match=r"wide.jpg is 200x100 \(WxH\) but its mask .* is"):
+        EncodedPairs([(wide, mask)], masks=tmp_path / "masks")[0]
