@@ -134,8 +134,9 @@ class MemmapDataset(Dataset):
 class PinnedMemmapBatches:
     """Batches of a ``MemmapDataset`` for a GPU, made by the main process without a DataLoader: each batch
     is gathered from the map straight into one of two page-locked (pinned) buffers that are reused (by
-    ``torch.index_select``, on all of torch's threads), copied to ``device`` without blocking, and flipped
-    there, one coin per sample for image and mask alike (the epoch's coins copied there at its start).
+    ``torch.index_select``, which splits each sample's copy over torch's threads), copied to ``device``
+    without blocking, and flipped there, one coin per sample for image and mask alike (the epoch's coins
+    copied there at its start).
 
     One copy on the CPU instead of three (gather, pin, flip). While one buffer crosses to the GPU the next
     batch is gathered into the other; a CUDA event says when a buffer may be written again. On the CPU
@@ -175,7 +176,7 @@ class PinnedMemmapBatches:
             batch = slice(number * self.batch_size, (number + 1) * self.batch_size)
             slot = number % 2
             image_buffer, mask_buffer = self._buffer(slot, images, masks)
-            # the one copy, from the map into the buffer, on all of torch's threads
+            # the one copy, from the map into the buffer (each sample's split over torch's threads)
             torch.index_select(images, 0, order[batch], out=image_buffer)
             torch.index_select(masks, 0, order[batch], out=mask_buffer)
             on_device = (image_buffer.to(self.device, non_blocking=True),

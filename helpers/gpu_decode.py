@@ -138,9 +138,8 @@ class EncodedPairs(Dataset):
 
 class EncodedBatch(NamedTuple):
     """A batch as ``encoded_collate`` packs it: four tensors, however many samples. A DataLoader passes
-    each tensor between processes on its own (in shared memory, with a file descriptor each), so a batch
-    held as one small tensor per sample is slow to receive: on the H200 host of results/bench_h200.json,
-    the gpu decode pipeline ran about three times faster once its batches were four tensors."""
+    each tensor between processes on its own (in shared memory; on Linux with a file descriptor each), so
+    a batch held as one small tensor per sample is slow for the main process to receive."""
 
     jpegs: torch.Tensor  # every image's JPEG bytes, end to end (1-D uint8)
     lengths: torch.Tensor  # [B]: each image's number of bytes
