@@ -44,3 +44,19 @@ def test_gpu_decode_ceiling_counts_images_per_second_and_gives_the_pipeline_its_
     assert speed > 0
     limits = {"decode only": 1.0, "memory only": 1.0, "gpu decode only": speed}
     assert shares({"gpu decode": {0: speed / 2}}, limits) == {"gpu decode": pytest.approx(0.5)}
+
+
+def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkeypatch):
+    """tools/feed_stages.py, which tools/gpu_run.sh runs on a GPU: every stage gets its line."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "tools"))
+    import feed_stages
+
+    feed_stages.main(["--device", "cpu", "--count", "64", "--side", "48", "--size", "32", "--workers", "0",
+                      "--data", str(tmp_path / "data")])
+    printed = capsys.readouterr().out
+    for stage in ("gather into pinned, 1 threads", "gather, copy and flip", "the same and to_device",
+                  "loader alone, 0 workers", "loader and decode_jpegs, 0 workers",
+                  "whole pipeline, 0 workers"):
+        assert f"{stage}: " in printed and " ms per batch of 32 " in printed, stage

@@ -1,0 +1,120 @@
+"""Where the time of the benchmark's GPU pipelines goes: each stage timed alone, then with the next.
+
+    python tools/feed_stages.py [--device cuda] [--count 2000] [--side 256] [--size 224] [--workers 4 12]
+
+For the memory map at 0 workers (``PinnedMemmapBatches``): the gather alone, from the map into a pinned
+buffer, at 1, 4 and all of torch's threads; then the whole iterator (gather, copy to the device, flip);
+then with ``to_device``'s conversion. For the GPU-decoding pipeline (``helpers.bench``'s *gpu decode*):
+the loader alone (workers reading the JPEG bytes and decoding the masks), then with ``decode_jpegs``,
+then the whole pipeline, at each worker count. A stage that is fast alone and slow in company is waiting
+for the stage beside it. Milliseconds per batch of 32, the best of three epochs. Runs on the CPU too
+(``--device cpu``), where nothing is pinned. tools/gpu_run.sh runs it on a GPU (feed_stages.log).
+"""
+
+import argparse
+import importlib.util
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helpers.bench import bench_data, gpu_decode_pipeline
+from helpers.datasets import SegmentationDataset
+from helpers.formats import MemmapDataset, PinnedMemmapBatches, write_memmap
+from helpers.gpu_decode import decode_jpegs
+from helpers.training import to_device
+
+BATCH = 32
+
+
+def per_batch(label: str, batches: Callable[[], Iterable], device: torch.device, epochs: int = 3) -> float:
+    """Print and return the best milliseconds per batch over ``epochs`` passes of ``batches()``."""
+    best = float("inf")
+    for _ in range(epochs):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start, count = time.perf_counter(), 0
+        for _ in batches():
+            count += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, (time.perf_counter() - start) / count)
+    print(f"{label:>46}: {best * 1e3:7.3f} ms per batch of {BATCH} ({BATCH / best:8.0f} images/s)",
+          flush=True)
+    return best
+
+
+def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> None:
+    """The memory map's stages, at 0 workers."""
+    write_memmap(SegmentationDataset(root), work, size)
+    images, masks = (torch.from_numpy(np.load(work / name, mmap_mode="c"))
+                     for name in ("images.npy", "masks.npy"))
+    buffers = [torch.empty(BATCH, *array.shape[1:], dtype=torch.uint8) for array in (images, masks)]
+    if device.type == "cuda":
+        buffers = [buffer.pin_memory() for buffer in buffers]
+    order = torch.randperm(len(images))
+
+    def gather() -> Iterable[int]:
+        for first in range(0, len(order) - BATCH + 1, BATCH):
+            for array, buffer in zip((images, masks), buffers, strict=True):
+                torch.index_select(array, 0, order[first:first + BATCH], out=buffer)
+            yield first
+
+    threads = torch.get_num_threads()
+    for count in sorted({1, min(4, threads), threads}):
+        torch.set_num_threads(count)
+        per_batch(f"memmap: gather into pinned, {count} threads", gather, device)
+    torch.set_num_threads(threads)
+    batches = PinnedMemmapBatches(MemmapDataset(work), BATCH, device)
+    per_batch("memmap: gather, copy and flip", lambda: iter(batches), device)
+    per_batch("memmap: the same and to_device",
+              lambda: (to_device(*batch, device) for batch in batches), device)
+
+
+def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list[int]) -> None:
+    """The GPU-decoding pipeline's stages, at each worker count."""
+    pipeline = gpu_decode_pipeline(root, size, BATCH, device)
+    threads = torch.get_num_threads()
+    for count in workers:
+        torch.set_num_threads(max(1, threads - count))  # as helpers.bench leaves the main process
+        loader = pipeline.loader(count)
+        for _ in loader:  # starts the workers
+            pass
+        stages = {"loader alone": lambda loader=loader: iter(loader),
+                  "loader and decode_jpegs": lambda loader=loader: (decode_jpegs(batch.encoded(), device)
+                                                                    for batch in loader),
+                  "whole pipeline": lambda loader=loader: (pipeline.finish(batch) for batch in loader)}
+        for name, batches in stages.items():
+            per_batch(f"gpu decode: {name}, {count} workers", batches, device)
+    torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--count", type=int, default=2000, help="image+mask pairs (the benchmark's)")
+    parser.add_argument("--side", type=int, default=256, help="side of the stored square images")
+    parser.add_argument("--size", type=int, default=224, help="side of the images fed to the model")
+    parser.add_argument("--workers", type=int, nargs="+", default=[4, 12], help="for gpu decode")
+    parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")
+    args = parser.parse_args(argv)
+    if args.count < BATCH:
+        parser.error(f"--count must be at least one batch ({BATCH})")
+    device = torch.device(args.device)
+    root = bench_data(args.count, args.side, args.data)
+    print(f"{args.count} pairs {args.side}x{args.side} -> {args.size} px on {device}, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory(prefix="pixels_to_batches_stages_") as work:
+        memmap_stages(root, args.size, device, Path(work))
+    if importlib.util.find_spec("torchcodec"):
+        gpu_decode_stages(root, args.size, device, args.workers)
+    else:
+        print("no gpu decode stages: torchcodec is not installed (requirements-gpu.txt)")
+
+
+
+if __name__ == "__main__":
+    main()
