@@ -57,6 +57,7 @@ def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkey
                       "--data", str(tmp_path / "data")])
     printed = capsys.readouterr().out
     for stage in ("gather into pinned, 1 threads", "gather, copy and flip", "the same and to_device",
-                  "loader alone, 0 workers", "loader and decode_jpegs, 0 workers",
-                  "whole pipeline, 0 workers"):
+                  "gpu decode: loader alone, 0 workers", "gpu decode: loader and decode_jpegs, 0 workers",
+                  "gpu decode: whole pipeline, 0 workers", "masks stored: loader alone, 0 workers",
+                  "masks stored: whole pipeline, 0 workers"):
         assert f"{stage}: " in printed and " ms per batch of 32 " in printed, stage

@@ -5,8 +5,9 @@
 For the memory map at 0 workers (``PinnedMemmapBatches``): the gather alone, from the map into a pinned
 buffer, at 1, 4 and all of torch's threads; then the whole iterator (gather, copy to the device, flip);
 then with ``to_device``'s conversion. For the GPU-decoding pipeline (``helpers.bench``'s *gpu decode*):
-the loader alone (workers reading the JPEG bytes and decoding the masks), then with ``decode_jpegs``,
-then the whole pipeline, at each worker count. A stage that is fast alone and slow in company is waiting
+the loader alone (workers reading the JPEG bytes and decoding the masks, or, for *masks stored*,
+reading them decoded by ``write_masks``), then with ``decode_jpegs``, then the whole pipeline, at each
+worker count. A stage that is fast alone and slow in company is waiting
 for the stage beside it. Milliseconds per batch of 32, the best of three epochs. Runs on the CPU too
 (``--device cpu``), where nothing is pinned. tools/gpu_run.sh runs it on a GPU (feed_stages.log).
 """
@@ -22,9 +23,9 @@ import numpy as np
 import torch
 
 from helpers.bench import bench_data, gpu_decode_pipeline
-from helpers.datasets import SegmentationDataset
+from helpers.datasets import SegmentationDataset, pair_files
 from helpers.formats import MemmapDataset, PinnedMemmapBatches, write_memmap
-from helpers.gpu_decode import decode_jpegs
+from helpers.gpu_decode import decode_jpegs, write_masks
 from helpers.training import to_device
 
 BATCH = 32
@@ -74,21 +75,27 @@ def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> No
               lambda: (to_device(*batch, device) for batch in batches), device)
 
 
-def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list[int]) -> None:
-    """The GPU-decoding pipeline's stages, at each worker count."""
-    pipeline = gpu_decode_pipeline(root, size, BATCH, device)
+def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list[int], work: Path) -> None:
+    """The GPU-decoding pipeline's stages at each worker count, with the masks decoded by the workers and
+    with the masks stored decoded (``write_masks``)."""
+    pairs = pair_files(root / "images", root / "masks")
+    write_masks(pairs, work / "masks", (size, size))
+    pipelines = {"gpu decode": gpu_decode_pipeline(root, size, BATCH, device),
+                 "masks stored": gpu_decode_pipeline(root, size, BATCH, device, work / "masks")}
     threads = torch.get_num_threads()
     for count in workers:
         torch.set_num_threads(max(1, threads - count))  # as helpers.bench leaves the main process
-        loader = pipeline.loader(count)
-        for _ in loader:  # starts the workers
-            pass
-        stages = {"loader alone": lambda loader=loader: iter(loader),
-                  "loader and decode_jpegs": lambda loader=loader: (decode_jpegs(batch.encoded(), device)
-                                                                    for batch in loader),
-                  "whole pipeline": lambda loader=loader: (pipeline.finish(batch) for batch in loader)}
-        for name, batches in stages.items():
-            per_batch(f"gpu decode: {name}, {count} workers", batches, device)
+        for label, pipeline in pipelines.items():
+            loader = pipeline.loader(count)
+            for _ in loader:  # starts the workers
+                pass
+            stages = {"loader alone": lambda loader=loader: iter(loader),
+                      "loader and decode_jpegs": lambda loader=loader: (decode_jpegs(batch.encoded(), device)
+                                                                        for batch in loader),
+                      "whole pipeline": lambda loader=loader, pipeline=pipeline: (pipeline.finish(batch)
+                                                                                  for batch in loader)}
+            for name, batches in stages.items():
+                per_batch(f"{label}: {name}, {count} workers", batches, device)
     torch.set_num_threads(threads)
 
 
@@ -108,11 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.count} pairs {args.side}x{args.side} -> {args.size} px on {device}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     with tempfile.TemporaryDirectory(prefix="pixels_to_batches_stages_") as work:
-        memmap_stages(root, args.size, device, Path(work))
-    if importlib.util.find_spec("torchcodec"):
-        gpu_decode_stages(root, args.size, device, args.workers)
-    else:
-        print("no gpu decode stages: torchcodec is not installed (requirements-gpu.txt)")
+        memmap_stages(root, args.size, device, Path(work) / "memmap")
+        if importlib.util.find_spec("torchcodec"):
+            gpu_decode_stages(root, args.size, device, args.workers, Path(work))
+        else:
+            print("no gpu decode stages: torchcodec is not installed (requirements-gpu.txt)")
 
 
 
