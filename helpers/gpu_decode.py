@@ -48,17 +48,22 @@ def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, i
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("masks.npy", "sizes.npy", "names.txt"):  # an older copy must not pass for this one
         (folder / name).unlink(missing_ok=True)
-    masks = np.lib.format.open_memmap(folder / "masks.partial.npy", mode="w+", dtype=np.uint8,
-                                      shape=(len(pairs), *size))
+    partial = folder / "masks.partial.npy"
+    masks = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8, shape=(len(pairs), *size))
     sizes = np.zeros((len(pairs), 2), dtype=np.int64)
-    for row, (_, path) in enumerate(pairs):
-        mask, sizes[row] = read_mask_with_size(Path(path), len(CLASSES), None, torch.uint8, size)
-        masks[row] = mask.numpy()
-    masks.flush()
+    try:
+        for row, (_, path) in enumerate(pairs):
+            mask, sizes[row] = read_mask_with_size(Path(path), len(CLASSES), None, torch.uint8, size)
+            masks[row] = mask.numpy()
+        masks.flush()
+    except BaseException:  # a bad mask: its error names it, and no half-written file stays behind
+        del masks
+        partial.unlink(missing_ok=True)
+        raise
     del masks
     np.save(folder / "sizes.npy", sizes)
     (folder / "names.txt").write_text("".join(f"{Path(path).name}\n" for _, path in pairs))
-    (folder / "masks.partial.npy").replace(folder / "masks.npy")
+    partial.replace(folder / "masks.npy")
 
 
 class EncodedPairs(Dataset):

@@ -130,3 +130,13 @@ def test_a_stored_mask_still_checks_its_image_size(tmp_path):
     write_masks([(wide, mask)], tmp_path / "masks", (32, 32))
     with pytest.raises(ValueError, match=r"wide.jpg is 200x100 \(WxH\) but its mask .* is"):
         EncodedPairs([(wide, mask)], masks=tmp_path / "masks")[0]
+
+
+def test_write_masks_names_a_bad_mask_and_leaves_no_half_written_file(tmp_path):
+    from helpers.gpu_decode import write_masks
+
+    (image, mask), bad = first_pairs(1)[0], tmp_path / "bad.png"
+    bad.write_bytes(mask.read_bytes()[:40])  # cut inside the PNG
+    with pytest.raises(ValueError, match="Cannot read mask .*bad.png"):
+        write_masks([(image, mask), (image, bad)], tmp_path / "masks", (32, 32))
+    assert list((tmp_path / "masks").iterdir()) == []
