@@ -17,8 +17,11 @@ read as uint8 and written as float32 image and int64 mask, at the measured memor
 pre-decoded pipeline can beat it). ``--json PATH`` writes every figure; ``--plot PATH`` saves a chart.
 
 With ``--device cuda`` the memory map at 0 workers gathers into reused pinned buffers and flips on the
-GPU, and, when torchcodec is installed (requirements-gpu.txt), a *gpu decode* pipeline decodes the JPEGs
-on the GPU, measured against a third ceiling: *gpu decode only*. CPU runs are unchanged.
+GPU; *memmap, gpu gathers* reads the map once into RAM mapped for the GPU, which gathers each batch
+itself (the same at every worker count: it has none), held to the *link only* ceiling (uint8 batches at
+the measured speed to the GPU); and, when torchcodec is installed (requirements-gpu.txt), a *gpu decode*
+pipeline decodes the JPEGs on the GPU, measured against a third ceiling: *gpu decode only*. CPU runs
+are unchanged.
 Taught in 04_dataloader_batching, 05_large_datasets and 06_gpu_training.
 """
 
@@ -65,8 +68,9 @@ from helpers.training import to_device
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-PRE_DECODED = ("memmap", "hdf5")  # pipelines bounded by memory traffic; the others decode files
 GPU_STORED = "gpu decode, masks stored"  # JPEGs decoded by the GPU, masks read decoded (write_masks)
+GPU_GATHERS = "memmap, gpu gathers"  # the map in RAM mapped for the GPU, which gathers each batch itself
+PRE_DECODED = ("memmap", "hdf5", GPU_GATHERS)  # pipelines bounded by memory traffic; the others decode
 CPU = torch.device("cpu")
 # shards the format benchmark writes, sizes one pair apart at most: 1, 2, 3, 4, 6, 8, 12, 16 or 24 workers
 # each get as many, so no worker reads more than the others while they wait for it at the end of an epoch
@@ -178,7 +182,7 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
             return PinnedMemmapBatches(memmap, batch_size, device)
         return _loader(memmap, workers, device, sampler=in_batches, batch_size=None)
 
-    return {
+    chosen = {
         "memmap": Pipeline(memmap_loader,
                            lambda b: to_device(*b, device) if b[0].is_cuda else flip_to_device(b)),
         "hdf5": Pipeline(lambda w: _loader(hdf5, w, device, sampler=in_batches, batch_size=None),
@@ -187,6 +191,10 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
                                              collate_fn=flip_collate),
                            lambda b: to_device(*b, device)),
     }
+    if device.type == "cuda":  # the map read into RAM mapped for the GPU, which gathers (no workers)
+        gathered = PinnedMemmapBatches(memmap, batch_size, device, gather_on_device=True)
+        chosen[GPU_GATHERS] = Pipeline(lambda workers: gathered, lambda b: to_device(*b, device))
+    return chosen
 
 
 def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.device,
@@ -347,18 +355,23 @@ def ceilings(root: Path, size: int, processes: int, device: torch.device = CPU) 
     if device.type == "cuda":  # the uint8 batch must also cross to the GPU
         link = host_to_device_bandwidth(device)
         limits |= {"memory only": min(limits["memory only"], link / ((3 + 1) * size * size)),
-                   "host to device GB/s": link / 1e9}
+                   "host to device GB/s": link / 1e9, "link only": link / ((3 + 1) * size * size)}
     return limits
 
 
-def shares(results: dict[str, dict[int, float]], limits: dict[str, float]) -> dict[str, float]:
-    """Each pipeline's best speed as a share of its ceiling (memory for pre-decoded, decoding for files)."""
-    def ceiling(name: str) -> str:
-        if name.startswith("gpu decode"):
-            return "gpu decode only"
-        return "memory only" if name in PRE_DECODED else "decode only"
+def ceiling_of(name: str, limits: dict[str, float]) -> str:
+    """Which ceiling a pipeline is held to: the GPU's decoder for gpu decode, the link for a batch the GPU
+    gathers from RAM (the CPU copies nothing), memory for the other pre-decoded ones, else decoding."""
+    if name.startswith("gpu decode"):
+        return "gpu decode only"
+    if name == GPU_GATHERS and "link only" in limits:
+        return "link only"
+    return "memory only" if name in PRE_DECODED else "decode only"
 
-    return {name: max(speeds.values()) / limits[ceiling(name)] for name, speeds in results.items()}
+
+def shares(results: dict[str, dict[int, float]], limits: dict[str, float]) -> dict[str, float]:
+    """Each pipeline's best speed as a share of its ceiling (``ceiling_of``)."""
+    return {name: max(speeds.values()) / limits[ceiling_of(name, limits)] for name, speeds in results.items()}
 
 
 def machine(device: torch.device) -> dict[str, str]:
@@ -396,13 +409,15 @@ def print_table(results: dict[str, dict[int, float]], limits: dict[str, float], 
     link = f", {limits['host to device GB/s']:.1f} GB/s to the GPU" if "host to device GB/s" in limits else ""
     print(f"{'':>{width}}{limits['memory only']:11.0f}   memory only: a pre-decoded pipeline's bytes at "
           f"{limits['copy GB/s']:.1f} GB/s{link}")
+    if "link only" in limits:
+        print(f"{'':>{width}}{limits['link only']:11.0f}   link only: uint8 batches at "
+              f"{limits['host to device GB/s']:.1f} GB/s to the GPU, nothing copied on the CPU")
     if "gpu decode only" in limits:
         print(f"{'':>{width}}{limits['gpu decode only']:11.0f}   gpu decode only: JPEGs decoded by the GPU, "
               "bytes in memory")
     print(f"{'pipeline':>{width}}" + "".join(f"{w:>9} w" for w in workers) + "   (images per second)")
     for name, share in shares(results, limits).items():
-        ceiling = ("gpu decode" if name.startswith("gpu decode") else "memory" if name in PRE_DECODED
-                   else "decode")
+        ceiling = ceiling_of(name, limits).removesuffix(" only")
         speeds = "".join(f"{results[name][w]:11.0f}" for w in workers)
         print(f"{name:>{width}}{speeds}   {share:4.0%} of the {ceiling} ceiling")
 
@@ -444,13 +459,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
             print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
         results = {}
         first = ("gpu decode", GPU_STORED, "recommended")
-        for name in sorted(chosen, key=lambda name: name not in first):
-            # the pipelines compared on a GPU first, and each printed as it ends: a run cut short keeps them
-            results[name] = {w: images_per_second(chosen[name], w, label=name, epochs=args.epochs)
-                             for w in args.workers}
+        for name in sorted(chosen, key=lambda name: (name not in first, name == GPU_GATHERS)):
+            # the pipelines compared on a GPU first, the newest last, and each printed as it ends: a run
+            # cut short keeps them
+            try:
+                results[name] = {w: images_per_second(chosen[name], w, label=name, epochs=args.epochs)
+                                 for w in args.workers}
+            except (MemoryError, RuntimeError) as error:  # the map must fit in RAM, page-locked
+                if name != GPU_GATHERS:
+                    raise
+                print(f"{name}: not measured: {error}", flush=True)
+                continue
             print(f"{name}: " + ", ".join(f"{speed:,.0f} with {w}" for w, speed in results[name].items())
                   + " workers (images/s)", flush=True)
-        results = {name: results[name] for name in chosen}  # the table's order
+        results = {name: results[name] for name in chosen if name in results}  # the table's order
     finally:
         shutil.rmtree(work, ignore_errors=True)
     limits = ceilings(root, args.size, usable_cores(), device)

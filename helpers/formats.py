@@ -9,6 +9,7 @@ import lzma
 import operator
 import os
 import tarfile
+import weakref
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import NamedTuple
 
 import h5py
 import numpy as np
+import psutil
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchvision.transforms import v2
@@ -131,24 +133,80 @@ class MemmapDataset(Dataset):
         return Sample(torch.from_numpy(images[rows]), torch.from_numpy(masks[rows]))
 
 
-class PinnedMemmapBatches:
-    """Batches of a ``MemmapDataset`` for a GPU, made by the main process without a DataLoader: each batch
-    is gathered from the map straight into one of two page-locked (pinned) buffers that are reused (by
-    ``torch.index_select``, which splits each sample's copy over torch's threads), copied to ``device``
-    without blocking, and flipped there, one coin per sample for image and mask alike (the epoch's coins
-    copied there at its start).
+class _MappedBytes:
+    """Host bytes described as a CUDA array (``__cuda_array_interface__``), for ``torch.as_tensor``."""
 
-    One copy on the CPU instead of three (gather, pin, flip). While one buffer crosses to the GPU the next
-    batch is gathered into the other; a CUDA event says when a buffer may be written again. On the CPU
-    there is nothing to pin: each batch gets fresh memory. Yields uint8 (images, masks) on ``device``.
+    def __init__(self, host: torch.Tensor):
+        self.host = host  # kept alive for as long as the CUDA tensor made from it
+        self.__cuda_array_interface__ = {"shape": tuple(host.shape), "typestr": "|u1",
+                                         "data": (host.data_ptr(), False), "version": 3}
+
+
+def _widest_rows(array: torch.Tensor) -> torch.Tensor:
+    """``array`` ``[N, ...]`` of uint8 as ``[N, words]`` of the widest integer that divides a sample's
+    bytes: an index on a GPU then moves 8 bytes per thread, not 1."""
+    rows = array.reshape(len(array), -1)
+    for dtype in (torch.int64, torch.int32, torch.int16):
+        if rows.shape[1] % dtype.itemsize == 0:
+            return rows.view(dtype)
+    return rows
+
+
+def host_mapped(array: np.ndarray, device: torch.device, path: Path) -> torch.Tensor:
+    """``array`` (read from ``path``) as rows that ``device`` can index (06_gpu_training).
+
+    On a CUDA device: read once into RAM that is page-locked and mapped into the GPU's address space
+    (``cudaHostRegister``), viewed as a CUDA tensor whose bytes stay in RAM. Indexing it makes the GPU
+    fetch only the rows asked for, over the link, with no copy by the CPU. Elsewhere: the array itself.
+    Refuses an array larger than half the memory available, naming ``path``: all of it is page-locked.
+    """
+    free = psutil.virtual_memory().available
+    if 2 * array.nbytes > free:
+        raise MemoryError(f"{path} is {array.nbytes / 2**30:.1f} GiB, more than half of the "
+                          f"{free / 2**30:.1f} GiB of memory available; gathering on the device page-locks "
+                          "all of it. Use PinnedMemmapBatches(..., gather_on_device=False), which reads "
+                          "each batch from the map.")
+    if device.type != "cuda":
+        return _widest_rows(torch.from_numpy(array))
+    host = torch.empty(array.shape, dtype=torch.uint8)
+    host.copy_(torch.from_numpy(array))  # the whole file, once, on all of torch's threads
+    cudart = torch.cuda.cudart()
+    error = int(cudart.cudaHostRegister(host.data_ptr(), host.nbytes, 1 | 2))  # portable, mapped
+    if error:
+        raise RuntimeError(f"Cannot page-lock {path} ({host.nbytes / 2**30:.1f} GiB) for the GPU: CUDA "
+                           f"error {error}. Use PinnedMemmapBatches(..., gather_on_device=False).")
+    weakref.finalize(host, cudart.cudaHostUnregister, host.data_ptr())
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _widest_rows(torch.as_tensor(_MappedBytes(host), device=torch.device("cuda", index)))
+
+
+class PinnedMemmapBatches:
+    """Batches of a ``MemmapDataset`` for a GPU, made by the main process without a DataLoader, flipped
+    on ``device``, one coin per sample for image and mask alike (the epoch's order and coins copied
+    there at its start). Two ways to gather a batch:
+
+    - ``gather_on_device=False``: the CPU gathers it from the map straight into one of two page-locked
+      (pinned) buffers that are reused (by ``torch.index_select``, which splits each sample's copy over
+      torch's threads), then copies it to ``device`` without blocking. One copy on the CPU instead of
+      three (gather, pin, flip). While one buffer crosses to the GPU the next batch is gathered into the
+      other; a CUDA event says when a buffer may be written again. Works for a map of any size.
+    - ``gather_on_device=True``: the map is read once into page-locked RAM mapped for the GPU
+      (``host_mapped``), and the GPU gathers each batch from there itself: the CPU copies nothing per
+      batch, and only queues work. For a map that fits in RAM (at most half of what is available) but
+      not on the GPU; one that fits on the GPU is better kept there (``DeviceBatches``).
+
+    On the CPU there is nothing to pin: each batch gets fresh memory. Yields uint8 (images, masks) on
+    ``device``.
     """
 
     def __init__(self, dataset: MemmapDataset, batch_size: int, device: torch.device,
-                 generator: torch.Generator | None = None, hflip_prob: float = 0.5):
+                 generator: torch.Generator | None = None, hflip_prob: float = 0.5,
+                 gather_on_device: bool = False):
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
-        self.generator, self.hflip_prob = generator, hflip_prob
+        self.generator, self.hflip_prob, self.gather_on_device = generator, hflip_prob, gather_on_device
         self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.ready: list[torch.cuda.Event | None] = [None, None]
+        self.mapped: tuple[torch.Tensor, torch.Tensor] | None = None  # for gather_on_device, made once
 
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size  # whole batches only
@@ -166,27 +224,45 @@ class PinnedMemmapBatches:
             self.ready[slot].synchronize()  # its last copy to the GPU has finished
         return self.buffers[slot]
 
+    def _gathered_on_host(self, images: torch.Tensor, masks: torch.Tensor,
+                          order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch gathered by the CPU into a buffer and copied to the device."""
+        for number in range(len(self)):
+            slot, rows = number % 2, order[number * self.batch_size:(number + 1) * self.batch_size]
+            image_buffer, mask_buffer = self._buffer(slot, images, masks)
+            # the one copy, from the map into the buffer (each sample's split over torch's threads)
+            torch.index_select(images, 0, rows, out=image_buffer)
+            torch.index_select(masks, 0, rows, out=mask_buffer)
+            on_device = (image_buffer.to(self.device, non_blocking=True),
+                         mask_buffer.to(self.device, non_blocking=True))
+            if self.device.type == "cuda":  # right after the copies from this buffer, on their stream
+                self.ready[slot] = torch.cuda.Event()
+                self.ready[slot].record(torch.cuda.current_stream(self.device))
+            yield on_device
+
+    def _gathered_on_device(self, images: torch.Tensor, masks: torch.Tensor,
+                            order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch gathered by the device from the RAM mapped for it (or, on a CPU, from the map)."""
+        if self.mapped is None:
+            self.mapped = tuple(host_mapped(array.numpy(), self.device, self.dataset.folder / name)
+                                for array, name in ((images, "images.npy"), (masks, "masks.npy")))
+        order = upload(order, self.device)
+        for number in range(len(self)):
+            rows = order[number * self.batch_size:(number + 1) * self.batch_size]
+            yield tuple(mapped.index_select(0, rows).view(torch.uint8).view(len(rows), *array.shape[1:])
+                        for mapped, array in zip(self.mapped, (images, masks), strict=True))
+
     def __iter__(self) -> Iterator[Sample]:
         # the maps as tensors, copy-on-write so that torch may view them (nothing writes to them)
         images, masks = (torch.from_numpy(np.load(self.dataset.folder / name, mmap_mode="c"))
                          for name in ("images.npy", "masks.npy"))
         order = torch.randperm(len(self.dataset), generator=self.generator)
         flips = upload(torch.rand(len(order), generator=self.generator) < self.hflip_prob, self.device)
-        for number in range(len(self)):
-            batch = slice(number * self.batch_size, (number + 1) * self.batch_size)
-            slot = number % 2
-            image_buffer, mask_buffer = self._buffer(slot, images, masks)
-            # the one copy, from the map into the buffer (each sample's split over torch's threads)
-            torch.index_select(images, 0, order[batch], out=image_buffer)
-            torch.index_select(masks, 0, order[batch], out=mask_buffer)
-            on_device = (image_buffer.to(self.device, non_blocking=True),
-                         mask_buffer.to(self.device, non_blocking=True))
-            if self.device.type == "cuda":  # after the copies from this buffer, on their stream
-                self.ready[slot] = torch.cuda.Event()
-                self.ready[slot].record(torch.cuda.current_stream(self.device))
-            flip = flips[batch]
-            yield Sample(torch.where(flip.view(-1, 1, 1, 1), on_device[0].flip(-1), on_device[0]),
-                         torch.where(flip.view(-1, 1, 1), on_device[1].flip(-1), on_device[1]))
+        gather = self._gathered_on_device if self.gather_on_device else self._gathered_on_host
+        for number, (on_device_images, on_device_masks) in enumerate(gather(images, masks, order)):
+            flip = flips[number * self.batch_size:(number + 1) * self.batch_size]
+            yield Sample(torch.where(flip.view(-1, 1, 1, 1), on_device_images.flip(-1), on_device_images),
+                         torch.where(flip.view(-1, 1, 1), on_device_masks.flip(-1), on_device_masks))
 
 
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:

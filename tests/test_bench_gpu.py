@@ -57,6 +57,7 @@ def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkey
                       "--data", str(tmp_path / "data")])
     printed = capsys.readouterr().out
     for stage in ("gather into pinned, 1 threads", "gather, copy and flip", "the same and to_device",
+                  "device gathers: gather and flip", "device gathers: the same and to_device",
                   "gpu decode: loader alone, 0 workers", "gpu decode: loader and decode_jpegs, 0 workers",
                   "gpu decode: whole pipeline, 0 workers", "masks stored: loader alone, 0 workers",
                   "masks stored: whole pipeline, 0 workers"):

@@ -51,6 +51,28 @@ def test_pinned_memmap_batches_are_the_cpu_batches_while_the_gpu_lags_behind(tmp
         assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
 
 
+def test_memmap_gathered_by_the_gpu_from_mapped_ram_is_the_cpu_batches_and_stays_in_ram(tmp_path):
+    write_memmap(SegmentationDataset(SHAPES, split="val"), tmp_path, 64)
+    memmap = MemmapDataset(tmp_path)
+    on_cpu = list(PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0)))
+    generator = torch.Generator().manual_seed(0)
+    batches = PinnedMemmapBatches(memmap, 8, CUDA, generator, gather_on_device=True)
+    allocated, epoch = torch.cuda.memory_allocated(), iter(batches)
+    first = [next(epoch)]  # the map read into RAM, and one batch of 8 on the GPU (1/8 of the images)
+    mapped = batches.mapped[0]
+    assert mapped.device.type == CUDA.type and mapped.untyped_storage().nbytes() == 64 * 3 * 64 * 64
+    assert torch.cuda.memory_allocated() - allocated < mapped.untyped_storage().nbytes() / 4  # not copied
+    first += list(epoch)
+    for cpu_batch, gpu_batch in zip(on_cpu, first, strict=True):
+        assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
+    torch.cuda.set_sync_debug_mode("error")  # the next epoch: nothing waits for the GPU
+    try:
+        second = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(second) == len(first) and second[0][0].is_cuda
+
+
 def test_jpegs_decoded_by_the_gpu_into_just_released_memory_are_the_images_and_augment_alike():
     pytest.importorskip("torchcodec")
     from helpers.gpu_decode import EncodedPairs, decode_jpegs, encoded_collate

@@ -1,18 +1,31 @@
-"""Memory-mapped batches gathered into reused buffers for a GPU (helpers.formats.PinnedMemmapBatches):
-the samples asked for, flipped with their masks, every sample once per epoch, reproducible."""
+"""Memory-mapped batches for a GPU (helpers.formats.PinnedMemmapBatches), gathered by the CPU into
+reused buffers or by the device from RAM mapped for it: the samples asked for, flipped with their masks,
+every sample once per epoch, reproducible, and the same batches either way."""
 
+from collections import namedtuple
+
+import pytest
 import torch
 
+from helpers import formats
 from helpers.datasets import SegmentationDataset
 from helpers.formats import MemmapDataset, PinnedMemmapBatches, write_memmap
 from helpers.paths import data_dir
 
+CPU = torch.device("cpu")
 
-def test_batches_hold_every_sample_once_flipped_with_its_mask(tmp_path):
-    source = SegmentationDataset(data_dir("shapes"), split="val")
-    write_memmap(source, tmp_path / "memmap", 32)
-    memmap = MemmapDataset(tmp_path / "memmap")
-    batches = PinnedMemmapBatches(memmap, 8, torch.device("cpu"), torch.Generator().manual_seed(0))
+
+@pytest.fixture(scope="module")
+def memmap(tmp_path_factory) -> MemmapDataset:
+    folder = tmp_path_factory.mktemp("memmap")
+    write_memmap(SegmentationDataset(data_dir("shapes"), split="val"), folder, 32)
+    return MemmapDataset(folder)
+
+
+@pytest.mark.parametrize("gather_on_device", [False, True])
+def test_batches_hold_every_sample_once_flipped_with_its_mask(memmap, gather_on_device):
+    batches = PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0),
+                                  gather_on_device=gather_on_device)
     seen, flipped = [], 0
     for images, masks in batches:
         assert images.shape == (8, 3, 32, 32) and masks.shape == (8, 32, 32) and images.dtype == torch.uint8
@@ -29,7 +42,28 @@ def test_batches_hold_every_sample_once_flipped_with_its_mask(tmp_path):
     assert 10 < flipped < 54  # about half
 
     def first(seed: int) -> torch.Tensor:
-        return next(iter(PinnedMemmapBatches(memmap, 8, torch.device("cpu"),
-                                             torch.Generator().manual_seed(seed))))[0]
+        return next(iter(PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(seed),
+                                             gather_on_device=gather_on_device)))[0]
 
     assert torch.equal(first(3), first(3)) and not torch.equal(first(3), first(4))
+
+
+@pytest.mark.parametrize("size", [32, 17])  # 17: a sample's bytes are odd, gathered byte by byte
+def test_gathered_on_the_device_or_the_host_the_batches_are_the_same(tmp_path, size):
+    write_memmap(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, size)
+    memmap = MemmapDataset(tmp_path)
+    ways = [PinnedMemmapBatches(memmap, 16, CPU, torch.Generator().manual_seed(1), gather_on_device=way)
+            for way in (False, True)]
+    for _ in range(2):  # the second epoch reuses what the first mapped
+        for host, device in zip(*ways, strict=True):
+            assert device[0].shape == (16, 3, size, size) and device[1].shape == (16, size, size)
+            assert torch.equal(host[0], device[0]) and torch.equal(host[1], device[1])
+
+
+def test_gathering_on_the_device_refuses_a_map_larger_than_half_the_free_memory(memmap, monkeypatch):
+    memory = namedtuple("memory", "available")
+    monkeypatch.setattr(formats.psutil, "virtual_memory", lambda: memory(available=100_000))
+    batches = PinnedMemmapBatches(memmap, 8, CPU, gather_on_device=True)
+    with pytest.raises(MemoryError, match=r"images\.npy is .* gather_on_device=False"):
+        next(iter(batches))
+    assert next(iter(PinnedMemmapBatches(memmap, 8, CPU)))[0].shape == (8, 3, 32, 32)  # reads the map

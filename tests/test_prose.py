@@ -97,7 +97,7 @@ def test_readme_benchmark_tables_agree_with_their_results_files(name, header):
         cells = [cell.strip() for cell in row.split("|")[2:]]
         assert cells[:len(speeds)] == [f"{round(speed):,}" for speed in speeds.values()], row
         assert cells[len(speeds)].startswith(f"{round(result['shares'][pipeline] * 100)} % of"), row
-    for ceiling in ("decode only", "memory only", "gpu decode only"):
+    for ceiling in ("decode only", "memory only", "link only", "gpu decode only"):
         if ceiling not in result["ceilings"]:
             continue
         row = next(row for row in table if row.startswith(f"| ceiling: {ceiling}"))

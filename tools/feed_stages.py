@@ -4,12 +4,13 @@
 
 For the memory map at 0 workers (``PinnedMemmapBatches``): the gather alone, from the map into a pinned
 buffer, at 1, 4 and all of torch's threads; then the whole iterator (gather, copy to the device, flip);
-then with ``to_device``'s conversion. For the GPU-decoding pipeline (``helpers.bench``'s *gpu decode*):
-the loader alone (workers reading the JPEG bytes and decoding the masks, or, for *masks stored*,
-reading them decoded by ``write_masks``), then with ``decode_jpegs``, then the whole pipeline, at each
-worker count. A stage that is fast alone and slow in company is waiting
+then with ``to_device``'s conversion; then the same two with each batch gathered by the device from the
+map read into RAM mapped for it (``gather_on_device=True``). For the GPU-decoding pipeline
+(``helpers.bench``'s *gpu decode*): the loader alone (workers reading the JPEG bytes and decoding the
+masks, or, for *masks stored*, reading them decoded by ``write_masks``), then with ``decode_jpegs``,
+then the whole pipeline, at each worker count. A stage that is fast alone and slow in company is waiting
 for the stage beside it. Milliseconds per batch of 32, the best of three epochs. Runs on the CPU too
-(``--device cpu``), where nothing is pinned. tools/gpu_run.sh runs it on a GPU (feed_stages.log).
+(``--device cpu``), where nothing is pinned. tools/gpu_run.sh runs it on a GPU (bench_stages.log).
 """
 
 import argparse
@@ -73,6 +74,12 @@ def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> No
     per_batch("memmap: gather, copy and flip", lambda: iter(batches), device)
     per_batch("memmap: the same and to_device",
               lambda: (to_device(*batch, device) for batch in batches), device)
+    gathered = PinnedMemmapBatches(MemmapDataset(work), BATCH, device, gather_on_device=True)
+    for _ in gathered:  # reads the map into RAM mapped for the device, once
+        pass
+    per_batch("device gathers: gather and flip", lambda: iter(gathered), device)
+    per_batch("device gathers: the same and to_device",
+              lambda: (to_device(*batch, device) for batch in gathered), device)
 
 
 def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list[int], work: Path) -> None:
