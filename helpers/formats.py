@@ -152,32 +152,54 @@ def _widest_rows(array: torch.Tensor) -> torch.Tensor:
     return rows
 
 
-def host_mapped(array: np.ndarray, device: torch.device, path: Path) -> torch.Tensor:
-    """``array`` (read from ``path``) as rows that ``device`` can index (06_gpu_training).
-
-    On a CUDA device: read once into RAM that is page-locked and mapped into the GPU's address space
-    (``cudaHostRegister``), viewed as a CUDA tensor whose bytes stay in RAM. Indexing it makes the GPU
-    fetch only the rows asked for, over the link, with no copy by the CPU. Elsewhere: the array itself.
-    Refuses an array larger than half the memory available, naming ``path``: all of it is page-locked.
-    """
+def check_page_lockable(nbytes: int, folder: Path) -> None:
+    """Refuse, naming ``folder``, to page-lock more than half of the memory available (06_gpu_training)."""
     free = psutil.virtual_memory().available
-    if 2 * array.nbytes > free:
-        raise MemoryError(f"{path} is {array.nbytes / 2**30:.1f} GiB, more than half of the "
+    if 2 * nbytes > free:
+        raise MemoryError(f"The map in {folder} is {nbytes / 2**30:.1f} GiB, more than half of the "
                           f"{free / 2**30:.1f} GiB of memory available; gathering on the device page-locks "
                           "all of it. Use PinnedMemmapBatches(..., gather_on_device=False), which reads "
                           "each batch from the map.")
+
+
+def _unregister(pointer: int, index: int) -> None:
+    """Release RAM registered for the GPU once nothing queued on it can still be reading it."""
+    mode = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)  # a wait is the point here
+    try:
+        torch.cuda.synchronize(index)
+        torch.cuda.cudart().cudaHostUnregister(pointer)
+    finally:
+        torch.cuda.set_sync_debug_mode(mode)
+
+
+def host_mapped(arrays: tuple[np.ndarray, ...], device: torch.device,
+                folder: Path) -> tuple[torch.Tensor, ...]:
+    """``arrays`` (a map's, from ``folder``) as rows that ``device`` can index (06_gpu_training).
+
+    On a CUDA device: each read once into RAM that is page-locked and mapped into the GPU's address space
+    (``cudaHostRegister``), viewed as a CUDA tensor whose bytes stay in RAM. Indexing it makes the GPU
+    fetch only the rows asked for, over the link, with no copy by the CPU. Elsewhere: the arrays
+    themselves. Refuses arrays larger than half the memory available (``check_page_lockable``).
+    """
     if device.type != "cuda":
-        return _widest_rows(torch.from_numpy(array))
-    host = torch.empty(array.shape, dtype=torch.uint8)
-    host.copy_(torch.from_numpy(array))  # the whole file, once, on all of torch's threads
-    cudart = torch.cuda.cudart()
-    error = int(cudart.cudaHostRegister(host.data_ptr(), host.nbytes, 1 | 2))  # portable, mapped
-    if error:
-        raise RuntimeError(f"Cannot page-lock {path} ({host.nbytes / 2**30:.1f} GiB) for the GPU: CUDA "
-                           f"error {error}. Use PinnedMemmapBatches(..., gather_on_device=False).")
-    weakref.finalize(host, cudart.cudaHostUnregister, host.data_ptr())
+        return tuple(_widest_rows(torch.from_numpy(array)) for array in arrays)
+    check_page_lockable(sum(array.nbytes for array in arrays), folder)
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return _widest_rows(torch.as_tensor(_MappedBytes(host), device=torch.device("cuda", index)))
+    mapped = []
+    with torch.cuda.device(index):  # registered for this GPU, whichever is current
+        for array in arrays:
+            host = torch.empty(array.shape, dtype=torch.uint8)
+            host.copy_(torch.from_numpy(array))  # the whole array, once, on all of torch's threads
+            flags = 1 | 2  # portable, mapped: the GPU reads it at the same address as the CPU
+            error = int(torch.cuda.cudart().cudaHostRegister(host.data_ptr(), host.nbytes, flags))
+            if error:
+                raise RuntimeError(f"Cannot page-lock the map in {folder} for the GPU (CUDA error {error}). "
+                                   "Use PinnedMemmapBatches(..., gather_on_device=False).")
+            weakref.finalize(host, _unregister, host.data_ptr(), index).atexit = False
+            on_device = torch.as_tensor(_MappedBytes(host), device=torch.device("cuda", index))  # no copy
+            mapped.append(_widest_rows(on_device))
+    return tuple(mapped)
 
 
 class PinnedMemmapBatches:
@@ -193,7 +215,8 @@ class PinnedMemmapBatches:
     - ``gather_on_device=True``: the map is read once into page-locked RAM mapped for the GPU
       (``host_mapped``), and the GPU gathers each batch from there itself: the CPU copies nothing per
       batch, and only queues work. For a map that fits in RAM (at most half of what is available) but
-      not on the GPU; one that fits on the GPU is better kept there (``DeviceBatches``).
+      not on the GPU; one that fits on the GPU is better kept there (``DeviceBatches``). The RAM is
+      released, after a wait for the GPU, when these batches are.
 
     On the CPU there is nothing to pin: each batch gets fresh memory. Yields uint8 (images, masks) on
     ``device``.
@@ -244,8 +267,7 @@ class PinnedMemmapBatches:
                             order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch gathered by the device from the RAM mapped for it (or, on a CPU, from the map)."""
         if self.mapped is None:
-            self.mapped = tuple(host_mapped(array.numpy(), self.device, self.dataset.folder / name)
-                                for array, name in ((images, "images.npy"), (masks, "masks.npy")))
+            self.mapped = host_mapped((images.numpy(), masks.numpy()), self.device, self.dataset.folder)
         order = upload(order, self.device)
         for number in range(len(self)):
             rows = order[number * self.batch_size:(number + 1) * self.batch_size]

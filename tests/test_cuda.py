@@ -3,12 +3,13 @@ the program wait for the GPU, reused pinned buffers never overwritten too early,
 nvJPEG into memory that queued GPU work just released still the images (pytorch/vision#9606).
 Skipped without a GPU; tools/gpu_run.sh runs them first where there is one."""
 
+import numpy as np
 import pytest
 import torch
 
 from helpers.datasets import InMemoryDataset, SegmentationDataset, pair_files
 from helpers.device_batches import DeviceBatches, augment_batch
-from helpers.formats import MemmapDataset, PinnedMemmapBatches, write_memmap
+from helpers.formats import MemmapDataset, PinnedMemmapBatches, host_mapped, write_memmap
 from helpers.paths import data_dir
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
@@ -54,23 +55,24 @@ def test_pinned_memmap_batches_are_the_cpu_batches_while_the_gpu_lags_behind(tmp
 def test_memmap_gathered_by_the_gpu_from_mapped_ram_is_the_cpu_batches_and_stays_in_ram(tmp_path):
     write_memmap(SegmentationDataset(SHAPES, split="val"), tmp_path, 64)
     memmap = MemmapDataset(tmp_path)
+    allocated = torch.cuda.memory_allocated()
+    images, masks = host_mapped((np.load(tmp_path / "images.npy"), np.load(tmp_path / "masks.npy")),
+                                CUDA, tmp_path)
+    assert images.is_cuda and images.untyped_storage().nbytes() == 64 * 3 * 64 * 64
+    assert torch.cuda.memory_allocated() == allocated  # nothing copied to the GPU: the bytes stay in RAM
+    assert torch.equal(images[[5, 2]].view(torch.uint8).view(2, 3, 64, 64).cpu(),
+                       torch.from_numpy(np.load(tmp_path / "images.npy")[[5, 2]]))
     on_cpu = list(PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0)))
-    generator = torch.Generator().manual_seed(0)
-    batches = PinnedMemmapBatches(memmap, 8, CUDA, generator, gather_on_device=True)
-    allocated, epoch = torch.cuda.memory_allocated(), iter(batches)
-    first = [next(epoch)]  # the map read into RAM, and one batch of 8 on the GPU (1/8 of the images)
-    mapped = batches.mapped[0]
-    assert mapped.device.type == CUDA.type and mapped.untyped_storage().nbytes() == 64 * 3 * 64 * 64
-    assert torch.cuda.memory_allocated() - allocated < mapped.untyped_storage().nbytes() / 4  # not copied
-    first += list(epoch)
-    for cpu_batch, gpu_batch in zip(on_cpu, first, strict=True):
+    batches = PinnedMemmapBatches(memmap, 8, CUDA, torch.Generator().manual_seed(0), gather_on_device=True)
+    for cpu_batch, gpu_batch in zip(on_cpu, batches, strict=True):
         assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
     torch.cuda.set_sync_debug_mode("error")  # the next epoch: nothing waits for the GPU
     try:
         second = list(batches)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert len(second) == len(first) and second[0][0].is_cuda
+    assert len(second) == len(on_cpu) and second[0][0].is_cuda
+    del batches, second  # the RAM is released once the GPU is done with it
 
 
 def test_jpegs_decoded_by_the_gpu_into_just_released_memory_are_the_images_and_augment_alike():

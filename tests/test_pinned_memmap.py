@@ -60,10 +60,10 @@ def test_gathered_on_the_device_or_the_host_the_batches_are_the_same(tmp_path, s
             assert torch.equal(host[0], device[0]) and torch.equal(host[1], device[1])
 
 
-def test_gathering_on_the_device_refuses_a_map_larger_than_half_the_free_memory(memmap, monkeypatch):
+def test_gathering_on_the_device_refuses_a_map_larger_than_half_the_free_memory(tmp_path, monkeypatch):
     memory = namedtuple("memory", "available")
-    monkeypatch.setattr(formats.psutil, "virtual_memory", lambda: memory(available=100_000))
-    batches = PinnedMemmapBatches(memmap, 8, CPU, gather_on_device=True)
-    with pytest.raises(MemoryError, match=r"images\.npy is .* gather_on_device=False"):
-        next(iter(batches))
-    assert next(iter(PinnedMemmapBatches(memmap, 8, CPU)))[0].shape == (8, 3, 32, 32)  # reads the map
+    monkeypatch.setattr(formats.psutil, "virtual_memory", lambda: memory(available=3 * 2**30))
+    formats.check_page_lockable(1 * 2**30, tmp_path)  # a third of it: fine
+    with pytest.raises(MemoryError, match=r"map in .* is 2\.0 GiB, more than half of the 3\.0 GiB.*"
+                                          r"gather_on_device=False"):
+        formats.check_page_lockable(2 * 2**30, tmp_path)
