@@ -1,6 +1,8 @@
 """The benchmark's GPU pieces: JPEGs decoded by torchcodec in the main process, and its ceiling; on the CPU,
 and on CUDA (nvJPEG) where there is a GPU."""
 
+import json
+
 import pytest
 import torch
 
@@ -47,14 +49,18 @@ def test_gpu_decode_ceiling_counts_images_per_second_and_gives_the_pipeline_its_
 
 
 def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkeypatch):
-    """tools/feed_stages.py, which tools/gpu_run.sh runs on a GPU: every stage gets its line."""
+    """tools/feed_stages.py, which tools/gpu_run.sh runs on a GPU: every stage gets its line, and the same
+    figure in the results file --json writes."""
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "tools"))
     import feed_stages
 
     feed_stages.main(["--device", "cpu", "--count", "64", "--side", "48", "--size", "32", "--workers", "0",
-                      "--data", str(tmp_path / "data")])
+                      "--data", str(tmp_path / "data"), "--json", str(tmp_path / "stages.json")])
+    recorded = json.loads((tmp_path / "stages.json").read_text())
+    assert recorded["command"].startswith("python tools/feed_stages.py --device cpu")
+    assert recorded["machine"]["date"] and recorded["batch_size"] == 32
     printed = capsys.readouterr().out
     for stage in ("gather into pinned, 1 threads", "gather, copy and flip", "the same and to_device",
                   "device gathers: gather and flip", "device gathers: the same and to_device",
@@ -62,3 +68,5 @@ def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkey
                   "gpu decode: whole pipeline, 0 workers", "masks stored: loader alone, 0 workers",
                   "masks stored: whole pipeline, 0 workers"):
         assert f"{stage}: " in printed and " ms per batch of 32 " in printed, stage
+        label = next(label for label in recorded["ms_per_batch"] if label.endswith(stage))
+        assert f"{label}: {recorded['ms_per_batch'][label]:7.3f} ms" in printed  # the figure printed

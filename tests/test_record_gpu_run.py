@@ -21,6 +21,7 @@ def test_a_gpu_run_becomes_a_results_file_of_06s_figures_and_the_nccl_launch(tmp
                "cpu: 16 cores, Intel Xeon\npython 3.12.3 | torch 2.11.0+cu130 | torchcodec 0.17.0\n")
     (first / "machine.txt").write_text(machine)
     (first / "bench_cuda.json").write_text('{"command": "python -m helpers.bench"}')
+    (first / "bench_stages.json").write_text('{"command": "python tools/feed_stages.py"}')
     (second / "machine.txt").write_text(machine)
     values = {"timings": {"(None, False)": 6.54, "(torch.bfloat16, True)": 7.81}, "AMP": None,
               "CHANNELS_LAST": False, "WORKERS": 4, "EPOCHS": 25, "train_seconds": 6.04, "val_miou": 0.8916,
@@ -34,6 +35,7 @@ def test_a_gpu_run_becomes_a_results_file_of_06s_figures_and_the_nccl_launch(tmp
 
     run = record_gpu_run.record("h200", [first, second], results)
     assert (results / "bench_h200.json").read_text() == '{"command": "python -m helpers.bench"}'
+    assert (results / "stages_h200.json").read_text() == '{"command": "python tools/feed_stages.py"}'
     assert run["machine"] == "one NVIDIA H200, 16 cores, Intel Xeon host" and run["date"] == "2026-12-04"
     assert run["versions"].startswith("python 3.12.3, torch 2.11.0")
     assert run["figures"] == {

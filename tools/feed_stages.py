@@ -10,11 +10,14 @@ map read into RAM mapped for it (``gather_on_device=True``). For the GPU-decodin
 masks, or, for *masks stored*, reading them decoded by ``write_masks``), then with ``decode_jpegs``,
 then the whole pipeline, at each worker count. A stage that is fast alone and slow in company is waiting
 for the stage beside it. Milliseconds per batch of 32, the best of three epochs. Runs on the CPU too
-(``--device cpu``), where nothing is pinned. tools/gpu_run.sh runs it on a GPU (bench_stages.log).
+(``--device cpu``), where nothing is pinned. ``--json PATH`` writes every stage's milliseconds, with the
+machine and the command; tools/gpu_run.sh runs it on a GPU (bench_stages.log and .json).
 """
 
 import argparse
 import importlib.util
+import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers.bench import bench_data, gpu_decode_pipeline
+from helpers.bench import bench_data, gpu_decode_pipeline, machine
 from helpers.datasets import SegmentationDataset, pair_files
 from helpers.formats import MemmapDataset, PinnedMemmapBatches, write_memmap
 from helpers.gpu_decode import decode_jpegs, write_masks
@@ -32,8 +35,9 @@ from helpers.training import to_device
 BATCH = 32
 
 
-def per_batch(label: str, batches: Callable[[], Iterable], device: torch.device, epochs: int = 3) -> float:
-    """Print and return the best milliseconds per batch over ``epochs`` passes of ``batches()``."""
+def per_batch(times: dict[str, float], label: str, batches: Callable[[], Iterable], device: torch.device,
+              epochs: int = 3) -> None:
+    """Print, and keep in ``times``, the best milliseconds per batch of ``epochs`` passes of ``batches()``."""
     best = float("inf")
     for _ in range(epochs):
         if device.type == "cuda":
@@ -44,13 +48,14 @@ def per_batch(label: str, batches: Callable[[], Iterable], device: torch.device,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = min(best, (time.perf_counter() - start) / count)
+    times[label] = best * 1e3
     print(f"{label:>46}: {best * 1e3:7.3f} ms per batch of {BATCH} ({BATCH / best:8.0f} images/s)",
           flush=True)
-    return best
 
 
-def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> None:
-    """The memory map's stages, at 0 workers."""
+def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> dict[str, float]:
+    """The memory map's stages, at 0 workers: milliseconds per batch, by stage."""
+    times = {}
     write_memmap(SegmentationDataset(root), work, size)
     images, masks = (torch.from_numpy(np.load(work / name, mmap_mode="c"))
                      for name in ("images.npy", "masks.npy"))
@@ -68,23 +73,26 @@ def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> No
     threads = torch.get_num_threads()
     for count in sorted({1, min(4, threads), threads}):
         torch.set_num_threads(count)
-        per_batch(f"memmap: gather into pinned, {count} threads", gather, device)
+        per_batch(times, f"memmap: gather into pinned, {count} threads", gather, device)
     torch.set_num_threads(threads)
     batches = PinnedMemmapBatches(MemmapDataset(work), BATCH, device)
-    per_batch("memmap: gather, copy and flip", lambda: iter(batches), device)
-    per_batch("memmap: the same and to_device",
+    per_batch(times, "memmap: gather, copy and flip", lambda: iter(batches), device)
+    per_batch(times, "memmap: the same and to_device",
               lambda: (to_device(*batch, device) for batch in batches), device)
     gathered = PinnedMemmapBatches(MemmapDataset(work), BATCH, device, gather_on_device=True)
     for _ in gathered:  # reads the map into RAM mapped for the device, once
         pass
-    per_batch("device gathers: gather and flip", lambda: iter(gathered), device)
-    per_batch("device gathers: the same and to_device",
+    per_batch(times, "device gathers: gather and flip", lambda: iter(gathered), device)
+    per_batch(times, "device gathers: the same and to_device",
               lambda: (to_device(*batch, device) for batch in gathered), device)
+    return times
 
 
-def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list[int], work: Path) -> None:
+def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list[int],
+                      work: Path) -> dict[str, float]:
     """The GPU-decoding pipeline's stages at each worker count, with the masks decoded by the workers and
-    with the masks stored decoded (``write_masks``)."""
+    with the masks stored decoded (``write_masks``): milliseconds per batch, by stage."""
+    times = {}
     pairs = pair_files(root / "images", root / "masks")
     write_masks(pairs, work / "masks", (size, size))
     pipelines = {"gpu decode": gpu_decode_pipeline(root, size, BATCH, device),
@@ -102,8 +110,9 @@ def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list
                       "whole pipeline": lambda loader=loader, pipeline=pipeline: (pipeline.finish(batch)
                                                                                   for batch in loader)}
             for name, batches in stages.items():
-                per_batch(f"{label}: {name}, {count} workers", batches, device)
+                per_batch(times, f"{label}: {name}, {count} workers", batches, device)
     torch.set_num_threads(threads)
+    return times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224, help="side of the images fed to the model")
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 12], help="for gpu decode")
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")
+    parser.add_argument("--json", type=Path, default=None, help="write the milliseconds per batch here")
     args = parser.parse_args(argv)
     if args.count < BATCH:
         parser.error(f"--count must be at least one batch ({BATCH})")
@@ -122,12 +132,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.count} pairs {args.side}x{args.side} -> {args.size} px on {device}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     with tempfile.TemporaryDirectory(prefix="pixels_to_batches_stages_") as work:
-        memmap_stages(root, args.size, device, Path(work) / "memmap")
+        times = memmap_stages(root, args.size, device, Path(work) / "memmap")
         if importlib.util.find_spec("torchcodec"):
-            gpu_decode_stages(root, args.size, device, args.workers, Path(work))
+            times |= gpu_decode_stages(root, args.size, device, args.workers, Path(work))
         else:
             print("no gpu decode stages: torchcodec is not installed (requirements-gpu.txt)")
-
+    if args.json:  # a results file: what ran, where, and each stage's milliseconds per batch of BATCH
+        args.json.write_text(json.dumps({
+            "command": " ".join(["python tools/feed_stages.py", *(sys.argv[1:] if argv is None else argv)]),
+            "machine": machine(device), "settings": {k: str(v) for k, v in vars(args).items()},
+            "batch_size": BATCH, "ms_per_batch": times}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@
 #   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
 #   bench_cuda.json, .log    python -m helpers.bench --formats --device cuda (gpu decode, pinned memmap)
-#   bench_stages.log         tools/feed_stages.py: the memory map's and gpu decode's stages, timed alone
+#   bench_stages.json, .log  tools/feed_stages.py: the memory map's and gpu decode's stages, timed alone
 #   06_gpu_training.log      notebook 06 run as a script on the GPU: its three ways to feed the device
 #   06_figures.json          the values 06 computed (timings, shares, fed, val_miou, ...), after each cell
 #   ddp_nccl.log, rank-*.json  helpers.ddp_train on nccl, one process per GPU, with --sync-bn
@@ -64,6 +64,7 @@ cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
 # shellcheck disable=SC2086
 step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 8 12} \
     --json "$out/bench_cuda.json"
-step bench_stages 120 "$python" tools/feed_stages.py --device cuda  # where the benchmark's GPU time goes
+step bench_stages 120 "$python" tools/feed_stages.py --device cuda \
+    --json "$out/bench_stages.json"  # where the benchmark's GPU time goes
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
 echo "all passed"

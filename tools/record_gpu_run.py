@@ -4,6 +4,7 @@
 
 From the folders OUT (whichever of these files they hold):
   bench_cuda.json     copied as results/bench_NAME.json (it already names its command, date and GPU)
+  bench_stages.json   copied as results/stages_NAME.json (tools/feed_stages.py: each stage's time)
   machine.txt         the machine, date and versions of the run
   06_figures.json     06's values (tools/notebook_script.py --figures): the run NAME in
                       results/gpu_training_runs.json, with its step times, what it kept, the waiting
@@ -86,11 +87,14 @@ def dumps(data: dict) -> str:
 
 
 def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
-    """Write results/bench_NAME.json and the run NAME of results/gpu_training_runs.json; return the run."""
+    """Write results/bench_NAME.json, results/stages_NAME.json and the run NAME of
+    results/gpu_training_runs.json; return the run."""
     run: dict = {"figures": {}}
     for folder in folders:
-        if (folder / "bench_cuda.json").is_file():
-            shutil.copyfile(folder / "bench_cuda.json", results / f"bench_{name}.json")
+        for written, kept in (("bench_cuda.json", f"bench_{name}.json"),
+                              ("bench_stages.json", f"stages_{name}.json")):
+            if (folder / written).is_file():  # already results files: command, date, machine
+                shutil.copyfile(folder / written, results / kept)
         if (folder / "machine.txt").is_file():
             run = {**machine(folder), **run}
         if (folder / "06_figures.json").is_file():
