@@ -17,7 +17,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from helpers.datasets import UPRIGHT, InMemoryFile, check_same_size, exif_orientation, read_mask_with_size
+from helpers.datasets import (
+    ORIENTATION,
+    UPRIGHT,
+    InMemoryFile,
+    check_same_size,
+    exif_orientation,
+    read_mask_with_size,
+)
 from helpers.masks import CLASSES
 
 INSTALL = "pip install torchcodec==0.17.0 (requirements-gpu.txt pins it; it works with torch 2.11 or newer)"
@@ -26,9 +33,10 @@ INSTALL = "pip install torchcodec==0.17.0 (requirements-gpu.txt pins it; it work
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Decode 1-D uint8 tensors of JPEG bytes into [3, H, W] uint8 RGB images on ``device``, in one call.
 
-    On CUDA it first waits on the host for the work already queued on the current stream: nvJPEG's
-    batched hardware decoder has been seen writing into memory that queued kernels were still reading
-    (on H100; pytorch/vision#9606, meta-pytorch/torchcodec#1634), and only a host wait prevents it.
+    Photos are turned upright by their EXIF orientation. On CUDA it first waits on the host for the work
+    already queued on the current stream: nvJPEG's batched hardware decoder has been seen writing into
+    memory that queued kernels were still reading (on H100; pytorch/vision#9606). torchcodec 0.17 waits
+    itself (meta-pytorch/torchcodec#1634); this wait, then free, keeps an older torchcodec safe too.
     """
     try:
         from torchcodec.decoders import decode_jpeg
@@ -70,9 +78,10 @@ class EncodedPairs(Dataset):
     """Pairs of (JPEG bytes as a 1-D uint8 tensor, mask decoded on the CPU as uint8 [H, W]) for
     ``decode_jpegs``: the loader's workers read files and decode the masks, never the JPEGs. ``mask_size``
     (height, width) resizes masks by nearest neighbour. ``masks``, a folder ``write_masks`` wrote for these
-    pairs, gives the masks already decoded instead. Each JPEG's header is read (no pixels): its size must
-    be its mask's, and a photo stored turned (EXIF or XMP orientation) is refused, since nvJPEG gives the
-    pixels as stored, not upright as ``SegmentationDataset`` reads them."""
+    pairs, gives the masks already decoded instead. Each JPEG's header is read (no pixels): its size, turned
+    upright, must be its mask's. torchcodec turns a photo upright by its EXIF orientation, on the CPU and
+    the GPU alike, but does not read XMP metadata, so a photo turned by XMP alone is refused (PIL, and so
+    ``SegmentationDataset``, turns it)."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None,
                  masks: Path | None = None):
@@ -127,17 +136,21 @@ class EncodedPairs(Dataset):
                              "convert it to JPEG, or load it with SegmentationDataset instead.")
         try:
             with Image.open(InMemoryFile(data, image)) as file:  # the header: size and metadata
-                stored, orientation = (file.height, file.width), exif_orientation(file, image)
+                upright, orientation = (file.height, file.width), exif_orientation(file, image)
+                in_exif = Image.Exif()
+                in_exif.load(file.info.get("exif", b""))  # EXIF alone, which is what torchcodec reads
         except (OSError, SyntaxError) as error:
             raise ValueError(f"Cannot read image {image}: {error}. The file is damaged or not an image: "
                              "export it again, or remove it and its mask.") from None
-        if orientation in UPRIGHT:
-            raise ValueError(f"Image {image} is stored turned (orientation {orientation} in its metadata), "
-                             "and the GPU decoder gives its pixels as stored, not upright. Save it upright "
-                             "(python -m helpers.doctor lists every such file and the turn), or read the "
-                             "data set with SegmentationDataset, which turns it.")
+        if orientation in UPRIGHT and in_exif.get(ORIENTATION, 1) != orientation:
+            raise ValueError(f"Image {image} is turned upright by its XMP metadata (orientation {orientation}"
+                             "), which torchcodec does not read: it would decode the photo as stored, "
+                             "not as its mask was drawn. Save it upright (python -m helpers.doctor lists "
+                             "every turned file and its turn), or read it with SegmentationDataset.")
+        if orientation in (5, 6, 7, 8):  # a quarter turn: upright, height and width swap
+            upright = upright[::-1]
         mask, mask_size = self._mask(index, mask_path)
-        check_same_size(stored, mask_size, Path(image), mask_path)
+        check_same_size(upright, mask_size, Path(image), mask_path)
         return torch.frombuffer(bytearray(data), dtype=torch.uint8), mask
 
 

@@ -96,3 +96,20 @@ def test_jpegs_decoded_by_the_gpu_into_just_released_memory_are_the_images_and_a
                for images in (expected, decoded)]
     assert torch.equal(batches[1][1].cpu(), batches[0][1])  # the masks: the same draws, the same pixels
     assert (batches[1][0].cpu().float() - batches[0][0].float()).abs().mean() < 2
+
+
+def test_a_photo_turned_by_exif_is_turned_upright_by_the_gpu_decoder_as_on_the_cpu(tmp_path):
+    pytest.importorskip("torchcodec")
+    from PIL import Image
+
+    from helpers.datasets import ORIENTATION
+    from helpers.gpu_decode import EncodedPairs, decode_jpegs
+
+    image, mask = pair_files(SHAPES / "images", SHAPES / "masks")[0]
+    turned, exif = tmp_path / "turned.jpg", Image.Exif()
+    exif[ORIENTATION] = 6
+    Image.open(image).transpose(Image.Transpose.ROTATE_90).save(turned, exif=exif, quality=95)
+    encoded, _ = EncodedPairs([(turned, mask)])[0]
+    on_cpu, on_gpu = (decode_jpegs([encoded], device)[0] for device in (CPU, CUDA))
+    assert on_gpu.shape == on_cpu.shape == (3, *Image.open(image).size[::-1])
+    assert (on_gpu.cpu().float() - on_cpu.float()).abs().mean() < 2  # nvJPEG, not libjpeg

@@ -45,19 +45,36 @@ def test_a_file_that_is_not_a_jpeg_is_named(tmp_path):
         EncodedPairs([(fake, mask)])[0]
 
 
-def test_a_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_refused(tmp_path):
-    """nvJPEG decodes the pixels as stored: a photo that its metadata turns upright would be misaligned
-    with a mask drawn upright, and a mask resized to mask_size would hide a size mismatch."""
+def test_a_photo_turned_by_exif_decodes_upright_as_the_cpu_pipeline_reads_it(tmp_path):
+    """torchcodec turns by EXIF orientation: stored sideways, the photo still matches its upright mask."""
     from PIL import Image
 
-    from helpers.datasets import ORIENTATION
+    from helpers.datasets import ORIENTATION, read_image
 
     image, mask = first_pairs(1)[0]
     turned = tmp_path / "turned.jpg"
     exif = Image.Exif()
-    exif[ORIENTATION] = 6
-    Image.open(image).save(turned, exif=exif)
-    with pytest.raises(ValueError, match=r"turned.jpg is stored turned \(orientation 6 .*helpers.doctor"):
+    exif[ORIENTATION] = 6  # turn a quarter clockwise to view: stored a quarter anticlockwise
+    Image.open(image).transpose(Image.Transpose.ROTATE_90).save(turned, exif=exif, quality=95)
+    encoded, pair_mask = EncodedPairs([(turned, mask)])[0]
+    decoded = decode_jpegs([encoded], torch.device("cpu"))[0]
+    upright = read_image(turned)
+    assert decoded.shape == upright.shape and decoded.shape[1:] == pair_mask.shape
+    assert (decoded.int() - upright.int()).abs().max() <= 1
+
+
+def test_an_xmp_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_refused(tmp_path):
+    """torchcodec does not read XMP: a photo turned by it alone would decode sideways to its mask; a mask
+    resized to mask_size would hide a size mismatch."""
+    from PIL import Image
+
+    image, mask = first_pairs(1)[0]
+    turned = tmp_path / "turned.jpg"
+    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax'
+           b'-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+           b"</rdf:RDF></x:xmpmeta>")
+    Image.open(image).save(turned, xmp=xmp)
+    with pytest.raises(ValueError, match=r"turned.jpg is turned upright by its XMP .*6.*helpers.doctor"):
         EncodedPairs([(turned, mask)], mask_size=(32, 32))[0]
     wide = tmp_path / "wide.jpg"
     Image.new("RGB", (200, 100)).save(wide)
