@@ -73,7 +73,8 @@ GPU_GATHERS = "memmap, gpu gathers"  # the map in RAM mapped for the GPU, which 
 PRE_DECODED = ("memmap", "hdf5", GPU_GATHERS)  # pipelines bounded by memory traffic; the others decode
 CPU = torch.device("cpu")
 # shards the format benchmark writes, sizes one pair apart at most: 1, 2, 3, 4, 6, 8, 12, 16 or 24 workers
-# each get as many, so no worker reads more than the others while they wait for it at the end of an epoch
+# each get as many, so no worker reads a shard more than the others while they wait for it at the end of an
+# epoch (a worker's samples then differ from another's by at most one per shard)
 SHARDS = 48
 
 

@@ -243,12 +243,12 @@ def read_image(path: Path | BinaryIO) -> tv_tensors.Image:
     return tv_tensors.Image(decode_image(path)[0])
 
 
-MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-bit, 1-bit, then 16- and 32-bit integers
+MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-, 1-, 16-bit (I: 16-bit in older Pillow)
 
 
 def mask_array(file: Image.Image, path: Path) -> np.ndarray:
-    """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16- and
-    32-bit ones."""
+    """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16-bit ones
+    (and mode ``I``)."""
     if file.mode not in MASK_MODES:
         raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
                          "mode). If its classes are colours, convert it with helpers.masks.colour_to_index.")
@@ -271,8 +271,8 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
 
 def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,
               dtype: torch.dtype = torch.int64, size: tuple[int, int] | None = None) -> tv_tensors.Mask:
-    """Read a PNG of class indices (``P``, ``L``, ``1``, 16-bit ``I;16``, 32-bit ``I``) as ``[H, W]``
-    ``dtype``.
+    """Read a PNG of class indices (``P``, ``L``, ``1``, or 16-bit: ``I;16``, ``I`` in older Pillow) as
+    ``[H, W]`` ``dtype``.
 
     Values must be below ``num_classes``, or equal ``ignore_index`` if the files use one. ``size``
     (height, width): resized by nearest neighbour after the values are checked at full size.
@@ -296,7 +296,9 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
             full, array = file.size[::-1], None
             if size is not None and tuple(size) != full and file.mode in ("P", "L"):
                 low, high = file.getextrema()  # checked inside PIL, no copy of the full mask
-                if low >= 0 and high < num_classes:  # PIL's nearest samples pixel centres, as nearest_resize
+                # PIL's nearest samples pixel centres too; where a centre falls exactly between two pixels
+                # (256 rows to 224: one row in seven) PIL and nearest_resize may take neighbouring ones
+                if low >= 0 and high < num_classes:
                     array = np.array(file.resize((size[1], size[0]), Image.Resampling.NEAREST))
             if array is None:
                 array = mask_array(file, path)
@@ -389,9 +391,10 @@ class InMemoryDataset(Dataset):
     files and decodes nothing; only the random transforms are left. The pixels live in two big tensors
     (all images, all masks) plus each sample's shape and start, not one tensor per sample: a DataLoader
     worker started by spawn or forkserver then receives four tensors, whatever the number of samples.
-    (On Linux each tensor travels as a file descriptor, and one message carries fewer than 256 of them:
-    from about 245 tensors a worker fails to start, with "too many fds" or, just below, "Invalid
-    argument".) Taught in 06_gpu_training.
+    (Under forkserver, Linux's default from Python 3.14, each tensor travels as a file descriptor, and
+    one message carries fewer than 256 of them: from about 245 tensors a worker fails to start, with "too
+    many fds" or, just below, "Invalid argument". Spawn hands them over one by one, with no such limit,
+    but each costs a round trip.) Taught in 06_gpu_training.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None):

@@ -39,9 +39,10 @@ def draw(sizes: torch.Tensor, size: int, generator: torch.Generator, *, scale: t
          hflip_prob: float, vflip_prob: float, quarter_turns: bool) -> Draws:
     """Random crop boxes, flips and turns for images of ``sizes`` ([B, 2], height and width), on the CPU.
 
-    ``scale=None``: a ``size`` x ``size`` box at a uniform position (as ``v2.RandomCrop``, which pads a
-    smaller image). Otherwise a box covering a ``scale`` share of the image's area with an
-    aspect ratio between 3/4 and 4/3, inside the image (as ``v2.RandomResizedCrop``, without its retries).
+    ``scale=None``: a ``size`` x ``size`` box at a uniform position (as ``v2.RandomCrop`` with
+    ``pad_if_needed=True``, which pads a smaller image). Otherwise a box covering a ``scale`` share of the
+    image's area with an aspect ratio between 3/4 and 4/3, inside the image (as ``v2.RandomResizedCrop``,
+    without its retries).
     """
     count = len(sizes)
     heights, widths = sizes[:, 0].double(), sizes[:, 1].double()

@@ -8,6 +8,7 @@ memory maps do not survive pickling into workers.
 import lzma
 import operator
 import os
+import sys
 import tarfile
 import weakref
 import zlib
@@ -387,7 +388,8 @@ def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x5d\x00\x00": "lzma",
               b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"LZIP": "lzip",
               b"\x89LZO": "lzop"}  # each format's first bytes
-NOT_READ_BY_TARFILE = ("zstd", "lz4", "lzip", "lzop")
+# Python 3.14's tarfile reads zstd as well
+NOT_READ_BY_TARFILE = ("lz4", "lzip", "lzop") + (("zstd",) if sys.version_info < (3, 14) else ())
 CUT_SHORT = ("does not end as a tar file does: it was cut short (an interrupted copy, download or write), "
              "and the samples at its end are missing. Copy or write the shard again.")
 PADDING = 2**20 + 2 * 512  # more zeros than tar puts at its end: part of a download is missing

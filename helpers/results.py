@@ -24,15 +24,16 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def print_run(name: str, run: str, containing: str = "") -> dict:
+def print_run(name: str, run: str, containing: str | tuple[str, ...] = "") -> dict:
     """Print one recorded run (machine, date, versions, command) and its figures whose names contain
-    ``containing``; return those figures."""
+    ``containing`` (or any of several); return those figures."""
     record = load_results(name)["runs"][run]
     print(f"{record['machine']}, {record['date']} ({record['versions']})")
     print(f"  command: {record['command']}")
     if "precision" in record:
         print(f"  precision: {record['precision']}")
-    figures = {key: value for key, value in record["figures"].items() if containing in key}
+    wanted = (containing,) if isinstance(containing, str) else containing
+    figures = {key: value for key, value in record["figures"].items() if any(part in key for part in wanted)}
     if not figures:
         raise KeyError(f"No figure named like {containing!r} in run {run!r} of results/{name}.json")
     for key, value in figures.items():

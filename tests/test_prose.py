@@ -121,5 +121,7 @@ def test_print_run_prints_the_machine_and_the_figures_asked_for(capsys):
     figures = print_run("gpu_training_runs", "h100", "step (ms)")
     assert figures == {"float32 step (ms)": 6.5, "bfloat16 step (ms)": 7.8, "channels_last step (ms)": 8.4}
     assert capsys.readouterr().out.splitlines()[0].startswith("one NVIDIA H100")
+    several = print_run("gpu_training_runs", "h100", ("kept", "float32 step"))  # in the record's order
+    assert list(several) == ["float32 step (ms)", "kept"]
     with pytest.raises(KeyError, match="no-such-figure"):
         print_run("gpu_training_runs", "h100", "no-such-figure")

@@ -2,9 +2,10 @@
 
 mybinder.org gives a session 1 CPU and a 2 GB memory limit (1 GB guaranteed). This executes each
 notebook from a fresh kernel with ``jupyter nbconvert --execute``, pinned to ``--cpus`` cores, and every
-20 ms adds up the proportional set size (PSS: shared pages divided among the processes sharing them, as
-the memory limit counts them) of the kernel and every process it starts: DataLoader workers, torchrun
-and its ranks. It prints one row per notebook and writes the figures to ``--json``.
+20 ms adds up the proportional set size (PSS: shared pages divided among the processes sharing them, so
+the sum counts each page once, as the memory limit does; the limit also counts the page cache, which
+this leaves out) of the kernel and every process it starts: DataLoader workers, torchrun and its ranks.
+It prints one row per notebook and writes the figures to ``--json``.
 
     python tools/binder_check.py                          # every notebook, 1 CPU
     python tools/binder_check.py notebooks/07_distributed.ipynb --cpus 2
