@@ -393,8 +393,8 @@ class InMemoryDataset(Dataset):
     worker started by spawn or forkserver then receives four tensors, whatever the number of samples.
     (Under forkserver, Linux's default from Python 3.14, each tensor travels as a file descriptor, and
     one message carries fewer than 256 of them: from about 245 tensors a worker fails to start, with "too
-    many fds" or, just below, "Invalid argument". Spawn hands them over one by one, with no such limit,
-    but each costs a round trip.) Taught in 06_gpu_training.
+    many fds" or, just below, "Invalid argument". Spawn passes them as descriptors the worker inherits
+    as it starts, with no such limit.) Taught in 06_gpu_training.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None):

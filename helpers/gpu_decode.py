@@ -36,7 +36,7 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
     Photos are turned upright by their EXIF orientation. On CUDA it first waits on the host for the work
     already queued on the current stream: nvJPEG's batched hardware decoder has been seen writing into
     memory that queued kernels were still reading (on H100; pytorch/vision#9606). torchcodec 0.17 waits
-    itself (meta-pytorch/torchcodec#1634); this wait, then free, keeps an older torchcodec safe too.
+    itself (meta-pytorch/torchcodec#1634); this extra wait costs little and keeps older versions safe.
     """
     try:
         from torchcodec.decoders import decode_jpeg
