@@ -222,6 +222,16 @@ def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
                            f"{error}). Export it again, or strip its metadata.") from None
 
 
+def orientation_metadata(file: Image.Image) -> str:
+    """Where an opened image's orientation is written: "EXIF" (a TIFF's own tags too), or "XMP" when XMP
+    alone holds it. PIL's ``getexif`` reads both, torchcodec EXIF alone. Notebook 01 teaches the turn;
+    ``helpers.doctor`` and ``helpers.gpu_decode`` name where it was written."""
+    file.getexif()  # a PNG's EXIF may follow its pixels: this reads it into file.info
+    in_exif = Image.Exif()
+    in_exif.load(file.info.get("exif", b""))  # the EXIF block alone, without PIL's XMP fallback
+    return "EXIF" if ORIENTATION in in_exif or file.format == "TIFF" else "XMP"
+
+
 def _decode_jpeg(data: bytes, size: tuple[int, int], min_size: tuple[int, int] | None,
                  orientation: int = 1) -> torch.Tensor:
     """libjpeg-turbo through simplejpeg: the pixels PIL would give, about twice as fast, as ``[3, H, W]``;

@@ -32,6 +32,7 @@ from helpers.datasets import (
     check_mask_values,
     check_same_size,
     exif_orientation,
+    orientation_metadata,
     read_image,
     read_mask,
     scan_folder,
@@ -88,13 +89,15 @@ class Header(NamedTuple):
     mode: str
     size: tuple[int, int]  # (height, width) as stored
     orientation: int       # EXIF orientation; 1 is upright
+    written_in: str        # "EXIF", or "XMP" where XMP alone holds the orientation
 
 
 def read_header(path: Path) -> Header | None:
     """Mode, stored size and EXIF orientation of an image file; None if even its header cannot be read."""
     try:
         with Image.open(path) as file:
-            return Header(file.mode, (file.height, file.width), exif_orientation(file, path))  # as read_image
+            orientation = exif_orientation(file, path)  # as read_image reads it
+            return Header(file.mode, (file.height, file.width), orientation, orientation_metadata(file))
     except Exception:  # whatever it is, the reader that follows reports it with the file's name
         return None
 
@@ -145,10 +148,13 @@ def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, i
     if image is None:
         return None
     if head is not None and head.orientation in TURN_UPRIGHT:
-        report.add(WARNING, path, f"Image {path} is stored with EXIF orientation {head.orientation}: "
-                   "helpers.datasets.read_image turns it upright "
+        xmp = (" torchcodec reads EXIF alone, so helpers.gpu_decode.EncodedPairs refuses it; save it upright "
+               "to decode it on the GPU." if head.written_in == "XMP" else "")
+        report.add(WARNING, path, f"Image {path} is stored with {head.written_in} orientation "
+                   f"{head.orientation}: helpers.datasets.read_image turns it upright "
                    f"(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), as photo viewers do. "
-                   "Check that its mask was drawn on the upright photo (helpers.viz.overlay shows both).")
+                   "Check that its mask was drawn on the upright photo (helpers.viz.overlay shows "
+                   "both)." + xmp)
     size = (image.shape[-2], image.shape[-1])
     report.sizes[size] += 1
     return size
@@ -183,7 +189,7 @@ def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_p
         return
     if mask_size == head.size:
         report.add(ERROR, mask_path, f"Mask {mask_path} fits image {image_path} as stored, sideways, "
-                   f"but the image's EXIF orientation {head.orientation} turns it upright to "
+                   f"but the image's {head.written_in} orientation {head.orientation} turns it upright to "
                    f"{upright[1]}x{upright[0]} (WxH): the annotation tool ignored the orientation. Turn the "
                    f"mask the same way, mask.transpose(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), "
                    "and save it as PNG.")

@@ -18,11 +18,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from helpers.datasets import (
-    ORIENTATION,
     UPRIGHT,
     InMemoryFile,
     check_same_size,
     exif_orientation,
+    orientation_metadata,
     read_mask_with_size,
 )
 from helpers.masks import CLASSES
@@ -137,12 +137,11 @@ class EncodedPairs(Dataset):
         try:
             with Image.open(InMemoryFile(data, image)) as file:  # the header: size and metadata
                 upright, orientation = (file.height, file.width), exif_orientation(file, image)
-                in_exif = Image.Exif()
-                in_exif.load(file.info.get("exif", b""))  # EXIF alone, which is what torchcodec reads
+                written_in = orientation_metadata(file)  # torchcodec reads EXIF alone
         except (OSError, SyntaxError) as error:
             raise ValueError(f"Cannot read image {image}: {error}. The file is damaged or not an image: "
                              "export it again, or remove it and its mask.") from None
-        if orientation in UPRIGHT and in_exif.get(ORIENTATION, 1) != orientation:
+        if orientation in UPRIGHT and written_in == "XMP":
             raise ValueError(f"Image {image} is turned upright by its XMP metadata (orientation {orientation}"
                              "), which torchcodec does not read: it would decode the photo as stored, "
                              "not as its mask was drawn. Save it upright (python -m helpers.doctor lists "

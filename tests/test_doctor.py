@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_datasets import write_pair
+from test_datasets import XMP_TURNED, write_pair
 
 from helpers import doctor
 from helpers.datasets import ORIENTATION, PAIR_FIX
@@ -112,11 +112,19 @@ def save_turned(path: Path, size: tuple[int, int], orientation: int = 6) -> None
     Image.new("RGB", size, (200, 0, 0)).save(path, exif=exif)
 
 
-def test_an_exif_turned_photo_is_a_warning_when_its_mask_fits_upright(root):
-    save_turned(root / "images" / "1.jpg", (8, 12))  # stored 8 wide, 12 tall: upright 12x8, like its mask
+@pytest.mark.parametrize("written_in", ["EXIF", "XMP"])
+def test_a_turned_photo_is_a_warning_when_its_mask_fits_upright(root, written_in):
+    """Stored 8 wide, 12 tall: upright 12x8, like its mask. Only a turn written in XMP stops the GPU
+    decoder (torchcodec reads EXIF alone), and the warning says so."""
+    if written_in == "EXIF":
+        save_turned(root / "images" / "1.jpg", (8, 12))
+    else:
+        Image.new("RGB", (8, 12)).save(root / "images" / "1.jpg", xmp=XMP_TURNED.encode())
     (root / "images" / "1.png").unlink()
     report = diagnose(root)
-    assert found(report) == {} and "EXIF orientation 6" in found(report, WARNING)["images/1.jpg"]
+    warning = found(report, WARNING)["images/1.jpg"]
+    assert found(report) == {} and f"{written_in} orientation 6" in warning
+    assert ("EncodedPairs refuses it" in warning) == (written_in == "XMP")
     assert main([str(root)]) == 0  # warnings alone do not fail
 
 
