@@ -133,22 +133,23 @@ class DeviceBatches:
         draws.index = order
         plan, exact, within = self.plan(draws)
         for first in range(0, len(order), self.batch_size):
-            yield self.make(plan[first:first + self.batch_size], exact, within)
+            part = slice(first, first + self.batch_size)  # each batch takes the fastest path it can
+            yield self.make(plan[part], bool(exact[part].all()), bool(within[part].all()))
 
     def batch(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch these draws describe: image pixels bilinear (exact at the images' own scale), mask
         pixels nearest, 0 and ``IGNORE_INDEX`` outside the image."""
-        return self.make(*self.plan(draws))
+        plan, exact, within = self.plan(draws)
+        return self.make(plan, bool(exact.all()), bool(within.all()))
 
-    def plan(self, draws: Draws) -> tuple[torch.Tensor, bool, bool]:
+    def plan(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The draws on the device as one int64 tensor [B, 11] (each sample's index, then its
-        ``placement``), whether every box is ``size`` x ``size`` and whether every box is inside its image
-        (both known on the CPU, so that no batch waits for the device to tell)."""
+        ``placement``), and per sample whether its box is ``size`` x ``size`` and whether it is inside its
+        image (both known on the CPU, so that no batch waits for the device to tell)."""
         sizes = self.sizes[draws.index]
-        exact = bool(draws.height.eq(self.size).all() and draws.width.eq(self.size).all())
-        within = bool((draws.top >= 0).all() and (draws.left >= 0).all()
-                      and (draws.top + draws.height <= sizes[:, 0]).all()
-                      and (draws.left + draws.width <= sizes[:, 1]).all())
+        exact = draws.height.eq(self.size) & draws.width.eq(self.size)
+        within = ((draws.top >= 0) & (draws.left >= 0) & (draws.top + draws.height <= sizes[:, 0])
+                  & (draws.left + draws.width <= sizes[:, 1]))
         plan = torch.cat([draws.index.view(-1, 1), placement(draws).flatten(1)], 1)
         return upload(plan, self.device), exact, within
 

@@ -53,6 +53,25 @@ def test_crops_flips_and_turns_are_the_pixels_v2_gives_sample_by_sample():
             assert torch.equal(images[n], expected[0]) and torch.equal(masks[n], expected[1]), n
 
 
+def test_each_batch_takes_the_fast_path_unless_one_of_its_own_boxes_leaves_its_image(monkeypatch):
+    """The last scene is 38 wide, narrower than the 40 x 40 crop: only the batch holding it pads, and the
+    batches that take the fast path give the pixels the general path gives."""
+    batches = DeviceBatches(InMemoryDataset(scenes()), CPU, size=40, batch_size=2)
+    made, make = [], batches.make
+
+    def spy(plan: torch.Tensor, exact: bool, within: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        made.append((plan[:, 0].tolist(), within))
+        general = make(plan, exact=False, within=False)
+        fast = make(plan, exact, within)
+        assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
+        return fast
+
+    monkeypatch.setattr(batches, "make", spy)
+    assert len(list(batches.epoch(torch.Generator().manual_seed(0)))) == 3
+    assert [within for index, within in made] == [5 not in index for index, within in made]
+    assert sum(within for index, within in made) == 2
+
+
 def test_a_crop_larger_than_the_image_pads_with_zero_and_ignore():
     batches = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=64, batch_size=1)
     images, masks = next(batches.epoch(torch.Generator().manual_seed(0)))
