@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import default_collate
 
 from helpers.datasets import Sample
+from helpers.device import upload
 from helpers.masks import IGNORE_INDEX
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
@@ -61,9 +62,9 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,
     ``ToTensor`` and ``Normalize`` sample by sample (04_dataloader_batching measures it), and on a GPU
     it runs there, after the 4x smaller uint8 batch has crossed.
     """
-    shape = (1, -1, 1, 1)
-    scale = torch.tensor([1 / (255 * s) for s in std], device=images.device).view(shape)
-    shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=images.device).view(shape)
+    shape = (1, -1, 1, 1)  # made on the CPU and queued to the device: torch.tensor(device=...) would wait
+    scale = upload(torch.tensor([1 / (255 * s) for s in std]), images.device).view(shape)
+    shift = upload(torch.tensor([-m / s for m, s in zip(mean, std)]), images.device).view(shape)
     return images.to(torch.float32).mul_(scale).add_(shift)
 
 

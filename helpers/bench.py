@@ -445,6 +445,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     print(f"{args.count} JPEG images {args.side}x{args.side} -> float 3x{args.size}x{args.size} + int64 "
           f"mask on {device}, batch {args.batch_size}, {usable_cores()} cores, torch {torch.__version__}")
     work = Path(tempfile.mkdtemp(prefix="pixels_to_batches_formats_"))
+
+    def save(results: dict[str, dict[int, float]], limits: dict[str, float]) -> None:
+        """--json: every figure so far (a run cut short keeps its pipelines; ceilings come last)."""
+        if not args.json:
+            return
+        command = " ".join(["python -m helpers.bench", *(sys.argv[1:] if argv is None else argv)])
+        args.json.write_text(json.dumps({
+            "command": command, "machine": machine(device),
+            "settings": {k: str(v) for k, v in vars(args).items()}, "ceilings": limits, "pipelines": results,
+            "shares": shares(results, limits) if limits else {}}, indent=2))
+
     try:
         chosen = pipelines(root, args.size, args.batch_size, device)
         if args.formats:
@@ -466,14 +477,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
             try:
                 results[name] = {w: images_per_second(chosen[name], w, label=name, epochs=args.epochs)
                                  for w in args.workers}
-            except MemoryError as error:  # the map must fit in half the RAM, page-locked (a failed
-                # registration is not caught: the CUDA error it leaves would fail the next launch)
+            except (MemoryError, RuntimeError) as error:  # the map must fit in half the RAM, and the
+                # GPU must accept it page-locked (host_mapped clears the CUDA error a refusal leaves)
                 if name != GPU_GATHERS:
                     raise
                 print(f"{name}: not measured: {error}", flush=True)
                 continue
             print(f"{name}: " + ", ".join(f"{speed:,.0f} with {w}" for w, speed in results[name].items())
                   + " workers (images/s)", flush=True)
+            save(results, {})
         results = {name: results[name] for name in chosen if name in results}  # the table's order
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -481,11 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     if "gpu decode" in results:
         limits["gpu decode only"] = gpu_decode_ceiling(root, device, args.batch_size)
     print_table(results, limits, args.workers)
-    if args.json:
-        args.json.write_text(json.dumps({
-            "command": " ".join(["python -m helpers.bench", *(sys.argv[1:] if argv is None else argv)]),
-            "machine": machine(device), "settings": {k: str(v) for k, v in vars(args).items()},
-            "ceilings": limits, "pipelines": results, "shares": shares(results, limits)}, indent=2))
+    save(results, limits)
     if args.plot:
         plot(results, limits, args.plot)
     naive = max(results["naive"].values())

@@ -163,6 +163,15 @@ def check_page_lockable(nbytes: int, folder: Path) -> None:
                           "each batch from the map.")
 
 
+def _clear_cuda_error(index: int) -> None:
+    """Read and so reset the error a refused CUDA call leaves behind, which torch would otherwise report
+    at its next launch, as if that unrelated operation had failed."""
+    try:
+        torch.zeros(1, device=torch.device("cuda", index))  # a launch: torch checks CUDA's last error
+    except RuntimeError:
+        pass
+
+
 def _unregister(pointer: int, index: int) -> None:
     """Release RAM registered for the GPU once nothing queued on it can still be reading it."""
     mode = torch.cuda.get_sync_debug_mode()
@@ -195,6 +204,7 @@ def host_mapped(arrays: tuple[np.ndarray, ...], device: torch.device,
             flags = 1 | 2  # portable, mapped: the GPU reads it at the same address as the CPU
             error = int(torch.cuda.cudart().cudaHostRegister(host.data_ptr(), host.nbytes, flags))
             if error:
+                _clear_cuda_error(index)
                 raise RuntimeError(f"Cannot page-lock the map in {folder} for the GPU (CUDA error {error}). "
                                    "Use PinnedMemmapBatches(..., gather_on_device=False).")
             weakref.finalize(host, _unregister, host.data_ptr(), index).atexit = False

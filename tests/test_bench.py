@@ -1,8 +1,11 @@
 """helpers.bench: the decode ceiling on one core needs no second process (Binder's one CPU); on more
 it decodes in spawned processes, one per core. The format benchmark's shards split evenly over workers.
-A map too large to gather on the GPU is reported, not fatal."""
+A map the GPU cannot gather from is reported, not fatal."""
 
+import json
 import tarfile
+
+import pytest
 
 from helpers import bench
 from helpers.paths import data_dir
@@ -29,21 +32,31 @@ def test_the_format_benchmark_writes_shards_that_every_worker_count_splits_evenl
     assert all(len(shards) % workers == 0 for workers in (1, 2, 4, 8, 12, 16))  # the counts results/ use
 
 
-def test_a_map_too_large_to_gather_on_the_gpu_is_reported_and_the_benchmark_goes_on(tmp_path, monkeypatch,
-                                                                                    capsys):
-    """``memmap, gpu gathers`` needs the map page-locked in RAM; where it does not fit, the run says so,
-    measures the rest, and holds that pipeline to the link's ceiling where it runs."""
-    def too_large(workers):
-        raise MemoryError("images.npy is 9.0 GiB, more than half of the 4.0 GiB of memory available")
+@pytest.mark.parametrize("refusal", [
+    MemoryError("images.npy is 9.0 GiB, more than half of the 4.0 GiB of memory available"),
+    RuntimeError("Cannot page-lock the map in /data for the GPU (CUDA error 801)")])
+def test_a_map_the_gpu_cannot_gather_is_reported_and_the_benchmark_goes_on(tmp_path, monkeypatch, capsys,
+                                                                          refusal):
+    """``memmap, gpu gathers`` needs the map page-locked in RAM; where it does not fit, or the GPU refuses
+    it, the run says so, measures the rest, and holds that pipeline to the link's ceiling where it runs.
+    --json keeps each pipeline as it ends, so a run cut short before the ceilings keeps its figures."""
+    def refused(workers):
+        raise refusal
 
-    real, gathers = bench.pipelines, {bench.GPU_GATHERS: bench.Pipeline(too_large, None)}
+    def ceilings(*args) -> dict[str, float]:
+        kept = json.loads((tmp_path / "b.json").read_text())  # what a run stopped here would keep
+        assert set(kept["pipelines"]) == {"naive", "recommended"} and kept["ceilings"] == {}
+        return {"decode only": 1.0, "memory only": 1.0, "copy GB/s": 1.0}
+
+    real, gathers = bench.pipelines, {bench.GPU_GATHERS: bench.Pipeline(refused, None)}
     monkeypatch.setattr(bench, "pipelines", lambda *args: real(*args) | gathers)
-    monkeypatch.setattr(bench, "ceilings", lambda *args: {"decode only": 1.0, "memory only": 1.0,
-                                                          "copy GB/s": 1.0})
+    monkeypatch.setattr(bench, "ceilings", ceilings)
     results = bench.main(["--count", "8", "--side", "48", "--size", "32", "--batch-size", "4",
-                          "--workers", "0", "--epochs", "1", "--data", str(tmp_path / "data")])
+                          "--workers", "0", "--epochs", "1", "--data", str(tmp_path / "data"),
+                          "--json", str(tmp_path / "b.json")])
     assert set(results) == {"naive", "recommended"}
-    assert "memmap, gpu gathers: not measured: images.npy is 9.0 GiB" in capsys.readouterr().out
+    assert f"memmap, gpu gathers: not measured: {refusal}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b.json").read_text())["ceilings"]["decode only"] == 1.0
     limits = {"decode only": 1.0, "memory only": 4.0, "link only": 2.0}
     assert bench.shares({bench.GPU_GATHERS: {0: 1.0}, "memmap": {0: 1.0}}, limits) == {
         bench.GPU_GATHERS: 0.5, "memmap": 0.25}

@@ -3,6 +3,8 @@ the program wait for the GPU, reused pinned buffers never overwritten too early,
 nvJPEG into memory that queued GPU work just released still the images (pytorch/vision#9606).
 Skipped without a GPU; tools/gpu_run.sh runs them first where there is one."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from helpers.datasets import InMemoryDataset, SegmentationDataset, pair_files
 from helpers.device_batches import DeviceBatches, augment_batch
 from helpers.formats import MemmapDataset, PinnedMemmapBatches, host_mapped, write_memmap
 from helpers.paths import data_dir
+from helpers.training import to_device
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -32,6 +35,7 @@ def test_device_batches_on_the_gpu_are_the_cpu_batches_made_without_waiting_for_
     torch.cuda.set_sync_debug_mode("error")  # a hidden wait for the GPU (a blocking copy) raises
     try:
         on_gpu = list(on_gpu)
+        to_device(*on_gpu[0], CUDA)  # normalised on the GPU, without waiting for it either
     finally:
         torch.cuda.set_sync_debug_mode("default")
     for (images, masks), (gpu_images, gpu_masks) in zip(on_cpu, on_gpu, strict=True):
@@ -55,6 +59,7 @@ def test_pinned_memmap_batches_are_the_cpu_batches_while_the_gpu_lags_behind(tmp
 def test_memmap_gathered_by_the_gpu_from_mapped_ram_is_the_cpu_batches_and_stays_in_ram(tmp_path):
     write_memmap(SegmentationDataset(SHAPES, split="val"), tmp_path, 64)
     memmap = MemmapDataset(tmp_path)
+    gc.collect()  # CUDA tensors of earlier tests, left in reference cycles, freed before counting
     allocated = torch.cuda.memory_allocated()
     images, masks = host_mapped((np.load(tmp_path / "images.npy"), np.load(tmp_path / "masks.npy")),
                                 CUDA, tmp_path)
