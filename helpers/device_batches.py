@@ -112,7 +112,7 @@ class DeviceBatches:
             raise ValueError("DeviceBatches needs RGB images (3 channels); convert the data set first.")
         self.images = data.images.to(device)  # flat uint8, each image channels last
         self.masks = data.masks.to(device)
-        self.shapes, self.starts = data.shapes.to(device), data.starts.to(device)
+        self.shapes, self.starts = upload(data.shapes, device), upload(data.starts, device)  # no wait
         self.sizes = data.shapes[:, 1:]  # on the CPU, for the draws
         self.device, self.size, self.batch_size, self.drop_last = device, size, batch_size, drop_last
         self.options = {"scale": scale, "hflip_prob": hflip_prob, "vflip_prob": vflip_prob,

@@ -96,11 +96,18 @@ def test_jpegs_decoded_by_the_gpu_into_just_released_memory_are_the_images_and_a
         for image, reference in zip(decoded, expected, strict=True):
             assert image.device.type == CUDA.type and image.shape == reference.shape
             assert (image.cpu().float() - reference.float()).abs().mean() < 2  # nvJPEG, not libjpeg
-    batches = [augment_batch(images, [mask.to(images[0].device) for mask in masks], 64,
+    def augment(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return augment_batch(images, [mask.to(images[0].device) for mask in masks], 64,
                              torch.Generator().manual_seed(0), hflip_prob=0.5, quarter_turns=True)
-               for images in (expected, decoded)]
-    assert torch.equal(batches[1][1].cpu(), batches[0][1])  # the masks: the same draws, the same pixels
-    assert (batches[1][0].cpu().float() - batches[0][0].float()).abs().mean() < 2
+
+    on_cpu = augment(expected)
+    torch.cuda.set_sync_debug_mode("error")  # augmenting the decoded batch waits for nothing either
+    try:
+        on_gpu = augment(decoded)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(on_gpu[1].cpu(), on_cpu[1])  # the masks: the same draws, the same pixels
+    assert (on_gpu[0].cpu().float() - on_cpu[0].float()).abs().mean() < 2
 
 
 def test_a_photo_turned_by_exif_is_turned_upright_by_the_gpu_decoder_as_on_the_cpu(tmp_path):
