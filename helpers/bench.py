@@ -54,6 +54,7 @@ from helpers.env import usable_cores
 from helpers.formats import (
     HDF5Dataset,
     MemmapDataset,
+    PageLockRefused,
     PinnedMemmapBatches,
     ShardStream,
     disk_megabytes,
@@ -451,10 +452,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
         if not args.json:
             return
         command = " ".join(["python -m helpers.bench", *(sys.argv[1:] if argv is None else argv)])
-        args.json.write_text(json.dumps({
+        partial = args.json.with_name(args.json.name + ".part")  # replaced whole: a kill keeps the last
+        partial.write_text(json.dumps({
             "command": command, "machine": machine(device),
             "settings": {k: str(v) for k, v in vars(args).items()}, "ceilings": limits, "pipelines": results,
             "shares": shares(results, limits) if limits else {}}, indent=2))
+        partial.replace(args.json)
 
     try:
         chosen = pipelines(root, args.size, args.batch_size, device)
@@ -477,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
             try:
                 results[name] = {w: images_per_second(chosen[name], w, label=name, epochs=args.epochs)
                                  for w in args.workers}
-            except (MemoryError, RuntimeError) as error:  # the map must fit in half the RAM, and the
+            except (MemoryError, PageLockRefused) as error:  # the map must fit in half the RAM, and the
                 # GPU must accept it page-locked (host_mapped clears the CUDA error a refusal leaves)
                 if name != GPU_GATHERS:
                     raise

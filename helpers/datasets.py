@@ -222,14 +222,19 @@ def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
                            f"{error}). Export it again, or strip its metadata.") from None
 
 
-def orientation_metadata(file: Image.Image) -> str:
-    """Where an opened image's orientation is written: "EXIF" (a TIFF's own tags too), or "XMP" when XMP
-    alone holds it. PIL's ``getexif`` reads both, torchcodec EXIF alone. Notebook 01 teaches the turn;
-    ``helpers.doctor`` and ``helpers.gpu_decode`` name where it was written."""
-    file.getexif()  # a PNG's EXIF may follow its pixels: this reads it into file.info
+def orientation_metadata(file: Image.Image) -> str | None:
+    """Where an opened image's orientation is written: "EXIF", "XMP" when XMP alone holds it, or None when
+    neither does. PIL's ``getexif`` reads EXIF first, then XMP; torchcodec reads EXIF alone. Notebook 01
+    teaches the turn; ``helpers.doctor`` and ``helpers.gpu_decode`` name where it was written."""
+    if ORIENTATION not in file.getexif():  # this also reads a PNG's EXIF that follows its pixels
+        return None
+    raw = file.info.get("exif")
+    if raw is None and "Raw profile type exif" in file.info:  # ImageMagick's PNG text chunk, as PIL reads it
+        raw = bytes.fromhex("".join(file.info["Raw profile type exif"].split("\n")[3:]))
     in_exif = Image.Exif()
-    in_exif.load(file.info.get("exif", b""))  # the EXIF block alone, without PIL's XMP fallback
-    return "EXIF" if ORIENTATION in in_exif or file.format == "TIFF" else "XMP"
+    in_exif.load(raw or b"")  # the EXIF block alone, without PIL's XMP fallback
+    own_tags = getattr(file, "tag_v2", {})  # a TIFF's own tags are its EXIF
+    return "EXIF" if ORIENTATION in in_exif or ORIENTATION in own_tags else "XMP"
 
 
 def _decode_jpeg(data: bytes, size: tuple[int, int], min_size: tuple[int, int] | None,

@@ -89,7 +89,7 @@ class Header(NamedTuple):
     mode: str
     size: tuple[int, int]  # (height, width) as stored
     orientation: int       # EXIF orientation; 1 is upright
-    written_in: str        # "EXIF", or "XMP" where XMP alone holds the orientation
+    written_in: str | None  # "EXIF", "XMP" where XMP alone holds the orientation, or None: neither
 
 
 def read_header(path: Path) -> Header | None:
@@ -149,7 +149,7 @@ def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, i
         return None
     if head is not None and head.orientation in TURN_UPRIGHT:
         xmp = (" torchcodec reads EXIF alone, so helpers.gpu_decode.EncodedPairs refuses it; save it upright "
-               "to decode it on the GPU." if head.written_in == "XMP" else "")
+               "as JPEG to decode it on the GPU." if head.written_in == "XMP" else "")
         report.add(WARNING, path, f"Image {path} is stored with {head.written_in} orientation "
                    f"{head.orientation}: helpers.datasets.read_image turns it upright "
                    f"(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), as photo viewers do. "

@@ -163,11 +163,15 @@ def check_page_lockable(nbytes: int, folder: Path) -> None:
                           "each batch from the map.")
 
 
+class PageLockRefused(RuntimeError):
+    """The GPU would not page-lock and map a map's RAM (``host_mapped``): gather on the CPU instead."""
+
+
 def _clear_cuda_error(index: int) -> None:
     """Read and so reset the error a refused CUDA call leaves behind, which torch would otherwise report
     at its next launch, as if that unrelated operation had failed."""
-    try:
-        torch.zeros(1, device=torch.device("cuda", index))  # a launch: torch checks CUDA's last error
+    try:  # torch checks, and so resets, CUDA's last error after each kernel launch (cudaGetLastError)
+        torch.zeros(1, device=torch.device("cuda", index))  # a launch; torch.cuda.cudart() has no reset
     except RuntimeError:
         pass
 
@@ -205,8 +209,8 @@ def host_mapped(arrays: tuple[np.ndarray, ...], device: torch.device,
             error = int(torch.cuda.cudart().cudaHostRegister(host.data_ptr(), host.nbytes, flags))
             if error:
                 _clear_cuda_error(index)
-                raise RuntimeError(f"Cannot page-lock the map in {folder} for the GPU (CUDA error {error}). "
-                                   "Use PinnedMemmapBatches(..., gather_on_device=False).")
+                raise PageLockRefused(f"Cannot page-lock the map in {folder} for the GPU (CUDA error "
+                                      f"{error}). Use PinnedMemmapBatches(..., gather_on_device=False).")
             weakref.finalize(host, _unregister, host.data_ptr(), index).atexit = False
             on_device = torch.as_tensor(_MappedBytes(host), device=torch.device("cuda", index))  # no copy
             mapped.append(_widest_rows(on_device))

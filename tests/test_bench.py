@@ -8,6 +8,7 @@ import tarfile
 import pytest
 
 from helpers import bench
+from helpers.formats import PageLockRefused
 from helpers.paths import data_dir
 
 
@@ -34,7 +35,7 @@ def test_the_format_benchmark_writes_shards_that_every_worker_count_splits_evenl
 
 @pytest.mark.parametrize("refusal", [
     MemoryError("images.npy is 9.0 GiB, more than half of the 4.0 GiB of memory available"),
-    RuntimeError("Cannot page-lock the map in /data for the GPU (CUDA error 801)")])
+    PageLockRefused("Cannot page-lock the map in /data for the GPU (CUDA error 801)")])
 def test_a_map_the_gpu_cannot_gather_is_reported_and_the_benchmark_goes_on(tmp_path, monkeypatch, capsys,
                                                                           refusal):
     """``memmap, gpu gathers`` needs the map page-locked in RAM; where it does not fit, or the GPU refuses

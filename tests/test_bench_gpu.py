@@ -70,3 +70,24 @@ def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkey
         assert f"{stage}: " in printed and " ms per batch of 32 " in printed, stage
         label = next(label for label in recorded["ms_per_batch"] if label.endswith(stage))
         assert f"{label}: {recorded['ms_per_batch'][label]:7.3f} ms" in printed  # the figure printed
+
+
+def test_feed_stages_reports_a_map_the_gpu_refuses_and_keeps_the_other_stages(tmp_path, capsys,
+                                                                              monkeypatch):
+    from pathlib import Path
+
+    from helpers import formats
+    from helpers.bench import bench_data
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "tools"))
+    import feed_stages
+
+    def refused(*args):
+        raise formats.PageLockRefused("Cannot page-lock the map in /data for the GPU (CUDA error 801)")
+
+    monkeypatch.setattr(formats, "host_mapped", refused)
+    root = bench_data(64, 48, tmp_path / "data")
+    times = feed_stages.memmap_stages(root, 32, torch.device("cpu"), tmp_path / "memmap")
+    assert "device gathers: not measured: Cannot page-lock" in capsys.readouterr().out
+    assert "memmap: the same and to_device" in times
+    assert not any(label.startswith("device gathers") for label in times)

@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from helpers.datasets import Sample, SegmentationDataset, pair_files
+from helpers.datasets import ORIENTATION, Sample, SegmentationDataset, pair_files
 from helpers.masks import CLASSES, to_palette_image
 from helpers.paths import data_dir
 
@@ -273,7 +273,6 @@ def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
 def write_photo(root: Path, size=(768, 1024), orientation: int | None = None) -> tuple[Path, Path]:
     """A photo-sized JPEG (height, width): grey ground, a red disc, a blue square in the top left corner (so
     a mirror or a turn shows); its mask is 1 on the disc. ``orientation``: the EXIF tag, if any."""
-    from helpers.datasets import ORIENTATION
 
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -482,7 +481,7 @@ def test_in_memory_samples_are_copies_that_a_transform_may_write_to(root):
 
 def test_photos_whose_exif_turns_nothing_are_decoded_by_simplejpeg_too(tmp_path, monkeypatch):
     """Most phone photos carry EXIF: upright (orientation 1) or without the tag, they take the fast path."""
-    from helpers.datasets import ORIENTATION, decode_image
+    from helpers.datasets import decode_image
 
     calls = spy_on_simplejpeg(monkeypatch)
     for name, tags in (("upright", {ORIENTATION: 1}), ("no orientation", {})):
@@ -619,3 +618,31 @@ def test_an_orientation_in_xmp_alone_is_applied_as_pil_applies_it(tmp_path, suff
     assert upright.shape == (60, 40, 3)  # PIL turned it: 6 means stored a quarter turn off
     assert torch.equal(read_image(path).permute(1, 2, 0), torch.from_numpy(upright))
     assert read_header(path)[2:] == (6, "XMP")  # orientation, and where it is written
+
+
+def exif_block(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("save, written_in", [
+    ({}, None),  # no metadata: no orientation, written nowhere
+    ({"exif": exif_block(6)}, "EXIF"),
+    ({"xmp": XMP_TURNED.replace('"6"', '"8"').encode(), "exif": exif_block(6)}, "EXIF"),  # PIL reads EXIF
+    ({"raw profile": exif_block(6)}, "EXIF"),  # ImageMagick writes a PNG's EXIF as hex in a text chunk
+])
+def test_where_an_orientation_is_written_is_where_pil_reads_it_from(tmp_path, save, written_in):
+    from PIL import PngImagePlugin
+
+    from helpers.datasets import orientation_metadata
+
+    path, picture = tmp_path / "photo.png", Image.new("RGB", (6, 4))
+    if "raw profile" in save:
+        text, data = PngImagePlugin.PngInfo(), save.pop("raw profile").hex()
+        text.add_text("Raw profile type exif", f"\nexif\n{len(data) // 2:8d}\n{data}\n")
+        save["pnginfo"] = text
+    picture.save(path, **save)
+    with Image.open(path) as file:
+        assert file.getexif().get(ORIENTATION, 1) == (1 if written_in is None else 6)
+        assert orientation_metadata(file) == written_in

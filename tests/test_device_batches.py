@@ -72,6 +72,32 @@ def test_each_batch_takes_the_fast_path_unless_one_of_its_own_boxes_leaves_its_i
     assert sum(within for index, within in made) == 2
 
 
+def test_each_batch_is_sampled_pixel_for_pixel_unless_one_of_its_own_boxes_is_scaled(monkeypatch):
+    """Every box is 32 x 32 but sample 0's, which is 28 x 28 and scaled up: only its batch is sampled
+    bilinearly, and the batches made pixel for pixel equal the general path's."""
+    from helpers import device_batches
+
+    batches = DeviceBatches(InMemoryDataset(scenes()), CPU, size=32, batch_size=2)
+    real_draw, made, make = device_batches.draw, [], batches.make
+
+    def one_scaled(sizes: torch.Tensor, size: int, generator: torch.Generator, **options) -> Draws:
+        draws = real_draw(sizes, size, generator, **options)
+        first = int(torch.nonzero(sizes[:, 0].eq(40)))  # sample 0, the only scene 40 tall
+        draws.height[first] = draws.width[first] = 28.0
+        return draws
+
+    def spy(plan: torch.Tensor, exact: bool, within: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        made.append((plan[:, 0].tolist(), exact))
+        general, fast = make(plan, exact=False, within=False), make(plan, exact, within)
+        assert torch.equal(fast[0], general[0]) and torch.equal(fast[1], general[1])
+        return fast
+
+    monkeypatch.setattr(device_batches, "draw", one_scaled)
+    monkeypatch.setattr(batches, "make", spy)
+    assert len(list(batches.epoch(torch.Generator().manual_seed(0)))) == 3
+    assert [exact for index, exact in made] == [0 not in index for index, exact in made]
+
+
 def test_a_crop_larger_than_the_image_pads_with_zero_and_ignore():
     batches = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=64, batch_size=1)
     images, masks = next(batches.epoch(torch.Generator().manual_seed(0)))

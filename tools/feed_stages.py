@@ -28,7 +28,7 @@ import torch
 
 from helpers.bench import bench_data, gpu_decode_pipeline, machine
 from helpers.datasets import SegmentationDataset, pair_files
-from helpers.formats import MemmapDataset, PinnedMemmapBatches, write_memmap
+from helpers.formats import MemmapDataset, PageLockRefused, PinnedMemmapBatches, write_memmap
 from helpers.gpu_decode import decode_jpegs, write_masks
 from helpers.training import to_device
 
@@ -83,7 +83,7 @@ def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> di
     try:
         for _ in gathered:  # reads the map into RAM mapped for the device, once
             pass
-    except (MemoryError, RuntimeError) as error:  # too large to page-lock, or refused by the GPU
+    except (MemoryError, PageLockRefused) as error:  # too large to page-lock, or refused by the GPU
         print(f"device gathers: not measured: {error}", flush=True)
         return times
     per_batch(times, "device gathers: gather and flip", lambda: iter(gathered), device)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of "Feed the GPU", prepared to run on a machine with an NVIDIA GPU, from the repository
 # root. On an H200 an earlier version (06, the benchmark and the launch) took about 5.5 minutes. Each
-# step has a time limit, 10 minutes in all, and the steps run in the order of what is still unmeasured:
+# step has a time limit, 9.5 minutes in all, and the steps run in the order of what is still unmeasured:
 # a run cut short by a 10-minute limit on the whole loses the last ones (the benchmark's JSON keeps each
 # pipeline as it ends, and its ceilings come last). BENCH_ARGS replaces the benchmark's worker counts
 # and epochs ("--workers 0 4 12 --epochs 2" unless set). To run the steps in two calls:
@@ -54,17 +54,17 @@ print('python', platform.python_version(), '| torch', torch.__version__, '| torc
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 gpus=$(nvidia-smi --list-gpus | wc -l)
-step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py \
+step tests 45 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py \
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
 # shellcheck disable=SC2086
 step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 12 \
     --epochs 2} --json "$out/bench_cuda.json"
-step bench_stages 90 "$python" tools/feed_stages.py --device cuda \
+step bench_stages 80 "$python" tools/feed_stages.py --device cuda \
     --json "$out/bench_stages.json"  # where the benchmark's GPU time goes
 step 06_gpu_training 120 "$python" tools/notebook_script.py notebooks/06_gpu_training.ipynb \
     --figures "$out/06_figures.json"
 [[ $steps == *" ddp "* ]] && rm -rf /tmp/gpu_run_ddp  # no ranks' files from an earlier run
-step ddp_nccl 60 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
+step ddp_nccl 45 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
 cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
