@@ -10,7 +10,8 @@
 #     bash tools/gpu_run.sh "$OUT" tests bench        # then: bash tools/gpu_run.sh "$OUT" 06 ddp
 #
 # Where the machine cannot reach a package registry (the lent GPU machine: Python 3.12, torch 2.11),
-# first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there.
+# first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there, and
+# the benchmark reads the data set generated beside them.
 # Elsewhere install requirements-gpu.txt first. Every step runs even if one before it failed; the exit
 # status says whether all passed.
 # It writes into the folder OUT:
@@ -37,6 +38,8 @@ fi
     echo "missing packages: pip install -r requirements-gpu.txt, or carry .whl/ (tools/gpu_wheels.sh)"
     exit 1
 }
+data=()  # the benchmark's data set, where tools/gpu_wheels.sh generated it beforehand
+[[ -d .whl/bench_2000x256/masks ]] && data=(--data .whl/bench_2000x256)
 failed=()
 step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, go on if it fails
     local name=$1 seconds=$2; shift 2
@@ -58,8 +61,8 @@ step tests 45 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
 # shellcheck disable=SC2086
 step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 12 \
-    --epochs 2} --json "$out/bench_cuda.json"
-step bench_stages 80 "$python" tools/feed_stages.py --device cuda \
+    --epochs 2} ${data[@]+"${data[@]}"} --json "$out/bench_cuda.json"
+step bench_stages 80 "$python" tools/feed_stages.py --device cuda ${data[@]+"${data[@]}"} \
     --json "$out/bench_stages.json"  # where the benchmark's GPU time goes
 step 06_gpu_training 120 "$python" tools/notebook_script.py notebooks/06_gpu_training.ipynb \
     --figures "$out/06_figures.json"
