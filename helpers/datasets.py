@@ -213,9 +213,12 @@ def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
 
 
 def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
-    """The EXIF orientation of an opened image (1, upright, when it has none); damaged EXIF raises, naming
+    """The EXIF orientation of an opened image: 1, upright, when it has none, and for a TIFF, which Pillow
+    opens already upright (its size swapped, its pixels turned as they load). Damaged EXIF raises, naming
     the file."""
-    try:  # EXIF in JPEG, PNG and WebP, a TIFF's own tags, or XMP's tiff:Orientation, as PIL reads them
+    if file.format == "TIFF":
+        return 1
+    try:  # EXIF in JPEG, PNG and WebP, or XMP's tiff:Orientation, as PIL reads them
         return file.getexif().get(ORIENTATION, 1)
     except Exception as error:  # PIL's EXIF parser raises struct.error, TypeError, ... on damaged metadata
         raise ImageRefused(f"Cannot read image {path}: its EXIF metadata is damaged ({type(error).__name__}: "
@@ -224,17 +227,17 @@ def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
 
 def orientation_metadata(file: Image.Image) -> str | None:
     """Where an opened image's orientation is written: "EXIF", "XMP" when XMP alone holds it, or None when
-    neither does. PIL's ``getexif`` reads EXIF first, then XMP; torchcodec reads EXIF alone. Notebook 01
-    teaches the turn; ``helpers.doctor`` and ``helpers.gpu_decode`` name where it was written."""
-    if ORIENTATION not in file.getexif():  # this also reads a PNG's EXIF that follows its pixels
+    there is none to apply (``exif_orientation`` gives 1). PIL's ``getexif`` reads EXIF first, then XMP;
+    torchcodec reads EXIF alone. Notebook 01 teaches the turn; ``helpers.doctor`` and
+    ``helpers.gpu_decode`` name where it was written."""
+    if file.format == "TIFF" or ORIENTATION not in file.getexif():  # getexif also reads a PNG's late EXIF
         return None
     raw = file.info.get("exif")
     if raw is None and "Raw profile type exif" in file.info:  # ImageMagick's PNG text chunk, as PIL reads it
         raw = bytes.fromhex("".join(file.info["Raw profile type exif"].split("\n")[3:]))
     in_exif = Image.Exif()
     in_exif.load(raw or b"")  # the EXIF block alone, without PIL's XMP fallback
-    own_tags = getattr(file, "tag_v2", {})  # a TIFF's own tags are its EXIF
-    return "EXIF" if ORIENTATION in in_exif or ORIENTATION in own_tags else "XMP"
+    return "EXIF" if ORIENTATION in in_exif else "XMP"
 
 
 def _decode_jpeg(data: bytes, size: tuple[int, int], min_size: tuple[int, int] | None,

@@ -620,6 +620,24 @@ def test_an_orientation_in_xmp_alone_is_applied_as_pil_applies_it(tmp_path, suff
     assert read_header(path)[2:] == (6, "XMP")  # orientation, and where it is written
 
 
+def test_a_tiff_turned_by_exif_is_read_upright_once(tmp_path):
+    """Pillow opens a TIFF already upright (size swapped, pixels turned as they load): read_image must not
+    turn it a second time, and gives what ImageOps.exif_transpose gives."""
+    from PIL import ImageOps
+
+    from helpers.datasets import orientation_metadata, read_image
+
+    stored = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)  # 12 wide, 8 tall
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    Image.fromarray(stored).save(tmp_path / "turned.tif", exif=exif)
+    upright = np.array(ImageOps.exif_transpose(Image.open(tmp_path / "turned.tif")))
+    assert upright.shape == (12, 8, 3)  # turned: 8 wide, 12 tall
+    assert torch.equal(read_image(tmp_path / "turned.tif").permute(1, 2, 0), torch.from_numpy(upright))
+    with Image.open(tmp_path / "turned.tif") as file:
+        assert orientation_metadata(file) is None  # nothing left to apply
+
+
 def exif_block(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[ORIENTATION] = orientation
