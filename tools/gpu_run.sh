@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of "Feed the GPU", prepared to run on a machine with an NVIDIA GPU, from the repository
 # root. On an H200 an earlier version (06, the benchmark and the launch) took about 5.5 minutes. Each
-# step has a time limit, 9.5 minutes in all, and the steps run in the order of what is still unmeasured:
+# step has a time limit, 560 s in all, and the steps run in the order of what is still unmeasured:
 # a run cut short by a 10-minute limit on the whole loses the last ones (the benchmark's JSON keeps each
 # pipeline as it ends, and its ceilings come last). BENCH_ARGS replaces the benchmark's worker counts
 # and epochs ("--workers 0 4 12 --epochs 2" unless set). To run the steps in two calls:
@@ -18,7 +18,8 @@
 #   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
 #   bench_cuda.json, .log    python -m helpers.bench --formats --device cuda (gpu decode, pinned memmap)
-#   bench_stages.json, .log  tools/feed_stages.py: the memory map's and gpu decode's stages, timed alone
+#   bench_stages.json, .log  tools/feed_stages.py: the memory map's and gpu decode's stages, the first
+#                            alone, then with each next one
 #   06_gpu_training.log      notebook 06 run as a script on the GPU: its three ways to feed the device
 #   06_figures.json          the values 06 computed (timings, shares, fed, val_miou, ...), after each cell
 #   ddp_nccl.log, rank-*.json  helpers.ddp_train on nccl, one process per GPU, with --sync-bn
