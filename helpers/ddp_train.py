@@ -217,7 +217,8 @@ def run(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.set_device(device)
     backend = "nccl" if cuda else "gloo"
-    dist.init_process_group(backend)
+    # device_id binds the rank to its GPU: NCCL connects at once, and barrier() knows the device to use
+    dist.init_process_group(backend, device_id=device if cuda else None)
     try:
         check_everywhere(data_problem(args, where["world_size"]))
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)

@@ -8,6 +8,7 @@ import gc
 import numpy as np
 import pytest
 import torch
+from test_datasets import save_turned_by_exif
 
 from helpers.datasets import InMemoryDataset, SegmentationDataset, pair_files
 from helpers.device_batches import DeviceBatches, augment_batch
@@ -114,13 +115,11 @@ def test_a_photo_turned_by_exif_is_turned_upright_by_the_gpu_decoder_as_on_the_c
     pytest.importorskip("torchcodec")
     from PIL import Image
 
-    from helpers.datasets import ORIENTATION
     from helpers.gpu_decode import EncodedPairs, decode_jpegs
 
     image, mask = pair_files(SHAPES / "images", SHAPES / "masks")[0]
-    turned, exif = tmp_path / "turned.jpg", Image.Exif()
-    exif[ORIENTATION] = 6
-    Image.open(image).transpose(Image.Transpose.ROTATE_90).save(turned, exif=exif, quality=95)
+    turned = tmp_path / "turned.jpg"
+    save_turned_by_exif(image, turned)
     encoded, _ = EncodedPairs([(turned, mask)])[0]
     on_cpu, on_gpu = (decode_jpegs([encoded], device)[0] for device in (CPU, CUDA))
     assert on_gpu.shape == on_cpu.shape == (3, *Image.open(image).size[::-1])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_datasets import XMP_TURNED, save_turned_by_exif
 
 from helpers.datasets import SegmentationDataset, pair_files
 from helpers.gpu_decode import INSTALL, EncodedPairs, decode_jpegs, encoded_collate
@@ -47,15 +48,11 @@ def test_a_file_that_is_not_a_jpeg_is_named(tmp_path):
 
 def test_a_photo_turned_by_exif_decodes_upright_as_the_cpu_pipeline_reads_it(tmp_path):
     """torchcodec turns by EXIF orientation: stored sideways, the photo still matches its upright mask."""
-    from PIL import Image
-
-    from helpers.datasets import ORIENTATION, read_image
+    from helpers.datasets import read_image
 
     image, mask = first_pairs(1)[0]
     turned = tmp_path / "turned.jpg"
-    exif = Image.Exif()
-    exif[ORIENTATION] = 6  # turn a quarter clockwise to view: stored a quarter anticlockwise
-    Image.open(image).transpose(Image.Transpose.ROTATE_90).save(turned, exif=exif, quality=95)
+    save_turned_by_exif(image, turned)
     encoded, pair_mask = EncodedPairs([(turned, mask)])[0]
     decoded = decode_jpegs([encoded], torch.device("cpu"))[0]
     upright = read_image(turned)
@@ -70,10 +67,7 @@ def test_an_xmp_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_ref
 
     image, mask = first_pairs(1)[0]
     turned = tmp_path / "turned.jpg"
-    xmp = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax'
-           b'-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
-           b"</rdf:RDF></x:xmpmeta>")
-    Image.open(image).save(turned, xmp=xmp)
+    Image.open(image).save(turned, xmp=XMP_TURNED.encode())  # orientation 6, in XMP alone
     with pytest.raises(ValueError, match=r"turned.jpg is turned upright by its XMP .*6.*helpers.doctor"):
         EncodedPairs([(turned, mask)], mask_size=(32, 32))[0]
     wide = tmp_path / "wide.jpg"

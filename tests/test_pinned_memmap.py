@@ -2,7 +2,9 @@
 reused buffers or by the device from RAM mapped for it: the samples asked for, flipped with their masks,
 every sample once per epoch, reproducible, and the same batches either way."""
 
+import contextlib
 from collections import namedtuple
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -67,3 +69,32 @@ def test_gathering_on_the_device_refuses_a_map_larger_than_half_the_free_memory(
     with pytest.raises(MemoryError, match=r"map in .* is 2\.0 GiB, more than half of the 3\.0 GiB.*"
                                           r"gather_on_device=False"):
         formats.check_page_lockable(2 * 2**30, tmp_path)
+
+
+def test_a_gpu_that_refuses_to_page_lock_the_map_is_named_and_its_error_cleared(memmap, monkeypatch):
+    """Without a GPU, the refusal is simulated: cudaHostRegister returns CUDA error 801. The error must
+    be read (so reset) before the exception, or torch would report it at its next unrelated launch."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: SimpleNamespace(
+        cudaHostRegister=lambda pointer, nbytes, flags: calls.append(("register", flags)) or 801))
+    monkeypatch.setattr(formats, "_clear_cuda_error", lambda index: calls.append(("cleared", index)))
+    with pytest.raises(formats.PageLockRefused, match=r"page-lock the map in .*memmap.*801.*"
+                                                      r"gather_on_device=False"):
+        memmap[0]  # opens the map; host_mapped reads writable arrays, as PinnedMemmapBatches gives
+        formats.host_mapped(tuple(array.copy() for array in memmap.arrays), torch.device("cuda"),
+                            memmap.folder)
+    assert calls == [("register", 1 | 2), ("cleared", 0)]  # portable and mapped, then cleared
+
+
+def test_clearing_the_error_makes_one_launch_and_swallows_what_it_reports(monkeypatch):
+    launches = []
+
+    def launch(*size, device):
+        launches.append(device)
+        raise RuntimeError("CUDA error: part or all of the requested memory range is already mapped")
+
+    monkeypatch.setattr(torch, "zeros", launch)
+    formats._clear_cuda_error(1)  # reports nothing: the error was the refusal's, already named
+    assert launches == [torch.device("cuda", 1)]
