@@ -20,8 +20,11 @@ With ``--device cuda`` the memory map at 0 workers gathers into reused pinned bu
 GPU; *memmap, gpu gathers* reads the map once into RAM mapped for the GPU, which gathers each batch
 itself (the same at every worker count: it has none), held to the *link only* ceiling (uint8 batches at
 the measured speed to the GPU); and, when torchcodec is installed (requirements-gpu.txt), a *gpu decode*
-pipeline decodes the JPEGs on the GPU, measured against a third ceiling: *gpu decode only*. CPU runs
-are unchanged.
+pipeline decodes the JPEGs on the GPU, measured against a third ceiling: *gpu decode only*. Two variants
+follow it: *gpu decode, masks stored*, whose workers read the masks decoded once (``write_masks``)
+instead of decoding PNGs, and *gpu decode, read ahead*, the same with each batch received from the
+workers by a background thread while the main process decodes the last (``prefetch``). CPU runs are
+unchanged.
 Taught in 04_dataloader_batching, 05_large_datasets and 06_gpu_training.
 """
 
@@ -35,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -49,7 +52,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from helpers.batching import flip_batch, flip_collate
 from helpers.datasets import SegmentationDataset, decode_image, pair_files, read_mask
-from helpers.device import upload
+from helpers.device import prefetch, upload
 from helpers.env import usable_cores
 from helpers.formats import (
     HDF5Dataset,
@@ -70,6 +73,7 @@ from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 GPU_STORED = "gpu decode, masks stored"  # JPEGs decoded by the GPU, masks read decoded (write_masks)
+GPU_AHEAD = "gpu decode, read ahead"  # the same, each batch received by a thread while the last decodes
 GPU_GATHERS = "memmap, gpu gathers"  # the map in RAM mapped for the GPU, which gathers each batch itself
 PRE_DECODED = ("memmap", "hdf5", GPU_GATHERS)  # pipelines bounded by memory traffic; the others decode
 CPU = torch.device("cpu")
@@ -82,7 +86,7 @@ SHARDS = 48
 class Pipeline(NamedTuple):
     """How to load: a loader for a worker count, and what the main process does to each batch."""
 
-    loader: Callable[[int], DataLoader]
+    loader: Callable[[int], Iterable[Batch]]  # a DataLoader, or one read ahead by a thread
     finish: Callable[[Batch], Batch]
 
 
@@ -199,12 +203,27 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
     return chosen
 
 
+class ReadAhead:
+    """A loader whose batches a background thread receives from the workers (``prefetch``), a pass per
+    epoch, while the main process decodes the batch before."""
+
+    def __init__(self, loader: DataLoader, device: torch.device):
+        self.loader, self.device = loader, device
+
+    def __iter__(self):
+        return prefetch(self.loader, self.device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
 def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.device,
-                        masks: Path | None = None) -> Pipeline:
+                        masks: Path | None = None, ahead: bool = False) -> Pipeline:
     """JPEGs decoded by the GPU (nvJPEG through torchcodec; 06's way (c)): workers read the bytes and
     decode and resize the PNG masks, or read them decoded from ``masks`` (a folder ``write_masks`` wrote);
-    the main process decodes each batch of JPEGs on ``device``, resizes and flips it there. Runs on the
-    CPU too (torchcodec's CPU decoder), which the tests use."""
+    the main process decodes each batch of JPEGs on ``device``, resizes and flips it there. ``ahead``: a
+    background thread receives each batch from the workers (``ReadAhead``), so that the main process
+    only decodes. Runs on the CPU too (torchcodec's CPU decoder), which the tests use."""
     pairs = pair_files(Path(root) / "images", Path(root) / "masks")
     dataset = EncodedPairs(pairs, mask_size=None if masks else (size, size), masks=masks)
 
@@ -218,8 +237,12 @@ def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.de
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         return to_device(images, torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks), device)
 
-    return Pipeline(lambda w: _loader(dataset, w, device, batch_size=batch_size, shuffle=True, drop_last=True,
-                                      collate_fn=encoded_collate), finish)
+    def loader(workers: int) -> DataLoader | ReadAhead:
+        batches = _loader(dataset, workers, device, batch_size=batch_size, shuffle=True, drop_last=True,
+                          collate_fn=encoded_collate)
+        return ReadAhead(batches, device) if ahead else batches
+
+    return Pipeline(loader, finish)
 
 
 def gpu_decode_ceiling(root: Path, device: torch.device, batch_size: int = 32, rounds: int = 3) -> float:
@@ -470,10 +493,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
             print(f"wrote  masks: {time.perf_counter() - start:5.1f} s, "
                   f"{disk_megabytes(work / 'masks'):6.1f} MB on disk")
             chosen[GPU_STORED] = gpu_decode_pipeline(root, args.size, args.batch_size, device, work / "masks")
+            chosen[GPU_AHEAD] = gpu_decode_pipeline(root, args.size, args.batch_size, device, work / "masks",
+                                                    ahead=True)
         elif device.type == "cuda":
             print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
         results = {}
-        first = ("gpu decode", GPU_STORED, "recommended")
+        first = ("gpu decode", GPU_STORED, GPU_AHEAD, "recommended")
         for name in sorted(chosen, key=lambda name: (name not in first, name == GPU_GATHERS)):
             # the pipelines compared on a GPU first, the newest last, and each printed as it ends: a run
             # cut short keeps them

@@ -14,9 +14,10 @@ DEVICES = [CPU, pytest.param(torch.device("cuda"), id="cuda",
                              marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
-@pytest.mark.parametrize("stored", [False, True], ids=["png masks", "stored masks"])
+@pytest.mark.parametrize("stored, ahead", [(False, False), (True, False), (True, True)],
+                         ids=["png masks", "stored masks", "read ahead"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_path, device, stored):
+def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_path, device, stored, ahead):
     from helpers.datasets import pair_files
     from helpers.gpu_decode import write_masks
 
@@ -24,7 +25,8 @@ def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_p
     if stored:
         write_masks(pair_files(root / "images", root / "masks"), tmp_path / "masks", (32, 32))
     masks = tmp_path / "masks" if stored else None
-    pipeline = gpu_decode_pipeline(root, 32, batch_size=4, device=device, masks=masks)
+    pipeline = gpu_decode_pipeline(root, 32, batch_size=4, device=device, masks=masks, ahead=ahead)
+    assert len(pipeline.loader(0)) == 2  # two batches of four, read ahead or not
     for batch in pipeline.loader(0):
         images, masks = pipeline.finish(batch)
         assert images.shape == (4, 3, 32, 32) and images.dtype == torch.float32
@@ -66,7 +68,7 @@ def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkey
                   "device gathers: gather and flip", "device gathers: the same and to_device",
                   "gpu decode: loader alone, 0 workers", "gpu decode: loader and decode_jpegs, 0 workers",
                   "gpu decode: whole pipeline, 0 workers", "masks stored: loader alone, 0 workers",
-                  "masks stored: whole pipeline, 0 workers"):
+                  "masks stored: whole pipeline, 0 workers", "read ahead: whole pipeline, 0 workers"):
         assert f"{stage}: " in printed and " ms per batch of 32 " in printed, stage
         label = next(label for label in recorded["ms_per_batch"] if label.endswith(stage))
         assert f"{label}: {recorded['ms_per_batch'][label]:7.3f} ms" in printed  # the figure printed

@@ -124,3 +124,28 @@ def test_a_photo_turned_by_exif_is_turned_upright_by_the_gpu_decoder_as_on_the_c
     on_cpu, on_gpu = (decode_jpegs([encoded], device)[0] for device in (CPU, CUDA))
     assert on_gpu.shape == on_cpu.shape == (3, *Image.open(image).size[::-1])
     assert (on_gpu.cpu().float() - on_cpu.float()).abs().mean() < 2  # nvJPEG, not libjpeg
+
+
+@pytest.mark.parametrize("lagging", ["thread", "main"])
+def test_batches_made_ahead_by_a_thread_reach_the_main_stream_whole_and_are_not_overwritten(lagging):
+    """The thread's stream lagging: the main stream must wait for each batch on the GPU. The main stream
+    lagging: a batch's memory, freed in the loop while the main stream still reads it, must not be
+    handed to the thread's next batch (the fill of a later batch would show in the copy)."""
+    from helpers.device import prefetch
+
+    cycles = 20_000_000  # about 10 ms of GPU time per batch
+
+    def made():  # runs in the thread, on its stream
+        for number in range(8):
+            if lagging == "thread":
+                torch.cuda._sleep(cycles)
+            yield (torch.full((1 << 20,), number, dtype=torch.int32, device=CUDA),)
+
+    copies = []
+    for (batch,) in prefetch(made(), CUDA, depth=1):
+        if lagging == "main":
+            torch.cuda._sleep(cycles)
+        copies.append(batch.clone())  # queued on the main stream
+        del batch
+    for number, copy in enumerate(copies):
+        assert torch.equal(copy, torch.full_like(copy, number)), number

@@ -1,6 +1,12 @@
+import threading
+import time
+
+import pytest
 import torch
 
-from helpers.device import pick_device
+from helpers.device import pick_device, prefetch
+
+CPU = torch.device("cpu")
 
 
 def test_prefers_cuda_then_mps_then_cpu(monkeypatch):
@@ -33,3 +39,41 @@ def test_amp_dtype_prefers_bfloat16_and_falls_back_to_float16(monkeypatch):
     assert amp_dtype(torch.device("cuda")) == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     assert amp_dtype(torch.device("cuda")) == torch.bfloat16
+
+
+def numbered(count: int, made: list[int] | None = None, error_at: int | None = None):
+    """Batches (tensor of i,) for i in range(count), noting each as it is made; an error at ``error_at``."""
+    for number in range(count):
+        if number == error_at:
+            raise ValueError(f"Cannot read image {number:04}.jpg: the file is damaged")
+        if made is not None:
+            made.append(number)
+        yield (torch.full((2,), number),)
+
+
+def prefetch_threads() -> int:
+    return sum(thread.name == "prefetch" for thread in threading.enumerate())
+
+
+def test_prefetched_batches_are_the_batches_in_their_order():
+    assert [int(batch[0][0]) for batch in prefetch(numbered(20), CPU)] == list(range(20))
+    assert prefetch_threads() == 0  # the thread ends with the batches
+
+
+def test_an_error_in_the_thread_is_raised_where_the_batches_are_used_naming_the_file():
+    seen = []
+    with pytest.raises(ValueError, match="Cannot read image 0005.jpg: the file is damaged"):
+        for (batch,) in prefetch(numbered(20, error_at=5), CPU):
+            seen.append(int(batch[0]))
+    assert seen == [0, 1, 2, 3, 4]  # every batch before it, none skipped
+    assert prefetch_threads() == 0
+
+
+def test_the_thread_makes_at_most_depth_batches_ahead_and_stops_with_the_loop():
+    made = []
+    batches = prefetch(numbered(100, made), CPU, depth=2)
+    next(batches)
+    time.sleep(0.2)  # time enough to run far ahead, if nothing held it back
+    assert len(made) <= 1 + 2 + 1  # the one in use, two queued, and one waiting to be queued
+    batches.close()  # a loop that stops early (break) closes it the same way
+    assert prefetch_threads() == 0 and len(made) <= 4

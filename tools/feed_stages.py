@@ -8,10 +8,12 @@ then with ``to_device``'s conversion; then the same two with each batch gathered
 map read into RAM mapped for it (``gather_on_device=True``). For the GPU-decoding pipeline
 (``helpers.bench``'s *gpu decode*): the loader alone (workers reading the JPEG bytes and decoding the
 masks, or, for *masks stored*, reading them decoded by ``write_masks``), then with ``decode_jpegs``,
-then the whole pipeline, at each worker count. A stage that is fast alone and slow in company is waiting
-for the stage beside it. Milliseconds per batch of 32, the best of three epochs. Runs on the CPU too
-(``--device cpu``), where nothing is pinned. ``--json PATH`` writes every stage's milliseconds, with the
-machine and the command; tools/gpu_run.sh runs it on a GPU (bench_stages.log and .json).
+then the whole pipeline, at each worker count; and the whole of *read ahead* (masks stored, each batch
+received by a background thread while the main process decodes the last). A stage that is fast alone
+and slow in company is waiting for the stage beside it. Milliseconds per batch of 32, the best of three
+epochs. Runs on the CPU too (``--device cpu``), where nothing is pinned. ``--json PATH`` writes every
+stage's milliseconds, with the machine and the command; tools/gpu_run.sh runs it on a GPU
+(bench_stages.log and .json).
 """
 
 import argparse
@@ -95,12 +97,14 @@ def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> di
 def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list[int],
                       work: Path) -> dict[str, float]:
     """The GPU-decoding pipeline's stages at each worker count, with the masks decoded by the workers and
-    with the masks stored decoded (``write_masks``): milliseconds per batch, by stage."""
+    with the masks stored decoded (``write_masks``), and the latter read ahead by a thread (the whole
+    pipeline only): milliseconds per batch, by stage."""
     times = {}
     pairs = pair_files(root / "images", root / "masks")
     write_masks(pairs, work / "masks", (size, size))
     pipelines = {"gpu decode": gpu_decode_pipeline(root, size, BATCH, device),
-                 "masks stored": gpu_decode_pipeline(root, size, BATCH, device, work / "masks")}
+                 "masks stored": gpu_decode_pipeline(root, size, BATCH, device, work / "masks"),
+                 "read ahead": gpu_decode_pipeline(root, size, BATCH, device, work / "masks", ahead=True)}
     threads = torch.get_num_threads()
     for count in workers:
         torch.set_num_threads(max(1, threads - count))  # as helpers.bench leaves the main process
@@ -114,6 +118,8 @@ def gpu_decode_stages(root: Path, size: int, device: torch.device, workers: list
                       "whole pipeline": lambda loader=loader, pipeline=pipeline: (pipeline.finish(batch)
                                                                                   for batch in loader)}
             for name, batches in stages.items():
+                if label == "read ahead" and name != "whole pipeline":  # its stages are masks stored's
+                    continue
                 per_batch(times, f"{label}: {name}, {count} workers", batches, device)
     torch.set_num_threads(threads)
     return times
