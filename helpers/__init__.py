@@ -4,7 +4,8 @@ Small, typed functions that more than one notebook (or a DataLoader worker) need
 Import the module you need, e.g. ``from helpers.paths import data_dir``:
 
 - ``helpers.paths``: where the repository and its ``data/`` folder are.
-- ``helpers.device``: pick CUDA, then MPS, then CPU.
+- ``helpers.device``: pick CUDA, then MPS, then CPU; copy without waiting (``upload``); make batches
+  ahead in a background thread (``prefetch``).
 - ``helpers.seeding``: seed Python, NumPy and torch in one call.
 - ``helpers.env``: a short report of versions, device, cores and start method.
 - ``helpers.viz``: show PIL images and tensors in a grid; masks overlaid on images.
@@ -24,6 +25,12 @@ Import the module you need, e.g. ``from helpers.paths import data_dir``:
 - ``helpers.formats``: memory-mapped arrays, HDF5 and tar shards, written and read.
 - ``helpers.memory``: memory of this process and of DataLoader workers.
 - ``helpers.bench``: the benchmark command (``python -m helpers.bench``) and the naive pipeline it beats.
+- ``helpers.device_batches``: decoded samples kept on the device, cropped, flipped and turned there a
+  batch at a time (``DeviceBatches``, ``augment_batch``).
+- ``helpers.gpu_decode``: JPEGs decoded by the GPU a batch at a time (torchcodec, an optional install).
+- ``helpers.progress``: progress bars for notebooks and terminals.
+- ``helpers.results``: figures from other machines, printed from ``results/``.
+- ``helpers.ddp_train``: data-parallel training, one process per device (``torchrun -m helpers.ddp_train``).
 """
 
 __version__ = "0.1.0"

@@ -47,17 +47,22 @@ def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+_END = object()  # what prefetch's thread queues after the last batch
+
+
 def prefetch(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device,
              depth: int = 2) -> Iterator[tuple[torch.Tensor, ...]]:
-    """The batches of ``batches``, made by a background thread up to ``depth`` ahead of the one in use
-    (06_gpu_training, way (c)): while the model trains on one, the thread makes the next.
+    """The batches (tuples of tensors) of ``batches``, made by a background thread while the one before
+    is in use (06_gpu_training, way (c)): up to ``depth`` wait, made, and the thread makes one more.
 
     A thread, not a DataLoader worker, because it can use the GPU (CUDA cannot start in a forked worker),
     and because torch's operations, torchcodec's decoder among them, release Python's lock (the GIL)
-    while they run. On CUDA the thread queues its work on a stream of its own, so that waiting for its
-    own work (as the JPEG decoder does) never waits for the training queued on the main stream; each
-    batch's tensors are then handed to the main stream, which waits for them on the GPU, not here.
-    The batches come in their order; an error in the thread is raised here, as it was raised there.
+    while their C++ code runs (the Python between them takes turns with the main thread). On CUDA the
+    thread queues its work on a stream of its own, so that waiting for its own work (as the JPEG decoder
+    does) does not wait for the training queued on the main stream; each batch's tensors are then handed
+    to the main stream, which waits for them on the GPU, not here. The batches come in their order, and
+    an error in the thread is raised here, as it was raised there. Stopping early (``break``) waits for
+    the batch the thread is making.
     """
     side = torch.cuda.Stream(device) if device.type == "cuda" else None
     made: queue.Queue = queue.Queue(maxsize=depth)
@@ -80,27 +85,35 @@ def prefetch(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device,
                     ready = side.record_event() if side is not None else None
                     if not hand_over((batch, ready)):
                         return
-        except BaseException as error:  # noqa: BLE001 -- raised again in the main thread
+                    batch = ready = None  # the batch is the main thread's now
+        except BaseException as error:  # raised again in the main thread, where the batches are used
             hand_over((error, None))
             return
-        hand_over((None, None))  # the end
+        hand_over((_END, None))
 
     thread = threading.Thread(target=make, name="prefetch", daemon=True)
     thread.start()
     try:
         while True:
             batch, ready = made.get()
-            if batch is None:
+            if batch is _END:
                 return
             if isinstance(batch, BaseException):
                 raise batch
-            if ready is not None:  # the main stream waits on the GPU for the thread's work on this batch
-                stream = torch.cuda.current_stream(device)
-                stream.wait_event(ready)
-                for tensor in batch:  # and their memory is not reused before the main stream is done
-                    if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
-                        tensor.record_stream(stream)
+            if ready is not None:
+                _to_stream(batch, ready, torch.cuda.current_stream(device))
             yield batch
+            batch = ready = None  # let go of before the wait for the next: a loop's `del` frees it
     finally:
         stop.set()
-        thread.join()
+        if thread is not threading.current_thread():
+            thread.join()
+
+
+def _to_stream(batch: tuple[torch.Tensor, ...], ready: torch.cuda.Event, stream: torch.cuda.Stream) -> None:
+    """Make ``stream`` wait on the GPU for the work that made ``batch`` (recorded in ``ready``), and keep
+    the batch's memory from reuse until the work ``stream`` then queues on it is done."""
+    stream.wait_event(ready)
+    for tensor in batch:
+        if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
+            tensor.record_stream(stream)

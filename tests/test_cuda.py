@@ -130,7 +130,8 @@ def test_a_photo_turned_by_exif_is_turned_upright_by_the_gpu_decoder_as_on_the_c
 def test_batches_made_ahead_by_a_thread_reach_the_main_stream_whole_and_are_not_overwritten(lagging):
     """The thread's stream lagging: the main stream must wait for each batch on the GPU. The main stream
     lagging: a batch's memory, freed in the loop while the main stream still reads it, must not be
-    handed to the thread's next batch (the fill of a later batch would show in the copy)."""
+    handed to the thread's next batch (the fill of a later batch would show in the copy). Neither waits
+    on the CPU: a hidden wait for the GPU raises in sync-debug mode "error"."""
     from helpers.device import prefetch
 
     cycles = 20_000_000  # about 10 ms of GPU time per batch
@@ -139,13 +140,17 @@ def test_batches_made_ahead_by_a_thread_reach_the_main_stream_whole_and_are_not_
         for number in range(8):
             if lagging == "thread":
                 torch.cuda._sleep(cycles)
-            yield (torch.full((1 << 20,), number, dtype=torch.int32, device=CUDA),)
+            yield (torch.full((1 << 20,), number + 1, dtype=torch.int32, device=CUDA),)  # 0: unwritten
 
     copies = []
-    for (batch,) in prefetch(made(), CUDA, depth=1):
-        if lagging == "main":
-            torch.cuda._sleep(cycles)
-        copies.append(batch.clone())  # queued on the main stream
-        del batch
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for (batch,) in prefetch(made(), CUDA, depth=1):
+            if lagging == "main":
+                torch.cuda._sleep(cycles)
+            copies.append(batch.clone())  # queued on the main stream
+            del batch  # freed here, while the main stream may still be reading it
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     for number, copy in enumerate(copies):
-        assert torch.equal(copy, torch.full_like(copy, number)), number
+        assert torch.equal(copy, torch.full_like(copy, number + 1)), number
