@@ -245,6 +245,19 @@ def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.de
     return Pipeline(loader, finish)
 
 
+def gpu_decode_pipelines(root: Path, size: int, batch_size: int, device: torch.device,
+                         work: Path) -> dict[str, Pipeline]:
+    """*gpu decode*, *gpu decode, masks stored* and *gpu decode, read ahead*, the masks stored decoded in
+    ``work`` (``write_masks``) first: what ``--device cuda`` adds when torchcodec is installed."""
+    start = time.perf_counter()  # the masks decoded once, for the workers to read, not decode
+    write_masks(pair_files(root / "images", root / "masks"), work / "masks", (size, size))
+    print(f"wrote  masks: {time.perf_counter() - start:5.1f} s, "
+          f"{disk_megabytes(work / 'masks'):6.1f} MB on disk")
+    return {"gpu decode": gpu_decode_pipeline(root, size, batch_size, device),
+            GPU_STORED: gpu_decode_pipeline(root, size, batch_size, device, work / "masks"),
+            GPU_AHEAD: gpu_decode_pipeline(root, size, batch_size, device, work / "masks", ahead=True)}
+
+
 def gpu_decode_ceiling(root: Path, device: torch.device, batch_size: int = 32, rounds: int = 3) -> float:
     """JPEGs per second that ``decode_jpegs`` reaches on ``device`` in batches, the bytes already in memory
     and nothing else done: no GPU-decoding pipeline beats it (the masks are decoded by the CPU)."""
@@ -487,14 +500,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
         if args.formats:
             chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
         if device.type == "cuda" and importlib.util.find_spec("torchcodec"):
-            chosen["gpu decode"] = gpu_decode_pipeline(root, args.size, args.batch_size, device)
-            start = time.perf_counter()  # the masks decoded once, for the workers to read, not decode
-            write_masks(pair_files(root / "images", root / "masks"), work / "masks", (args.size,) * 2)
-            print(f"wrote  masks: {time.perf_counter() - start:5.1f} s, "
-                  f"{disk_megabytes(work / 'masks'):6.1f} MB on disk")
-            chosen[GPU_STORED] = gpu_decode_pipeline(root, args.size, args.batch_size, device, work / "masks")
-            chosen[GPU_AHEAD] = gpu_decode_pipeline(root, args.size, args.batch_size, device, work / "masks",
-                                                    ahead=True)
+            chosen |= gpu_decode_pipelines(root, args.size, args.batch_size, device, work)
         elif device.type == "cuda":
             print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
         results = {}

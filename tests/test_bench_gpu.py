@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from helpers.bench import bench_data, gpu_decode_ceiling, gpu_decode_pipeline, shares
+from helpers.bench import bench_data, gpu_decode_ceiling, gpu_decode_pipeline, gpu_decode_pipelines, shares
 
 pytest.importorskip("torchcodec", reason="torchcodec is installed by requirements-teacher.txt")
 CPU = torch.device("cpu")
@@ -39,6 +39,16 @@ def test_gpu_decode_pipeline_delivers_normalised_images_with_aligned_masks(tmp_p
     mirrored = [i for i in range(4) if not torch.equal(first[1][i], second[1][i])]
     assert mirrored and all(torch.equal(first[0][i].flip(-1), second[0][i]) for i in mirrored)
     assert all(torch.equal(first[0][i], second[0][i]) for i in range(4) if i not in mirrored)
+
+
+def test_the_benchmark_adds_three_gpu_decode_pipelines_and_each_delivers_the_same_kind_of_batch(tmp_path):
+    root = bench_data(8, 48, tmp_path / "data")
+    chosen = gpu_decode_pipelines(root, 32, 4, CPU, tmp_path / "work")
+    assert list(chosen) == ["gpu decode", "gpu decode, masks stored", "gpu decode, read ahead"]
+    assert (tmp_path / "work" / "masks" / "masks.npy").is_file()  # stored for the last two
+    for name, pipeline in chosen.items():
+        images, masks = pipeline.finish(next(iter(pipeline.loader(0))))
+        assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 32, 32), name
 
 
 @pytest.mark.parametrize("device", DEVICES)
