@@ -53,16 +53,17 @@ _END = object()  # what prefetch's thread queues after the last batch
 def prefetch(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device,
              depth: int = 2) -> Iterator[tuple[torch.Tensor, ...]]:
     """The batches (tuples of tensors) of ``batches``, made by a background thread while the one before
-    is in use (06_gpu_training, way (c)): up to ``depth`` wait, made, and the thread makes one more.
+    is in use (06_gpu_training, way (c)): up to ``depth`` made ones wait in a queue, and the thread works
+    on the next.
 
-    A thread, not a DataLoader worker, because it can use the GPU (CUDA cannot start in a forked worker),
-    and because torch's operations, torchcodec's decoder among them, release Python's lock (the GIL)
-    while their C++ code runs (the Python between them takes turns with the main thread). On CUDA the
-    thread queues its work on a stream of its own, so that waiting for its own work (as the JPEG decoder
-    does) does not wait for the training queued on the main stream; each batch's tensors are then handed
-    to the main stream, which waits for them on the GPU, not here. The batches come in their order, and
-    an error in the thread is raised here, as it was raised there. Stopping early (``break``) waits for
-    the batch the thread is making.
+    A thread, not a DataLoader worker, because it can use the GPU (a forked worker cannot, once the main
+    process has), and because torch's operations, torchcodec's decoder among them, release Python's lock
+    (the GIL) while their C++ code runs (the Python between them takes turns with the main thread). On CUDA
+    the thread queues its work on a stream of its own, so that waiting for its own work (as the JPEG decoder
+    does) does not wait for the training queued on the main stream; each batch's tensors are then handed to
+    the main stream, which waits for them on the GPU, not here. The batches come in their order, and an
+    error in the thread is raised here, as it was raised there. Stopping early (``break``) waits for the
+    batch the thread is making.
     """
     side = torch.cuda.Stream(device) if device.type == "cuda" else None
     made: queue.Queue = queue.Queue(maxsize=depth)
