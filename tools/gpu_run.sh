@@ -58,7 +58,7 @@ print('python', platform.python_version(), '| torch', torch.__version__, '| torc
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 gpus=$(nvidia-smi --list-gpus | wc -l)
-step tests 45 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py \
+step tests 45 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py tests/test_device.py \
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
 # shellcheck disable=SC2086
 step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 12 \
