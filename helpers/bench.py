@@ -10,7 +10,7 @@ normalised images and int64 ``[B, size, size]`` masks, with one random horizonta
 applied to image and mask alike. ``--formats`` adds the pre-decoded formats of notebook 05
 (memory-mapped arrays, HDF5) and tar shards, with their disk size and time to write.
 
-The same run measures two ceilings on all cores, and gives each pipeline's share of its own: *decode
+The same run first measures two ceilings on all cores, and gives each pipeline's share of its own: *decode
 only* (the JPEG images and PNG masks decoded by the pipeline's decoder, nothing else: no pipeline that
 reads these files can beat it) and *memory only* (the bytes a pre-decoded pipeline must move per image,
 read as uint8 and written as float32 image and int64 mask, at the measured memory-copy speed: no
@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     work = Path(tempfile.mkdtemp(prefix="pixels_to_batches_formats_"))
 
     def save(results: dict[str, dict[int, float]], limits: dict[str, float]) -> None:
-        """--json: every figure so far (a run cut short keeps its pipelines; ceilings come last)."""
+        """--json: every figure so far (a run cut short keeps the ceilings and the pipelines that ended)."""
         if not args.json:
             return
         command = " ".join(["python -m helpers.bench", *(sys.argv[1:] if argv is None else argv)])
@@ -496,6 +496,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
         partial.replace(args.json)
 
     try:
+        limits = ceilings(root, args.size, usable_cores(), device)  # first: a run cut short keeps them
         chosen = pipelines(root, args.size, args.batch_size, device)
         if args.formats:
             chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
@@ -503,6 +504,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
             chosen |= gpu_decode_pipelines(root, args.size, args.batch_size, device, work)
         elif device.type == "cuda":
             print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
+        if "gpu decode" in chosen:
+            limits["gpu decode only"] = gpu_decode_ceiling(root, device, args.batch_size)
         results = {}
         first = ("gpu decode", GPU_STORED, GPU_AHEAD, "recommended")
         for name in sorted(chosen, key=lambda name: (name not in first, name == GPU_GATHERS)):
@@ -519,13 +522,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
                 continue
             print(f"{name}: " + ", ".join(f"{speed:,.0f} with {w}" for w, speed in results[name].items())
                   + " workers (images/s)", flush=True)
-            save(results, {})
+            save(results, limits)
         results = {name: results[name] for name in chosen if name in results}  # the table's order
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    limits = ceilings(root, args.size, usable_cores(), device)
-    if "gpu decode" in results:
-        limits["gpu decode only"] = gpu_decode_ceiling(root, device, args.batch_size)
     print_table(results, limits, args.workers)
     save(results, limits)
     if args.plot:

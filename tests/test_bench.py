@@ -40,24 +40,24 @@ def test_a_map_the_gpu_cannot_gather_is_reported_and_the_benchmark_goes_on(tmp_p
                                                                           refusal):
     """``memmap, gpu gathers`` needs the map page-locked in RAM; where it does not fit, or the GPU refuses
     it, the run says so, measures the rest, and holds that pipeline to the link's ceiling where it runs.
-    --json keeps each pipeline as it ends, so a run cut short before the ceilings keeps its figures."""
+    The ceilings come first and --json keeps each pipeline as it ends, with its share: a run cut short
+    keeps every figure it measured."""
     def refused(workers):
-        raise refusal
-
-    def ceilings(*args) -> dict[str, float]:
         kept = json.loads((tmp_path / "b.json").read_text())  # what a run stopped here would keep
-        assert set(kept["pipelines"]) == {"naive", "recommended"} and kept["ceilings"] == {}
-        return {"decode only": 1.0, "memory only": 1.0, "copy GB/s": 1.0}
+        assert set(kept["pipelines"]) == set(kept["shares"]) == {"naive", "recommended"}
+        assert kept["ceilings"]["decode only"] == 1.0
+        raise refusal
 
     real, gathers = bench.pipelines, {bench.GPU_GATHERS: bench.Pipeline(refused, None)}
     monkeypatch.setattr(bench, "pipelines", lambda *args: real(*args) | gathers)
-    monkeypatch.setattr(bench, "ceilings", ceilings)
+    monkeypatch.setattr(bench, "ceilings", lambda *args: {"decode only": 1.0, "memory only": 1.0,
+                                                          "copy GB/s": 1.0})
     results = bench.main(["--count", "8", "--side", "48", "--size", "32", "--batch-size", "4",
                           "--workers", "0", "--epochs", "1", "--data", str(tmp_path / "data"),
                           "--json", str(tmp_path / "b.json")])
     assert set(results) == {"naive", "recommended"}
     assert f"memmap, gpu gathers: not measured: {refusal}" in capsys.readouterr().out
-    assert json.loads((tmp_path / "b.json").read_text())["ceilings"]["decode only"] == 1.0
+    assert set(json.loads((tmp_path / "b.json").read_text())["shares"]) == {"naive", "recommended"}
     limits = {"decode only": 1.0, "memory only": 4.0, "link only": 2.0}
     assert bench.shares({bench.GPU_GATHERS: {0: 1.0}, "memmap": {0: 1.0}}, limits) == {
         bench.GPU_GATHERS: 0.5, "memmap": 0.25}
