@@ -41,10 +41,16 @@ class RandomCutout(v2.Transform):
         return {"box": (slice(top, top + self.size), slice(left, left + self.size))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if params["box"] is None or not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+        if isinstance(inpt, tv_tensors.Mask):
+            fill = self.ignore_index
+        elif isinstance(inpt, tv_tensors.Image) or type(inpt) is torch.Tensor:  # v2 passes a plain
+            fill = 0  # tensor here only as the image: when the call holds no Image, the first one
+        else:
+            return inpt  # bounding boxes, key points, PIL images: no rule for them
+        if params["box"] is None:
             return inpt
         out = inpt.clone()
-        out[(..., *params["box"])] = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
+        out[(..., *params["box"])] = fill
         return out
 
 
