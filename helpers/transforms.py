@@ -41,10 +41,11 @@ class RandomCutout(v2.Transform):
         return {"box": (slice(top, top + self.size), slice(left, left + self.size))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        # v2 hands over a plain tensor only as the image: the first one, in a call that holds no Image
         if isinstance(inpt, tv_tensors.Mask):
             fill = self.ignore_index
-        elif isinstance(inpt, tv_tensors.Image) or type(inpt) is torch.Tensor:  # v2 passes a plain
-            fill = 0  # tensor here only as the image: when the call holds no Image, the first one
+        elif isinstance(inpt, tv_tensors.Image) or type(inpt) is torch.Tensor:
+            fill = 0
         else:
             return inpt  # bounding boxes, key points, PIL images: no rule for them
         if params["box"] is None:

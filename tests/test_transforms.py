@@ -105,11 +105,9 @@ def test_cutout_blanks_the_image_and_marks_ignore_in_the_same_square():
     unchanged = RandomCutout(size=16, p=0.0)(image, mask)
     assert torch.equal(unchanged[0], image) and torch.equal(unchanged[1], mask)
     assert RandomCutout(p=1.0)(image, mask, "a label")[2] == "a label"  # other inputs pass through
-    plain = torch.full((3, 20, 24), 9, dtype=torch.uint8)  # alone, as from a loader: v2's image
+    plain = torch.full((3, 20, 24), 9, dtype=torch.uint8)  # a plain tensor alone: v2 treats it as the image
     cut = RandomCutout(size=16, p=1.0)(plain)
     assert type(cut) is torch.Tensor and (cut == 0).all(0).sum() == 16 * 16 and (cut != 9).sum() == 3 * 256
-    beside = RandomCutout(size=16, p=1.0)(image, plain)[1]  # beside an Image: passed through, as in v2
-    assert beside is plain
 
 
 def test_denormalize_undoes_normalize():
