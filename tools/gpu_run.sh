@@ -3,8 +3,8 @@
 # root. On an H200 an earlier version (06, the benchmark and the launch) took about 5.5 minutes. Each
 # step has a time limit, 560 s in all, and the steps run in the order of what is still unmeasured:
 # a run cut short by a 10-minute limit on the whole loses the last ones (the benchmark measures its
-# ceilings first, and its JSON keeps each pipeline as it ends). BENCH_ARGS replaces the benchmark's worker counts
-# and epochs ("--workers 0 4 12 --epochs 2" unless set). To run the steps in two calls:
+# ceilings first, and its JSON keeps each pipeline as it ends). BENCH_ARGS replaces the benchmark's
+# worker counts and epochs ("--workers 0 4 12 --epochs 2" unless set). To run the steps in two calls:
 #
 #     bash tools/gpu_run.sh OUT [STEP ...]           # steps: tests bench 06 ddp (default: all, in order)
 #     bash tools/gpu_run.sh "$OUT" tests bench        # then: bash tools/gpu_run.sh "$OUT" 06 ddp
