@@ -4,6 +4,7 @@ pipeline, masks decoded by the workers, a clear error for what it cannot read, t
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_datasets import XMP_TURNED, save_turned_by_exif
@@ -42,7 +43,8 @@ def test_a_file_that_is_not_a_jpeg_is_named(tmp_path):
     image, mask = first_pairs(1)[0]
     fake = tmp_path / "0000.jpg"
     fake.write_bytes(mask.read_bytes())  # a PNG under a JPEG name
-    with pytest.raises(ValueError, match="0000.jpg is not a JPEG file"):
+    with pytest.raises(ValueError, match="0000.jpg is not a JPEG file.*convert it to JPEG, "
+                                         "or load it with SegmentationDataset"):
         EncodedPairs([(fake, mask)])[0]
 
 
@@ -60,6 +62,53 @@ def test_a_photo_turned_by_exif_decodes_upright_as_the_cpu_pipeline_reads_it(tmp
     assert (decoded.int() - upright.int()).abs().max() <= 1
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_decodes_upright_at_its_mask_size_as_the_cpu_pipeline_reads_it(
+        tmp_path, orientation):
+    """Orientations 5 to 8 turn a quarter (with or without a mirror): the upright photo is as high as
+    the stored one is wide, and that is the size its mask must have."""
+    from PIL import Image
+
+    from helpers.datasets import ORIENTATION, read_image
+
+    photo, mask, exif = tmp_path / "photo.jpg", tmp_path / "mask.png", Image.Exif()
+    exif[ORIENTATION] = orientation
+    Image.open(first_pairs(1)[0][0]).crop((0, 0, 48, 32)).save(photo, exif=exif, quality=95)  # 48x32 (WxH)
+    upright = (48, 32) if orientation >= 5 else (32, 48)  # (height, width)
+    Image.new("L", upright[::-1]).save(mask)
+    encoded, pair_mask = EncodedPairs([(photo, mask)])[0]
+    decoded = decode_jpegs([encoded], torch.device("cpu"))[0]
+    assert decoded.shape == (3, *upright) and pair_mask.shape == upright
+    assert (decoded.int() - read_image(photo).int()).abs().max() <= 1
+    if orientation >= 5:  # a mask drawn on the photo as stored does not fit it upright
+        Image.new("L", (48, 32)).save(mask)
+        with pytest.raises(ValueError, match=r"photo.jpg is 32x48 \(WxH\) but its mask .*mask.png is 48x32"):
+            EncodedPairs([(photo, mask)])[0]
+
+
+def test_damaged_exif_is_refused_naming_the_photo(tmp_path, monkeypatch):
+    from PIL import Image
+
+    image, mask = first_pairs(1)[0]
+    turned = tmp_path / "turned.jpg"
+    save_turned_by_exif(image, turned)
+    monkeypatch.setattr(Image.Exif, "get", lambda self, tag, default=None: 1 / 0)  # a parser that fails
+    with pytest.raises(ValueError, match=r"Cannot read image .*turned.jpg: its EXIF metadata is damaged"):
+        EncodedPairs([(turned, mask)])[0]
+
+
+def test_a_grey_jpeg_decodes_to_rgb_as_the_cpu_pipeline_reads_it(tmp_path):
+    from PIL import Image
+
+    from helpers.datasets import read_image
+
+    image, mask = first_pairs(1)[0]
+    grey = tmp_path / "grey.jpg"
+    Image.open(image).convert("L").save(grey, quality=95)
+    decoded = decode_jpegs([EncodedPairs([(grey, mask)])[0][0]], torch.device("cpu"))[0]
+    assert decoded.shape[0] == 3 and (decoded.int() - read_image(grey).int()).abs().max() <= 1
+
+
 def test_an_xmp_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_refused(tmp_path):
     """torchcodec does not read XMP: a photo turned by it alone would decode sideways to its mask; a mask
     resized to mask_size would hide a size mismatch."""
@@ -68,15 +117,17 @@ def test_an_xmp_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_ref
     image, mask = first_pairs(1)[0]
     turned = tmp_path / "turned.jpg"
     Image.open(image).save(turned, xmp=XMP_TURNED.encode())  # orientation 6, in XMP alone
-    with pytest.raises(ValueError, match=r"turned.jpg is turned upright by its XMP .*6.*helpers.doctor"):
+    with pytest.raises(ValueError, match=r"turned.jpg is turned upright by its XMP .*6.*Save it "
+                                         r"upright .*helpers.doctor.*SegmentationDataset"):
         EncodedPairs([(turned, mask)], mask_size=(32, 32))[0]
     wide = tmp_path / "wide.jpg"
     Image.new("RGB", (200, 100)).save(wide)
-    with pytest.raises(ValueError, match=r"wide.jpg is 200x100 \(WxH\) but its mask .* is"):
+    with pytest.raises(ValueError, match=rf"wide.jpg is 200x100 \(WxH\) but its mask .*{mask.name} is"):
         EncodedPairs([(wide, mask)], mask_size=(32, 32))[0]
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(image.read_bytes()[:20])  # starts as a JPEG, ends inside its header
-    with pytest.raises(ValueError, match="Cannot read image .*cut.jpg"):
+    with pytest.raises(ValueError, match="Cannot read image .*cut.jpg.*export it again, "
+                                         "or remove it and its mask"):
         EncodedPairs([(cut, mask)])[0]
 
 
@@ -117,16 +168,20 @@ def test_masks_stored_decoded_are_the_masks_decoded_per_sample_and_refuse_other_
     stored, decoded = EncodedPairs(pairs, masks=tmp_path / "masks"), EncodedPairs(pairs, mask_size=(64, 48))
     for index in range(6):
         assert all(torch.equal(a, b) for a, b in zip(stored[index], decoded[index], strict=True))
+    assert stored[0][1].dtype == torch.uint8 and isinstance(stored.arrays[0], np.memmap)  # read, not loaded
     stored = pickle.loads(pickle.dumps(stored))  # as a spawned worker gets it: it maps the file itself
-    assert torch.equal(stored[5][1], decoded[5][1])
+    assert stored.arrays is None and torch.equal(stored[5][1], decoded[5][1])
     with pytest.raises(ValueError, match=r"holds the masks of other files: 6 masks for 6 pairs, first "
-                                         r"difference at pair 0\. Write them again with write_masks"):
+                                         r"difference at pair 0\. Write them again with write_masks for "
+                                         r"these pairs, in this order"):
         EncodedPairs(pairs[::-1], masks=tmp_path / "masks")
     with pytest.raises(ValueError, match=r"6 masks for 5 pairs, first difference at pair 5"):
         EncodedPairs(pairs[:5], masks=tmp_path / "masks")
-    with pytest.raises(ValueError, match=r"are \(64, 48\) \(HxW\), not mask_size \(32, 32\)"):
+    with pytest.raises(ValueError, match=r"are \(64, 48\) \(HxW\), not mask_size \(32, 32\): write "
+                                         r"them again at that size, or leave mask_size out"):
         EncodedPairs(pairs, mask_size=(32, 32), masks=tmp_path / "masks")
-    with pytest.raises(ValueError, match=r"Cannot read the decoded masks in .*nowhere.*write_masks"):
+    with pytest.raises(ValueError, match=r"Cannot read the decoded masks in .*nowhere.*Write them "
+                                         r"again with write_masks"):
         EncodedPairs(pairs, masks=tmp_path / "nowhere")
 
 
@@ -151,3 +206,18 @@ def test_write_masks_names_a_bad_mask_and_leaves_no_half_written_file(tmp_path):
     with pytest.raises(ValueError, match="Cannot read mask .*bad.png"):
         write_masks([(image, mask), (image, bad)], tmp_path / "masks", (32, 32))
     assert list((tmp_path / "masks").iterdir()) == []
+
+
+def test_write_masks_over_an_older_copy_replaces_it_and_a_failed_write_leaves_none(tmp_path):
+    from helpers.gpu_decode import write_masks
+
+    pairs, bad = first_pairs(2), tmp_path / "bad.png"
+    write_masks(pairs, tmp_path / "masks", (32, 32))
+    write_masks(pairs, tmp_path / "masks", (16, 24))  # the folder exists: written again, at the new size
+    assert EncodedPairs(pairs, masks=tmp_path / "masks").mask_size == (16, 24)
+    bad.write_bytes(pairs[1][1].read_bytes()[:40])
+    with pytest.raises(ValueError, match="Cannot read mask .*bad.png"):
+        write_masks([pairs[0], (pairs[1][0], bad)], tmp_path / "masks", (16, 24))
+    assert list((tmp_path / "masks").iterdir()) == []  # no file of the older copy is left to pass for it
+    with pytest.raises(ValueError, match="Cannot read the decoded masks"):  # not the older masks
+        EncodedPairs(pairs, masks=tmp_path / "masks")
