@@ -367,12 +367,20 @@ def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64
     whose sizes differ by one pair at most. The files go in as they are on disk (still compressed), each
     with its time as an int, in whole seconds: tarfile's PAX format gives a float time (even 1.0) an extra
     1 KB header per file. Images must be JPEGs: they go in as ``NAME.jpg`` (``.jpeg`` and ``.JPG`` too).
+    NAME must have no dot, as webdataset reads NAME up to the first dot.
     """
     pngs = [path for path in dataset.image_paths if Path(path).suffix.lower() == ".png"]
     if pngs:
         raise ValueError(f"{len(pngs)} image(s) are PNGs, e.g. {pngs[0]}: a shard holds NAME.jpg beside the "
                          "mask NAME.png, and a PNG image would collide with its mask. Convert the images to "
                          "JPEG, or keep the folder and read it with SegmentationDataset.")
+    dotted = [path for path in dataset.image_paths if "." in Path(path).stem]
+    if dotted:
+        raise ValueError(f"{len(dotted)} image(s) have a dot before the extension, e.g. {dotted[0]}: "
+                         "webdataset (notebook 07) takes a sample's name up to the first dot, so img.1.jpg "
+                         "and img.2.jpg would be read as one sample. Rename them and their masks without "
+                         "the dot (img_1.jpg, img_1.png), or keep the folder and read it with "
+                         "SegmentationDataset.")
     folder.mkdir(parents=True, exist_ok=True)
     count = len(dataset)
     if shards and count:
@@ -512,6 +520,9 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
         if "." not in base:
             raise ValueError(f"{path} holds {name!r}, which has no extension: "
                              "a shard holds NAME.jpg and NAME.png only.")
+        if base.count(".") > 1:  # webdataset would read it as part of the sample named up to the first dot
+            raise ValueError(f"{path} holds {name!r}, with a dot before its extension: a sample's name ends "
+                             "at its first dot. Rename the files without it and write the shard again.")
         stem, _, suffix = name.rpartition(".")
         pending.setdefault(stem, {})[suffix] = data
         files = pending[stem]
@@ -616,7 +627,10 @@ def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None) -> Na
     where = f"{sample.get('__url__', 'a shard')}: sample {sample.get('__key__')!r}"
     if "jpg" not in sample or "png" not in sample:
         found = sorted(key for key in sample if not key.startswith("__"))
-        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same shard.")
+        dots = (" webdataset takes a name up to its first dot: rename files with a dot before the "
+                "extension and write the shard again." if any("." in key for key in found) else "")
+        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same "
+                         f"shard.{dots}")
     key = sample.get("__key__")
     try:
         image, mask = read_pair(InMemoryFile(sample["jpg"], f"{key}.jpg"),

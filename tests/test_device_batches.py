@@ -106,6 +106,41 @@ def test_a_crop_larger_than_the_image_pads_with_zero_and_ignore():
     assert torch.equal(images[0, 0][~outside], masks[0][~outside] * 50)  # the image, aligned
 
 
+def one_box(top: int, left: int, height: int, width: int) -> Draws:
+    """Sample 0 cropped by this box, neither flipped nor turned."""
+    def one(value: float) -> torch.Tensor:
+        return torch.tensor([float(value)], dtype=torch.float64)
+
+    no = torch.tensor([False])
+    return Draws(torch.zeros(1, dtype=torch.int64), one(top), one(left), one(height), one(width), no, no,
+                 torch.zeros(1, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("box, exact, within", [
+    ((8, 16, 32, 32), True, True),  # the scene is 40 x 48: this box touches its bottom right corner
+    ((9, 0, 32, 32), True, False),  # one row below the image
+    ((0, 17, 32, 32), True, False),  # one column right of it
+    ((-1, 0, 32, 32), True, False),
+    ((0, 0, 32, 28), False, True),  # one side only scaled: still scaled
+    ((0, 0, 28, 32), False, True),
+])
+def test_a_box_is_exact_only_when_both_sides_are_the_size_and_within_only_inside_on_all_four(box, exact,
+                                                                                            within):
+    batches = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=32, batch_size=1)
+    _, is_exact, is_within = batches.plan(one_box(*box))
+    assert (bool(is_exact), bool(is_within)) == (exact, within)
+
+
+def test_a_scaled_box_that_leaves_its_image_pads_with_zero_and_ignore():
+    """draw keeps scaled boxes inside; batch still pads one that is not, as it pads a size x size box."""
+    batches = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=32, batch_size=1)
+    images, masks = batches.batch(one_box(20, 0, 28, 28))  # rows 20 to 47 of a scene 40 high
+    outside = masks[0] == IGNORE_INDEX
+    # output row i samples row 20 + (i + 0.5) * 28 / 32 - 0.5, which rounds to 40 (below the scene) from 23 on
+    assert not outside[:23].any() and outside[23:].all()
+    assert images[0][:, outside].eq(0).all() and images[0][:, ~outside].float().mean() > 20
+
+
 def test_each_transform_is_drawn_at_its_probability():
     sizes = torch.tensor([[60, 70]]).expand(4000, 2)
     draws = draw(sizes, 32, torch.Generator().manual_seed(0), scale=None, hflip_prob=0.3, vflip_prob=0.8,

@@ -294,9 +294,15 @@ def test_shard_errors_name_the_shard_and_the_file_and_folder_entries_are_skipped
         tar.add(image, arcname="README")
     with pytest.raises(ValueError, match=r"bad.tar holds 'README', which has no extension: a shard holds "):
         list(ShardStream([tmp_path / "bad.tar"]))
+    with tarfile.open(tmp_path / "bad.tar", "w") as tar:
+        tar.add(image, arcname="img.0001.jpg")  # webdataset: sample "img", file "0001.jpg"
+    with pytest.raises(ValueError, match=r"bad.tar holds 'img.0001.jpg', with a dot before its extension: "
+                                         r"a sample's name ends at its first dot\. Rename"):
+        list(ShardStream([tmp_path / "bad.tar"]))
 
 
-def test_png_images_are_refused_by_write_shards_and_jpeg_spellings_become_jpg(tmp_path, source_dataset):
+def test_png_images_and_dotted_names_are_refused_by_write_shards_and_jpeg_spellings_become_jpg(
+        tmp_path, source_dataset):
     import shutil
     import tarfile
     from pathlib import Path
@@ -311,6 +317,12 @@ def test_png_images_are_refused_by_write_shards_and_jpeg_spellings_become_jpg(tm
     Path(tmp_path / "src" / "images" / "a.JPEG").unlink()
     shutil.copy(source_dataset.mask_paths[0], tmp_path / "src" / "images" / "a.png")  # a PNG image
     with pytest.raises(ValueError, match=r"^1 image\(s\) are PNGs, e.g. .*a.png: a shard holds NAME.jpg"):
+        write_shards(SegmentationDataset(tmp_path / "src"), tmp_path / "shards")
+    Path(tmp_path / "src" / "images" / "a.png").rename(tmp_path / "src" / "images" / "a.1.jpg")
+    shutil.copy(source_dataset.image_paths[0], tmp_path / "src" / "images" / "a.1.jpg")  # a JPEG again
+    Path(tmp_path / "src" / "masks" / "a.PNG").rename(tmp_path / "src" / "masks" / "a.1.png")
+    with pytest.raises(ValueError, match=r"^1 image\(s\) have a dot before the extension, e.g. .*a\.1\.jpg: "
+                                         r"webdataset .* up to the first dot.*Rename them and their masks"):
         write_shards(SegmentationDataset(tmp_path / "src"), tmp_path / "shards")
 
 

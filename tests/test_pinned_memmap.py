@@ -65,10 +65,10 @@ def test_gathered_on_the_device_or_the_host_the_batches_are_the_same(tmp_path, s
 def test_gathering_on_the_device_refuses_a_map_larger_than_half_the_free_memory(tmp_path, monkeypatch):
     memory = namedtuple("memory", "available")
     monkeypatch.setattr(formats.psutil, "virtual_memory", lambda: memory(available=3 * 2**30))
-    formats.check_page_lockable(1 * 2**30, tmp_path)  # a third of it: fine
-    with pytest.raises(MemoryError, match=r"map in .* is 2\.0 GiB, more than half of the 3\.0 GiB.*"
-                                          r"gather_on_device=False"):
-        formats.check_page_lockable(2 * 2**30, tmp_path)
+    formats.check_page_lockable(3 * 2**29, tmp_path)  # half of it exactly: fine
+    with pytest.raises(MemoryError, match=r"map in .* is 1\.5 GiB, more than half of the 3\.0 GiB.*"
+                                          r"gather_on_device=False\), which reads each batch from the map"):
+        formats.check_page_lockable(3 * 2**29 + 1, tmp_path)  # one byte more
 
 
 def test_a_gpu_that_refuses_to_page_lock_the_map_is_named_and_its_error_cleared(memmap, monkeypatch):
