@@ -57,9 +57,14 @@ def test_memmap_batches_through_a_loader_with_workers(tmp_path, source_dataset):
 
 
 def test_hdf5_round_trip(tmp_path, source_dataset):
+    import h5py
+
     write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
     dataset = HDF5Dataset(tmp_path / "data.h5")
     assert len(dataset) == 20
+    with h5py.File(tmp_path / "data.h5") as file:  # a chunk per sample: reading one reads no other
+        assert file["images"].chunks == (1, 3, SIZE, SIZE) and file["masks"].chunks == (1, SIZE, SIZE)
+        assert file["images"].dtype == file["masks"].dtype == np.uint8
     dataset[0]  # opens a handle in this process; workers must not inherit it (tests/test_workers.py)
     assert pickle.loads(pickle.dumps(dataset)).file is None
     for i in (0, 13):
@@ -222,6 +227,10 @@ def test_arrays_that_do_not_pair_up_are_refused(tmp_path):
     with h5py.File(tmp_path / "data.h5", "w") as file:
         file["images"], file["masks"] = np.zeros((4, 3, 16, 16), np.uint8), np.zeros((4, 8, 8), np.uint8)
     with pytest.raises(ValueError, match=r"data.h5: images \(4, 3, 16, 16\) and masks \(4, 8, 8\) do not"):
+        HDF5Dataset(tmp_path / "data.h5")
+    with h5py.File(tmp_path / "data.h5", "w") as file:  # the same size, one mask short
+        file["images"], file["masks"] = np.zeros((4, 3, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match=r"data.h5: images \(4, 3, 8, 8\) and masks \(3, 8, 8\) do not"):
         HDF5Dataset(tmp_path / "data.h5")
 
 
