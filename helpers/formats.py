@@ -521,8 +521,10 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
             raise ValueError(f"{path} holds {name!r}, which has no extension: "
                              "a shard holds NAME.jpg and NAME.png only.")
         if base.count(".") > 1:  # webdataset would read it as part of the sample named up to the first dot
-            raise ValueError(f"{path} holds {name!r}, with a dot before its extension: a sample's name ends "
-                             "at its first dot. Rename the files without it and write the shard again.")
+            raise ValueError(f"{path} holds {name!r}, with a dot before its extension: webdataset "
+                             "(notebook 07) ends a sample's name at its first dot and would read it into "
+                             "another sample. Rename it and its pair without the dot (img_1.jpg, img_1.png) "
+                             "and write the shard again.")
         stem, _, suffix = name.rpartition(".")
         pending.setdefault(stem, {})[suffix] = data
         files = pending[stem]
@@ -625,12 +627,13 @@ def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None) -> Na
     """A sample as ``webdataset`` reads it from these shards (``{"__key__", "jpg", "png", ...}``), decoded:
     uint8 image ``[3, H, W]``, uint8 mask ``[H, W]`` and the sample's name (07_distributed)."""
     where = f"{sample.get('__url__', 'a shard')}: sample {sample.get('__key__')!r}"
+    found = sorted(key for key in sample if not key.startswith("__"))
+    if any("." in key for key in found):  # img.1.jpg and img.2.jpg: both read into the sample "img"
+        raise ValueError(f"{where} has {found}: webdataset ends a sample's name at its first dot, so files "
+                         "named with a dot before the extension were read into this sample. Rename them "
+                         "without the dot (img_1.jpg, img_1.png) and write the shard again.")
     if "jpg" not in sample or "png" not in sample:
-        found = sorted(key for key in sample if not key.startswith("__"))
-        dots = (" webdataset takes a name up to its first dot: rename files with a dot before the "
-                "extension and write the shard again." if any("." in key for key in found) else "")
-        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same "
-                         f"shard.{dots}")
+        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same shard.")
     key = sample.get("__key__")
     try:
         image, mask = read_pair(InMemoryFile(sample["jpg"], f"{key}.jpg"),

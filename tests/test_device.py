@@ -76,7 +76,8 @@ def test_the_thread_makes_at_most_depth_batches_ahead_and_stops_with_the_loop():
     time.sleep(0.2)  # time enough to run far ahead, if nothing held it back
     assert len(made) <= 1 + 2 + 1  # the one in use, two queued, and one waiting to be queued
     thread = next(thread for thread in threading.enumerate() if thread.name == "prefetch")
-    assert thread.daemon  # still waiting for room, not given up; a daemon cannot keep Python from exiting
+    assert thread.is_alive() and thread.daemon  # waiting for room, not given up; as a daemon it cannot keep
+    # Python from exiting if a loop forgets its batches
     assert [int(next(batches)[0][0]) for _ in range(3)] == [1, 2, 3]  # a slow loop misses none
     batches.close()  # a loop that stops early (break) closes it the same way
     assert prefetch_threads() == 0 and len(made) <= 4 + 2 + 1  # four taken, two queued, one waiting
@@ -85,4 +86,5 @@ def test_the_thread_makes_at_most_depth_batches_ahead_and_stops_with_the_loop():
 def test_upload_to_the_cpu_neither_copies_nor_pins():
     """Pinning is for a CUDA copy; on the CPU (and MPS) upload is a plain ``.to``."""
     tensor = torch.arange(6)
-    assert upload(tensor, CPU) is tensor and not tensor.is_pinned()
+    uploaded = upload(tensor, CPU)
+    assert uploaded is tensor and not uploaded.is_pinned()

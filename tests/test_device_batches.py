@@ -121,6 +121,7 @@ def one_box(top: int, left: int, height: int, width: int) -> Draws:
     ((9, 0, 32, 32), True, False),  # one row below the image
     ((0, 17, 32, 32), True, False),  # one column right of it
     ((-1, 0, 32, 32), True, False),
+    ((0, -1, 32, 32), True, False),
     ((0, 0, 32, 28), False, True),  # one side only scaled: still scaled
     ((0, 0, 28, 32), False, True),
 ])

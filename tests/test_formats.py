@@ -306,7 +306,8 @@ def test_shard_errors_name_the_shard_and_the_file_and_folder_entries_are_skipped
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
         tar.add(image, arcname="img.0001.jpg")  # webdataset: sample "img", file "0001.jpg"
     with pytest.raises(ValueError, match=r"bad.tar holds 'img.0001.jpg', with a dot before its extension: "
-                                         r"a sample's name ends at its first dot\. Rename"):
+                                         r"webdataset \(notebook 07\) ends a sample's name at its first "
+                                         r"dot.*Rename it"):
         list(ShardStream([tmp_path / "bad.tar"]))
 
 
