@@ -5,9 +5,10 @@
 FOLDER holds images/NAME.jpg (or .jpeg, .png) and masks/NAME.png, the layout SegmentationDataset reads.
 The Dataset stops at the first problem; this check reads every file once, changes none, and lists them
 all: unpaired, stray and duplicate files, damaged or too large images and masks, masks that are not
-class indices or hold values outside the classes, masks of another size than their image, and photos
-turned upright by their EXIF orientation. A summary follows: pairs, image sizes, mask modes and pixels
-per class. Exit status 1 when something must be fixed, else 0. Taught in 02_segmentation_masks.
+class indices or hold values outside the classes, masks of another size than their image, photos
+turned upright by their EXIF orientation, and names with a dot, which shards (05) refuse. A summary
+follows: pairs, image sizes, mask modes and pixels per class. Exit status 1 when something must be
+fixed, else 0. Taught in 02_segmentation_masks.
 """
 
 import argparse
@@ -48,6 +49,9 @@ TURN_UPRIGHT = {orientation: turn.name for orientation, turn in UPRIGHT.items()}
 BLACK_AND_WHITE = ("Mask {path} holds only 0 and 255, a black-and-white mask. If 255 marks the objects, "
                    "divide it by 255 (np.array(mask) // 255) and save it again as PNG; if 255 means "
                    "'no label here', run again with --ignore-index 255.")
+DOTTED = ("Image {path} and its mask are named {stem!r}, with a dot: SegmentationDataset reads them, but "
+          "helpers.formats.write_shards (notebook 05) refuses them, since webdataset ends a sample's name at "
+          "its first dot. To write shards, rename both without the dot ({underscored}.jpg, {underscored}.png).")
 T = TypeVar("T")
 
 
@@ -139,7 +143,11 @@ def find_pairs(report: Report) -> list[tuple[Path, Path]]:
     for path in no_image:
         report.add(ERROR, path, f"Mask {path} has no image {image_dir / path.stem}.jpg (or .jpeg, .png). "
                    + PAIR_FIX)
-    return [(images[stem], masks[stem]) for stem in sorted(images.keys() & masks.keys())]
+    paired = sorted(images.keys() & masks.keys())
+    for stem in (stem for stem in paired if "." in stem):
+        report.add(WARNING, images[stem], DOTTED.format(path=images[stem], stem=stem,
+                                                        underscored=stem.replace(".", "_")))
+    return [(images[stem], masks[stem]) for stem in paired]
 
 
 def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, int] | None:

@@ -128,6 +128,16 @@ def test_a_turned_photo_is_a_warning_when_its_mask_fits_upright(root, written_in
     assert main([str(root)]) == 0  # warnings alone do not fail
 
 
+def test_a_dotted_name_is_a_warning_that_shards_refuse_it(root):
+    """SegmentationDataset reads img.1.jpg; write_shards (05) does not, as webdataset would merge it."""
+    for folder, suffix in (("images", ".png"), ("masks", ".png")):
+        (root / folder / f"2{suffix}").rename(root / folder / f"2.v1{suffix}")
+    report = diagnose(root)
+    assert found(report) == {} and report.pairs == 3
+    warning = found(report, WARNING)["images/2.v1.png"]
+    assert "'2.v1'" in warning and "write_shards" in warning and "2_v1.jpg, 2_v1.png" in warning
+
+
 def test_exif_without_an_orientation_is_no_finding(root):
     exif = Image.Exif()
     exif[0x010F] = "a camera maker"  # Make: EXIF, but nothing about orientation
