@@ -51,7 +51,8 @@ BLACK_AND_WHITE = ("Mask {path} holds only 0 and 255, a black-and-white mask. If
                    "'no label here', run again with --ignore-index 255.")
 DOTTED = ("Image {path} and its mask are named {stem!r}, with a dot: SegmentationDataset reads them, but "
           "helpers.formats.write_shards (notebook 05) refuses them, since webdataset ends a sample's name at "
-          "its first dot. To write shards, rename both without the dot ({underscored}.jpg, {underscored}.png).")
+          "its first dot. To write shards, rename both without the dot ({underscored}.jpg, "
+          "{underscored}.png).")
 T = TypeVar("T")
 
 
