@@ -585,11 +585,36 @@ def test_turned_photos_are_decoded_by_simplejpeg_as_pil_turns_them(tmp_path, mon
     path, _ = write_photo(tmp_path, size=(96, 128), orientation=orientation)
     calls = spy_on_simplejpeg(monkeypatch)
     fast, size = datasets.decode_image(path)
-    reduced, _ = datasets.decode_image(path, (24, 24))
-    assert len(calls) == 2  # libjpeg-turbo decoded it, at 1/4 scale the second time
+    reduced, _ = datasets.decode_image(path, (24, 32))  # (height, width) upright: (32, 24) as stored if turned
+    assert len(calls) == 2  # libjpeg-turbo decoded it, reduced the second time
+    assert 24 <= reduced.shape[1] < size[0] and 32 <= reduced.shape[2] < size[1]  # reduced, never below
     monkeypatch.setattr(datasets, "simplejpeg", None)  # PIL: Image.transpose, as ImageOps.exif_transpose
     assert torch.equal(fast, datasets.decode_image(path)[0]) and fast.shape[1:] == size
-    assert torch.equal(reduced, datasets.decode_image(path, (24, 24))[0]) and reduced.shape[1] < 96
+    assert torch.equal(reduced, datasets.decode_image(path, (24, 32))[0])
+
+
+def test_jpegs_without_a_turn_decode_from_their_bytes_and_masks_resize_inside_pil(tmp_path, monkeypatch):
+    """The fast paths 04 measures: a JPEG with no orientation metadata, colour or grey, even one exactly at
+    PIL's pixel limit, is decoded by libjpeg-turbo without PIL opening it; a grey one turned by EXIF still
+    goes to libjpeg-turbo; a palette mask is checked and resized inside PIL, with no full-size copy."""
+    from helpers import datasets
+
+    calls = spy_on_simplejpeg(monkeypatch)
+    for mode in ("RGB", "L"):
+        Image.new(mode, (64, 48), 90).save(tmp_path / f"{mode}.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 48)
+    with monkeypatch.context() as patch:
+        patch.setattr(Image, "open", lambda *args: pytest.fail("PIL opened a JPEG with nothing to turn"))
+        for mode in ("RGB", "L"):
+            assert datasets.decode_image(tmp_path / f"{mode}.jpg")[0].shape == (3, 48, 64)
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    Image.new("L", (64, 48), 90).save(tmp_path / "turned.jpg", exif=exif)
+    assert datasets.decode_image(tmp_path / "turned.jpg")[0].shape == (3, 64, 48) and len(calls) == 3
+    to_palette_image(np.eye(64, 48, dtype=np.uint8)).save(tmp_path / "mask.png")
+    monkeypatch.setattr(datasets, "mask_array", lambda *args: pytest.fail("the full mask was copied"))
+    mask, full = datasets.read_mask_with_size(tmp_path / "mask.png", 2, None, torch.uint8, (32, 24))
+    assert mask.shape == (32, 24) and full == (64, 48) and set(mask.unique().tolist()) == {0, 1}
 
 
 XMP_TURNED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'

@@ -176,6 +176,17 @@ def test_steps_switched_off_are_left_out_of_the_pipeline():
     assert len(everything.transforms) == 9  # crop, 2 flips, turns, rotation, jitter, blur, cutout, to float
 
 
+def test_the_default_steps_draw_from_the_ranges_the_docstring_and_03_give():
+    """Each setting reaches its step: 128 px crops of 50-100 % of the image, flips half the time,
+    rotations up to 15 degrees, jitter 0.2 (hue a quarter of it), and blur sigmas 0.1 to 1.5."""
+    crop, flip, rotation, jitter, blur, _ = train_transforms(blur=0.5).transforms
+    assert crop.size == (128, 128) and crop.scale == (0.5, 1.0) and crop.antialias
+    assert flip.p == 0.5 and rotation.degrees == [-15.0, 15.0]
+    assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.8, 1.2),) * 3
+    assert jitter.hue == pytest.approx((-0.05, 0.05))
+    assert blur.p == 0.5 and blur.transforms[0].sigma == [0.1, 1.5]
+
+
 def test_cutout_squares_lie_wholly_inside_the_image_and_reach_its_edges():
     image = tv_tensors.Image(torch.full((3, 20, 24), 9, dtype=torch.uint8))
     mask = tv_tensors.Mask(torch.zeros(20, 24, dtype=torch.int64))
