@@ -509,6 +509,9 @@ def test_wide_grey_images_are_refused_instead_of_clipped_to_white(root):
     Image.fromarray(ramp // 16).save(root / "images" / "1.png")  # still 16-bit, but every value fits a byte
     image = SegmentationDataset(root)[0].image
     assert image.dtype == torch.uint8 and image.tolist() == [(ramp // 16).tolist()] * 3
+    Image.fromarray(ramp // 16 + (ramp == 4095)).save(root / "images" / "1.png")  # one value at 256
+    with pytest.raises(ValueError, match=r"I;16 pixels .* from 0 to 256"):  # not wrapped round to 0
+        SegmentationDataset(root)[0]
 
 
 @pytest.mark.parametrize("array", [np.arange(96).astype(">u2"), np.arange(96).astype(np.int32)],

@@ -195,6 +195,9 @@ def test_the_command_exits_1_on_errors_and_changes_no_file(root, capsys):
 def test_a_progress_bar_on_large_folders_only(root, monkeypatch, capsys):
     diagnose(root)
     assert capsys.readouterr().err == ""
+    monkeypatch.setattr(doctor, "PROGRESS_FROM", 3)  # more than PROGRESS_FROM pairs, not as many
+    diagnose(root)
+    assert capsys.readouterr().err == ""
     monkeypatch.setattr(doctor, "PROGRESS_FROM", 2)
     diagnose(root)
     assert "checking" in capsys.readouterr().err
@@ -204,8 +207,25 @@ def test_help_says_what_it_checks(capsys):
     with pytest.raises(SystemExit) as exit:
         main(["--help"])
     out = capsys.readouterr().out
-    assert exit.value.code == 0 and "python -m helpers.doctor" in out and "--ignore-index" in out
-    assert "Exit status 1" in out
+    assert exit.value.code == 0 and out.startswith("usage: python -m helpers.doctor [-h]")
+    intro, details = doctor.__doc__.split("\n\n")[0], doctor.__doc__.split("\n\n", 2)[2]
+    assert f"\n\n{intro}\n\n" in out and out.endswith(details)  # the docstring: first line, then details
+    words = " ".join(out.split())  # argparse wraps the options' help to the terminal's width
+    for option in ("FOLDER the folder that holds images/", "--num-classes N mask values 0..N-1 are classes "
+                   "(default 4: background, disc, square, triangle)", "--ignore-index VALUE a mask value"):
+        assert option in words
+
+
+def test_the_report_keeps_long_paths_whole_and_indents_messages(root, capsys):
+    long = "a_photo_named_at_great_length_" * 4
+    (root / "images" / "1.png").rename(root / "images" / f"{long}.png")
+    assert main([str(root)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(f"  images/{long}.png")
+    message = lines[start + 1: lines.index("  masks/1.png")]
+    assert len(message) > 1 and all(line.startswith(" " * 6) and line[6] != " " for line in message)
+    assert all(len(line) <= 100 for line in message if long not in line)
+    assert f"      images/{long}.png" in message  # a path longer than a line is kept whole, not cut
 
 
 def test_a_failure_the_dataset_does_not_word_is_reported_not_raised(root, monkeypatch):
@@ -274,6 +294,8 @@ def test_the_report_lists_findings_under_their_counts_and_the_options_reach_the_
     assert last == "No errors, 1 warning(s): every pair reads as SegmentationDataset reads it."
     assert main([str(root), "--ignore-index", "255", "--num-classes", "3"]) == 1  # 3.png's class 3
     assert "values [3] outside the classes 0..2" in capsys.readouterr().out
+    assert main([str(root), "--num-classes", "1"]) == 1  # one class is a choice; values 1.. are outside it
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exit:
         main([str(root), "--num-classes", "0"])
     assert exit.value.code == 2 and "--num-classes must be at least 1" in capsys.readouterr().err
