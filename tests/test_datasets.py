@@ -588,7 +588,7 @@ def test_turned_photos_are_decoded_by_simplejpeg_as_pil_turns_them(tmp_path, mon
     path, _ = write_photo(tmp_path, size=(96, 128), orientation=orientation)
     calls = spy_on_simplejpeg(monkeypatch)
     fast, size = datasets.decode_image(path)
-    reduced, _ = datasets.decode_image(path, (24, 32))  # upright (height, width): (32, 24) as stored if turned
+    reduced, _ = datasets.decode_image(path, (24, 32))  # upright (height, width); (32, 24) if turned
     assert len(calls) == 2  # libjpeg-turbo decoded it, reduced the second time
     assert 24 <= reduced.shape[1] < size[0] and 32 <= reduced.shape[2] < size[1]  # reduced, never below
     monkeypatch.setattr(datasets, "simplejpeg", None)  # PIL: Image.transpose, as ImageOps.exif_transpose
