@@ -46,8 +46,11 @@ class RandomCutout(v2.Transform):
             fill = self.ignore_index
         elif isinstance(inpt, tv_tensors.Image) or type(inpt) is torch.Tensor:
             fill = 0
-        else:
-            return inpt  # bounding boxes, key points, PIL images: no rule for them
+        elif isinstance(inpt, torch.Tensor):
+            return inpt  # bounding boxes, key points: no rule for them
+        else:  # a PIL image: left as it is, it would show pixels where the mask says ignore
+            raise TypeError("RandomCutout blanks tensors, not PIL images: convert the image first "
+                            "(v2.PILToTensor()), as helpers.datasets reads it.")
         if params["box"] is None:
             return inpt
         out = inpt.clone()

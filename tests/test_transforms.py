@@ -110,6 +110,12 @@ def test_cutout_blanks_the_image_and_marks_ignore_in_the_same_square():
     assert type(cut) is torch.Tensor and (cut == 0).all(0).sum() == 16 * 16 and (cut != 9).sum() == 3 * 256
 
 
+def test_cutout_refuses_a_pil_image_rather_than_mark_a_hole_it_does_not_cut():
+    image, mask = blocky_sample()
+    with pytest.raises(TypeError, match=r"RandomCutout blanks tensors, not PIL images: .*PILToTensor"):
+        RandomCutout(size=8, p=1.0)(v2.functional.to_pil_image(image), mask)
+
+
 def test_denormalize_undoes_normalize():
     image, mask = blocky_sample(side=32)
     normalised, _ = to_model_input()(image, mask)
