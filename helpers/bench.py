@@ -83,6 +83,18 @@ CPU = torch.device("cpu")
 SHARDS = 48
 
 
+def uneven_shards_note(workers: list[int]) -> str | None:
+    """What to say when some worker counts do not divide SHARDS (05): their shards pipeline waits at the
+    end of every epoch for the workers that got one shard more, so it measures that wait too."""
+    uneven = [count for count in workers if count and SHARDS % count]
+    if not uneven:
+        return None
+    even = [count for count in range(1, max(workers) + 1) if SHARDS % count == 0]
+    return (f"note: {SHARDS} shards do not divide among {', '.join(map(str, uneven))} workers, so the "
+            "shards pipeline also measures workers waiting for the one with a shard more; for an even "
+            f"split pass --workers {' '.join(map(str, [0, *even]))}")
+
+
 class Pipeline(NamedTuple):
     """How to load: a loader for a worker count, and what the main process does to each batch."""
 
@@ -481,6 +493,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     root = bench_data(args.count, args.side, args.data)
     print(f"{args.count} JPEG images {args.side}x{args.side} -> float 3x{args.size}x{args.size} + int64 "
           f"mask on {device}, batch {args.batch_size}, {usable_cores()} cores, torch {torch.__version__}")
+    if args.formats and (note := uneven_shards_note(args.workers)):
+        print(note)
     work = Path(tempfile.mkdtemp(prefix="pixels_to_batches_formats_"))
 
     def save(results: dict[str, dict[int, float]], limits: dict[str, float]) -> None:

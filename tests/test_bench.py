@@ -31,6 +31,9 @@ def test_the_format_benchmark_writes_shards_that_every_worker_count_splits_evenl
             sizes.append(len(tar.getnames()) // 2)
     assert len(shards) == bench.SHARDS and max(sizes) - min(sizes) <= 1  # 320 pairs: 6 or 7 in each
     assert all(len(shards) % workers == 0 for workers in (1, 2, 4, 8, 12, 16))  # the counts results/ use
+    assert bench.uneven_shards_note([0, 1, 2, 3, 4]) is None
+    note = bench.uneven_shards_note([0, 1, 2, 3, 4, 5, 6, 7])  # the default on 7 cores
+    assert "do not divide among 5, 7 workers" in note and note.endswith("--workers 0 1 2 3 4 6")
 
 
 @pytest.mark.parametrize("refusal", [
