@@ -359,7 +359,7 @@ class HDF5Dataset(Dataset):
         return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
 
 
-def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64,
+def write_shards(dataset: SegmentationDataset, folder: Path | str, per_shard: int = 64,
                  shards: int | None = None) -> list[Path]:
     """Write pairs into tar shards in the WebDataset layout: ``NAME.jpg`` and ``NAME.png`` side by side.
 
@@ -381,6 +381,7 @@ def write_shards(dataset: SegmentationDataset, folder: Path, per_shard: int = 64
                          "and img.2.jpg would be read as one sample. Rename them and their masks without "
                          "the dot (img_1.jpg, img_1.png), or keep the folder and read it with "
                          "SegmentationDataset.")
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     count = len(dataset)
     if shards and count:
