@@ -12,6 +12,7 @@ import io
 import multiprocessing
 import pickle
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -107,6 +108,37 @@ def tensors_sent(obj: object) -> int:
 def test_in_memory_data_is_a_few_big_tensors(many):
     assert tensors_sent(numbered_samples(5)) == 10  # the count finds tensors in lists: image and mask each
     assert tensors_sent(many) <= 4  # whatever the number of samples: a file descriptor each under forkserver
+
+
+@pytest.mark.skipif("forkserver" not in METHODS
+                    or torch.multiprocessing.get_sharing_strategy() != "file_descriptor",
+                    reason="the limit of Linux's forkserver, where each storage travels as a descriptor")
+def test_forkserver_refuses_a_few_too_many_tensors_with_oserror_then_valueerror():
+    """00's section on descriptors, and the stand-in of its Exercise 1: forkserver sends its four
+    descriptors and one per storage in one message. Linux carries at most 253 (SCM_MAX_FD), so 250 tensors
+    make ``start()`` raise OSError (and stop the forkserver: a later start starts a new one); from 252,
+    forkserver's own count refuses them first, with ValueError."""
+    context = multiprocessing.get_context("forkserver")
+
+    def start(count: int) -> int | None:
+        worker = context.Process(args=([torch.zeros(2) for _ in range(count)],))
+        worker.start()
+        worker.join(timeout=60)
+        return worker.exitcode
+
+    assert start(249 - 4) == 0  # the DataLoader's own descriptors aside, about 245 fit
+    with pytest.raises(OSError, match="Invalid argument"):
+        start(250)
+    for _ in range(100):  # the forkserver stopped with the refused message: a later start starts a new one
+        try:
+            assert start(2) == 0
+            break
+        except ConnectionRefusedError:  # until Python sees that the old one has stopped
+            time.sleep(0.1)
+    else:
+        pytest.fail("no new forkserver")
+    with pytest.raises(ValueError, match="too many fds"):
+        start(252)
 
 
 @pytest.mark.parametrize("method", METHODS)
