@@ -256,7 +256,7 @@ def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## The notebooks")[1].split("| notebook |")[0]  # the sentence above the table
     machine = recorded["machine"]
-    said = [f"Python {machine['python']}", f"torch {machine['torch']}", machine["date"]]
+    said = [f"Python {machine['python']}", f"torch {machine['torch']}", machine["date"], machine["cpu"]]
     assert all(fact in table for fact in said), f"README, above the notebook table: {said}; {measure}"
     lines = readme.splitlines()
     for row in recorded["notebooks"]:

@@ -3,8 +3,8 @@
 ``fork`` (Linux up to Python 3.13) copies the parent process, so almost anything works in its workers.
 ``spawn`` (macOS, Windows) and ``forkserver`` (Linux from Python 3.14) pickle the dataset into each
 worker: a class defined in ``__main__`` or an open file handle breaks there, and under forkserver on Linux
-more than 256 tensors (one file descriptor each) fail with "too many fds". Each Dataset is read here under
-both.
+a DataLoader worker fails to start from about 246 tensors (one file descriptor each), with "Invalid
+argument" or "too many fds". Each Dataset is read here under both.
 """
 
 import bisect
@@ -116,8 +116,8 @@ def test_in_memory_data_is_a_few_big_tensors(many):
 def test_forkserver_refuses_a_few_too_many_tensors_with_oserror_then_valueerror():
     """00's section on descriptors, and the stand-in of its Exercise 1: forkserver sends its four
     descriptors and one per storage in one message. Linux carries at most 253 (SCM_MAX_FD), so 250 tensors
-    make ``start()`` raise OSError (and stop the forkserver: a later start starts a new one); from 252,
-    forkserver's own count refuses them first, with ValueError."""
+    make ``start()`` raise OSError (up to Python 3.13 the forkserver stops too: a later start starts a new
+    one); from 252, forkserver's own count refuses them first, with ValueError."""
     context = multiprocessing.get_context("forkserver")
 
     def start(count: int) -> int | None:
@@ -126,10 +126,10 @@ def test_forkserver_refuses_a_few_too_many_tensors_with_oserror_then_valueerror(
         worker.join(timeout=60)
         return worker.exitcode
 
-    assert start(249 - 4) == 0  # the DataLoader's own descriptors aside, about 245 fit
+    assert start(249) == 0  # 4 + 249 = 253 descriptors: the most one message carries (a DataLoader adds 4)
     with pytest.raises(OSError, match="Invalid argument"):
         start(250)
-    for _ in range(100):  # the forkserver stopped with the refused message: a later start starts a new one
+    for _ in range(100):  # up to 3.13 the forkserver stopped with the refused message: start a new one
         try:
             assert start(2) == 0
             break

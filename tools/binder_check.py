@@ -33,6 +33,16 @@ ROOT = Path(__file__).resolve().parent.parent
 LIMIT_GB = 1.5  # the series' budget: well inside Binder's 2 GB, near its guaranteed 1 GB
 
 
+def cpu_name() -> str:
+    """The CPU's model name, as Linux gives it in /proc/cpuinfo (Binder runs Linux), else its architecture."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def tree_pss(launcher: psutil.Process) -> tuple[int, int]:
     """PSS in bytes of every process below ``launcher`` (the kernel and what it started), and their count."""
     total = count = 0
@@ -91,7 +101,7 @@ def main() -> None:
     if args.json:
         import torch  # the versions measured, read after the runs so they do not count
         machine = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
-                   "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                   "torch": torch.__version__, "cpu": cpu_name(),
                    "cores_on_machine": os.cpu_count(), "cpus_used": args.cpus,
                    "command": "python tools/binder_check.py " + " ".join(sys.argv[1:])}
         args.json.write_text(json.dumps({"machine": machine, "notebooks": rows}, indent=1) + "\n")
