@@ -97,8 +97,8 @@ def test_shards_by_count_differ_by_one_pair_at_most_and_keep_the_order(tmp_path,
     assert len(shards) == 6 and sum(sizes) == 20 and max(sizes) - min(sizes) <= 1
     samples = list(ShardStream(shards))
     assert torch.equal(samples[19].mask, source_dataset[19].mask)
-    assert len(write_shards(source_dataset, str(tmp_path / "more"), shards=50)) == 20  # never an empty
-    # shard; the folder may be given as a str, as the README's one-line command does
+    # never an empty shard; the folder may be a str, as in the README's one-line command
+    assert len(write_shards(source_dataset, str(tmp_path / "more"), shards=50)) == 20
 
 
 def test_shards_hold_no_pax_header_per_file(tmp_path, source_dataset):
