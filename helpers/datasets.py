@@ -4,6 +4,7 @@ Taught in 02_segmentation_masks; used by every later notebook and by DataLoader 
 """
 
 import io
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -101,8 +102,8 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     stems = [stem.strip() for stem in stems if stem.strip()]  # blank lines and stray spaces do not count
     unknown = [stem for stem in stems if stem not in by_stem]
     if unknown:
-        raise ValueError(f"{split_file.name} lists {unknown[:5]}, which have no image+mask pair. "
-                         "Fix the list or add the files.")
+        raise ValueError(f"{split_file} lists {unknown[:5]}, which have no image+mask pair: list each pair's "
+                         "file name stem (0001, not 0001.jpg), or add the files.")
     twice = sorted(stem for stem, count in Counter(stems).items() if count > 1)
     if twice or not stems:
         problem = f"lists {twice[:5]} more than once" if twice else "lists no file"
@@ -110,9 +111,11 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     return [by_stem[stem] for stem in stems]
 
 
-TOO_LARGE = ("Pillow refuses images this large in case the file is a decompression bomb. If you trust it, "
-             "shrink it to the size you train at, or raise PIL.Image.MAX_IMAGE_PIXELS in a "
+TOO_LARGE = ("Pillow treats images this large as a possible decompression bomb (it warns above "
+             "PIL.Image.MAX_IMAGE_PIXELS and refuses above twice it; this series refuses both). If you "
+             "trust it, shrink it to the size you train at, or raise PIL.Image.MAX_IMAGE_PIXELS in a "
              "module your DataLoader workers import too.")
+GONE = "was listed when the dataset was built and is gone now: put it back, or build the dataset again."
 
 
 TURNED = (5, 6, 7, 8)  # EXIF orientations that swap height and width
@@ -139,6 +142,34 @@ class InMemoryFile(io.BytesIO):
     __repr__ = __str__
 
 
+def check_pixels(file: Image.Image, path: Path | BinaryIO, what: str) -> None:
+    """Refuse an opened image over PIL.Image.MAX_IMAGE_PIXELS, where Pillow only warns (without the file's
+    name) until twice the limit."""
+    limit, pixels = Image.MAX_IMAGE_PIXELS, file.width * file.height
+    if limit is not None and pixels > limit:
+        raise ImageRefused(f"Cannot read {what} {path}: its {pixels} pixels exceed the limit of {limit}, "
+                           f"which could be a decompression bomb. {TOO_LARGE}")
+
+
+def check_png(data: bytes) -> None:
+    """Check the checksum of every chunk of a PNG file's bytes, as Pillow's ``verify()`` does, without
+    opening the file a second time. Pillow does not check them as it decodes, so a damaged byte in the
+    compressed pixels can decode to wrong values that still look like classes."""
+    view, start = memoryview(data), 8  # after the 8-byte signature: chunks of length, type, data, CRC
+    while start + 12 <= len(data):
+        length = int.from_bytes(view[start:start + 4], "big")
+        end = start + 12 + length
+        kind = bytes(view[start + 4:start + 8])
+        if end > len(data):
+            raise OSError(f"truncated PNG file (its {kind!r} chunk is cut short)")
+        if zlib.crc32(view[start + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
+            raise SyntaxError(f"broken PNG file (bad checksum in its {kind!r} chunk)")
+        if kind == b"IEND":
+            return
+        start = end
+    raise OSError("truncated PNG file (it has no IEND chunk)")
+
+
 def reduced_size(size: tuple[int, int], min_size: tuple[int, int] | None) -> tuple[int, int]:
     """The (height, width) a JPEG of ``size`` decodes to at the smallest of 1, 1/2, 1/4, 1/8 scale that keeps
     at least ``min_size``. Only these scales are fast: libjpeg-turbo's others (such as 7/8) are slower than
@@ -160,7 +191,10 @@ def decode_image(path: Path | BinaryIO,
     still at least ``min_size`` (far fewer pixels to decode; 04_dataloader_batching measures it). Other
     formats decode at full size. A truncated or damaged file raises instead of coming back half grey.
     """
-    data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
+    try:
+        data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Image {path} {GONE}") from None
     try:
         # a JPEG without EXIF or XMP orientation has nothing to turn: libjpeg-turbo decodes it from the bytes
         if (simplejpeg is not None and data[:3] == b"\xff\xd8\xff" and b"Exif\x00\x00" not in data
@@ -176,6 +210,9 @@ def decode_image(path: Path | BinaryIO,
                 except ValueError:
                     pass  # damaged: PIL below says how
         with Image.open(InMemoryFile(data, str(path))) as file:  # checks the size against MAX_IMAGE_PIXELS
+            check_pixels(file, path, "image")
+            if file.format == "PNG":
+                check_png(data)
             orientation = exif_orientation(file, path)
             width, height = file.size[::-1] if orientation in TURNED else file.size
             if simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L"):
@@ -220,6 +257,8 @@ def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
         return 1
     try:  # EXIF in JPEG, PNG and WebP, or XMP's tiff:Orientation, as PIL reads them
         return file.getexif().get(ORIENTATION, 1)
+    except OSError:  # the file itself is cut short (a PNG's EXIF may follow its pixels): not the metadata
+        raise
     except Exception as error:  # PIL's EXIF parser raises struct.error, TypeError, ... on damaged metadata
         raise ImageRefused(f"Cannot read image {path}: its EXIF metadata is damaged ({type(error).__name__}: "
                            f"{error}). Export it again, or strip its metadata.") from None
@@ -306,11 +345,17 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
         largest = max(num_classes - 1, ignore_index or 0)
         raise ValueError(f"{dtype} cannot hold class {largest}: use torch.int64.")
     try:
-        with Image.open(path) as file:
+        data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Mask {path} {GONE}") from None
+    try:
+        with Image.open(InMemoryFile(data, str(path))) as file:
             if file.format != "PNG":  # named .png, but JPEG's compression would have invented values
                 why = "stored losslessly" if file.format in ("JPEG", "MPO") else "PNG files"
                 raise ValueError(f"Mask {path} is a {file.format} file, not a PNG: masks must be {why}. "
                                  "Export it again as PNG from the original class indices.")
+            check_pixels(file, path, "mask")
+            check_png(data)
             full, array = file.size[::-1], None
             if size is not None and tuple(size) != full and file.mode in ("P", "L"):
                 low, high = file.getextrema()  # checked inside PIL, no copy of the full mask
@@ -322,6 +367,8 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
                 array = mask_array(file, path)
     except Image.DecompressionBombError as error:
         raise ValueError(f"Cannot read mask {path}: {error} {TOO_LARGE}") from None
+    except ImageRefused:
+        raise
     except (OSError, SyntaxError) as error:
         raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
     mask = torch.from_numpy(array)

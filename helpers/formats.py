@@ -424,9 +424,10 @@ def compression(head: bytes) -> str | None:
 
 
 def check_whole_tar(path: Path) -> None:
-    """Raise unless ``path`` is a tar file that ends with tar's end-of-archive blocks (zeros): a shard cut
-    short between two files reads without any error, its last samples missing. Reads only the first and
-    the last blocks, so every rank can check every shard before training (07_distributed).
+    """Raise unless ``path`` is a tar file whose headers run to tar's end-of-archive blocks (zeros) and
+    nothing after them: a shard cut short between two files, joined to another with cat, or damaged in a
+    header reads without any error, its later samples missing. Reads the headers, not the files' bytes, so
+    every rank can check every shard before training (07_distributed).
 
     A compressed shard passes here; reading it with ``ShardStream`` checks it whole."""
     with open(path, "rb") as file:
@@ -444,6 +445,14 @@ def check_whole_tar(path: Path) -> None:
                              "shard again.") from None
     if size < 2 * tarfile.BLOCKSIZE or size % tarfile.BLOCKSIZE or tail.count(0) != len(tail):
         raise ValueError(f"{path} {CUT_SHORT}")
+    try:
+        with tarfile.open(path) as tar:  # walks from header to header, seeking over each file's bytes
+            for _ in tar:
+                pass
+            _check_tar_end(tar, path)
+    except tarfile.TarError as error:
+        raise ValueError(f"Cannot read {path} as a tar file: {error}. Copy or write the shard again."
+                         ) from None
 
 
 def _files_in_shard(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -537,8 +546,9 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
             del pending[stem]
             pairs += 1
     if pending:
-        raise ValueError(f"{path} has unpaired files {sorted(pending)[:5]}: "
-                         "each NAME needs an image and NAME.png.")
+        left = sorted(f"{stem}.{suffix}" for stem, files in pending.items() for suffix in files)
+        raise ValueError(f"{path} has unpaired or stray files {left[:5]}: a shard holds, for each NAME, an "
+                         "image and NAME.png, and nothing else. Write the shard again without them.")
     if not pairs:
         raise ValueError(f"{path} holds no samples: copy or write the shard again.")
 
@@ -633,8 +643,9 @@ def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None) -> Na
         raise ValueError(f"{where} has {found}: webdataset ends a sample's name at its first dot, so files "
                          "named with a dot before the extension were read into this sample. Rename them "
                          "without the dot (img_1.jpg, img_1.png) and write the shard again.")
-    if "jpg" not in sample or "png" not in sample:
-        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same shard.")
+    if found != ["jpg", "png"]:  # missing, or a stray file webdataset read into the sample
+        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same shard, "
+                         "and nothing else. Write the shard again with those two files per sample.")
     key = sample.get("__key__")
     try:
         image, mask = read_pair(InMemoryFile(sample["jpg"], f"{key}.jpg"),

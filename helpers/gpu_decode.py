@@ -9,6 +9,7 @@ batch into a few tensors (``encoded_collate``); the main process decodes each ba
 (CUDA cannot start in forked workers).
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,7 +45,22 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
         raise ImportError(f"Decoding JPEGs with torchcodec needs it installed: {INSTALL}") from error
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
-    return decode_jpeg(list(encoded), mode="RGB", device=device)
+    try:
+        return decode_jpeg(list(encoded), mode="RGB", device=device)
+    except RuntimeError as error:  # the decoder names no file: find which ones fail, one at a time
+        bad = [i for i, data in enumerate(encoded) if not decodes(decode_jpeg, data, device)]
+        raise ValueError(f"The JPEGs at positions {bad[:8]} of this batch of {len(encoded)} cannot be decoded "
+                         f"({error}): damaged or cut short. Run python -m helpers.doctor on the data folder "
+                         "to name them, then export them again or remove them and their masks.") from None
+
+
+def decodes(decode_jpeg: Callable, data: torch.Tensor, device: torch.device) -> bool:
+    """Whether torchcodec's ``decode_jpeg`` decodes this one JPEG without an error."""
+    try:
+        decode_jpeg(data, mode="RGB", device=device)
+    except RuntimeError:
+        return False
+    return True
 
 
 def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, int]) -> None:
@@ -85,8 +101,9 @@ class EncodedPairs(Dataset):
 
     def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None,
                  masks: Path | None = None):
-        self.images = [str(image) for image, _ in pairs]
-        self.masks = [str(mask) for _, mask in pairs]
+        # NumPy arrays, not lists: workers then share them instead of copying (notebook 05)
+        self.images = np.array([str(image) for image, _ in pairs])
+        self.masks = np.array([str(mask) for _, mask in pairs])
         self.mask_size, self.decoded, self.arrays = mask_size, masks, None
         if masks is not None:
             self.mask_size = self._check_decoded(Path(masks), mask_size)
@@ -129,7 +146,7 @@ class EncodedPairs(Dataset):
         return torch.from_numpy(np.array(masks[index])), (int(sizes[index][0]), int(sizes[index][1]))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask_path = self.images[index], Path(self.masks[index])
+        image, mask_path = str(self.images[index]), Path(self.masks[index])
         data = Path(image).read_bytes()
         if not data.startswith(b"\xff\xd8"):
             raise ValueError(f"{image} is not a JPEG file (it does not start with FF D8); "

@@ -40,6 +40,17 @@ def test_default_collate_fails_on_mixed_sizes_and_pad_collate_does_not():
     assert {tuple(s) for s in batch.size.tolist()} == sizes
 
 
+def test_flip_collate_names_mixed_sizes_in_a_worker_too():
+    """Stacked in a worker, mixed sizes would fail only with "Trying to resize storage that is not resizable"."""
+    from helpers.paths import data_dir
+
+    dataset = SegmentationDataset(data_dir("shapes"), split="val", mask_dtype=torch.uint8)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=1, collate_fn=flip_collate)
+    with pytest.raises(ValueError, match=r"flip_collate stacks samples of one size, but this batch holds "
+                                         r"\[\(.*\(HxW\): give the dataset size=\(height, width\)"):
+        next(iter(loader))
+
+
 def test_normalize_batch_equals_the_per_sample_eval_pipeline():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     per_sample = torch.stack([eval_transforms()(image) for image in images])

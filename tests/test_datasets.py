@@ -1,5 +1,6 @@
 """Every way a folder of image+mask pairs can be wrong gets an error naming the file and the fix."""
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -177,6 +178,38 @@ def test_truncated_image_is_named(root):
         SegmentationDataset(root)[0]
 
 
+def damage_pixels(path: Path) -> None:
+    """Flip one bit in the middle of a PNG's compressed pixels (its IDAT chunk), checksum left as it was."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 4
+    data[start + int.from_bytes(data[start - 8:start - 4], "big") // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("what", ["image", "mask"])
+def test_damaged_png_pixels_are_refused_not_decoded_wrong(root, what):
+    """Pillow does not check a PNG's checksums as it decodes: a flipped bit could give other, valid classes."""
+    damage_pixels(root / f"{what}s" / "1.png")
+    with pytest.raises(ValueError, match=rf"Cannot read {what} .*1.png: .*(?i:checksum|crc).*\. "):
+        SegmentationDataset(root)[0]
+
+
+def test_a_truncated_png_image_is_called_damaged_not_its_metadata(root):
+    data = (root / "images" / "1.png").read_bytes()
+    (root / "images" / "1.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"Cannot read image .*1.png: .*The file is damaged or not an image"):
+        SegmentationDataset(root)[0]
+
+
+@pytest.mark.parametrize("what", ["image", "mask"])
+def test_a_file_gone_since_the_dataset_listed_it_says_so(root, what):
+    dataset = SegmentationDataset(root)
+    (root / f"{what}s" / "1.png").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"(?i:{what}) .*1.png was listed when the dataset was built "
+                                                r"and is gone now: put it back, or build the dataset again"):
+        dataset[0]
+
+
 def test_unreadable_mask_is_named(root):
     (root / "masks" / "1.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"Cannot read mask .*1.png"):
@@ -188,8 +221,8 @@ def test_split_files_choose_and_order_samples(root):
     dataset = SegmentationDataset(root, split="val")
     assert [Path(p).stem for p in dataset.image_paths] == ["2", "10"]
     (root / "val.txt").write_text("2\n99\n")
-    with pytest.raises(ValueError, match=r"val.txt lists \['99'\], which have no image\+mask pair\. "
-                       r"Fix the list or add the files\.$"):
+    with pytest.raises(ValueError, match=r".*val.txt lists \['99'\], which have no image\+mask pair: list "
+                       r"each pair's file name stem \(0001, not 0001.jpg\), or add the files\.$"):
         SegmentationDataset(root, split="val")
     with pytest.raises(FileNotFoundError, match="No split file .*test.txt"):
         SegmentationDataset(root, split="test")
@@ -260,14 +293,17 @@ def test_a_mask_dtype_too_small_for_the_classes_is_refused(root):
         SegmentationDataset(root, num_classes=300, mask_dtype=torch.uint8)[0]
 
 
-def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
+@pytest.mark.parametrize("limit", [40, 90], ids=["over twice the limit", "over the limit: Pillow warns"])
+def test_images_too_large_to_decode_safely_are_named(root, monkeypatch, limit):
     from helpers.datasets import read_mask
 
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # the pairs hold 96 pixels: over twice the limit
-    with pytest.raises(ValueError, match=r"Cannot read image .*1.png: .*decompression bomb.*shrink it"):
-        SegmentationDataset(root)[0]
-    with pytest.raises(ValueError, match=r"Cannot read mask .*1.png: .*decompression bomb.*MAX_IMAGE_PIXELS"):
-        read_mask(root / "masks" / "1.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # the pairs hold 96 pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's, which names no file
+        with pytest.raises(ValueError, match=r"Cannot read image .*1.png: .*decompression bomb.*shrink it"):
+            SegmentationDataset(root)[0]
+        with pytest.raises(ValueError, match=r"Cannot read mask .*1.png: .*decompression bomb.*MAX_IMAGE_PIX"):
+            read_mask(root / "masks" / "1.png")
 
 
 def write_photo(root: Path, size=(768, 1024), orientation: int | None = None) -> tuple[Path, Path]:

@@ -135,6 +135,8 @@ def test_a_shard_sample_without_its_mask_is_named():
     with pytest.raises(ValueError, match=r"sample 'img' has \['1.jpg', 'jpg', 'png'\]: webdataset ends a "
                                          r"sample's name at its first dot.*Rename them without the dot"):
         decode_shard_sample({"__key__": "img", "jpg": b"", "png": b"", "1.jpg": b""})  # img.1.jpg as well
+    with pytest.raises(ValueError, match=r"sample '0042' has \['jpg', 'png', 'txt'\]: .*and nothing else"):
+        decode_shard_sample({"__key__": "0042", "jpg": b"", "png": b"", "txt": b""})  # a stray 0042.txt
     image = (data_dir("shapes") / "images" / "0001.jpg").read_bytes()
     mask = (data_dir("shapes") / "masks" / "0001.png").read_bytes()
     got, label, name = decode_shard_sample({"__key__": "0001", "jpg": image, "png": mask}, size=(32, 32))

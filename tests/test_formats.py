@@ -2,6 +2,7 @@
 
 import pickle
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,15 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from torchvision.transforms import v2
 
 from helpers.datasets import SegmentationDataset
-from helpers.formats import HDF5Dataset, MemmapDataset, ShardStream, write_hdf5, write_memmap, write_shards
+from helpers.formats import (
+    HDF5Dataset,
+    MemmapDataset,
+    ShardStream,
+    check_whole_tar,
+    write_hdf5,
+    write_memmap,
+    write_shards,
+)
 from helpers.paths import data_dir
 
 SIZE = 32
@@ -147,13 +156,22 @@ def test_shuffling_changes_the_order_but_not_the_content(tmp_path, source_datase
 
 def test_unpaired_files_in_a_shard_are_named(tmp_path, source_dataset):
     import tarfile
-    from pathlib import Path
 
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
         tar.add(Path(source_dataset.image_paths[0]), arcname="0001.jpg")
-    with pytest.raises(ValueError, match=r"bad.tar has unpaired files \['0001'\]: each NAME needs an image "
-                                         r"and NAME.png\.$"):
+    with pytest.raises(ValueError, match=r"bad.tar has unpaired or stray files \['0001.jpg'\]: a shard "
+                                         r"holds, for each NAME, an image and NAME.png, and nothing else"):
         list(ShardStream([tmp_path / "bad.tar"]))
+
+
+def test_a_stray_file_in_a_shard_is_named_not_skipped(tmp_path, source_dataset):
+    import tarfile
+
+    (shard,) = write_shards(first_pair(source_dataset), tmp_path / "shards")
+    stem = Path(source_dataset.image_paths[0]).stem
+    info = tarfile.TarInfo(f"{stem}.txt")
+    with pytest.raises(ValueError, match=rf"bad.tar has unpaired or stray files \['{stem}.txt'\]"):
+        list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=[(info, b"notes")])]))
 
 
 def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_dataset, monkeypatch):
@@ -192,7 +210,7 @@ def test_a_write_that_stops_half_way_leaves_nothing_a_reader_takes_for_whole(tmp
     broken.mask_paths = [*source_dataset.mask_paths[:3], str(tmp_path / "missing.png")]
     broken.image_paths = source_dataset.image_paths[:4]
     for write, path in [(write_memmap, tmp_path / "mm"), (write_hdf5, tmp_path / "data.h5")]:
-        with pytest.raises(ValueError, match="missing.png"):
+        with pytest.raises(FileNotFoundError, match="missing.png was listed"):
             write(broken, path, SIZE)
         reader = MemmapDataset if write is write_memmap else HDF5Dataset
         with pytest.raises(ValueError, match=rf"^Cannot (map|read) {path}.*again with {write.__name__}"):
@@ -279,7 +297,6 @@ def test_a_shard_cut_short_between_two_files_is_refused(tmp_path, source_dataset
 def test_shard_errors_name_the_shard_and_the_file_and_folder_entries_are_skipped(tmp_path, source_dataset):
     import io
     import tarfile
-    from pathlib import Path
 
     image, mask = Path(source_dataset.image_paths[0]), Path(source_dataset.mask_paths[0])
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:
@@ -316,7 +333,6 @@ def test_png_images_and_dotted_names_are_refused_by_write_shards_and_jpeg_spelli
         tmp_path, source_dataset):
     import shutil
     import tarfile
-    from pathlib import Path
 
     for folder in ("images", "masks"):
         (tmp_path / "src" / folder).mkdir(parents=True)
@@ -448,9 +464,23 @@ def test_the_preflight_refuses_files_that_are_no_tar(tmp_path, content, message)
 def test_tars_joined_with_cat_are_refused_not_read_half(tmp_path, source_dataset):
     first, second = write_shards(source_dataset, tmp_path / "shards", shards=2)
     (tmp_path / "joined.tar").write_bytes(first.read_bytes() + second.read_bytes())
-    with pytest.raises(ValueError, match=r"joined.tar holds more after its end blocks \(tars joined with "
-                                         r"cat, or a damaged header\): those samples would be skipped"):
-        list(ShardStream([tmp_path / "joined.tar"]))
+    for read in (lambda path: list(ShardStream([path])), check_whole_tar):  # ddp_train's preflight too
+        with pytest.raises(ValueError, match=r"joined.tar holds more after its end blocks \(tars joined "
+                                             r"with cat, or a damaged header\): those samples would be"):
+            read(tmp_path / "joined.tar")
+
+
+def test_the_preflight_refuses_a_shard_with_a_damaged_header_inside(tmp_path, source_dataset):
+    import tarfile
+
+    (shard,) = write_shards(source_dataset, tmp_path / "shards")
+    with tarfile.open(shard) as tar:
+        third = tar.getmembers()[2].offset  # its header's first byte, in its name
+    data = bytearray(shard.read_bytes())
+    data[third] ^= 1  # the header's checksum no longer matches: tarfile stops there, quietly
+    (tmp_path / "damaged.tar").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"damaged.tar holds more after its end blocks"):
+        check_whole_tar(tmp_path / "damaged.tar")
 
 
 def test_shards_compressed_in_a_way_tarfile_cannot_read_say_so(tmp_path):
@@ -462,7 +492,6 @@ def test_shards_compressed_in_a_way_tarfile_cannot_read_say_so(tmp_path):
 
 def test_links_in_a_shard_are_read_or_refused_never_skipped(tmp_path, source_dataset):
     import tarfile
-    from pathlib import Path
 
     (shard,) = write_shards(first_pair(source_dataset), tmp_path / "shards")
     stem = Path(source_dataset.image_paths[0]).stem

@@ -131,6 +131,18 @@ def test_an_xmp_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_ref
         EncodedPairs([(cut, mask)])[0]
 
 
+def test_a_jpeg_cut_short_past_its_header_is_found_in_its_batch(tmp_path):
+    """EncodedPairs reads the header alone; the decoder's own error names no file, so the batch's is
+    retried one JPEG at a time to say which positions fail, and how to name their files."""
+    (image, mask), _ = first_pairs(2)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(image.read_bytes()[:len(image.read_bytes()) * 3 // 5])
+    batch = [EncodedPairs([(path, mask)])[0][0] for path in (image, cut)]
+    with pytest.raises(ValueError, match=r"The JPEGs at positions \[1\] of this batch of 2 cannot be decoded "
+                                         r"\(.*\): damaged or cut short. Run python -m helpers.doctor"):
+        decode_jpegs(batch, torch.device("cpu"))
+
+
 def test_without_torchcodec_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
     with pytest.raises(ImportError, match=r"pip install torchcodec==0\.17\.0"):
