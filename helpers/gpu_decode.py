@@ -49,9 +49,10 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
         return decode_jpeg(list(encoded), mode="RGB", device=device)
     except RuntimeError as error:  # the decoder names no file: find which ones fail, one at a time
         bad = [i for i, data in enumerate(encoded) if not decodes(decode_jpeg, data, device)]
-        raise ValueError(f"The JPEGs at positions {bad[:8]} of this batch of {len(encoded)} cannot be decoded "
-                         f"({error}): damaged or cut short. Run python -m helpers.doctor on the data folder "
-                         "to name them, then export them again or remove them and their masks.") from None
+        raise ValueError(f"The JPEGs at positions {bad[:8]} of this batch of {len(encoded)} cannot be "
+                         f"decoded ({error}): damaged or cut short. Run python -m helpers.doctor on the data "
+                         "folder to name them, then export them again or remove them and their masks."
+                         ) from None
 
 
 def decodes(decode_jpeg: Callable, data: torch.Tensor, device: torch.device) -> bool:

@@ -41,7 +41,8 @@ def test_default_collate_fails_on_mixed_sizes_and_pad_collate_does_not():
 
 
 def test_flip_collate_names_mixed_sizes_in_a_worker_too():
-    """Stacked in a worker, mixed sizes would fail only with "Trying to resize storage that is not resizable"."""
+    """Stacked in a worker, mixed sizes would fail only with "Trying to resize storage that is not
+    resizable"."""
     from helpers.paths import data_dir
 
     dataset = SegmentationDataset(data_dir("shapes"), split="val", mask_dtype=torch.uint8)

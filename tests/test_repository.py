@@ -186,8 +186,9 @@ def test_two_photographs_are_small_rgb_and_documented():
 
 
 def exercise_checks(nb: dict) -> dict[str, list[tuple[str, str]]]:
-    """Per '## Exercise' section, the stored output of each self-check: on the stub (the cell that defines
-    ``check_...``) and on the solution (a later cell that calls it)."""
+    """Per '## Exercise' section, the stored output of each self-check run (``solved = check_...``): on the
+    stub (the cell that defines ``check_...`` and runs it) and on the solution (a later cell that runs it).
+    Cells that define a part of the check without running it are passed over."""
     sections: dict[str, list[tuple[str, str]]] = {}
     current = None
     for cell in nb["cells"]:
@@ -196,7 +197,7 @@ def exercise_checks(nb: dict) -> dict[str, list[tuple[str, str]]]:
             headings = re.findall(r"^## (.*)$", text, re.MULTILINE)
             if headings:  # the last heading of the cell starts the section that follows
                 current = headings[-1] if headings[-1].startswith("Exercise") else None
-        elif current and "check_" in text:
+        elif current and "solved = check_" in text:
             output = "".join("".join(output.get("text", "")) for output in cell.get("outputs", []))
             sections.setdefault(current, []).append(("stub" if "def check_" in text else "solution", output))
     return sections
