@@ -152,20 +152,20 @@ def check_pixels(file: Image.Image, path: Path | BinaryIO, what: str) -> None:
 
 
 def check_png(data: bytes) -> None:
-    """Check the checksum of every chunk of a PNG file's bytes, as Pillow's ``verify()`` does, without
-    opening the file a second time. Pillow does not check them as it decodes, so a damaged byte in the
-    compressed pixels can decode to wrong values that still look like classes."""
+    """Check the checksum of every chunk of a PNG file's bytes up to its end chunk (IEND, which holds
+    nothing), as Pillow's ``verify()`` does, without opening the file a second time. Pillow does not check
+    them as it decodes, so a damaged byte in the compressed pixels can decode to wrong values that still
+    look like classes."""
     view, start = memoryview(data), 8  # after the 8-byte signature: chunks of length, type, data, CRC
     while start + 12 <= len(data):
-        length = int.from_bytes(view[start:start + 4], "big")
-        end = start + 12 + length
         kind = bytes(view[start + 4:start + 8])
+        if kind == b"IEND":
+            return
+        end = start + 12 + int.from_bytes(view[start:start + 4], "big")
         if end > len(data):
             raise OSError(f"truncated PNG file (its {kind!r} chunk is cut short)")
         if zlib.crc32(view[start + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
             raise SyntaxError(f"broken PNG file (bad checksum in its {kind!r} chunk)")
-        if kind == b"IEND":
-            return
         start = end
     raise OSError("truncated PNG file (it has no IEND chunk)")
 

@@ -440,6 +440,8 @@ def check_whole_tar(path: Path) -> None:
     except tarfile.HeaderError:
         if compression(head):
             return
+        if len(head) == tarfile.BLOCKSIZE and head.count(0) == len(head):  # tar's end block, first
+            raise ValueError(f"{path} is a tar file that holds no files: write the shard again.") from None
         if len(head) == tarfile.BLOCKSIZE:
             raise ValueError(f"{path} is not a tar file: it starts with {head[:16]!r}. Copy or write the "
                              "shard again.") from None

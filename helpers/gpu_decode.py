@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from helpers.datasets import (
+    GONE,
     UPRIGHT,
     InMemoryFile,
     check_same_size,
@@ -148,7 +149,10 @@ class EncodedPairs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask_path = str(self.images[index]), Path(self.masks[index])
-        data = Path(image).read_bytes()
+        try:
+            data = Path(image).read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"Image {image} {GONE}") from None
         if not data.startswith(b"\xff\xd8"):
             raise ValueError(f"{image} is not a JPEG file (it does not start with FF D8); "
                              "convert it to JPEG, or load it with SegmentationDataset instead.")

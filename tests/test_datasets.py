@@ -195,6 +195,15 @@ def test_damaged_png_pixels_are_refused_not_decoded_wrong(root, what):
         SegmentationDataset(root)[0]
 
 
+def test_a_png_is_checked_up_to_its_end_chunk_as_pillow_does(root):
+    """IEND holds nothing: a damaged checksum there changes no pixel, and Pillow's verify() passes it."""
+    path = root / "masks" / "1.png"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the file: IEND's checksum
+    path.write_bytes(bytes(data))
+    assert SegmentationDataset(root)[0].mask.shape == (8, 12)
+
+
 def test_a_truncated_png_image_is_called_damaged_not_its_metadata(root):
     data = (root / "images" / "1.png").read_bytes()
     (root / "images" / "1.png").write_bytes(data[: len(data) // 2])

@@ -451,8 +451,9 @@ def test_shards_cut_inside_a_header_or_zero_filled_are_refused(tmp_path, source_
 
 
 @pytest.mark.parametrize("content, message", [(b"", "does not end as a tar file does: it was cut short"),
-                                              (b"<html>Not Found" * 40, "is not a tar file: it starts with")],
-                         ids=["empty", "web page"])
+                                              (b"<html>Not Found" * 40, "is not a tar file: it starts with"),
+                                              (bytes(10240), "is a tar file that holds no files")],
+                         ids=["empty", "web page", "a tar of nothing"])
 def test_the_preflight_refuses_files_that_are_no_tar(tmp_path, content, message):
     from helpers.formats import check_whole_tar
 

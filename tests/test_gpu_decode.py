@@ -143,6 +143,15 @@ def test_a_jpeg_cut_short_past_its_header_is_found_in_its_batch(tmp_path):
         decode_jpegs(batch, torch.device("cpu"))
 
 
+def test_a_photo_gone_since_the_pairs_were_listed_says_so(tmp_path):
+    image, mask = first_pairs(1)[0]
+    (tmp_path / "gone.jpg").write_bytes(image.read_bytes())
+    pairs = EncodedPairs([(tmp_path / "gone.jpg", mask)])
+    (tmp_path / "gone.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"Image .*gone.jpg was listed when the dataset was built"):
+        pairs[0]
+
+
 def test_without_torchcodec_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
     with pytest.raises(ImportError, match=r"pip install torchcodec==0\.17\.0"):
