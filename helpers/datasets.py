@@ -115,7 +115,15 @@ TOO_LARGE = ("Pillow treats images this large as a possible decompression bomb (
              "PIL.Image.MAX_IMAGE_PIXELS and refuses above twice it; this series refuses both). If you "
              "trust it, shrink it to the size you train at, or raise PIL.Image.MAX_IMAGE_PIXELS in a "
              "module your DataLoader workers import too.")
-GONE = "was listed when the dataset was built and is gone now: put it back, or build the dataset again."
+
+
+def file_bytes(path: Path | BinaryIO, what: str) -> bytes:
+    """A file's bytes (or an open file's); a file gone since the dataset listed it says so, as ``what``."""
+    try:
+        return path.read() if hasattr(path, "read") else Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} was listed when the dataset was built and is gone now: put "
+                                "it back, or build the dataset again.") from None
 
 
 TURNED = (5, 6, 7, 8)  # EXIF orientations that swap height and width
@@ -191,10 +199,7 @@ def decode_image(path: Path | BinaryIO,
     still at least ``min_size`` (far fewer pixels to decode; 04_dataloader_batching measures it). Other
     formats decode at full size. A truncated or damaged file raises instead of coming back half grey.
     """
-    try:
-        data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Image {path} {GONE}") from None
+    data = file_bytes(path, "Image")
     try:
         # a JPEG without EXIF or XMP orientation has nothing to turn: libjpeg-turbo decodes it from the bytes
         if (simplejpeg is not None and data[:3] == b"\xff\xd8\xff" and b"Exif\x00\x00" not in data
@@ -344,10 +349,7 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
     if torch.iinfo(dtype).max < max(num_classes - 1, ignore_index or 0):
         largest = max(num_classes - 1, ignore_index or 0)
         raise ValueError(f"{dtype} cannot hold class {largest}: use torch.int64.")
-    try:
-        data = path.read() if hasattr(path, "read") else Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"Mask {path} {GONE}") from None
+    data = file_bytes(path, "Mask")
     try:
         with Image.open(InMemoryFile(data, str(path))) as file:
             if file.format != "PNG":  # named .png, but JPEG's compression would have invented values

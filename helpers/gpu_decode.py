@@ -19,11 +19,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from helpers.datasets import (
-    GONE,
     UPRIGHT,
     InMemoryFile,
     check_same_size,
     exif_orientation,
+    file_bytes,
     orientation_metadata,
     read_mask_with_size,
 )
@@ -149,10 +149,7 @@ class EncodedPairs(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask_path = str(self.images[index]), Path(self.masks[index])
-        try:
-            data = Path(image).read_bytes()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"Image {image} {GONE}") from None
+        data = file_bytes(Path(image), "Image")
         if not data.startswith(b"\xff\xd8"):
             raise ValueError(f"{image} is not a JPEG file (it does not start with FF D8); "
                              "convert it to JPEG, or load it with SegmentationDataset instead.")
