@@ -15,7 +15,7 @@ nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests-3.13", "colab"]
 
 # Google Colab's runtime of August 2026: the oldest stack helpers/ supports (pyproject.toml's floor).
-# No simplejpeg and no nbgrader there; webdataset comes from each notebook's Colab cell.
+# No simplejpeg, webdataset or nbgrader there; each notebook's Colab cell installs the first two.
 COLAB_STACK = ["torch==2.11.0", "torchvision==0.26.0", "pillow==11.3.0", "numpy==2.1.3",
                "matplotlib==3.10.0", "h5py==3.16.0", "tqdm==4.67.1", "psutil==5.9.5",
                "ipywidgets==7.7.1", "ipykernel", "nbclient"]

@@ -1,4 +1,4 @@
-"""What is this machine? Versions, device, cores and start method (taught in 00_start_here).
+"""What is this machine? Versions, device, cores, start method and JPEG decoder (taught in 00_start_here).
 
 Also ``worker_stderr``, which catches what DataLoader workers print (04_dataloader_batching).
 """
@@ -16,6 +16,7 @@ import PIL
 import torch
 import torchvision
 
+from helpers import datasets
 from helpers.device import pick_device
 
 
@@ -62,8 +63,16 @@ def worker_stderr() -> Iterator[list[str]]:
             lines.extend(ANSI_CODES.sub("", log.read()).splitlines())
 
 
+def jpeg_decoder() -> str:
+    """Which library decodes JPEGs for helpers.datasets: simplejpeg (libjpeg-turbo), or PIL without it."""
+    if datasets.simplejpeg is not None:
+        return f"simplejpeg {datasets.simplejpeg.__version__}"
+    return "PIL (pip install simplejpeg: faster, and it refuses damaged JPEG data)"
+
+
 def environment_report() -> dict[str, str]:
-    """Return versions, device, cores and the start method DataLoader workers will use, as text."""
+    """Return versions, device, cores, the start method DataLoader workers will use and the JPEG decoder,
+    as text."""
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     return {
@@ -75,6 +84,7 @@ def environment_report() -> dict[str, str]:
         "device": f"{device.type} ({name or 'unknown'})",
         "cpu cores usable": str(usable_cores()),
         "worker start method": worker_start_method(),
+        "jpeg decoder": jpeg_decoder(),
     }
 
 

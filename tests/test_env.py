@@ -13,6 +13,14 @@ def test_report_names_versions_device_cores_and_start_method():
     assert report["device"].split()[0] in {"cuda", "mps", "cpu"}
     assert int(report["cpu cores usable"]) == usable_cores() >= 1
     assert report["worker start method"] in {"fork", "spawn", "forkserver"}
+    assert report["jpeg decoder"].startswith("simplejpeg 1.")  # the README's install includes it
+
+
+def test_report_says_what_is_lost_without_simplejpeg(monkeypatch):
+    from helpers import datasets
+
+    monkeypatch.setattr(datasets, "simplejpeg", None)
+    assert environment_report()["jpeg decoder"].startswith("PIL (pip install simplejpeg: ")
 
 
 def test_start_method_is_read_without_fixing_it():

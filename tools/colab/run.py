@@ -2,9 +2,10 @@
 
 Each notebook runs from a fresh kernel in a working folder outside the repository, with ``google.colab``
 imported at start as on Colab, so its own Colab cell does what it does there: clones the repository (a
-stand-in ``git`` copies this checkout), installs helpers/ without dependencies and webdataset, and sets
-PIXELS_TO_BATCHES_ROOT. The one change to a notebook: the clone goes to a temporary folder instead of
-/content. A last cell checks that helpers came from the clone's install, not from this checkout.
+stand-in ``git`` copies this checkout), installs helpers/ without dependencies, webdataset and
+simplejpeg, and sets PIXELS_TO_BATCHES_ROOT. The one change to a notebook: the clone goes to a temporary
+folder instead of /content. A last cell checks that helpers came from the clone's install, not from this
+checkout.
 
     python tools/colab/run.py [NOTEBOOK ...]     # default: every notebook
 """
