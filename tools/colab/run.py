@@ -5,7 +5,7 @@ imported at start as on Colab, so its own Colab cell does what it does there: cl
 stand-in ``git`` copies this checkout), installs helpers/ without dependencies, webdataset and
 simplejpeg, and sets PIXELS_TO_BATCHES_ROOT. The one change to a notebook: the clone goes to a temporary
 folder instead of /content. A last cell checks that helpers came from the clone's install, not from this
-checkout.
+checkout, and decode JPEGs with simplejpeg.
 
     python tools/colab/run.py [NOTEBOOK ...]     # default: every notebook
 """
@@ -23,7 +23,9 @@ HERE = Path(__file__).resolve().parent  # holds google/colab and the stand-in gi
 CHECKOUT = HERE.parent.parent
 COLAB_ROOT = "/content/pixels-to-batches"  # where the Colab cell clones to
 CHECK_INSTALL = ("import helpers, torch\n"
+                 "from helpers import datasets\n"
                  "assert not helpers.__file__.startswith({checkout!r}), helpers.__file__\n"
+                 "assert datasets.simplejpeg is not None, 'the Colab cell did not install simplejpeg'\n"
                  "print('helpers from', helpers.__file__, '| torch', torch.__version__)")
 
 
