@@ -25,3 +25,7 @@ c.CourseDirectory.db_url = "sqlite:///classroom/gradebook.db"
 # self-check then says "Not solved yet". Autograding restores the hidden `assert solved` lines.
 c.ClearSolutions.code_stub = {
     "python": "# The solution is not in this copy: write yours in the cell under the exercise's title."}
+
+# nbgrader stops a cell after 30 s; 06 trains for about that long on two cores, and longer on one. The
+# same limit as the test command's (pyproject.toml, --nbval-cell-timeout).
+c.Execute.timeout = 300

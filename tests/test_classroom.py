@@ -36,6 +36,16 @@ def course(tmp_path_factory) -> Path:
     return course
 
 
+def test_autograding_gives_each_cell_the_time_the_test_command_gives_it(tmp_path, monkeypatch):
+    """nbgrader's own limit, 30 s a cell, would interrupt 06's training on a slow machine."""
+    from traitlets.config import PyFileConfigLoader
+
+    monkeypatch.chdir(tmp_path)  # the settings make classroom/ where they are read
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(ROOT)).load_config()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f"--nbval-cell-timeout={config.Execute.timeout}" in pyproject
+
+
 def solution_lines(cell: nbformat.NotebookNode) -> list[str]:
     region = re.search(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", cell.source, flags=re.S)
     return [line for line in region.group(1).splitlines() if line.strip()] if region else []

@@ -97,6 +97,26 @@ def test_colab_cell_clones_and_installs_helpers_without_touching_torch(monkeypat
     assert os.environ["PIXELS_TO_BATCHES_ROOT"] == clone[-1] == install[-1]
 
 
+def test_the_oldest_versions_pyproject_allows_are_those_the_colab_session_tests():
+    """pyproject.toml's floors are Colab's stack (noxfile.py) and what the Colab cell installs."""
+    import ast
+    import tomllib
+
+    from packaging.version import Version
+
+    noxfile = ast.parse((ROOT / "noxfile.py").read_text())
+    stack = next(ast.literal_eval(node.value) for node in noxfile.body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COLAB_STACK")
+    cell_pins = re.findall(r'"([\w-]+==[\w.]+)"', colab_cell())
+    tested = dict(pin.split("==") for pin in stack + cell_pins if "==" in pin)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    for floor in floors:
+        name, version = floor.split(">=")
+        assert Version(version) == Version(tested[name]), f"{floor}: Colab's is {tested[name]}"
+    assert len(floors) == len(tested)  # every package pinned there has its floor (not ipykernel, nbclient)
+
+
 def test_every_link_names_the_repository_that_pyproject_names():
     run = subprocess.run([sys.executable, "tools/publish.py", "--check"], cwd=ROOT, capture_output=True,
                          text=True)
@@ -151,7 +171,7 @@ def test_readme_open_command_serves_the_repository_and_its_link_opens_00():
 
 
 def test_ruff_finds_nothing_in_helpers_tests_and_notebooks():
-    folders = ["helpers", "tests", "tools", "notebooks", "noxfile.py"]
+    folders = ["helpers", "tests", "tools", "notebooks", "noxfile.py", "conftest.py", "nbgrader_config.py"]
     run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", *folders],
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-4000:]

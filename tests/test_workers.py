@@ -36,6 +36,7 @@ from helpers.formats import (
     write_memmap,
     write_shards,
 )
+from helpers.gpu_decode import EncodedPairs, write_masks
 from helpers.paths import data_dir
 
 METHODS = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
@@ -74,14 +75,18 @@ def many() -> InMemoryDataset:
 @pytest.fixture(scope="module")
 def datasets(files, many, tmp_path_factory) -> dict[str, Dataset]:
     """Each Dataset of helpers/ over the same twelve pairs, and every 200th sample of the 2,000 in memory
-    (each worker still receives all 2,000: the Subset holds the whole dataset)."""
+    (each worker still receives all 2,000: the Subset holds the whole dataset). EncodedPairs (06's way (c))
+    gives JPEG bytes and a mask, with masks decoded or stored decoded."""
     folder = tmp_path_factory.mktemp("formats")
     write_memmap(files, folder / "memmap", SIZE)
     write_hdf5(files, folder / "data.h5", SIZE)
+    pairs = list(zip(files.image_paths, files.mask_paths, strict=True))
+    write_masks(pairs, folder / "masks", (SIZE, SIZE))
     return {"SegmentationDataset": files, "InMemoryDataset": InMemoryDataset(files, v2.CenterCrop(100)),
             "InMemoryDataset of 2,000": Subset(many, range(0, 2000, 200)),
             "MemmapDataset": MemmapDataset(folder / "memmap"), "HDF5Dataset": HDF5Dataset(folder / "data.h5"),
-            "ddp_train.Named": Named(files)}
+            "ddp_train.Named": Named(files), "EncodedPairs": EncodedPairs(pairs),
+            "EncodedPairs, masks stored": EncodedPairs(pairs, masks=folder / "masks")}
 
 
 def read_all(dataset, **loader_options) -> list[Sample]:
@@ -146,12 +151,12 @@ def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, m
     """One loader over all of them, so that each start method starts its (slow to spawn) workers once."""
     names, together = list(datasets), ConcatDataset(list(datasets.values()))
     got = read_all(together, num_workers=2, multiprocessing_context=method)
-    assert len(got) == len(together) == 5 * 12 + 10
-    for index, (sample, want) in enumerate(zip(got, read_all(together))):
+    assert len(got) == len(together) == 7 * 12 + 10
+    for index, (sample, want) in enumerate(zip(got, read_all(together))):  # image first, mask second
         name = names[bisect.bisect_right(together.cumulative_sizes, index)]
-        assert torch.equal(sample.image, want.image), f"{name}: {index}"
-        assert torch.equal(sample.mask, want.mask), f"{name}: {index}"
-        assert sample.mask.dtype == want.mask.dtype, name
+        assert torch.equal(sample[0], want[0]), f"{name}: {index}"
+        assert torch.equal(sample[1], want[1]), f"{name}: {index}"
+        assert sample[1].dtype == want[1].dtype, name
 
 
 @pytest.mark.parametrize("method", METHODS)
