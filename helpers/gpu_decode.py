@@ -99,7 +99,8 @@ class EncodedPairs(Dataset):
     pairs, gives the masks already decoded instead. Each JPEG's header is read (no pixels): its size, turned
     upright, must be its mask's. torchcodec turns a photo upright by its EXIF orientation, on the CPU and
     the GPU alike, but does not read XMP metadata, so a photo turned by XMP alone is refused (PIL, and so
-    ``SegmentationDataset``, turns it)."""
+    ``SegmentationDataset``, turns it). torchcodec has no strict mode: damaged compressed data that libjpeg
+    only warns about decodes into wrong pixels, so check a folder first with ``python -m helpers.doctor``."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None,
                  masks: Path | None = None):

@@ -410,6 +410,21 @@ def test_simplejpeg_gives_the_pixels_pil_gives(monkeypatch):
     assert torch.equal(fast, datasets.read_image(path))
 
 
+def damaged_jpeg(data: bytes) -> bytes:
+    """A JPEG's bytes with one bit flipped in its compressed pixels, the first flip that libjpeg warns
+    about ("Corrupt JPEG data"): simplejpeg, strict, raises on it."""
+    simplejpeg = pytest.importorskip("simplejpeg")
+    scan = data.index(b"\xff\xda") + 20  # the compressed pixels, after the start-of-scan header
+    for position in range(scan, len(data) - 2):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x08
+        try:
+            simplejpeg.decode_jpeg(bytes(damaged))
+        except ValueError:
+            return bytes(damaged)
+    pytest.fail("no flipped bit made libjpeg warn")
+
+
 def test_damaged_jpeg_data_is_refused_by_simplejpeg_where_pil_decodes_it_wrong(tmp_path, monkeypatch):
     """libjpeg only warns about damaged compressed data: PIL decodes wrong pixels without a word, simplejpeg
     (strict) raises. Why the README's install and the Colab cell add it (04_dataloader_batching)."""
@@ -417,23 +432,12 @@ def test_damaged_jpeg_data_is_refused_by_simplejpeg_where_pil_decodes_it_wrong(t
 
     spy_on_simplejpeg(monkeypatch)
     path = sorted((data_dir("shapes") / "images").glob("*.jpg"))[0]
-    data, good = path.read_bytes(), datasets.read_image(path)
-    scan = data.index(b"\xff\xda") + 20  # the compressed pixels, after the start-of-scan header
-    for position in range(scan, len(data) - 2):  # flip bits until libjpeg notices
-        damaged = bytearray(data)
-        damaged[position] ^= 0x08
-        (tmp_path / "1.jpg").write_bytes(damaged)
-        try:
-            datasets.read_image(tmp_path / "1.jpg")
-        except ValueError as error:
-            assert str(error).startswith(f"Cannot read image {tmp_path / '1.jpg'}: Corrupt JPEG data")
-            assert str(error).endswith("The file is damaged or not an image: export it again, or remove "
-                                       "it and its mask.")
-            break
-    else:
-        pytest.fail("no flipped bit made libjpeg warn")
+    (tmp_path / "1.jpg").write_bytes(damaged_jpeg(path.read_bytes()))
+    with pytest.raises(ValueError, match=r"^Cannot read image .*1.jpg: Corrupt JPEG data.* The file is "
+                       r"damaged or not an image: export it again, or remove it and its mask\.$"):
+        datasets.read_image(tmp_path / "1.jpg")
     monkeypatch.setattr(datasets, "simplejpeg", None)
-    assert not torch.equal(datasets.read_image(tmp_path / "1.jpg"), good)  # PIL: wrong, and no error
+    assert not torch.equal(datasets.read_image(tmp_path / "1.jpg"), datasets.read_image(path))  # no error
 
 
 def test_a_turned_photo_decodes_reduced_and_upright(tmp_path):

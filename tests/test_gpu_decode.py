@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_datasets import XMP_TURNED, save_turned_by_exif
+from test_datasets import XMP_TURNED, damaged_jpeg, save_turned_by_exif
 
 from helpers.datasets import SegmentationDataset, pair_files
 from helpers.gpu_decode import INSTALL, EncodedPairs, decode_jpegs, encoded_collate
@@ -46,6 +46,15 @@ def test_a_file_that_is_not_a_jpeg_is_named(tmp_path):
     with pytest.raises(ValueError, match="0000.jpg is not a JPEG file.*convert it to JPEG, "
                                          "or load it with SegmentationDataset"):
         EncodedPairs([(fake, mask)])[0]
+
+
+def test_damaged_jpeg_data_decodes_without_an_error_so_the_doctor_checks_a_folder_first():
+    """torchcodec has no strict mode: what libjpeg only warns about decodes to wrong pixels (06 says to run
+    helpers.doctor, which decodes every image as SegmentationDataset does, on a new folder)."""
+    data = first_pairs(1)[0][0].read_bytes()
+    encoded = [torch.frombuffer(bytearray(raw), dtype=torch.uint8) for raw in (data, damaged_jpeg(data))]
+    decoded = decode_jpegs(encoded, torch.device("cpu"))
+    assert decoded[0].shape == decoded[1].shape and not torch.equal(*decoded)
 
 
 def test_a_photo_turned_by_exif_decodes_upright_as_the_cpu_pipeline_reads_it(tmp_path):
