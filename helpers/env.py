@@ -1,9 +1,10 @@
-"""What is this machine? Versions, device, cores, start method and JPEG decoder (taught in 00_start_here).
+"""What is this machine? Versions, device, cores, start method, JPEG decoder (taught in 00_start_here).
 
 Also ``worker_stderr``, which catches what DataLoader workers print (04_dataloader_batching).
 """
 
 import contextlib
+import importlib.metadata
 import multiprocessing
 import os
 import platform
@@ -70,11 +71,21 @@ def jpeg_decoder() -> str:
     return "PIL (pip install simplejpeg: faster, and it refuses damaged JPEG data)"
 
 
+def optional_version(package: str, why: str) -> str:
+    """The installed version of an optional package, or "not installed" and what needs it."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return f"not installed ({why})"
+
+
 def environment_report() -> dict[str, str]:
     """Return versions, device, cores, the start method DataLoader workers will use and the JPEG decoder,
     as text."""
     device = pick_device()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    if device.type == "cpu":  # the vector instructions torch uses: AVX2, AVX512, ... (06)
+        name = f"{name or 'unknown'}, {torch.backends.cpu.get_cpu_capability()}"
     return {
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
@@ -85,6 +96,7 @@ def environment_report() -> dict[str, str]:
         "cpu cores usable": str(usable_cores()),
         "worker start method": worker_start_method(),
         "jpeg decoder": jpeg_decoder(),
+        "torchcodec": optional_version("torchcodec", "only 06's JPEGs decoded by the GPU need it"),
     }
 
 

@@ -14,6 +14,15 @@ def test_report_names_versions_device_cores_and_start_method():
     assert int(report["cpu cores usable"]) == usable_cores() >= 1
     assert report["worker start method"] in {"fork", "spawn", "forkserver"}
     assert report["jpeg decoder"].startswith("simplejpeg 1.")  # the README's install includes it
+    assert report["torchcodec"].startswith("0.")  # requirements-teacher.txt includes it
+    if report["device"].startswith("cpu"):
+        assert report["device"].endswith(f", {torch.backends.cpu.get_cpu_capability()})")
+
+
+def test_report_says_what_needs_a_package_that_is_missing():
+    from helpers.env import optional_version
+
+    assert optional_version("no-such-package", "nothing needs it") == "not installed (nothing needs it)"
 
 
 def test_report_says_what_is_lost_without_simplejpeg(monkeypatch):
