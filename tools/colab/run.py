@@ -5,7 +5,7 @@ imported at start as on Colab, so its own Colab cell does what it does there: cl
 stand-in ``git`` copies this checkout), installs helpers/ without dependencies, webdataset and
 simplejpeg, and sets PIXELS_TO_BATCHES_ROOT. The one change to a notebook: the clone goes to a temporary
 folder instead of /content. A last cell checks that helpers came from the clone's install, not from this
-checkout, and decode JPEGs with simplejpeg.
+checkout, and that they decode JPEGs with simplejpeg.
 
     python tools/colab/run.py [NOTEBOOK ...]     # default: every notebook
 """
