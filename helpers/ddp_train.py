@@ -40,11 +40,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from helpers.datasets import SegmentationDataset
-from helpers.formats import NamedSample, check_whole_tar, decode_shard_sample
+from helpers.formats import NamedSample, check_whole_tar, decode_shard_sample, shard_url
 from helpers.masks import CLASSES
 from helpers.metrics import mean_iou
 from helpers.models import UNet
-from helpers.seeding import worker_seeding
+from helpers.seeding import seed_everything, worker_seeding
 from helpers.training import evaluate, segmentation_loss, to_device
 
 COMMAND = "torchrun --nproc_per_node=2 -m helpers.ddp_train --shards SHARDS --out RUN"
@@ -88,7 +88,7 @@ def shard_urls(spec: str) -> list[str]:
     """The shards to read: the .tar files of a local folder, or URLs with {000..099} ranges expanded."""
     if is_url(spec):
         return wds.shardlists.expand_urls(spec)
-    return [str(path) for path in sorted(Path(spec).glob("*.tar"))]
+    return [shard_url(path) for path in sorted(Path(spec).glob("*.tar"))]
 
 
 def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
@@ -105,9 +105,10 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
             return (f"{len(shards)} shards in {source} for {world_size} processes x {workers} workers: "
                     f"every reader needs a shard of its own; write at least {world_size * workers} "
                     "(helpers.formats.write_shards(per_shard=...)) or start fewer")
-        for shard in [] if is_url(source) else shards:  # a shard cut short reads without an error
+        local = [] if is_url(source) else sorted(Path(source).glob("*.tar"))
+        for shard in local:  # a shard cut short reads without an error
             try:
-                check_whole_tar(Path(shard))
+                check_whole_tar(shard)
             except ValueError as error:
                 return str(error)
     return None
@@ -126,7 +127,10 @@ def check_everywhere(problem: str | None) -> None:
 def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
     """This rank's loader for one epoch; the epoch changes the shuffle, as ``set_epoch`` does."""
     size = (args.size, args.size)
-    seeds = worker_seeding(args.seed + 1000 * epoch + rank)  # other draws per rank, worker and epoch
+    seed = args.seed + 1000 * epoch + rank  # other draws per rank, worker and epoch
+    if args.workers == 0:  # the loader reads in this process: seed its draws as a worker's would be
+        seed_everything(seed)
+    seeds = worker_seeding(seed)
     if args.shards:
         urls = shard_urls(args.shards)
         stream = (wds.WebDataset(urls, nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker,

@@ -13,7 +13,7 @@ import tarfile
 import weakref
 import zlib
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import NamedTuple
 
 import h5py
@@ -399,6 +399,14 @@ def write_shards(dataset: SegmentationDataset, folder: Path | str, per_shard: in
                 tar.add(mask, arcname=mask.stem + ".png", filter=_whole_seconds)
         paths.append(path)
     return paths
+
+
+def shard_url(path: PurePath | str) -> str:
+    """A shard file as a URL that webdataset opens on every system (07_distributed): ``file:`` and the
+    path with forward slashes. A plain path would do on Linux and macOS, but webdataset reads every name
+    as a URL, and a Windows path (``C:\\data\\shard-00000.tar``) as one of scheme ``c``, which it cannot
+    open."""
+    return "file:" + (path if isinstance(path, PurePath) else Path(path)).as_posix()
 
 
 def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:

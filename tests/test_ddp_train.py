@@ -3,6 +3,7 @@
 import gc
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from argparse import Namespace
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -184,7 +186,7 @@ def test_uneven_batches_with_a_collective_in_the_forward_pass_stop_together_inst
 def test_shards_given_as_urls_are_expanded_counted_and_streamed(tmp_path, monkeypatch):
     write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)  # 2 shards
     assert is_url("pipe:curl -s https://host/a.tar") and not is_url(str(tmp_path))
-    assert shard_urls(str(tmp_path)) == [str(tmp_path / "shard-00000.tar"), str(tmp_path / "shard-00001.tar")]
+    assert shard_urls(str(tmp_path)) == [f"file:{tmp_path}/shard-0000{i}.tar" for i in (0, 1)]  # shard_url
     spec = tmp_path.as_uri() + "/shard-{00000..00001}.tar"  # file:// URLs, read as a web server's would be
     assert shard_urls(spec) == [f"{tmp_path.as_uri()}/shard-0000{i}.tar" for i in (0, 1)]
     args = parse_args(["--shards", spec, "--out", str(tmp_path / "run"), "--size", "32"])
@@ -195,6 +197,21 @@ def test_shards_given_as_urls_are_expanded_counted_and_streamed(tmp_path, monkey
     names = [name for _, _, batch_names in train_loader(args, epoch=0, rank=0) for name in batch_names]
     assert sorted(names) == sorted(Path(path).stem for path in SegmentationDataset(data_dir("shapes"),
                                                                                      split="val").image_paths)
+
+
+def test_without_workers_each_rank_and_epoch_draws_its_own_numbers_and_they_repeat(tmp_path):
+    """--workers 0 (the default): the loader reads in the rank's process, so a transform's draws come from
+    its global generators, which must differ by rank and epoch, as workers' do, and repeat run to run."""
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)
+    args = parse_args(["--shards", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert args.workers == 0
+
+    def draws(epoch: int, rank: int) -> list[float]:
+        train_loader(args, epoch, rank)
+        return [*torch.rand(2).tolist(), random.random(), float(np.random.rand())]
+
+    assert draws(0, 0) == draws(0, 0)
+    assert len({tuple(draws(epoch, rank)) for epoch in (0, 1) for rank in (0, 1)}) == 4
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import pickle
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 import pytest
@@ -16,6 +16,7 @@ from helpers.formats import (
     MemmapDataset,
     ShardStream,
     check_whole_tar,
+    shard_url,
     write_hdf5,
     write_memmap,
     write_shards,
@@ -119,6 +120,20 @@ def test_shards_hold_no_pax_header_per_file(tmp_path, source_dataset):
     assert all(not member.pax_headers for member in members)  # whole seconds: no 1 KB extra per file
     payload = sum(512 + -(-member.size // 512) * 512 for member in members)  # header, padded data
     assert path.stat().st_size <= payload + 2 * 512 + tarfile.RECORDSIZE  # end blocks, last record
+
+
+def test_shard_url_names_a_windows_path_so_that_webdataset_opens_it_as_a_file(monkeypatch):
+    """webdataset reads every shard name as a URL: to it a Windows path has the scheme c, which it cannot
+    open. shard_url's file: URL it opens as the path itself (07)."""
+    from webdataset.cache import StreamingOpen
+
+    windows = PureWindowsPath(r"C:\data\shards\shard-00000.tar")
+    with pytest.raises(ValueError, match="no gopen handler"):
+        list(StreamingOpen()([str(windows)]))
+    opened = []
+    monkeypatch.setattr("webdataset.cache.open", lambda path, mode: opened.append(path), raising=False)
+    list(StreamingOpen()([shard_url(windows)]))
+    assert opened == ["C:/data/shards/shard-00000.tar"]
 
 
 def test_shard_stream_applies_its_transform_to_image_and_mask_of_every_sample(tmp_path, source_dataset):

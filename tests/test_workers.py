@@ -32,6 +32,7 @@ from helpers.formats import (
     MemmapDataset,
     ShardStream,
     decode_shard_sample,
+    shard_url,
     write_hdf5,
     write_memmap,
     write_shards,
@@ -163,8 +164,8 @@ def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, m
 def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_path, method):
     """The series' ShardStream (05) and the webdataset pipeline of helpers.ddp_train (07)."""
     shards = write_shards(files, tmp_path, per_shard=4)
-    webdataset = (wds.WebDataset([str(shard) for shard in shards], shardshuffle=False, empty_check=False)
-                  .map(decode_shard_sample))
+    webdataset = (wds.WebDataset([shard_url(shard) for shard in shards], shardshuffle=False,
+                                 empty_check=False).map(decode_shard_sample))
     for stream in (ShardStream(shards), webdataset):
         got, want = read_all(stream, num_workers=2, multiprocessing_context=method), read_all(stream)
         assert len(got) == len(want) == 12
