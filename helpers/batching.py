@@ -86,7 +86,7 @@ def flip_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Sample
     horizontal flip per sample, whole batches at a time.
     """
     sizes = sorted({tuple(image.shape[-2:]) for image, _ in samples})
-    if len(sizes) > 1:  # in a worker, stacking them fails with "Trying to resize storage...", nothing more
+    if len(sizes) > 1:  # in a worker, stacking them may fail with "Trying to resize storage", no sizes named
         raise ValueError(f"flip_collate stacks samples of one size, but this batch holds {sizes[:4]} (HxW): "
                          "give the dataset size=(height, width), or batch them with pad_collate.")
     images, masks = default_collate(samples)

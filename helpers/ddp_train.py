@@ -214,7 +214,8 @@ def run(args: argparse.Namespace) -> dict:
     cuda = (not args.cpu and torch.cuda.is_available()
             and torch.cuda.device_count() >= processes_here)
     if args.sync_bn and not cuda:
-        raise LaunchError("--sync-bn needs one GPU per process: SyncBatchNorm only works on CUDA modules")
+        raise LaunchError("--sync-bn needs one GPU per process: PyTorch refuses to train SyncBatchNorm on "
+                          "the CPU")
     if "OMP_NUM_THREADS" in os.environ:  # torchrun sets 1 per process; a forked rank must apply it itself
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")

@@ -46,8 +46,9 @@ def worker_stderr() -> Iterator[list[str]]:
 
     Children write to file descriptor 2, which lands under a notebook cell or in the terminal that
     started Jupyter, depending on the setup. For the block it points at a temporary file instead; the
-    list fills with its lines, colour codes removed, when the block ends. Defined for
-    04_dataloader_batching, which shows a spawned worker's own error.
+    list fills with its lines, colour codes removed, when the block ends. On Windows a spawned process
+    does not inherit the redirection (multiprocessing starts it without inheriting handles), so nothing
+    is caught there. Defined for 04_dataloader_batching, which shows a spawned worker's own error.
     """
     lines: list[str] = []
     with tempfile.TemporaryFile(mode="w+") as log:
