@@ -29,6 +29,7 @@ Taught in 04_dataloader_batching, 05_large_datasets and 06_gpu_training.
 """
 
 import argparse
+import gc
 import importlib.util
 import json
 import multiprocessing
@@ -357,6 +358,8 @@ def decode_ceiling(root: Path, processes: int, size: int) -> float:
     # spawned, single-threaded processes, as DataLoader workers are: a forked copy of a process whose
     # torch thread pool is running can hang in its first torch call
     context = multiprocessing.get_context("spawn")
+    if sys.platform == "win32":  # Windows waits on at most 61 processes of a pool
+        processes = min(processes, 61)
     barrier = context.Barrier(processes)  # the clock starts once every process has started
     with ProcessPoolExecutor(processes, mp_context=context, initializer=_ready,
                              initargs=(barrier, 1)) as pool:
@@ -539,6 +542,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
             save(results, limits)
         results = {name: results[name] for name in chosen if name in results}  # the table's order
     finally:
+        chosen = None  # let go of the open maps and files first: Windows cannot delete them
+        gc.collect()
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, limits, args.workers)
     save(results, limits)

@@ -15,7 +15,9 @@ every rank then loads it and checks that it holds its own weights.
 """
 
 import argparse
+import functools
 import gc
+import importlib
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -222,6 +224,7 @@ def run(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.set_device(device)
     backend = "nccl" if cuda else "gloo"
+    without_libuv_on_windows()
     # device_id binds the rank to its GPU: NCCL connects at once, and barrier() knows the device to use
     dist.init_process_group(backend, device_id=device if cuda else None)
     try:
@@ -291,6 +294,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def without_libuv_on_windows() -> None:
+    """On Windows, have torch's rendezvous make its TCPStores without libuv, which PyTorch's Windows wheels
+    lack: there torchrun itself stops with "use_libuv was requested but PyTorch was build without libuv
+    support" (pytorch/pytorch#148283). Called in each agent and each rank, before they meet."""
+    if sys.platform != "win32":
+        return
+    for name in ("torch.distributed.elastic.rendezvous.static_tcp_rendezvous",  # the agents' store
+                 "torch.distributed.rendezvous"):  # the ranks' clients (torch.distributed.rendezvous
+        module = importlib.import_module(name)  # itself is a function of the same name)
+        module.TCPStore = functools.partial(dist.TCPStore, use_libuv=False)
+
+
 SCRIPT_GLOBALS: list[dict] = []  # what run_script's script made, kept until the rank's process ends
 
 
@@ -305,6 +320,7 @@ def run_script(path: str, *argv: str) -> int:
     """
     if "OMP_NUM_THREADS" in os.environ:  # as in run(): a forked rank applies it itself
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    without_libuv_on_windows()
     sys.argv = [path, *argv]  # as torch.distributed.run.run_script_path does
     SCRIPT_GLOBALS.append(runpy.run_path(path, run_name="__main__"))
     return 0
@@ -320,6 +336,7 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
     sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
     multiprocessing.set_start_method(method, force=True)  # the ranks' DataLoader workers start so too
     gc.freeze()  # the ranks' garbage collector leaves the objects they inherit alone: no copies
+    without_libuv_on_windows()
     if processes > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does: one thread per process
     config = LaunchConfig(min_nodes=nodes, max_nodes=nodes, nproc_per_node=processes, run_id="notebook",

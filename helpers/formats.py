@@ -70,13 +70,24 @@ def sample_rows(index: object) -> int | np.ndarray:
     raise TypeError(f"Index a dataset with an int or a list of ints, not {index!r}.")
 
 
+def remove_old(path: Path) -> None:
+    """Remove an earlier copy of a file about to be written again. Windows refuses while the file is still
+    open, such as mapped by a dataset read before in this notebook: say so, and what to do."""
+    try:
+        path.unlink(missing_ok=True)
+    except PermissionError as error:
+        raise PermissionError(f"Cannot replace {path}: it is still open ({error.strerror}), probably by a "
+                              "dataset that read it. Let go of it (dataset = None, then gc.collect()) and "
+                              "write it again.") from None
+
+
 def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
     """Decode every pair once into ``folder/images.npy`` ``[N, 3, size, size]`` and ``masks.npy`` (uint8)."""
     folder.mkdir(parents=True, exist_ok=True)
     shape = (len(dataset), size, size)
     paths = [folder / "images.npy", folder / "masks.npy"]
     for path in paths:  # an older copy must not pass for this one if writing stops half-way
-        path.unlink(missing_ok=True)
+        remove_old(path)
     images = masks = None
     try:
         images = np.lib.format.open_memmap(partial_path(paths[0]), "w+", np.uint8, (shape[0], 3, *shape[1:]))
@@ -304,7 +315,7 @@ class PinnedMemmapBatches:
 
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
     """Decode every pair once into one HDF5 file, one chunk per image and per mask."""
-    Path(path).unlink(missing_ok=True)  # an older copy must not pass for this one if writing stops half-way
+    remove_old(Path(path))  # an older copy must not pass for this one if writing stops half-way
     try:
         with h5py.File(partial_path(Path(path)), "w") as file:
             images = file.create_dataset("images", (len(dataset), 3, size, size), np.uint8,
@@ -406,13 +417,20 @@ def shard_url(path: PurePath | str) -> str:
     path with forward slashes. A plain path would do on Linux and macOS, but webdataset reads every name
     as a URL, and a Windows path (``C:\\data\\shard-00000.tar``) as one of scheme ``c``, which it cannot
     open."""
-    return "file:" + (path if isinstance(path, PurePath) else Path(path)).as_posix()
+    posix = (path if isinstance(path, PurePath) else Path(path)).as_posix()
+    if "#" in posix or "?" in posix:  # webdataset would read the rest as a URL's fragment or query
+        raise ValueError(f"webdataset cannot open {path}: it reads a '#' or '?' in a name as part of a "
+                         "URL. Move the shards to a folder whose path has neither.")
+    return "file:" + ("//" if posix.startswith("//") else "") + posix  # //server/share: not a host
 
 
 def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
-    """A file's time as an int: tarfile's default PAX format keeps any float time in an extra header of
-    its own (05_large_datasets)."""
+    """A file's time as an int, and no owner: tarfile's default PAX format keeps any float time in an extra
+    header of its own (05_large_datasets), and so a large user or group id (a managed Mac's) or a name
+    that is not ASCII. Shards then also come out the same for whoever writes them."""
     info.mtime = int(info.mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
     return info
 
 

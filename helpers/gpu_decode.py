@@ -35,25 +35,31 @@ INSTALL = "pip install torchcodec==0.17.0 (requirements-gpu.txt pins it; it work
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Decode 1-D uint8 tensors of JPEG bytes into [3, H, W] uint8 RGB images on ``device``, in one call.
 
-    Photos are turned upright by their EXIF orientation. On CUDA it first waits on the host for the work
-    already queued on the current stream: nvJPEG's batched hardware decoder has been seen writing into
-    memory that queued kernels were still reading (on H100; pytorch/vision#9606). torchcodec 0.17 waits
-    itself (meta-pytorch/torchcodec#1634); this extra wait costs little and keeps older versions safe.
+    torchcodec decodes on the CPU, or with nvJPEG on CUDA; for another device (Apple's MPS) it decodes on
+    the CPU, and the images are copied there. Photos are turned upright by their EXIF orientation. On CUDA
+    it first waits on the host for the work already queued on the current stream: nvJPEG's batched
+    hardware decoder has been seen writing into memory that queued kernels were still reading (on H100;
+    pytorch/vision#9606). torchcodec 0.17 waits itself (meta-pytorch/torchcodec#1634); this extra wait
+    costs little and keeps older versions safe.
     """
     try:
         from torchcodec.decoders import decode_jpeg
     except ImportError as error:
         raise ImportError(f"Decoding JPEGs with torchcodec needs it installed: {INSTALL}") from error
+    target = device
+    if device.type not in ("cpu", "cuda"):  # torchcodec sends any other device to nvJPEG, which refuses it
+        device = torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.current_stream(device).synchronize()
     try:
-        return decode_jpeg(list(encoded), mode="RGB", device=device)
+        images = decode_jpeg(list(encoded), mode="RGB", device=device)
     except RuntimeError as error:  # the decoder names no file: find which ones fail, one at a time
         bad = [i for i, data in enumerate(encoded) if not decodes(decode_jpeg, data, device)]
         raise ValueError(f"The JPEGs at positions {bad[:8]} of this batch of {len(encoded)} cannot be "
                          f"decoded ({error}): damaged or cut short. Run python -m helpers.doctor on the data "
                          "folder to name them, then export them again or remove them and their masks."
                          ) from None
+    return images if target == device else [image.to(target) for image in images]
 
 
 def decodes(decode_jpeg: Callable, data: torch.Tensor, device: torch.device) -> bool:
@@ -88,7 +94,8 @@ def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, i
         raise
     del masks
     np.save(folder / "sizes.npy", sizes)
-    (folder / "names.txt").write_text("".join(f"{Path(path).name}\n" for _, path in pairs))
+    names = "".join(f"{Path(path).name}\n" for _, path in pairs)
+    (folder / "names.txt").write_text(names, encoding="utf-8")  # any language's file names, on any system
     partial.replace(folder / "masks.npy")
 
 
@@ -114,7 +121,7 @@ class EncodedPairs(Dataset):
     def _check_decoded(self, folder: Path, mask_size: tuple[int, int] | None) -> tuple[int, int]:
         """The size of the masks ``write_masks`` stored in ``folder``, once they are these pairs' masks."""
         try:
-            names = (folder / "names.txt").read_text().splitlines()
+            names = (folder / "names.txt").read_text(encoding="utf-8").splitlines()
             stored = tuple(np.load(folder / "masks.npy", mmap_mode="r").shape[1:])
         except (OSError, ValueError) as error:
             raise ValueError(f"Cannot read the decoded masks in {folder}: {error}. "

@@ -1,6 +1,7 @@
 """helpers.ddp_train: a real two-process gloo launch on tiny data, and clear errors for bad launches."""
 
 import gc
+import importlib
 import json
 import os
 import random
@@ -32,6 +33,7 @@ from helpers.ddp_train import (
     shard_urls,
     train_epoch,
     train_loader,
+    without_libuv_on_windows,
 )
 from helpers.formats import decode_shard_sample, write_shards
 from helpers.models import UNet
@@ -212,6 +214,25 @@ def test_without_workers_each_rank_and_epoch_draws_its_own_numbers_and_they_repe
 
     assert draws(0, 0) == draws(0, 0)
     assert len({tuple(draws(epoch, rank)) for epoch in (0, 1) for rank in (0, 1)}) == 4
+
+
+def test_on_windows_the_rendezvous_makes_its_stores_without_libuv(monkeypatch):
+    """PyTorch's Windows wheels have no libuv, which TCPStore asks for unless told not to."""
+    from torch.distributed.elastic.rendezvous import static_tcp_rendezvous
+
+    rendezvous = importlib.import_module("torch.distributed.rendezvous")  # not the function of that name
+    for module in (rendezvous, static_tcp_rendezvous):
+        monkeypatch.setattr(module, "TCPStore", module.TCPStore)  # put back after the test
+    without_libuv_on_windows()
+    assert static_tcp_rendezvous.TCPStore is dist.TCPStore  # elsewhere: left as it is
+    monkeypatch.setattr(sys, "platform", "win32")
+    without_libuv_on_windows()
+    server = static_tcp_rendezvous.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=10))
+    client = rendezvous.TCPStore(host_name="127.0.0.1", port=server.port, is_master=False,
+                                 timeout=timedelta(seconds=10))
+    assert not server.libuvBackend and not client.libuvBackend
+    client.set("rank 1", "here")
+    assert server.get("rank 1") == b"here"
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@ import multiprocessing
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from helpers.env import environment_report, format_report, usable_cores, worker_stderr
@@ -47,6 +48,7 @@ def test_format_report_aligns_keys():
     assert lines == ["a        : 1", "long key : 2"]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a child on Windows does not inherit the redirection")
 def test_worker_stderr_catches_what_a_child_process_prints():
     code = "import sys; sys.stderr.write('\\x1b[31mAttributeError: gone\\x1b[0m\\n')"
     with worker_stderr() as lines:

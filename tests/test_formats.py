@@ -136,6 +136,43 @@ def test_shard_url_names_a_windows_path_so_that_webdataset_opens_it_as_a_file(mo
     assert opened == ["C:/data/shards/shard-00000.tar"]
 
 
+def test_shard_url_keeps_a_network_path_whole_and_refuses_what_a_url_would_cut_off(monkeypatch):
+    from webdataset.cache import StreamingOpen
+
+    opened = []
+    monkeypatch.setattr("webdataset.cache.open", lambda path, mode: opened.append(path), raising=False)
+    list(StreamingOpen()([shard_url(PureWindowsPath(r"\\server\share\shard-00000.tar"))]))
+    assert opened == ["//server/share/shard-00000.tar"]  # not a host "server" and a path /share/...
+    for folder in ("project #2", "what?"):
+        with pytest.raises(ValueError, match="'#' or '\\?'"):
+            shard_url(Path(folder) / "shard-00000.tar")
+
+
+def test_shards_record_no_owner_so_no_large_id_or_foreign_name_adds_a_header(tmp_path):
+    """A managed Mac's user id (2**21 or more) or a name that is not ASCII needs a PAX header of 1 KB;
+    write_shards records no owner at all."""
+    import tarfile
+
+    from helpers.formats import _whole_seconds
+
+    info = tarfile.TarInfo("0001.jpg")
+    info.uid, info.gid, info.uname, info.gname, info.mtime = 1234567890, 1234567890, "zoë", "staff", 1.5
+    assert len(info.tobuf(tarfile.PAX_FORMAT)) > 512  # as tarfile would write it
+    assert len(_whole_seconds(info).tobuf(tarfile.PAX_FORMAT)) == 512  # one plain header
+
+
+def test_writing_over_a_file_still_open_says_to_let_go_of_it(tmp_path, source_dataset, monkeypatch):
+    """Windows refuses to remove a file that is mapped or open, such as one a MemmapDataset has read."""
+    def refuse(path, missing_ok=False):
+        raise PermissionError(13, "The process cannot access the file")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(PermissionError, match=r"images\.npy: it is still open .*gc\.collect"):
+        write_memmap(source_dataset, tmp_path, 32)
+    with pytest.raises(PermissionError, match=r"data\.h5: it is still open"):
+        write_hdf5(source_dataset, tmp_path / "data.h5", 32)
+
+
 def test_shard_stream_applies_its_transform_to_image_and_mask_of_every_sample(tmp_path, source_dataset):
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=6)
     plain = list(ShardStream(shards))

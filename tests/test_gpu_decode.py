@@ -33,6 +33,15 @@ def test_decoded_batches_are_the_pixels_and_masks_the_cpu_pipeline_reads():
         assert torch.equal(mask, expected.mask.as_subclass(torch.Tensor))
 
 
+def test_on_a_device_torchcodec_cannot_decode_for_the_jpegs_are_decoded_on_the_cpu_and_copied_there():
+    """torchcodec sends every device but the CPU to nvJPEG, which refuses Apple's MPS; the meta device
+    stands in for it here."""
+    encoded = [EncodedPairs(first_pairs(2))[index][0] for index in range(2)]
+    on_cpu, elsewhere = (decode_jpegs(encoded, torch.device(name)) for name in ("cpu", "meta"))
+    assert [image.device.type for image in elsewhere] == ["meta", "meta"]
+    assert [image.shape for image in elsewhere] == [image.shape for image in on_cpu]
+
+
 def test_masks_resize_by_nearest_neighbour_and_keep_their_classes():
     _, mask = EncodedPairs(first_pairs(1), mask_size=(64, 48))[0]
     assert mask.shape == (64, 48) and mask.dtype == torch.uint8
