@@ -427,7 +427,7 @@ def shard_url(path: PurePath | str) -> str:
 def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
     """A file's time as an int, and no owner: tarfile's default PAX format keeps any float time in an extra
     header of its own (05_large_datasets), and so a large user or group id (a managed Mac's) or a name
-    that is not ASCII. Shards then also come out the same for whoever writes them."""
+    that is not ASCII. Who wrote a shard is then not in it either."""
     info.mtime = int(info.mtime)
     info.uid = info.gid = 0
     info.uname = info.gname = ""

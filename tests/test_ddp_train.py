@@ -188,7 +188,7 @@ def test_uneven_batches_with_a_collective_in_the_forward_pass_stop_together_inst
 def test_shards_given_as_urls_are_expanded_counted_and_streamed(tmp_path, monkeypatch):
     write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)  # 2 shards
     assert is_url("pipe:curl -s https://host/a.tar") and not is_url(str(tmp_path))
-    assert shard_urls(str(tmp_path)) == [f"file:{tmp_path}/shard-0000{i}.tar" for i in (0, 1)]  # shard_url
+    assert shard_urls(str(tmp_path)) == [f"file:{tmp_path.as_posix()}/shard-0000{i}.tar" for i in (0, 1)]
     spec = tmp_path.as_uri() + "/shard-{00000..00001}.tar"  # file:// URLs, read as a web server's would be
     assert shard_urls(spec) == [f"{tmp_path.as_uri()}/shard-0000{i}.tar" for i in (0, 1)]
     args = parse_args(["--shards", spec, "--out", str(tmp_path / "run"), "--size", "32"])
