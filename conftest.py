@@ -1,13 +1,15 @@
 """Shared test setup: figures off-screen, and the start method of the notebooks' DataLoader workers.
 
 The kernels that nbval (and the spawn rerun) launch read an IPython startup file made here, which sets
-the start method for DataLoader workers: ``forkserver`` by default (Linux's default from Python 3.14,
-and stricter than ``fork``: the dataset is pickled into each worker), or what the environment variable
+the start method for DataLoader workers: ``forkserver`` by default on Linux (its default from Python
+3.14, and stricter than ``fork``: the dataset is pickled into each worker), ``spawn`` elsewhere (their
+default: forking a process that has imported torch is unsafe on macOS), or what the environment variable
 ``NOTEBOOK_START_METHOD`` names, e.g. ``NOTEBOOK_START_METHOD=fork python -m pytest notebooks``.
 """
 
 import multiprocessing
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +21,7 @@ matplotlib.use("Agg")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    method = os.environ.get("NOTEBOOK_START_METHOD", "forkserver")
+    method = os.environ.get("NOTEBOOK_START_METHOD", "forkserver" if sys.platform == "linux" else "spawn")
     if method not in multiprocessing.get_all_start_methods():  # Windows has spawn only
         return
     startup = Path(tempfile.mkdtemp(prefix="nbval-ipython-")) / "profile_default" / "startup"

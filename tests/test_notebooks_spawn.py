@@ -3,7 +3,7 @@
 Linux up to Python 3.13 starts workers with fork, which hides a Dataset defined in a notebook cell;
 macOS and Windows use spawn, Linux from Python 3.14 forkserver, which both pickle the dataset into each
 worker and import its class. nbval runs every notebook with workers started by forkserver
-(conftest.py), which catches what spawn would refuse, and tests/test_workers.py reads every
+on Linux (conftest.py), which catches what spawn would refuse, and tests/test_workers.py reads every
 Dataset of helpers/ through spawned workers. This runs 00, which starts a worker the way the machine
 does, once more, top to bottom, under spawn itself: each behaviour tested once, where it is cheapest
 (04, which shows the spawn error on purpose, shows it under forkserver in the same way).
