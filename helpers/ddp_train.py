@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 def without_libuv_on_windows() -> None:
     """On Windows, have torch's rendezvous make its TCPStores without libuv, which PyTorch's Windows wheels
     lack: there torchrun itself stops with "use_libuv was requested but PyTorch was build without libuv
-    support" (pytorch/pytorch#148283). Called in each agent and each rank, before they meet."""
+    support" (pytorch/pytorch#148283; 07_distributed). Called in each agent and rank, before they meet."""
     if sys.platform != "win32":
         return
     for name in ("torch.distributed.elastic.rendezvous.static_tcp_rendezvous",  # the agents' store

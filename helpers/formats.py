@@ -71,8 +71,8 @@ def sample_rows(index: object) -> int | np.ndarray:
 
 
 def remove_old(path: Path) -> None:
-    """Remove an earlier copy of a file about to be written again. Windows refuses while the file is still
-    open, such as mapped by a dataset read before in this notebook: say so, and what to do."""
+    """Remove an earlier copy of a file about to be written again (05_large_datasets writes them). Windows
+    refuses while the file is still open, such as mapped by a dataset read before: say so, and what to do."""
     try:
         path.unlink(missing_ok=True)
     except PermissionError as error:
