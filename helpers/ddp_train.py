@@ -326,14 +326,32 @@ def run_script(path: str, *argv: str) -> int:
     return 0
 
 
+RANKS_WRITE_OWN_LOGS = sys.platform == "win32"  # spawned there, ranks do not inherit the agent's log files
+
+
+def rank(log: str | None, script: str | None, *argv: str) -> int:
+    """One rank that ``launch`` started: ``main(argv)``, or ``run_script(script, *argv)`` (07_distributed).
+
+    With ``log``, the rank first points its own ``print`` and tracebacks at ``LOG-rank-N.out`` and ``.err``
+    (N its local rank), which ``launch`` reads after the node's. On Windows it must: a spawned process
+    does not inherit the files its agent's output was redirected to, and torch's own redirects skip
+    Windows, so what the ranks print would be lost."""
+    if log is not None:
+        for name, suffix in (("stdout", ".out"), ("stderr", ".err")):
+            path = f"{log}-rank-{os.environ['LOCAL_RANK']}{suffix}"
+            setattr(sys, name, open(path, "w", buffering=1, encoding="utf-8"))  # closed as the process ends
+    return main(list(argv)) if script is None else run_script(script, *argv)
+
+
 def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int, log: str,
-          method: str, script: str | None = None) -> None:
-    """One node's launcher: torchrun's own elastic agent, starting ranks that run ``main`` (or a script)."""
+          method: str, script: str | None = None, own_logs: bool = RANKS_WRITE_OWN_LOGS) -> None:
+    """One node's launcher: torchrun's own elastic agent, starting ranks that run ``main`` (or a script);
+    with ``own_logs`` each rank writes its output to files of its own (``rank``)."""
     for fd, suffix in ((1, ".out"), (2, ".err")):  # what the agent and its ranks print, to the log
-        with open(log + suffix, "w") as file:
+        with open(log + suffix, "w", encoding="utf-8") as file:
             os.dup2(file.fileno(), fd)
     # print() writes to sys.stdout, which in a notebook is the kernel's, not a file: point it here too
-    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))
+    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, encoding="utf-8", closefd=False) for fd in (1, 2))
     multiprocessing.set_start_method(method, force=True)  # the ranks' DataLoader workers start so too
     gc.freeze()  # the ranks' garbage collector leaves the objects they inherit alone: no copies
     without_libuv_on_windows()
@@ -343,10 +361,7 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
                           rdzv_backend="static", rdzv_endpoint=f"127.0.0.1:{port}",
                           rdzv_configs={"rank": node_rank}, max_restarts=0, monitor_interval=0.1,
                           start_method=method)
-    if script is None:
-        codes = elastic_launch(config, main)(argv)
-    else:
-        codes = elastic_launch(config, run_script)(script, *argv)
+    codes = elastic_launch(config, rank)(log if own_logs else None, script, *argv)
     sys.exit(max(codes.values()))
 
 
@@ -359,13 +374,14 @@ def stop(processes: list) -> None:
 
 
 def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str, method: str,
-               script: str | None = None) -> None:
+               script: str | None = None, own_logs: bool = RANKS_WRITE_OWN_LOGS) -> None:
     """In a fresh process (no threads, no CUDA): start one agent per node of this machine and wait."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: stop the agents (finally)
     gc.freeze()  # forked agents and ranks: their garbage collector leaves inherited objects alone
     context = multiprocessing.get_context(method)
     agents = [context.Process(target=agent, args=(argv, processes, nodes, node, port,
-                                                  os.path.join(logs, f"node-{node}"), method, script))
+                                                  os.path.join(logs, f"node-{node}"), method, script,
+                                                  own_logs))
               for node in range(nodes)]
     for process in agents:
         process.start()
@@ -379,7 +395,8 @@ def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str
     sys.exit(next((process.exitcode for process in agents if process.exitcode), 0))
 
 
-def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Path | None = None) -> str:
+def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Path | None = None,
+           own_logs: bool = RANKS_WRITE_OWN_LOGS) -> str:
     """Train as ``torchrun --nnodes=NODES --nproc_per_node=PROCESSES -m helpers.ddp_train ARGV`` would,
     on this machine, from Python; return what the ranks printed. Taught in 07_distributed.
 
@@ -391,6 +408,7 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     127.0.0.1), and each agent forks its ranks: they all share one import of torch, copied only where
     they write to it (on Linux; elsewhere they are spawned). The kernel itself is never forked: its
     threads (OpenMP's among them) do not survive a fork, and a rank could hang in a torch operation.
+    ``own_logs`` (on Windows, where it must): each rank writes what it prints to files of its own.
     """
     with socket.socket() as free:  # node 0 listens here for the others
         free.bind(("127.0.0.1", 0))
@@ -399,14 +417,16 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     with tempfile.TemporaryDirectory(prefix="launch_") as logs:
         launcher = multiprocessing.get_context("spawn").Process(
             target=run_agents, args=(argv, processes, nodes, port, logs, method,
-                                     None if script is None else str(Path(script).resolve())))
+                                     None if script is None else str(Path(script).resolve()), own_logs))
         launcher.start()
         try:
             launcher.join()
         finally:
             stop([launcher])
-        output, errors = ("".join(path.read_text() for node in range(nodes)
-                                  if (path := Path(logs, f"node-{node}{suffix}")).exists())
+        files = [f"node-{node}{rank}" for node in range(nodes)  # each node's, then its ranks' own
+                 for rank in ("", *(f"-rank-{local}" for local in range(processes)))]
+        output, errors = ("".join(path.read_text(encoding="utf-8", errors="replace") for name in files
+                                  if (path := Path(logs, name + suffix)).exists())
                           for suffix in (".out", ".err"))
     if launcher.exitcode:
         raise RuntimeError(f"the launch failed (exit code {launcher.exitcode}):\n"

@@ -59,10 +59,12 @@ def test_two_processes_read_every_sample_once_per_epoch_and_agree_on_the_model(t
     assert all(log["checkpoint_matches"] for log in logs)
 
 
-def test_a_failed_launch_from_python_raises_with_what_the_ranks_said(tmp_path):
+@pytest.mark.parametrize("own_logs", [False, True], ids=["inherited logs", "ranks' own logs (Windows)"])
+def test_a_failed_launch_from_python_raises_with_what_the_ranks_said(tmp_path, own_logs):
     """launch (07's way to start torchrun's agent from a notebook) fails loudly, not silently."""
     with pytest.raises(RuntimeError, match=r"(?s)exit code 2\).*missing on this node"):
-        launch(["--shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")], processes=2)
+        launch(["--shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")], processes=2,
+               own_logs=own_logs)
 
 
 def test_not_started_by_torchrun_says_how_to_start_it(monkeypatch, capsys, tmp_path):
@@ -268,11 +270,14 @@ def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank
 
 
 def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path):
+    """With the ranks' own logs, as on Windows, where spawned ranks cannot print to the agent's."""
     script = tmp_path / "script.py"
     script.write_text("import os\nimport sys\nfrom pathlib import Path\n\n"
-                      "Path(sys.argv[1], 'rank' + os.environ['RANK']).write_text(os.environ['WORLD_SIZE'])\n")
-    launch([str(tmp_path)], processes=2, script=script)
+                      "Path(sys.argv[1], 'rank' + os.environ['RANK']).write_text(os.environ['WORLD_SIZE'])\n"
+                      "print('rank', os.environ['RANK'], 'wrote to', Path(str(sys.stdout.name)).name)\n")
+    output = launch([str(tmp_path)], processes=2, script=script, own_logs=True)
     assert {path.name: path.read_text() for path in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
+    assert output.splitlines() == [f"rank {rank} wrote to node-0-rank-{rank}.out" for rank in (0, 1)]
 
 
 def test_a_rank_keeps_what_its_script_made_so_nothing_is_torn_down_before_the_process_ends(
