@@ -96,6 +96,13 @@ def uneven_shards_note(workers: list[int]) -> str | None:
             f"split pass --workers {' '.join(map(str, [0, *even]))}")
 
 
+def worker_counts(cores: int) -> list[int]:
+    """The worker counts worth timing on ``cores`` cores: none, one, the powers of two below ``cores``, and
+    ``cores`` (04_dataloader_batching): a few on any machine, where every count from 0 would be dozens of
+    runs of several epochs each on a many-core one."""
+    return sorted({0, cores} | {2**power for power in range(cores.bit_length()) if 2**power < cores})
+
+
 class Pipeline(NamedTuple):
     """How to load: a loader for a worker count, and what the main process does to each batch."""
 
@@ -482,8 +489,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     parser.add_argument("--side", type=int, default=256, help="side of the stored square images")
     parser.add_argument("--size", type=int, default=224, help="side of the images fed to the model")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, nargs="+", default=list(range(usable_cores() + 1)),
-                        help="worker counts to try (default: 0 to the number of cores)")
+    parser.add_argument("--workers", type=int, nargs="+", default=worker_counts(usable_cores()),
+                        help="worker counts to try (default: 0, 1, powers of two, the number of cores)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement; the best counts")
     parser.add_argument("--formats", action="store_true", help="also memory-mapped arrays, HDF5, shards")
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")

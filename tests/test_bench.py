@@ -1,6 +1,6 @@
 """helpers.bench: the decode ceiling on one core needs no second process (Binder's one CPU); on more
 it decodes in spawned processes, one per core. The format benchmark's shards split evenly over workers.
-A map the GPU cannot gather from is reported, not fatal."""
+A map the GPU cannot gather from is reported, not fatal. A few worker counts are timed on any machine."""
 
 import json
 import tarfile
@@ -64,3 +64,10 @@ def test_a_map_the_gpu_cannot_gather_is_reported_and_the_benchmark_goes_on(tmp_p
     limits = {"decode only": 1.0, "memory only": 4.0, "link only": 2.0}
     assert bench.shares({bench.GPU_GATHERS: {0: 1.0}, "memmap": {0: 1.0}}, limits) == {
         bench.GPU_GATHERS: 0.5, "memmap": 0.25}
+
+
+def test_the_worker_counts_timed_are_a_few_on_any_machine_and_end_at_its_cores():
+    assert bench.worker_counts(1) == [0, 1]
+    assert bench.worker_counts(2) == [0, 1, 2]  # on 2 cores every count, as before
+    assert bench.worker_counts(6) == [0, 1, 2, 4, 6]
+    assert bench.worker_counts(64) == [0, 1, 2, 4, 8, 16, 32, 64]
