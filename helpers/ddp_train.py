@@ -326,20 +326,28 @@ def run_script(path: str, *argv: str) -> int:
     return 0
 
 
+def output_to(log: str) -> None:
+    """Send this process's output, Python's and C++'s, to the files ``LOG.out`` and ``LOG.err``, which
+    ``launch`` reads (07_distributed)."""
+    for fd, suffix in ((1, ".out"), (2, ".err")):
+        with open(log + suffix, "w", encoding="utf-8") as file:
+            os.dup2(file.fileno(), fd)
+    # print() writes to sys.stdout, which in a notebook is the kernel's, not a file: point it here too
+    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, encoding="utf-8", closefd=False) for fd in (1, 2))
+
+
 RANKS_WRITE_OWN_LOGS = sys.platform == "win32"  # spawned there, ranks do not inherit the agent's log files
 
 
 def rank(log: str | None, script: str | None, *argv: str) -> int:
     """One rank that ``launch`` started: ``main(argv)``, or ``run_script(script, *argv)`` (07_distributed).
 
-    With ``log``, the rank first points its own ``print`` and tracebacks at ``LOG-rank-N.out`` and ``.err``
-    (N its local rank), which ``launch`` reads after the node's. On Windows it must: a spawned process
-    does not inherit the files its agent's output was redirected to, and torch's own redirects skip
-    Windows, so what the ranks print would be lost."""
+    With ``log``, the rank first sends its own output (``print``, warnings, torch's C++ messages) to
+    ``LOG-rank-N.out`` and ``.err`` (N its local rank), which ``launch`` reads after the node's. On
+    Windows it must: a spawned process does not inherit the files its agent's output went to, so what the
+    ranks print would be lost. (A rank's traceback reaches the agent, which writes it to the node's.)"""
     if log is not None:
-        for name, suffix in (("stdout", ".out"), ("stderr", ".err")):
-            path = f"{log}-rank-{os.environ['LOCAL_RANK']}{suffix}"
-            setattr(sys, name, open(path, "w", buffering=1, encoding="utf-8"))  # closed as the process ends
+        output_to(f"{log}-rank-{os.environ['LOCAL_RANK']}")
     return main(list(argv)) if script is None else run_script(script, *argv)
 
 
@@ -347,11 +355,7 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
           method: str, script: str | None = None, own_logs: bool = RANKS_WRITE_OWN_LOGS) -> None:
     """One node's launcher: torchrun's own elastic agent, starting ranks that run ``main`` (or a script);
     with ``own_logs`` each rank writes its output to files of its own (``rank``)."""
-    for fd, suffix in ((1, ".out"), (2, ".err")):  # what the agent and its ranks print, to the log
-        with open(log + suffix, "w", encoding="utf-8") as file:
-            os.dup2(file.fileno(), fd)
-    # print() writes to sys.stdout, which in a notebook is the kernel's, not a file: point it here too
-    sys.stdout, sys.stderr = (open(fd, "w", buffering=1, encoding="utf-8", closefd=False) for fd in (1, 2))
+    output_to(log)  # what the agent and its ranks print (where they inherit it)
     multiprocessing.set_start_method(method, force=True)  # the ranks' DataLoader workers start so too
     gc.freeze()  # the ranks' garbage collector leaves the objects they inherit alone: no copies
     without_libuv_on_windows()
@@ -414,7 +418,8 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     method = "fork" if sys.platform == "linux" else "spawn"  # how agents and ranks start
-    with tempfile.TemporaryDirectory(prefix="launch_") as logs:
+    # ignore_cleanup_errors: on Windows a rank that outlived its agent may hold its log open
+    with tempfile.TemporaryDirectory(prefix="launch_", ignore_cleanup_errors=True) as logs:
         launcher = multiprocessing.get_context("spawn").Process(
             target=run_agents, args=(argv, processes, nodes, port, logs, method,
                                      None if script is None else str(Path(script).resolve()), own_logs))
@@ -423,8 +428,8 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
             launcher.join()
         finally:
             stop([launcher])
-        files = [f"node-{node}{rank}" for node in range(nodes)  # each node's, then its ranks' own
-                 for rank in ("", *(f"-rank-{local}" for local in range(processes)))]
+        files = [f"node-{node}{part}" for node in range(nodes)  # each node's, then its ranks' own
+                 for part in ("", *(f"-rank-{local}" for local in range(processes)))]
         output, errors = ("".join(path.read_text(encoding="utf-8", errors="replace") for name in files
                                   if (path := Path(logs, name + suffix)).exists())
                           for suffix in (".out", ".err"))

@@ -416,13 +416,13 @@ def shard_url(path: PurePath | str) -> str:
     """A shard file as a URL that webdataset opens on every system (07_distributed): ``file:`` and the
     path with forward slashes. A plain path would do on Linux and macOS, but webdataset reads every name
     as a URL, and a Windows path (``C:\\data\\shard-00000.tar``) as one of scheme ``c``, which it cannot
-    open. A Windows extended-length path (``\\\\?\\C:\\...``, ``\\\\?\\UNC\\server\\...``) loses its
-    prefix, whose ``?`` webdataset would read as the start of a query."""
+    open. A Windows extended-length path (``\\\\?\\...``, which ``Path.resolve`` gives where the plain
+    path would not reach the file) is refused with what to do: its ``?`` would start a query."""
     posix = (path if isinstance(path, PurePath) else Path(path)).as_posix()
-    for prefix, plain in (("//?/UNC/", "//"), ("//?/", "")):  # \\?\ says "no length limit" to Windows
-        if posix.startswith(prefix):
-            posix = plain + posix[len(prefix):]
-            break
+    if posix.startswith("//?/"):
+        raise ValueError(f"webdataset cannot open {path}: its \\\\?\\ prefix (an extended-length path, past "
+                         "Windows' 260 characters or with a name ending in a dot or space) would be read as "
+                         "part of a URL. Move the shards to a shorter path with plain names.")
     if "#" in posix or "?" in posix:  # webdataset would read the rest as a URL's fragment or query
         raise ValueError(f"webdataset cannot open {path}: it reads a '#' or '?' in a name as part of a "
                          "URL. Move the shards to a folder whose path has neither.")

@@ -270,14 +270,20 @@ def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank
 
 
 def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path):
-    """With the ranks' own logs, as on Windows, where spawned ranks cannot print to the agent's."""
+    """With the ranks' own logs, as on Windows, where spawned ranks cannot print to the agent's: what a
+    rank prints, and what is written to its file descriptor 1 (as C++ writes), come back in rank order,
+    although rank 1 prints first."""
     script = tmp_path / "script.py"
-    script.write_text("import os\nimport sys\nfrom pathlib import Path\n\n"
-                      "Path(sys.argv[1], 'rank' + os.environ['RANK']).write_text(os.environ['WORLD_SIZE'])\n"
-                      "print('rank', os.environ['RANK'], 'wrote to', Path(str(sys.stdout.name)).name)\n")
+    script.write_text("import os\nimport sys\nimport time\nfrom pathlib import Path\n\n"
+                      "rank = os.environ['RANK']\n"
+                      "Path(sys.argv[1], 'rank' + rank).write_text(os.environ['WORLD_SIZE'])\n"
+                      "time.sleep(1 if rank == '0' else 0)\n"
+                      "print('rank', rank, 'printed', flush=True)\n"
+                      "os.write(1, f'rank {rank} wrote to 1\\n'.encode())\n")
     output = launch([str(tmp_path)], processes=2, script=script, own_logs=True)
     assert {path.name: path.read_text() for path in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
-    assert output.splitlines() == [f"rank {rank} wrote to node-0-rank-{rank}.out" for rank in (0, 1)]
+    assert output.splitlines() == [f"rank {rank} {what}" for rank in (0, 1)
+                                   for what in ("printed", "wrote to 1")]
 
 
 def test_a_rank_keeps_what_its_script_made_so_nothing_is_torn_down_before_the_process_ends(
