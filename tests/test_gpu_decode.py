@@ -202,9 +202,9 @@ def test_masks_stored_decoded_are_the_masks_decoded_per_sample_and_refuse_other_
 
     from helpers.gpu_decode import write_masks
 
-    pairs = first_pairs(6)
-    write_masks(pairs, tmp_path / "masks", (64, 48))
-    stored, decoded = EncodedPairs(pairs, masks=tmp_path / "masks"), EncodedPairs(pairs, mask_size=(64, 48))
+    pairs, folder = first_pairs(6), tmp_path / "work" / "masks"  # its parent made too
+    write_masks(pairs, folder, (64, 48))
+    stored, decoded = EncodedPairs(pairs, masks=folder), EncodedPairs(pairs, mask_size=(64, 48))
     for index in range(6):
         assert all(torch.equal(a, b) for a, b in zip(stored[index], decoded[index], strict=True))
     assert stored[0][1].dtype == torch.uint8 and isinstance(stored.arrays[0], np.memmap)  # read, not loaded
@@ -213,12 +213,12 @@ def test_masks_stored_decoded_are_the_masks_decoded_per_sample_and_refuse_other_
     with pytest.raises(ValueError, match=r"holds the masks of other files: 6 masks for 6 pairs, first "
                                          r"difference at pair 0\. Write them again with write_masks for "
                                          r"these pairs, in this order"):
-        EncodedPairs(pairs[::-1], masks=tmp_path / "masks")
+        EncodedPairs(pairs[::-1], masks=folder)
     with pytest.raises(ValueError, match=r"6 masks for 5 pairs, first difference at pair 5"):
-        EncodedPairs(pairs[:5], masks=tmp_path / "masks")
+        EncodedPairs(pairs[:5], masks=folder)
     with pytest.raises(ValueError, match=r"are \(64, 48\) \(HxW\), not mask_size \(32, 32\): write "
                                          r"them again at that size, or leave mask_size out"):
-        EncodedPairs(pairs, mask_size=(32, 32), masks=tmp_path / "masks")
+        EncodedPairs(pairs, mask_size=(32, 32), masks=folder)
     with pytest.raises(ValueError, match=r"Cannot read the decoded masks in .*nowhere.*Write them "
                                          r"again with write_masks"):
         EncodedPairs(pairs, masks=tmp_path / "nowhere")
