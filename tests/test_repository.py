@@ -187,7 +187,9 @@ def test_readme_test_command_is_what_ci_runs_with_a_fixed_python():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_stored_outputs_come_from_one_clean_run(path):
     cells = [c for c in notebook(path)["cells"] if c["cell_type"] == "code" and source(c).strip()]
-    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1))
+    assert [c["execution_count"] for c in cells] == list(range(1, len(cells) + 1)), (
+        f"{path.name} was not saved from one run of every cell from a fresh kernel: Restart Kernel and Run "
+        "All Cells, then save (or jupyter nbconvert --to notebook --execute --inplace NOTEBOOK)")
     errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
     assert not errors and notebook(path)["metadata"]["kernelspec"]["name"] == "python3"
 
@@ -236,7 +238,19 @@ def test_every_exercise_check_says_not_solved_on_its_stub(path):
         kinds = [kind for kind, _ in runs]
         assert "stub" in kinds and "solution" in kinds, (title, kinds)
         for kind, output in runs:
-            assert ("Not solved" if kind == "stub" else "Correct") in output, (title, kind, output)
+            assert ("Not solved" if kind == "stub" else "Correct") in output, (
+                f"{path.name}, {title}: the self-check run on the {kind} printed {output!r}, not "
+                f"{'Not solved' if kind == 'stub' else 'Correct'!r}" + ("" if output else
+                " (no output stored: run the notebook from a fresh kernel and save it)"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nothing_the_new_notebook_frame_marks_for_replacing_is_left(path):
+    """tools/new_notebook.py marks with "(..." what a lesson replaces: its notes and example exercises."""
+    left = [f"cell {index}: {line.strip()}" for index, cell in enumerate(notebook(path)["cells"])
+            if cell["cell_type"] == "markdown"
+            for line in source(cell).splitlines() if "(... " in line or "(...)" in line]
+    assert not left, f"{path.name} still holds what tools/new_notebook.py left to replace: {left}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -264,10 +278,13 @@ def test_the_teachers_guide_is_linked_and_lists_every_exercise():
     times = guide.split("## Class time per notebook")[1].split("\n## ")[0]
     assert re.findall(r"^\| (\d\d) ", times, re.M) == [p.name[:2] for p in NOTEBOOKS], (
         "TEACHING.md's table under *Class time per notebook* has a row for every notebook, in order")
+    table = guide.split("## The exercises")[1].split("\n## ")[0]
+    rows = {row[0]: row[1:] for row in re.findall(r"^\| (\d\d) \| (.+?) \| (.+?) \|$", table, re.M)}
     for path in NOTEBOOKS:
-        for title in exercise_checks(notebook(path)):
-            name = title.split(": ", 1)[1]
-            assert name in guide, f"TEACHING.md does not list {path.stem}'s exercise {name!r}"
+        names = [title.split(": ", 1)[1] for title in exercise_checks(notebook(path))]
+        listed = [cell.removesuffix(" (optional)") for cell in rows.get(path.name[:2], ())]
+        assert listed == names, (f"TEACHING.md's table under *The exercises* has no row "
+                                 f"| {path.name[:2]} | {' | '.join(names)} | for {path.stem}'s exercises")
 
 
 def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():

@@ -5,8 +5,9 @@
 writes notebooks/08_class_balance.ipynb: the title with objectives and prerequisites, the Colab cell
 (copied from 00, as every notebook has it), a setup cell, one worked step with an assert, two exercises
 (stub, self-check, collapsed solution and graded check, marked for nbgrader) and a summary that links to
-the next notebook. It runs and passes the repository's tests as written; replace every "(...)" and the
-placeholder exercises with the lesson, then run it from a fresh kernel and save it.
+the next notebook. It runs and passes the checks of a lesson's form as written. What the lesson must
+replace is marked "(...": every such note, and the two example exercises; tests/test_repository.py fails
+until none is left. Then run it from a fresh kernel and save it.
 """
 
 import argparse
@@ -19,15 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 INTRO = """# {number} {title}
 
-(One paragraph: what the reader builds here, and why it matters after notebook {previous}.)
+(... one paragraph: what the reader builds here, and why it matters after notebook {previous})
 
 **You will be able to:**
 
-- (what the reader can do at the end: one line each, three to five of them)
+- (... what the reader can do at the end: one line each, three to five of them)
 - (...)
 - (...)
 
-**Prerequisites:** notebook {previous} (...). About a minute or less on a 2-core CPU."""
+**Prerequisites:** notebook {previous} (...). Under a minute on a 2-core CPU."""
 
 SETUP = '''import torch
 
@@ -49,7 +50,7 @@ assert image.dtype == torch.uint8 and image.shape[1:] == mask.shape
 print(f"{len(train_set)} pairs; image {tuple(image.shape)}, mask {tuple(mask.shape)} {mask.dtype}")'''
 
 EXERCISES = [  # (heading, task, stub, self-check, solution): placeholders that show the pattern
-    ("how many classes does a mask show?",
+    ("(... an example) how many classes does a mask show?",
      "Write `classes_in(mask)`: how many different classes a mask holds, not counting `IGNORE_INDEX`.",
      '''def classes_in(mask: torch.Tensor) -> int | None:
     """Number of classes in ``mask``, IGNORE_INDEX not counted. Replace `return None`."""
@@ -66,7 +67,7 @@ EXERCISES = [  # (heading, task, stub, self-check, solution): placeholders that 
      '''def classes_in(mask: torch.Tensor) -> int:
     """Number of classes in ``mask``, IGNORE_INDEX not counted."""
     return len(set(mask.unique().tolist()) - {IGNORE_INDEX})'''),
-    ("which object is largest?",
+    ("(... an example) which object is largest?",
      "Write `largest_object(mask)`: the name (from `CLASSES`) of the object class with the most pixels.",
      '''def largest_object(mask: torch.Tensor) -> str | None:
     """Name of the object class (not background) with the most pixels. Replace `return None`."""
@@ -132,12 +133,13 @@ def new_notebook(number: str, name: str, title: str, folder: Path) -> dict:
              cell("code", "".join(colab["source"]), jupyter={"source_hidden": True}, tags=["colab"]),
              cell("markdown", "## Setup\n\nWhat the whole notebook uses; each constant says why."),
              cell("code", SETUP),
-             cell("markdown", "## (The reader's question, as the section's title)\n\n"
-                              "(Why the next step matters, in a sentence or two; then code that shows it.)"),
+             cell("markdown", "## (... the reader's question, as the section's title)\n\n"
+                              "(... why the next step matters, in a sentence or two; "
+                              "then code that shows it)"),
              cell("code", STEP)]
     for exercise, parts in enumerate(EXERCISES, start=1):
         cells += exercise_cells(number, exercise, *parts)
-    cells.append(cell("markdown", f"## Summary\n\n- (what the reader can now do)\n\n{ending}"))
+    cells.append(cell("markdown", f"## Summary\n\n- (... what the reader can now do)\n\n{ending}"))
     for index, each in enumerate(cells):
         each["id"] = f"nb{number}-{index:02d}"
     return {"cells": cells, "metadata": {"kernelspec": first["metadata"]["kernelspec"]},
