@@ -102,6 +102,9 @@ def test_flip_collate_stacks_and_flips_uint8_pairs_alike():
     assert images.shape == (8, 3, 4, 6) and images.dtype == masks.dtype == torch.uint8
     assert torch.equal(images[:, 0], masks)  # the same samples flipped in both
     assert 0 < (masks[:, 0, 0] == 5).sum() < 8  # some flipped, some not
+    taller = (torch.zeros(3, 5, 6, dtype=torch.uint8), torch.zeros(5, 6, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"holds \[\(4, 6\), \(5, 6\)\] \(HxW\)"):  # two sizes, named
+        flip_collate([*samples[:2], taller])
 
 
 def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys, monkeypatch):

@@ -118,6 +118,7 @@ def test_shards_hold_no_pax_header_per_file(tmp_path, source_dataset):
     with tarfile.open(path) as tar:
         members = tar.getmembers()
     assert all(not member.pax_headers for member in members)  # whole seconds: no 1 KB extra per file
+    assert {(member.uid, member.gid, member.uname, member.gname) for member in members} == {(0, 0, "", "")}
     payload = sum(512 + -(-member.size // 512) * 512 for member in members)  # header, padded data
     assert path.stat().st_size <= payload + 2 * 512 + tarfile.RECORDSIZE  # end blocks, last record
 
@@ -247,6 +248,32 @@ def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))
         assert ShardStream(shards, shuffle=4, seed=3).my_shards() == per_rank[rank]
+
+
+def test_a_stream_sent_to_a_worker_keeps_its_rank_and_its_workers_split_the_rank_s_shards(
+        tmp_path, source_dataset, monkeypatch):
+    """A worker reads the rank the stream was pickled under (a forkserver's environment may predate the
+    launch), then takes every num_workers-th of that rank's shards."""
+    import pickle
+    from types import SimpleNamespace
+
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=3)  # 7 shards
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    sent = pickle.loads(pickle.dumps(ShardStream(shards)))  # as a worker receives it
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert sent.my_shards() == shards[1::2]
+    monkeypatch.setattr("helpers.formats.get_worker_info", lambda: SimpleNamespace(id=1, num_workers=2))
+    assert sent.my_shards() == shards[1::2][1::2]
+
+
+def test_an_empty_shard_is_named(tmp_path):
+    import tarfile
+
+    tarfile.open(tmp_path / "empty.tar", "w").close()
+    with pytest.raises(ValueError, match=r"empty.tar holds no samples: copy or write the shard again"):
+        list(ShardStream([tmp_path / "empty.tar"]))
 
 
 def test_disk_megabytes_counts_a_file_or_a_folder(tmp_path):
