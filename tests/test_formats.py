@@ -342,11 +342,15 @@ def test_masks_with_classes_beyond_uint8_are_refused_not_wrapped(tmp_path):
     for folder in ("images", "masks"):
         (tmp_path / folder).mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.jpg")
-    Image.fromarray(np.full((8, 8), 300, np.uint16)).save(tmp_path / "masks" / "a.png")  # 16-bit: class 300
-    wide = SegmentationDataset(tmp_path, num_classes=301)
-    with pytest.raises(ValueError, match=r"^Mask .*a.png has class 300, but these files store masks as "
+    Image.fromarray(np.full((8, 8), 256, np.uint16)).save(tmp_path / "masks" / "a.png")  # 16-bit: class 256
+    wide = SegmentationDataset(tmp_path, num_classes=257)
+    with pytest.raises(ValueError, match=r"^Mask .*a.png has class 256, but these files store masks as "
                                          r"uint8 \(0\.\.255\): at most 256 classes, an ignore value"):
         write_memmap(wide, tmp_path / "mm", 8)
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "masks" / "a.png")  # 255 fits
+    write_memmap(SegmentationDataset(tmp_path, num_classes=256), tmp_path / "mm", 8)
+    mask = MemmapDataset(tmp_path / "mm")[0][1]
+    assert mask.dtype == torch.uint8 and int(mask.min()) == 255
 
 
 @pytest.mark.parametrize("index", [np.int64(2), torch.tensor(2)], ids=["numpy", "0-d tensor"])
