@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     parser.add_argument("--size", type=int, default=224, help="side of the images fed to the model")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=worker_counts(usable_cores()),
-                        help="worker counts to try (default: 0, 1, powers of two, the number of cores)")
+                        help="worker counts to try (default here: %(default)s, from worker_counts)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement; the best counts")
     parser.add_argument("--formats", action="store_true", help="also memory-mapped arrays, HDF5, shards")
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")

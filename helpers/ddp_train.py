@@ -339,6 +339,11 @@ def output_to(log: str) -> None:
 RANKS_WRITE_OWN_LOGS = sys.platform == "win32"  # spawned there, ranks do not inherit the agent's log files
 
 
+def rank_log(log: str, local_rank: int) -> str:
+    """Where rank ``local_rank`` of the node whose log is ``log`` writes its own output (``rank``)."""
+    return f"{log}-rank-{local_rank}"
+
+
 def rank(log: str | None, script: str | None, *argv: str) -> int:
     """One rank that ``launch`` started: ``main(argv)``, or ``run_script(script, *argv)`` (07_distributed).
 
@@ -347,12 +352,12 @@ def rank(log: str | None, script: str | None, *argv: str) -> int:
     Windows it must: a spawned process does not inherit the files its agent's output went to, so what the
     ranks print would be lost. (A rank's traceback reaches the agent, which writes it to the node's.)"""
     if log is not None:
-        output_to(f"{log}-rank-{os.environ['LOCAL_RANK']}")
+        output_to(rank_log(log, int(os.environ["LOCAL_RANK"])))
     return main(list(argv)) if script is None else run_script(script, *argv)
 
 
 def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int, log: str,
-          method: str, script: str | None = None, own_logs: bool = RANKS_WRITE_OWN_LOGS) -> None:
+          method: str, script: str | None, own_logs: bool) -> None:
     """One node's launcher: torchrun's own elastic agent, starting ranks that run ``main`` (or a script);
     with ``own_logs`` each rank writes its output to files of its own (``rank``)."""
     output_to(log)  # what the agent and its ranks print (where they inherit it)
@@ -378,7 +383,7 @@ def stop(processes: list) -> None:
 
 
 def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str, method: str,
-               script: str | None = None, own_logs: bool = RANKS_WRITE_OWN_LOGS) -> None:
+               script: str | None, own_logs: bool) -> None:
     """In a fresh process (no threads, no CUDA): start one agent per node of this machine and wait."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: stop the agents (finally)
     gc.freeze()  # forked agents and ranks: their garbage collector leaves inherited objects alone
@@ -397,6 +402,12 @@ def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str
     finally:
         stop(agents)
     sys.exit(next((process.exitcode for process in agents if process.exitcode), 0))
+
+
+def read_logs(names: list[str], suffix: str) -> str:
+    """The files ``NAME + suffix`` that exist, one after the other (``launch``)."""
+    return "".join(Path(name + suffix).read_text(encoding="utf-8", errors="replace") for name in names
+                   if Path(name + suffix).exists())
 
 
 def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Path | None = None,
@@ -428,11 +439,11 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
             launcher.join()
         finally:
             stop([launcher])
-        files = [f"node-{node}{part}" for node in range(nodes)  # each node's, then its ranks' own
-                 for part in ("", *(f"-rank-{local}" for local in range(processes)))]
-        output, errors = ("".join(path.read_text(encoding="utf-8", errors="replace") for name in files
-                                  if (path := Path(logs, name + suffix)).exists())
-                          for suffix in (".out", ".err"))
+        ranks = {node: [rank_log(node, local) for local in range(processes)]  # where ranks wrote their own
+                 for node in (os.path.join(logs, f"node-{index}") for index in range(nodes))}
+        output = read_logs([name for node in ranks for name in (node, *ranks[node])], ".out")
+        # the agent's report (which rank failed, its traceback) last, so that the message below keeps it
+        errors = read_logs([name for node in ranks for name in (*ranks[node], node)], ".err")
     if launcher.exitcode:
         raise RuntimeError(f"the launch failed (exit code {launcher.exitcode}):\n"
                            f"{errors[-3000:]}{output[-1000:]}")

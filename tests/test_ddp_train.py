@@ -272,14 +272,18 @@ def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank
 def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path):
     """With the ranks' own logs, as on Windows, where spawned ranks cannot print to the agent's: what a
     rank prints, and what is written to its file descriptor 1 (as C++ writes), come back in rank order,
-    although rank 1 prints first."""
+    although rank 1 prints first (rank 0 waits for it)."""
     script = tmp_path / "script.py"
     script.write_text("import os\nimport sys\nimport time\nfrom pathlib import Path\n\n"
-                      "rank = os.environ['RANK']\n"
+                      "rank, done = os.environ['RANK'], Path(sys.argv[1], 'printed-1')\n"
                       "Path(sys.argv[1], 'rank' + rank).write_text(os.environ['WORLD_SIZE'])\n"
-                      "time.sleep(1 if rank == '0' else 0)\n"
+                      "deadline = time.monotonic() + 60\n"
+                      "while rank == '0' and not done.exists() and time.monotonic() < deadline:\n"
+                      "    time.sleep(0.01)\n"
                       "print('rank', rank, 'printed', flush=True)\n"
-                      "os.write(1, f'rank {rank} wrote to 1\\n'.encode())\n")
+                      "os.write(1, f'rank {rank} wrote to 1\\n'.encode())\n"
+                      "if rank == '1':\n"
+                      "    done.touch()\n")
     output = launch([str(tmp_path)], processes=2, script=script, own_logs=True)
     assert {path.name: path.read_text() for path in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
     assert output.splitlines() == [f"rank {rank} {what}" for rank in (0, 1)

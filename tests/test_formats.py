@@ -254,7 +254,6 @@ def test_a_stream_sent_to_a_worker_keeps_its_rank_and_its_workers_split_the_rank
         tmp_path, source_dataset, monkeypatch):
     """A worker reads the rank the stream was pickled under (a forkserver's environment may predate the
     launch), then takes every num_workers-th of that rank's shards."""
-    import pickle
     from types import SimpleNamespace
 
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=3)  # 7 shards
@@ -264,8 +263,10 @@ def test_a_stream_sent_to_a_worker_keeps_its_rank_and_its_workers_split_the_rank
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert sent.my_shards() == shards[1::2]
-    monkeypatch.setattr("helpers.formats.get_worker_info", lambda: SimpleNamespace(id=1, num_workers=2))
-    assert sent.my_shards() == shards[1::2][1::2]
+    for worker in (0, 1):  # 1 and 5, then 3: every second of the rank's own
+        monkeypatch.setattr("helpers.formats.get_worker_info",
+                            lambda worker=worker: SimpleNamespace(id=worker, num_workers=2))
+        assert sent.my_shards() == shards[1::2][worker::2]
 
 
 def test_an_empty_shard_is_named(tmp_path):
