@@ -204,6 +204,16 @@ def test_a_png_is_checked_up_to_its_end_chunk_as_pillow_does(root):
     assert SegmentationDataset(root)[0].mask.shape == (8, 12)
 
 
+@pytest.mark.parametrize("cut", [12, 6], ids=["without its end chunk", "in its end chunk"])
+def test_a_png_cut_after_its_pixels_is_refused_for_its_missing_end(root, cut):
+    """Every pixel is there, so Pillow decodes it; the end chunk (IEND, 12 bytes) is not: a copy that
+    stopped part-way, which may have lost more than this file."""
+    data = (root / "masks" / "1.png").read_bytes()
+    (root / "masks" / "1.png").write_bytes(data[:-cut])
+    with pytest.raises(ValueError, match=r"Cannot read mask .*1.png: .*it has no IEND chunk"):
+        SegmentationDataset(root)[0]
+
+
 def test_a_truncated_png_image_is_called_damaged_not_its_metadata(root):
     data = (root / "images" / "1.png").read_bytes()
     (root / "images" / "1.png").write_bytes(data[: len(data) // 2])
