@@ -35,7 +35,7 @@ from helpers.ddp_train import (
     train_loader,
     without_libuv_on_windows,
 )
-from helpers.formats import decode_shard_sample, write_shards
+from helpers.formats import write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
 
@@ -133,21 +133,6 @@ def test_group_norm_makes_each_sample_independent_of_its_batch():
         assert torch.allclose(together, apart, atol=1e-5) == independent, norm
     with pytest.raises(ValueError, match="norm must be"):
         UNet(norm="layer")
-
-
-def test_a_shard_sample_without_its_mask_is_named():
-    with pytest.raises(ValueError, match=r"shard-00003\.tar: sample '0042' has \['jpg'\]"):
-        decode_shard_sample({"__key__": "0042", "__url__": "shard-00003.tar", "jpg": b""})
-    with pytest.raises(ValueError, match=r"sample 'img' has \['1.jpg', 'jpg', 'png'\]: webdataset ends a "
-                                         r"sample's name at its first dot.*Rename them without the dot"):
-        decode_shard_sample({"__key__": "img", "jpg": b"", "png": b"", "1.jpg": b""})  # img.1.jpg as well
-    with pytest.raises(ValueError, match=r"sample '0042' has \['jpg', 'png', 'txt'\]: .*and nothing else"):
-        decode_shard_sample({"__key__": "0042", "jpg": b"", "png": b"", "txt": b""})  # a stray 0042.txt
-    image = (data_dir("shapes") / "images" / "0001.jpg").read_bytes()
-    mask = (data_dir("shapes") / "masks" / "0001.png").read_bytes()
-    got, label, name = decode_shard_sample({"__key__": "0001", "jpg": image, "png": mask}, size=(32, 32))
-    assert got.shape == (3, 32, 32) and label.shape == (32, 32) and label.dtype == torch.uint8
-    assert name == "0001" and type(got) is torch.Tensor
 
 
 class SyncedStatistics(torch.nn.Module):

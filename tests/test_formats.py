@@ -16,6 +16,7 @@ from helpers.formats import (
     MemmapDataset,
     ShardStream,
     check_whole_tar,
+    decode_shard_sample,
     shard_url,
     write_hdf5,
     write_memmap,
@@ -275,6 +276,23 @@ def test_an_empty_shard_is_named(tmp_path):
     tarfile.open(tmp_path / "empty.tar", "w").close()
     with pytest.raises(ValueError, match=r"empty.tar holds no samples: copy or write the shard again"):
         list(ShardStream([tmp_path / "empty.tar"]))
+
+
+def test_a_shard_sample_without_its_mask_is_named():
+    with pytest.raises(ValueError, match=r"shard-00003\.tar: sample '0042' has \['jpg'\]"):
+        decode_shard_sample({"__key__": "0042", "__url__": "shard-00003.tar", "jpg": b""})
+    with pytest.raises(ValueError, match=r"sample 'img' has \['1.jpg', 'jpg', 'png'\]: webdataset ends a "
+                                         r"sample's name at its first dot.*Rename them without the dot"):
+        decode_shard_sample({"__key__": "img", "jpg": b"", "png": b"", "1.jpg": b""})  # img.1.jpg as well
+    with pytest.raises(ValueError, match=r"sample '0042' has \['jpg', 'png', 'txt'\]: .*and nothing else"):
+        decode_shard_sample({"__key__": "0042", "jpg": b"", "png": b"", "txt": b""})  # a stray 0042.txt
+    image = (data_dir("shapes") / "images" / "0001.jpg").read_bytes()
+    mask = (data_dir("shapes") / "masks" / "0001.png").read_bytes()
+    got, label, name = decode_shard_sample({"__key__": "0001", "jpg": image, "png": mask}, size=(32, 32))
+    assert got.shape == (3, 32, 32) and label.shape == (32, 32) and label.dtype == torch.uint8
+    assert name == "0001" and type(got) is torch.Tensor
+    with pytest.raises(ValueError, match=r"^a shard: sample '0001': Cannot read image 0001.jpg: .*damaged"):
+        decode_shard_sample({"__key__": "0001", "jpg": b"not a JPEG", "png": mask})
 
 
 def test_disk_megabytes_counts_a_file_or_a_folder(tmp_path):
