@@ -133,7 +133,7 @@ def bench_data(count: int, side: int, root: Path | None = None) -> Path:
 
 
 class NaiveDataset(Dataset):
-    """The seed tutorials' per-sample pipeline (PIL, Resize, ToTensor, Normalize), made correct for masks.
+    """The per-sample pipeline of most tutorials (PIL, Resize, ToTensor, Normalize), made correct for masks.
 
     The baseline the benchmark measures the others against, and nothing else: float images and int64
     masks per sample, one coin flip for both.

@@ -13,7 +13,7 @@ from nbgrader.api import Gradebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-FIRST = NOTEBOOKS[0].name  # 00_start_here: the quickest to run, with two exercises like every notebook
+FIRST = NOTEBOOKS[0].name  # 00_start_here: the first lesson, quick to run, with two exercises as all have
 
 
 def nbgrader(course: Path, *args: str) -> None:

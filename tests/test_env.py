@@ -20,6 +20,12 @@ def test_report_names_versions_device_cores_and_start_method():
         assert report["device"].endswith(f", {torch.backends.cpu.get_cpu_capability()})")
 
 
+def test_usable_cores_are_those_this_process_may_run_on_not_all_the_machine_has(monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3}, raising=False)  # taskset -c 3
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert usable_cores() == 1
+
+
 def test_report_says_what_needs_a_package_that_is_missing():
     from helpers.env import optional_version
 

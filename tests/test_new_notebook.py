@@ -22,7 +22,10 @@ def test_a_new_notebook_run_as_written_passes_every_check_of_a_lesson(tmp_path):
                "--folder", str(folder)]
     assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode == 0
     path = folder / f"{number}_class_balance.ipynb"
-    assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode == 1  # kept
+    written = path.read_bytes()
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert again.returncode == 1 and f"numbered {number} exists already" in again.stderr, again.stderr
+    assert path.read_bytes() == written  # kept as it was
     execute = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--inplace",
                str(path)]
     run = subprocess.run(execute, cwd=folder, capture_output=True, text=True, timeout=300)

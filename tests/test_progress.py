@@ -25,6 +25,27 @@ def test_in_a_notebook_without_ipywidgets_the_bar_is_text_not_an_error(monkeypat
     assert type(progress_bar(range(2), disable=True)) is tqdm
 
 
+def test_in_a_notebook_the_bar_is_a_widget_whose_output_ends_as_its_final_line(monkeypatch):
+    import IPython
+
+    class Kernel:  # what get_ipython() returns in a Jupyter kernel
+        config = {"IPKernelApp": {}}
+
+    class Handle:  # the displayed widget's output, which close() replaces
+        def update(self, data: dict, raw: bool = False) -> None:
+            updates.append(data["text/plain"] if raw else None)
+
+    updates = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: Kernel())
+    monkeypatch.setattr("IPython.display.display", lambda *args, **kwargs: Handle())
+    assert in_notebook()
+    bar = progress_bar(range(3), desc="epochs")
+    assert isinstance(bar, NotebookBar) and sum(bar) == 3
+    assert len(updates) == 1 and updates[0].startswith("epochs: 100%") and "3/3" in updates[0], updates
+    assert "\n" not in updates[0]
+    assert sum(progress_bar(range(2), leave=False)) == 1 and updates[1:] == [""]  # leaves nothing
+
+
 def test_the_stored_training_run_shows_its_bar_as_one_final_line():
     cells = json.loads(TRAINING.read_text(encoding="utf-8"))["cells"]
     cell = next(c for c in cells if "progress_bar(range(EPOCHS)" in "".join(c["source"]))

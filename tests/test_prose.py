@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-UNIT = r"%|x\b|×|ms\b|s\b|min\b|[KMG]B\b|GB/s|MB/s|px\b|epochs?\b|steps?\b|workers?\b|images per second"
+UNIT = (r"%|x\b|×|ms\b|s\b|min\b|seconds?\b|minutes?\b|hours?\b|[KMG]i?B\b|GB/s|MB/s|px\b|epochs?\b|"
+        r"steps?\b|workers?\b|times\b|percent\b|images/s\b|images per second|pairs/s\b|samples/s\b")
 FIGURE = re.compile(rf"(?<![\w.,/-])(\d{{1,3}}(?:,\d{{3}})+|\d+)(\.\d+)?(?:\s?({UNIT}))?")
 # A number right after one of these words is a version, an index or a name, not a measurement.
 NOT_MEASURED = re.compile(r"(python|torch|torchvision|pillow|numpy|cuda|jupyterlab|nbval|webdataset|h5py|"
@@ -28,7 +29,7 @@ def figures(markdown: str) -> set[str]:
         if NOT_MEASURED.search(text[max(0, match.start() - 20):match.start()]):
             continue
         number = whole.replace(",", "") + (decimals or "")
-        if not decimals and (not unit or (int(number) < 10 and unit not in ("%", "x", "×"))):
+        if not decimals and (not unit or (int(number) < 10 and unit not in ("%", "x", "×", "times"))):
             continue  # a count ("3 classes", "2 workers"), not a measurement
         found.add(number)
     return found
@@ -51,6 +52,7 @@ def cell_text(cell: dict) -> str:
 def test_figures_find_measurements_and_skip_versions_and_sizes():
     text = "It took 27 s for a mean IoU of 0.888 (43 %, 2.3x) on torch 2.14.1, at 3 x 224 x 224, 2 workers."
     assert figures(text) == {"27", "0.888", "43", "2.3"}
+    assert figures("3 times faster: 2,900 images/s in 12 seconds, 1.5 GiB") == {"3", "2900", "12", "1.5"}
     assert printed("mean IoU 0.888 in 27 s", "0.888") and not printed("0.8881", "0.888")
 
 
@@ -95,14 +97,23 @@ def test_readme_benchmark_tables_agree_with_their_results_files(name, header):
     table = rows[next(i for i, row in enumerate(rows) if i >= first and row.startswith(header)):]
     for pipeline, speeds in result["pipelines"].items():
         row = next(row for row in table if row.startswith(f"| {pipeline} "))
-        cells = [cell.strip() for cell in row.split("|")[2:]]
+        cells = [cell.strip() for cell in row.split("|")[2:-1]]
         assert cells[:len(speeds)] == [f"{round(speed):,}" for speed in speeds.values()], row
         assert cells[len(speeds)].startswith(f"{round(result['shares'][pipeline] * 100)} % of"), row
+        if "formats" in result:  # what each format costs: its disk, and the time to write it
+            written = result["formats"][pipeline]
+            seconds = f"{written['time to write (s)']} s" if "time to write (s)" in written else ""
+            assert cells[len(speeds) + 1:] == [written["disk"], seconds], row
     for ceiling in ("decode only", "memory only", "link only", "gpu decode only"):
         if ceiling not in result["ceilings"]:
             continue
         row = next(row for row in table if row.startswith(f"| ceiling: {ceiling}"))
         assert f"| {round(result['ceilings'][ceiling]):,} |" in row, row
+    memory = next(row for row in table if row.startswith("| ceiling: memory only"))
+    bandwidths = [f"{result['ceilings']['copy GB/s']:.1f} GB/s"]
+    if "host to device GB/s" in result["ceilings"]:
+        bandwidths.append(f"{result['ceilings']['host to device GB/s']:.1f} GB/s to the GPU")
+    assert memory.startswith(f"| ceiling: memory only ({', '.join(bandwidths)}) |"), memory
 
 
 def test_every_results_file_names_its_machine_date_versions_and_command():
@@ -125,3 +136,8 @@ def test_print_run_prints_the_machine_and_the_figures_asked_for(capsys):
     assert list(several) == ["float32 step (ms)", "kept"]
     with pytest.raises(KeyError, match="no-such-figure"):
         print_run("gpu_training_runs", "h100", "no-such-figure")
+    capsys.readouterr()
+    ranges = print_run("gpu_training_runs", "avx2_cpu", "times slower")  # a range, and how it was measured
+    printed = capsys.readouterr().out
+    assert list(ranges.values()) == [[5, 16]] and ": 5 to 16\n" in printed
+    assert "\n  precision: " in printed  # the float type the run timed

@@ -225,6 +225,8 @@ def exercise_checks(nb: dict) -> dict[str, list[tuple[str, str]]]:
                 current = headings[-1] if headings[-1].startswith("Exercise") else None
         elif current and "solved = check_" in text:
             output = "".join("".join(output.get("text", "")) for output in cell.get("outputs", []))
+            if "def check_" in text:  # compared by nbval in every run, not only in the stored one
+                assert text.startswith("# NBVAL_CHECK_OUTPUT\n"), f"{current}: mark its stub's self-check"
             sections.setdefault(current, []).append(("stub" if "def check_" in text else "solution", output))
     return sections
 

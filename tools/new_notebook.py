@@ -112,7 +112,7 @@ def exercise_cells(number: str, exercise: int, heading: str, task: str, stub: st
     return [cell("markdown", f"## Exercise {exercise}: {heading}\n\n{task}"),
             cell("code", stub),
             cell("markdown", "Self-check:"),
-            cell("code", f"{check}\n\n{call}"),
+            cell("code", f"# NBVAL_CHECK_OUTPUT\n{check}\n\n{call}"),  # nbval: "Not solved" on the stub
             cell("markdown", "Solution:"),
             cell("code", f"### BEGIN SOLUTION\n{solution}\n### END SOLUTION",
                  jupyter={"source_hidden": True}, nbgrader=grading(number, exercise, "solution")),
