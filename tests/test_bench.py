@@ -4,10 +4,14 @@ A map the GPU cannot gather from is reported, not fatal. A few worker counts are
 
 import json
 import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
+import torch
 
 from helpers import bench
+from helpers.datasets import decode_image, pair_files
 from helpers.formats import PageLockRefused
 from helpers.paths import data_dir
 
@@ -19,7 +23,86 @@ def test_the_decode_ceiling_on_one_core_decodes_in_this_process(monkeypatch):
 
 def test_the_decode_ceiling_on_two_cores_decodes_in_two_spawned_processes(monkeypatch):
     monkeypatch.setattr(bench, "_decode_here", None)  # decoding in this process would fail here
+    pools = []
+
+    class Pool(ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append((args, kwargs))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "ProcessPoolExecutor", Pool)
     assert bench.decode_ceiling(data_dir("shapes"), processes=2, size=64) > 0
+    [(args, options)] = pools
+    assert args == (2,) and options["mp_context"].get_start_method() == "spawn"
+    assert options["initializer"] is bench._ready and options["initargs"][1] == 1  # one thread, as a worker
+
+
+class Clock:
+    """time.perf_counter for a test: each call two seconds after the one before."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 2.0
+        return self.now
+
+
+def test_the_decode_ceiling_decodes_each_pair_as_the_recommended_pipeline_does(monkeypatch):
+    """The JPEG at the reduced scale that 64 px allows, the mask sampled to 64 x 64: pairs over seconds."""
+    shapes = data_dir("shapes")
+    image, mask = (str(path) for path in pair_files(shapes / "images", shapes / "masks")[0])
+    reduced, full = decode_image(Path(image), (64, 64))[0], decode_image(Path(image))[0]
+    assert bench._decode_pair((image, mask, 64)) == reduced.numel() + 64 * 64 < full.numel() + 64 * 64
+    threads = []
+    monkeypatch.setattr(bench, "_decode_pair", lambda pair: threads.append(torch.get_num_threads()))
+    monkeypatch.setattr(bench.time, "perf_counter", Clock())
+    assert bench._decode_here([(image, mask, 64)] * 10) == 10 / 2.0  # ten pairs in one tick of the clock
+    assert threads == [1] * 11  # one warm-up, then ten; on one torch thread, as a DataLoader worker
+
+
+def test_the_memory_ceiling_is_the_copy_bandwidth_over_the_bytes_each_image_moves(monkeypatch):
+    """In and out of memory on a CPU: uint8 image and mask read, float32 image and int64 mask written (24
+    bytes a pixel). For a GPU the CPU gathers uint8 only (8), and the link carries the batch (4)."""
+    pixels = 224 * 224
+    assert bench.bytes_per_image(224) == 24 * pixels
+    assert bench.bytes_per_image(224, torch.device("cuda")) == 8 * pixels
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda: 24e9)
+    monkeypatch.setattr(bench, "decode_ceiling", lambda root, processes, size: 100.0)
+    monkeypatch.setattr(bench, "host_to_device_bandwidth", lambda device: 8e9)
+    assert bench.ceilings(Path("data"), 224, 2) == {"decode only": 100.0, "memory only": 1e9 / pixels,
+                                                     "copy GB/s": 24.0}
+    on_gpu = bench.ceilings(Path("data"), 224, 2, torch.device("cuda"))
+    assert on_gpu == {"decode only": 100.0, "memory only": 2e9 / pixels, "copy GB/s": 24.0,
+                      "host to device GB/s": 8.0, "link only": 2e9 / pixels}  # the link is the lower
+
+
+def test_timings_are_the_mean_of_a_round_and_the_best_of_rounds(monkeypatch):
+    calls, ticks = [], iter([0.0, 0.3, 1.0, 1.15, 2.0, 2.6])  # rounds of 0.3, 0.15 and 0.6 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    assert bench.milliseconds(lambda: calls.append(1), repeats=3, rounds=3) == pytest.approx(50.0)
+    assert len(calls) == 9
+    monkeypatch.setattr(bench.time, "perf_counter", Clock())
+    assert bench.copy_bandwidth(megabytes=1, repeats=3) == 2 * 2**20 * 3 / 2.0  # read and written
+
+
+def test_images_per_second_counts_every_image_of_an_epoch_over_its_time(monkeypatch):
+    """The best of the timed epochs, after a warm-up one; while workers load, the main process keeps only
+    the cores they leave for its torch threads."""
+    batches = [(torch.zeros(size, 3, 2, 2), torch.zeros(size, 2, 2, dtype=torch.int64)) for size in (4, 4, 2)]
+    threads = []
+    finish = lambda batch: threads.append(torch.get_num_threads()) or batch  # noqa: E731
+    monkeypatch.setattr(bench.time, "perf_counter", Clock())
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        speed = bench.images_per_second(bench.Pipeline(lambda workers: batches, finish), 3, epochs=2)
+        assert speed == 10 / 2.0 and threads == [1] * 9 and torch.get_num_threads() == 4  # 3 epochs of 3
+        uint8 = bench.Pipeline(lambda workers: batches, lambda batch: (batch[0].byte(), batch[1]))
+        with pytest.raises(AssertionError):  # a pipeline must deliver what the model takes
+            bench.images_per_second(uint8, 0, progress=False)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_the_format_benchmark_writes_shards_that_every_worker_count_splits_evenly(tmp_path):
@@ -64,6 +147,8 @@ def test_a_map_the_gpu_cannot_gather_is_reported_and_the_benchmark_goes_on(tmp_p
     limits = {"decode only": 1.0, "memory only": 4.0, "link only": 2.0}
     assert bench.shares({bench.GPU_GATHERS: {0: 1.0}, "memmap": {0: 1.0}}, limits) == {
         bench.GPU_GATHERS: 0.5, "memmap": 0.25}
+    decoders = ("naive", "recommended", "shards", bench.GPU_STORED)
+    assert [bench.ceiling_of(name, limits) for name in decoders] == ["decode only"] * 3 + ["gpu decode only"]
 
 
 def test_the_worker_counts_timed_are_a_few_on_any_machine_and_end_at_its_cores():

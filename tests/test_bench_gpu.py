@@ -60,6 +60,17 @@ def test_gpu_decode_ceiling_counts_images_per_second_and_gives_the_pipeline_its_
     assert shares({"gpu decode": {0: speed / 2}}, limits) == {"gpu decode": pytest.approx(0.5)}
 
 
+def test_gpu_decode_ceiling_decodes_every_image_in_batches_and_keeps_the_best_round(tmp_path, monkeypatch):
+    from helpers import bench
+
+    root = bench_data(10, 48, tmp_path / "data")
+    batches, ticks = [], iter([0.0, 5.0, 10.0, 12.0])  # rounds of 5 and 2 seconds
+    monkeypatch.setattr(bench, "decode_jpegs", lambda batch, device: batches.append(len(batch)))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    assert gpu_decode_ceiling(root, CPU, batch_size=4, rounds=2) == 10 / 2.0
+    assert batches == [4] + [4, 4, 2] * 2  # a warm-up batch, then every image in each round
+
+
 def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkeypatch):
     """tools/feed_stages.py, which tools/gpu_run.sh runs on a GPU: every stage gets its line, and the same
     figure in the results file --json writes."""

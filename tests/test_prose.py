@@ -20,6 +20,11 @@ NOT_MEASURED = re.compile(r"(python|torch|torchvision|pillow|numpy|cuda|jupyterl
 
 def figures(markdown: str) -> set[str]:
     """The measured figures a text quotes, digits only: decimals, and numbers with a unit, % or x."""
+    return {number for number, _ in quoted(markdown)}
+
+
+def quoted(markdown: str) -> set[tuple[str, str | None]]:
+    """``figures``, each with its unit (None where it has none)."""
     text = re.sub(r"`[^`]*`", " ", markdown)  # code spans name things
     text = re.sub(r"\]\([^)]*\)", "]", text)  # link targets
     text = re.sub(r"\d+(?:\s?x\s?\d+)+", " ", text)  # sizes such as 3 x 224 x 224
@@ -31,13 +36,15 @@ def figures(markdown: str) -> set[str]:
         number = whole.replace(",", "") + (decimals or "")
         if not decimals and (not unit or (int(number) < 10 and unit not in ("%", "x", "×", "times"))):
             continue  # a count ("3 classes", "2 workers"), not a measurement
-        found.add(number)
+        found.add((number, unit))
     return found
 
 
-def printed(numbers: str, figure: str) -> bool:
-    """Whether ``figure`` (digits) occurs in ``numbers`` as a whole number, commas removed."""
-    return re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d])", numbers.replace(",", "")) is not None
+def printed(numbers: str, figure: str, unit: str | None = None) -> bool:
+    """Whether ``figure`` (digits) occurs in ``numbers`` as a whole number, commas removed; a share (%) or a
+    ratio (x) with its sign, perhaps rounded: "17 %" is printed by "17.2%"."""
+    sign = rf"(\.\d+)?\s?{re.escape(unit)}" if unit in ("%", "x", "×") else r"(?![\d])"
+    return re.search(rf"(?<![\d.]){re.escape(figure)}{sign}", numbers.replace(",", "")) is not None
 
 
 def cell_text(cell: dict) -> str:
@@ -54,6 +61,7 @@ def test_figures_find_measurements_and_skip_versions_and_sizes():
     assert figures(text) == {"27", "0.888", "43", "2.3"}
     assert figures("3 times faster: 2,900 images/s in 12 seconds, 1.5 GiB") == {"3", "2900", "12", "1.5"}
     assert printed("mean IoU 0.888 in 27 s", "0.888") and not printed("0.8881", "0.888")
+    assert printed("waits 17.2% of a step", "17", "%") and not printed("17 epochs, 0.4 %", "17", "%")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
@@ -61,7 +69,7 @@ def test_notebook_prose_quotes_only_figures_its_cells_print(path):
     cells = json.loads(path.read_text())["cells"]
     shown = "\n".join(cell_text(cell) for cell in cells if cell["cell_type"] == "code")
     unprinted = {(index, figure) for index, cell in enumerate(cells) if cell["cell_type"] == "markdown"
-                 for figure in figures("".join(cell["source"])) if not printed(shown, figure)}
+                 for figure, unit in quoted("".join(cell["source"])) if not printed(shown, figure, unit)}
     assert not unprinted, f"{path.name}: figures in markdown that no cell prints (cell, figure): " \
                           f"{sorted(unprinted)}. Print them from a cell or a results file."
 
@@ -131,7 +139,9 @@ def test_print_run_prints_the_machine_and_the_figures_asked_for(capsys):
 
     figures = print_run("gpu_training_runs", "h100", "step (ms)")
     assert figures == {"float32 step (ms)": 6.5, "bfloat16 step (ms)": 7.8, "channels_last step (ms)": 8.4}
-    assert capsys.readouterr().out.splitlines()[0].startswith("one NVIDIA H100")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("one NVIDIA H100") and lines[1].startswith("  command: jupyter nbconvert")
+    assert "  float32 step (ms): 6.5" in lines and "precision" not in "".join(lines)  # h100 names none
     several = print_run("gpu_training_runs", "h100", ("kept", "float32 step"))  # in the record's order
     assert list(several) == ["float32 step (ms)", "kept"]
     with pytest.raises(KeyError, match="no-such-figure"):
@@ -141,3 +151,5 @@ def test_print_run_prints_the_machine_and_the_figures_asked_for(capsys):
     printed = capsys.readouterr().out
     assert list(ranges.values()) == [[5, 16]] and ": 5 to 16\n" in printed
     assert "\n  precision: " in printed  # the float type the run timed
+    with pytest.raises(FileNotFoundError, match=r"No results file .*no_such_file\.json"):
+        print_run("no_such_file", "h100")
