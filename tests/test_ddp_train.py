@@ -188,6 +188,34 @@ def test_shards_given_as_urls_are_expanded_counted_and_streamed(tmp_path, monkey
                                                                                      split="val").image_paths)
 
 
+def test_shards_are_read_in_another_order_each_epoch_not_only_shuffled_in_the_buffer(tmp_path, monkeypatch):
+    """With no shuffle buffer, only the shard order can change an epoch's order: it must, each epoch."""
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=8)  # 8 shards
+    args = parse_args(["--shards", str(tmp_path), "--out", str(tmp_path / "run"), "--size", "16",
+                       "--buffer", "0"])
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    epochs = [[name for _, _, names in train_loader(args, epoch, rank=0) for name in names]
+              for epoch in (0, 1)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) and len(epochs[0]) == 64
+    runs = [[epoch[i:i + 8] for i in range(0, 64, 8)] for epoch in epochs]  # a shard's samples, in a run
+    assert sorted(map(sorted, runs[0])) == sorted(map(sorted, runs[1])) and runs[0] != runs[1]
+
+
+def test_image_files_split_over_ranks_give_no_sample_twice_when_they_do_not_divide(monkeypatch):
+    """DistributedSampler with drop_last: 256 training images over 3 ranks, 85 each, none on two ranks
+    (without drop_last it would pad with repeats)."""
+    import torch.utils.data.distributed as distributed
+
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 3)
+    args = parse_args(["--data", str(data_dir("shapes")), "--out", "unused", "--size", "16"])
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(distributed.dist, "get_rank", lambda rank=rank: rank)
+        seen.append(list(train_loader(args, epoch=0, rank=rank).sampler))
+    assert [len(indices) for indices in seen] == [85] * 3 and len(set(sum(seen, []))) == 255
+
+
 def test_without_workers_each_rank_and_epoch_draws_its_own_numbers_and_they_repeat(tmp_path):
     """--workers 0 (the default): the loader reads in the rank's process, so a transform's draws come from
     its global generators, which must differ by rank and epoch, as workers' do, and repeat run to run."""
