@@ -130,13 +130,6 @@ def test_the_benchmark_command_runs_and_ends_with_the_speed_up(tmp_path, capsys,
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_pre_decoded_image_moves_its_bytes_once_in_and_once_out():
-    from helpers.bench import bytes_per_image
-
-    assert bytes_per_image(224) == 224 * 224 * (3 + 1 + 3 * 4 + 8)  # uint8 in; float32 image, int64 mask out
-    assert bytes_per_image(224, torch.device("cuda")) == 224 * 224 * (3 + 1) * 2  # uint8 gathered for the GPU
-
-
 def test_the_benchmark_measures_the_stored_formats_too(tmp_path, capsys, monkeypatch):
     from helpers import bench
     from helpers.bench import main

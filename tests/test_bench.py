@@ -98,8 +98,11 @@ def test_images_per_second_counts_every_image_of_an_epoch_over_its_time(monkeypa
     before = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
-        speed = bench.images_per_second(bench.Pipeline(lambda workers: batches, finish), 3, epochs=2)
-        assert speed == 10 / 2.0 and threads == [1] * 9 and torch.get_num_threads() == 4  # 3 epochs of 3
+        speed = bench.images_per_second(bench.Pipeline(lambda workers: batches, finish), 1, epochs=2)
+        assert speed == 10 / 2.0 and threads == [3] * 9 and torch.get_num_threads() == 4  # 3 epochs of 3
+        threads.clear()
+        bench.images_per_second(bench.Pipeline(lambda workers: batches, finish), 6, progress=False)
+        assert threads == [1] * 6  # more workers than cores: still one thread
         uint8 = bench.Pipeline(lambda workers: batches, lambda batch: (batch[0].byte(), batch[1]))
         with pytest.raises(AssertionError):  # a pipeline must deliver what the model takes
             bench.images_per_second(uint8, 0, progress=False)

@@ -42,9 +42,13 @@ def quoted(markdown: str) -> set[tuple[str, str | None]]:
 
 def printed(numbers: str, figure: str, unit: str | None = None) -> bool:
     """Whether ``figure`` (digits) occurs in ``numbers`` as a whole number, commas removed; a share (%) or a
-    ratio (x) with its sign, perhaps rounded: "17 %" is printed by "17.2%"."""
-    sign = rf"(\.\d+)?\s?{re.escape(unit)}" if unit in ("%", "x", "×") else r"(?![\d])"
-    return re.search(rf"(?<![\d.]){re.escape(figure)}{sign}", numbers.replace(",", "")) is not None
+    ratio (x) with its sign, rounded to the figure's decimals: "17 %" is printed by "17.2%", not "17.9%"."""
+    numbers = numbers.replace(",", "")
+    if unit in ("%", "x", "×"):
+        places = len(figure.partition(".")[2])
+        shown = re.findall(rf"(?<![\d.])(\d+(?:\.\d+)?)\s?{re.escape(unit)}", numbers)
+        return any(f"{float(value):.{places}f}" == figure for value in shown)
+    return re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d])", numbers) is not None
 
 
 def cell_text(cell: dict) -> str:
@@ -62,6 +66,7 @@ def test_figures_find_measurements_and_skip_versions_and_sizes():
     assert figures("3 times faster: 2,900 images/s in 12 seconds, 1.5 GiB") == {"3", "2900", "12", "1.5"}
     assert printed("mean IoU 0.888 in 27 s", "0.888") and not printed("0.8881", "0.888")
     assert printed("waits 17.2% of a step", "17", "%") and not printed("17 epochs, 0.4 %", "17", "%")
+    assert printed("17.6 %", "18", "%") and not printed("17.9%", "17", "%") and printed("1.96x", "2.0", "x")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
