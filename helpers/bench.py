@@ -3,7 +3,7 @@
     python -m helpers.bench [--count 2000] [--side 256] [--size 224] [--batch-size 32] [--workers 0 1 2]
                             [--epochs 3] [--formats] [--device cpu|cuda] [--json PATH] [--plot PATH]
 
-Generates (once, then reuses) a data set of JPEG images with PNG masks, then, per pipeline and worker
+Generates (once, then reuses) a dataset of JPEG images with PNG masks, then, per pipeline and worker
 count, loads one epoch to start the workers and warm the caches and times ``--epochs`` more, keeping
 the best. Every pipeline delivers what a model needs, on ``--device``: float ``[B, 3, size, size]``
 normalised images and int64 ``[B, size, size]`` masks, with one random horizontal flip per sample
@@ -485,7 +485,7 @@ def print_table(results: dict[str, dict[int, float]], limits: dict[str, float], 
 def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     """Run the benchmark, print a table, and as the last line the best speed-up over naive."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=2000, help="image+mask pairs in the data set")
+    parser.add_argument("--count", type=int, default=2000, help="image+mask pairs in the dataset")
     parser.add_argument("--side", type=int, default=256, help="side of the stored square images")
     parser.add_argument("--size", type=int, default=224, help="side of the images fed to the model")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
                         help="worker counts to try (default here: %(default)s, from worker_counts)")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement; the best counts")
     parser.add_argument("--formats", action="store_true", help="also memory-mapped arrays, HDF5, shards")
-    parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")
+    parser.add_argument("--data", type=Path, default=None, help="folder for the generated dataset")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="save a chart to this PNG file")
     parser.add_argument("--device", default="cpu", help="where batches are delivered: cpu or cuda "

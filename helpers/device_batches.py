@@ -109,7 +109,7 @@ class DeviceBatches:
                  scale: tuple[float, float] | None = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
                  quarter_turns: bool = False, drop_last: bool = True):
         if data.shapes[:, 0].ne(3).any():
-            raise ValueError("DeviceBatches needs RGB images (3 channels); convert the data set first.")
+            raise ValueError("DeviceBatches needs RGB images (3 channels); convert the dataset first.")
         self.images = data.images.to(device)  # flat uint8, each image channels last
         self.masks = data.masks.to(device)
         self.shapes, self.starts = upload(data.shapes, device), upload(data.starts, device)  # no wait

@@ -1,4 +1,4 @@
-"""Classes, colours and mask conversions for the shapes data set (taught in 02_segmentation_masks).
+"""Classes, colours and mask conversions for the shapes dataset (taught in 02_segmentation_masks).
 
 This module is the one place where class names, class indices and display colours are defined.
 """

@@ -1,4 +1,4 @@
-"""Make the shapes data set: discs, squares and triangles of photo-textured materials on real textures.
+"""Make the shapes dataset: discs, squares and triangles of photo-textured materials on real textures.
 
 Deterministic: sample ``i`` of seed ``s`` is the same bytes on every machine with the pinned Pillow,
 so ``python -m helpers.scenes`` regenerates ``data/shapes`` exactly, and notebook 05 can make thousands
@@ -73,13 +73,13 @@ def _fill(rng: np.random.Generator, label: int, size: tuple[int, int]) -> Image.
 
 def render_scene(index: int, *, seed: int = 0,
                  size: tuple[int, int] | None = None) -> tuple[Image.Image, Image.Image]:
-    """Return sample ``index`` of data set ``seed``: an RGB image and its palette mask of class indices.
+    """Return sample ``index`` of dataset ``seed``: an RGB image and its palette mask of class indices.
 
-    ``size`` (width, height) fixes the size; by default it is drawn from SIDES.
+    ``size`` (height, width) fixes the size; by default it is drawn from SIDES.
     """
     rng = np.random.default_rng([seed, index])
     width, height = (int(s) for s in rng.choice(SIDES, size=2))  # drawn always: same stream either way
-    width, height = size or (width, height)
+    height, width = size or (height, width)
     big = (width * SCALE, height * SCALE)
     image, mask = _background(rng, big), Image.new("L", big, 0)
     for _ in range(int(rng.integers(1, 5))):
@@ -101,7 +101,7 @@ def write_dataset(root: Path, *, count: int = 320, val_count: int = 64, seed: in
                   size: tuple[int, int] | None = None) -> None:
     """Write ``count`` pairs as ``images/NNNN.jpg`` + ``masks/NNNN.png``, the last ``val_count`` in val.txt.
 
-    ``size`` (width, height) gives every pair that size instead of SIDES.
+    ``size`` (height, width) gives every pair that size instead of SIDES.
     """
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/shapes)")
     parser.add_argument("--count", type=int, default=320, help="number of image+mask pairs")
     parser.add_argument("--val-count", type=int, default=64, help="how many of them go to val.txt")
-    parser.add_argument("--seed", type=int, default=0, help="another seed gives another data set")
+    parser.add_argument("--seed", type=int, default=0, help="another seed gives another dataset")
     parser.add_argument("--side", type=int, default=None,
                         help="square images of this side (default: 128-160)")
     args = parser.parse_args()

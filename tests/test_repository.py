@@ -255,6 +255,30 @@ def test_nothing_the_new_notebook_frame_marks_for_replacing_is_left(path):
     assert not left, f"{path.name} still holds what tools/new_notebook.py left to replace: {left}"
 
 
+def test_the_series_writes_one_vocabulary():
+    """The brief's words: "dataset" (as torch's class is named), not "data set", in every text a reader sees."""
+    texts = {path.name: "".join(source(cell) for cell in notebook(path)["cells"]) for path in NOTEBOOKS}
+    for pattern in ["*.md", "results/*.md", "helpers/*.py", "tools/*"]:
+        texts |= {path.name: path.read_text(encoding="utf-8") for path in ROOT.glob(pattern) if path.is_file()}
+    found = [name for name, text in texts.items() if re.search(r"\bdata\s+sets?\b", text, re.IGNORECASE)]
+    assert not found, f"write 'dataset' for 'data set' in {found}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_a_notebook_imports_each_name_once(path):
+    """Imported where first used, and then not again (cells that write a script file are scripts)."""
+    first, again = {}, []
+    for index, cell in enumerate(notebook(path)["cells"]):
+        text = source(cell)
+        if cell["cell_type"] != "code" or "%%writefile" in text or "google.colab" in text:
+            continue
+        for names in re.findall(r"^\s*(?:from \S+ )?import ([^#\n]+)", text, flags=re.MULTILINE):
+            for name in (n.split(" as ")[-1].strip() for n in names.strip("() ").split(",") if n.strip()):
+                if first.setdefault(name, index) != index:
+                    again.append(f"{name} (cells {first[name]} and {index})")
+    assert not again, f"{path.name} imports again: {again}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_each_notebook_opens_with_objectives_and_prerequisites_and_ends_with_a_link(path):
     cells = notebook(path)["cells"]

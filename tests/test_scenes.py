@@ -30,3 +30,8 @@ def test_seeds_and_indices_give_different_scenes():
     assert np.array_equal(same, np.asarray(render_scene(3, seed=0)[0]))
     assert not np.array_equal(np.asarray(render_scene(3, seed=1)[1]), np.asarray(render_scene(3, seed=0)[1]))
     assert not np.array_equal(np.asarray(render_scene(4, seed=0)[1]), np.asarray(render_scene(3, seed=0)[1]))
+
+
+def test_a_fixed_size_is_height_then_width():
+    image, mask = render_scene(3, size=(40, 60))
+    assert np.asarray(image).shape == (40, 60, 3) and np.asarray(mask).shape == (40, 60)

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--side", type=int, default=256, help="side of the stored square images")
     parser.add_argument("--size", type=int, default=224, help="side of the images fed to the model")
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 12], help="for gpu decode")
-    parser.add_argument("--data", type=Path, default=None, help="folder for the generated data set")
+    parser.add_argument("--data", type=Path, default=None, help="folder for the generated dataset")
     parser.add_argument("--json", type=Path, default=None, help="write the milliseconds per batch here")
     args = parser.parse_args(argv)
     if args.count < BATCH:

@@ -11,7 +11,7 @@
 #
 # Where the machine cannot reach a package registry (the lent GPU machine: Python 3.12, torch 2.11),
 # first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there, and
-# the benchmark reads the data set generated beside them.
+# the benchmark reads the dataset generated beside them.
 # Elsewhere install requirements-gpu.txt first. Every step runs even if one before it failed; the exit
 # status says whether all passed.
 # It writes into the folder OUT:
@@ -39,7 +39,7 @@ fi
     echo "missing packages: pip install -r requirements-gpu.txt, or carry .whl/ (tools/gpu_wheels.sh)"
     exit 1
 }
-data=()  # the benchmark's data set, where tools/gpu_wheels.sh generated it beforehand
+data=()  # the benchmark's dataset, where tools/gpu_wheels.sh generated it beforehand
 [[ -d .whl/bench_2000x256/masks ]] && data=(--data .whl/bench_2000x256)
 failed=()
 step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, go on if it fails
