@@ -256,10 +256,11 @@ def test_nothing_the_new_notebook_frame_marks_for_replacing_is_left(path):
 
 
 def test_the_series_writes_one_vocabulary():
-    """The brief's words: "dataset" (as torch's class is named), not "data set", in every text a reader sees."""
+    """One word, "dataset" (as torch names its class), not "data set", in every text a reader sees."""
     texts = {path.name: "".join(source(cell) for cell in notebook(path)["cells"]) for path in NOTEBOOKS}
     for pattern in ["*.md", "results/*.md", "helpers/*.py", "tools/*"]:
-        texts |= {path.name: path.read_text(encoding="utf-8") for path in ROOT.glob(pattern) if path.is_file()}
+        texts |= {path.name: path.read_text(encoding="utf-8")
+                  for path in ROOT.glob(pattern) if path.is_file()}
     found = [name for name, text in texts.items() if re.search(r"\bdata\s+sets?\b", text, re.IGNORECASE)]
     assert not found, f"write 'dataset' for 'data set' in {found}"
 
