@@ -1,6 +1,7 @@
 """helpers.bench: the decode ceiling on one core needs no second process (Binder's one CPU); on more
 it decodes in spawned processes, one per core. The format benchmark's shards split evenly over workers.
 A map the GPU cannot gather from is reported, not fatal. A few worker counts are timed on any machine.
+The printed table holds each pipeline to its own ceiling.
 Its figures (images per second, the ceilings, timings) are the arithmetic their docstrings state, checked
 against a made-up clock: the README's speeds and shares rest on them."""
 
@@ -161,3 +162,39 @@ def test_the_worker_counts_timed_are_a_few_on_any_machine_and_end_at_its_cores()
     assert bench.worker_counts(2) == [0, 1, 2]  # on 2 cores every count, as before
     assert bench.worker_counts(6) == [0, 1, 2, 4, 6]
     assert bench.worker_counts(64) == [0, 1, 2, 4, 8, 16, 32, 64]
+
+
+def test_the_table_and_last_line_report_each_pipeline_against_its_own_ceiling(tmp_path, monkeypatch, capsys):
+    """The printed table: every ceiling measured, each pipeline's speeds in the order the worker counts were
+    given, its share of its own ceiling; the last line, the best pipeline over naive at each one's best
+    worker count. The two compared on a GPU (recommended, gpu decode) run first and the gathering map last,
+    yet the table keeps the order the pipelines were chosen in."""
+    speeds = {"naive": {0: 100.0, 2: 200.0}, "recommended": {0: 300.0, 2: 250.0},
+              bench.GPU_GATHERS: {0: 400.0, 2: 100.0}, "gpu decode": {0: 50.0, 2: 150.0}}
+    chosen = {name: bench.Pipeline(None, None) for name in speeds}
+    ran = []
+    monkeypatch.setattr(bench, "bench_data", lambda *args: tmp_path)
+    monkeypatch.setattr(bench, "ceilings", lambda *args: {
+        "decode only": 1000.0, "memory only": 2000.0, "copy GB/s": 9.5, "host to device GB/s": 4.25,
+        "link only": 800.0})
+    monkeypatch.setattr(bench, "pipelines", lambda *args: chosen)
+    monkeypatch.setattr(bench, "gpu_decode_ceiling", lambda *args: 300.0)
+    monkeypatch.setattr(bench, "images_per_second",
+                        lambda pipeline, workers, label, epochs: ran.append(label) or speeds[label][workers])
+    assert bench.main(["--workers", "2", "0", "--epochs", "1", "--plot", str(tmp_path / "b.png")]) == speeds
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --plot: the chart saved
+    assert ran == ["recommended"] * 2 + ["gpu decode"] * 2 + ["naive"] * 2 + [bench.GPU_GATHERS] * 2
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(next(line for line in lines if line.strip().startswith("ceiling"))):]
+    assert table[0].split()[1:3] == ["1000", "decode"]
+    assert "2000   memory only" in table[1] and "9.5 GB/s, 4.2 GB/s to the GPU" in table[1]
+    assert "800   link only" in table[2] and "4.2 GB/s" in table[2]
+    assert "300   gpu decode only" in table[3]
+    assert table[4].split() == ["pipeline", "2", "w", "0", "w", "(images", "per", "second)"]
+    rows = [line.split() for line in table[5:-1]]
+    assert rows == [["naive", "200", "100", "20%", "of", "the", "decode", "ceiling"],
+                    ["recommended", "250", "300", "30%", "of", "the", "decode", "ceiling"],
+                    ["memmap,", "gpu", "gathers", "100", "400", "50%", "of", "the", "link", "ceiling"],
+                    ["gpu", "decode", "150", "50", "50%", "of", "the", "gpu", "decode", "ceiling"]]
+    assert table[-1] == ("best speed-up: 2.00x (memmap, gpu gathers with 0 workers over naive with 2 "
+                         "workers)")
