@@ -40,13 +40,21 @@ def quoted(markdown: str) -> set[tuple[str, str | None]]:
     return found
 
 
+# Units a figure must be printed with, rounded to the figure's decimals (another spelling allowed).
+PRINTED_AS = {"%": "%", "x": "x|×", "×": "x|×", "ms": r"ms\b", "s": r"s\b|seconds?\b",
+              "seconds": r"s\b|seconds?\b", "second": r"s\b|seconds?\b", "min": r"min\b|minutes?\b",
+              "minutes": r"min\b|minutes?\b", "GB/s": "GB/s", "MB/s": "MB/s",
+              **{size: rf"{size}\b" for size in ("KB", "MB", "GB", "KiB", "MiB", "GiB")}}
+
+
 def printed(numbers: str, figure: str, unit: str | None = None) -> bool:
-    """Whether ``figure`` (digits) occurs in ``numbers`` as a whole number, commas removed; a share (%) or a
-    ratio (x) with its sign, rounded to the figure's decimals: "17 %" is printed by "17.2%", not "17.9%"."""
+    """Whether ``figure`` (digits) occurs in ``numbers`` as a whole number, commas removed; a share (%), a
+    ratio (x), a time or a size with its unit, rounded to the figure's decimals: "17 %" is printed by
+    "17.2%", not "17.9%" or "17 MB"."""
     numbers = numbers.replace(",", "")
-    if unit in ("%", "x", "×"):
+    if unit in PRINTED_AS:
         places = len(figure.partition(".")[2])
-        shown = re.findall(rf"(?<![\d.])(\d+(?:\.\d+)?)\s?{re.escape(unit)}", numbers)
+        shown = re.findall(rf"(?<![\d.])(\d+(?:\.\d+)?)\s?(?:{PRINTED_AS[unit]})", numbers)
         return any(f"{float(value):.{places}f}" == figure for value in shown)
     return re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d])", numbers) is not None
 
@@ -67,6 +75,8 @@ def test_figures_find_measurements_and_skip_versions_and_sizes():
     assert printed("mean IoU 0.888 in 27 s", "0.888") and not printed("0.8881", "0.888")
     assert printed("waits 17.2% of a step", "17", "%") and not printed("17 epochs, 0.4 %", "17", "%")
     assert printed("17.6 %", "18", "%") and not printed("17.9%", "17", "%") and printed("1.96x", "2.0", "x")
+    assert printed("took 12.4 seconds", "12", "s") and not printed("12 workers, 3 s", "12", "s")
+    assert printed("shm: 64 MB", "64", "MB") and not printed("64 px in 1 GB", "64", "MB")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
