@@ -1,7 +1,9 @@
 import multiprocessing
+import platform
 import subprocess
 import sys
 
+import PIL
 import pytest
 import torch
 
@@ -10,6 +12,9 @@ from helpers.env import environment_report, format_report, usable_cores, worker_
 
 def test_report_names_versions_device_cores_and_start_method():
     report = environment_report()
+    assert list(report) == ["python", "platform", "torch", "torchvision", "pillow", "device",
+                            "cpu cores usable", "worker start method", "jpeg decoder", "torchcodec"]
+    assert report["python"] == platform.python_version() and report["pillow"] == PIL.__version__
     assert report["torch"] == torch.__version__
     assert report["device"].split()[0] in {"cuda", "mps", "cpu"}
     assert int(report["cpu cores usable"]) == usable_cores() >= 1
@@ -23,6 +28,10 @@ def test_report_names_versions_device_cores_and_start_method():
 def test_usable_cores_are_those_this_process_may_run_on_not_all_the_machine_has(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3}, raising=False)  # taskset -c 3
     monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert usable_cores() == 1
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # macOS and Windows have none
+    assert usable_cores() == 64
+    monkeypatch.setattr("os.cpu_count", lambda: None)  # "undetermined"
     assert usable_cores() == 1
 
 
@@ -47,6 +56,16 @@ def test_start_method_is_read_without_fixing_it():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == multiprocessing.get_all_start_methods()[0]
+
+
+def test_the_start_method_is_the_one_set_else_the_platforms_default(monkeypatch):
+    from helpers.env import worker_start_method
+
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none: "forkserver")
+    assert worker_start_method() == "forkserver"
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda allow_none: None if allow_none else "x")
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn", "fork"])
+    assert worker_start_method() == "spawn"
 
 
 def test_format_report_aligns_keys():

@@ -49,3 +49,37 @@ def test_downscaled_unet_still_answers_at_full_size():
         assert model(torch.randn(1, 3, 144, 160)).shape == (1, 4, 144, 160)
     with pytest.raises(ValueError, match="divisible by 16"):
         model(torch.randn(1, 3, 136, 160))  # 136 / 2 = 68 cannot be halved three times
+
+
+def test_unet_has_the_parameters_its_layers_add_up_to():
+    """Each 3x3 convolution without a bias (the norm after it has one), two per block, a 2x2 transposed
+    convolution up per level, a 1x1 head: counted by hand, so a layer dropped or doubled shows."""
+    def block(c_in: int, c_out: int) -> int:
+        return 9 * c_in * c_out + 2 * c_out + 9 * c_out * c_out + 2 * c_out  # conv, norm, conv, norm
+
+    widths = (16, 32, 64, 128)
+    encoder = sum(block(c_in, c_out) for c_in, c_out in zip((3, *widths[:-1]), widths))
+    up = sum(4 * deep * shallow + shallow for deep, shallow in zip(widths[:0:-1], widths[-2::-1]))
+    decoder = sum(block(2 * shallow, shallow) for shallow in widths[-2::-1])
+    assert count_parameters(UNet()) == encoder + up + decoder + 16 * 4 + 4
+    assert count_parameters(UNet(norm="group")) == count_parameters(UNet())
+
+
+def test_group_norm_makes_each_sample_independent_of_its_batch():
+    """norm="group" (07) puts GroupNorm with one group wherever batch norm was: in training mode a
+    sample's scores are the same alone as beside another sample, which batch norm's are not."""
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 16, 16)
+    group, batch = UNet(norm="group").train(), UNet().train()
+    norms = [m for m in group.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 14 and {m.num_groups for m in norms} == {1}  # 2 per block, 7 blocks
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in group.modules())
+    assert torch.allclose(group(images)[:1], group(images[:1]), atol=1e-5)
+    assert not torch.allclose(batch(images)[:1], batch(images[:1]), atol=1e-3)
+    with pytest.raises(ValueError, match="'batch' or 'group', not 'layer'"):
+        UNet(norm="layer")
+
+
+def test_a_width_the_unet_cannot_halve_is_refused_too_naming_both_sides():
+    with pytest.raises(ValueError, match=r"UNet input is 128x100 \(HxW\); both must be divisible by 8"):
+        UNet()(torch.randn(1, 3, 128, 100))

@@ -35,15 +35,25 @@ def test_in_a_notebook_the_bar_is_a_widget_whose_output_ends_as_its_final_line(m
         def update(self, data: dict, raw: bool = False) -> None:
             updates.append(data["text/plain"] if raw else None)
 
-    updates = []
+    updates, shown = [], []
     monkeypatch.setattr(IPython, "get_ipython", lambda: Kernel())
-    monkeypatch.setattr("IPython.display.display", lambda *args, **kwargs: Handle())
+    monkeypatch.setattr("IPython.display.display", lambda *args, **kwargs: shown.append((args, kwargs))
+                        or Handle())
     assert in_notebook()
     bar = progress_bar(range(3), desc="epochs")
     assert isinstance(bar, NotebookBar) and sum(bar) == 3
+    assert shown == [((bar.container,), {"display_id": True})]  # displayed once, as an updatable output
     assert len(updates) == 1 and updates[0].startswith("epochs: 100%") and "3/3" in updates[0], updates
     assert "\n" not in updates[0]
     assert sum(progress_bar(range(2), leave=False)) == 1 and updates[1:] == [""]  # leaves nothing
+    assert sum(progress_bar(range(2), disable=True)) == 1 and len(shown) == 2 and len(updates) == 2
+
+
+def test_without_ipython_it_is_not_a_notebook(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "IPython", None)  # "import IPython" raises ImportError
+    assert not in_notebook()
 
 
 def test_the_stored_training_run_shows_its_bar_as_one_final_line():

@@ -161,6 +161,8 @@ def test_print_run_prints_the_machine_and_the_figures_asked_for(capsys):
     assert list(several) == ["float32 step (ms)", "kept"]
     with pytest.raises(KeyError, match="no-such-figure"):
         print_run("gpu_training_runs", "h100", "no-such-figure")
+    recorded = json.loads((ROOT / "results" / "gpu_training_runs.json").read_text())["runs"]["h100"]
+    assert print_run("gpu_training_runs", "h100") == recorded["figures"]  # nothing asked for: all of them
     capsys.readouterr()
     ranges = print_run("gpu_training_runs", "avx2_cpu", "times slower")  # a range, and how it was measured
     printed = capsys.readouterr().out

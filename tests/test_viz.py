@@ -70,3 +70,42 @@ def test_plural_adds_an_s_unless_there_is_one():
     from helpers.viz import plural
 
     assert [plural(n, "worker") for n in (0, 1, 2)] == ["0 workers", "1 worker", "2 workers"]
+
+
+def test_float_values_a_rounding_error_outside_0_1_are_shown_clamped_and_more_is_refused():
+    almost = np.array([[-1e-4, 0.5], [1.0005, 1.0]], dtype=np.float32)  # an array, not a tensor
+    assert to_numpy_image(almost).tolist() == [[0.0, 0.5], [1.0, 1.0]]
+    for wrong in (-0.01, 1.01):
+        with pytest.raises(ValueError, match="undo Normalize"):
+            to_numpy_image(torch.full((3, 2, 2), wrong))
+
+
+def test_grid_lays_out_rows_keeps_dark_greyscale_dark_and_hides_axes():
+    dark_uint8, dark_float = torch.full((1, 4, 4), 10, dtype=torch.uint8), torch.full((4, 4), 0.04)
+    fig = show_grid([dark_uint8, dark_float, torch.rand(3, 4, 4)], ncols=2, size=1.5)
+    assert fig.get_size_inches().tolist() == [3.0, 3.0]  # 2 columns x 2 rows of 1.5 inches
+    first, second = (ax.images[0] for ax in fig.axes[:2])
+    assert first.get_clim() == (0, 255) and second.get_clim() == (0, 1)  # not stretched to white
+    assert first.get_cmap().name == "gray" and not any(ax.axison for ax in fig.axes)
+    assert len(show_grid([dark_uint8]).axes) == 1  # one image: one panel, whatever ncols says
+
+
+def test_overlay_blends_by_alpha_and_float_images_as_their_bytes():
+    from helpers.masks import PALETTE
+    from helpers.viz import overlay
+
+    image, mask = torch.full((3, 1, 2), 100, dtype=torch.uint8), torch.tensor([[0, 1]])
+    half = overlay(image, mask)  # alpha 0.5 by default
+    assert half[:, 0, 1].tolist() == [(100 + c) // 2 for c in PALETTE[1]]  # halfway, cut to bytes
+    assert torch.equal(overlay(image.float() / 255, mask), half)
+
+
+def test_pairs_show_image_mask_and_overlay_titled_by_pair():
+    from helpers.viz import show_pairs
+
+    pairs = [(torch.zeros(3, 2, 2, dtype=torch.uint8), torch.zeros(2, 2, dtype=torch.int64))] * 2
+    fig = show_pairs(pairs, titles=["a", "b"], size=1.0)
+    assert [ax.get_title() for ax in fig.axes] == [f"{t}: {p}" for t in "ab"
+                                                   for p in ("image", "mask", "overlay")]
+    assert fig.get_size_inches().tolist() == [3.0, 2.0]
+    assert [ax.get_title() for ax in show_pairs(pairs[:1]).axes] == ["image", "mask", "overlay"]
