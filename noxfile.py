@@ -2,7 +2,7 @@
 
     nox -s tests-3.13     # the README's test command on Python 3.13 (also tests-3.11, tests-3.12)
     nox -s colab          # every notebook on Colab's stack, through its own Colab cell
-    nox -s mutation       # mutation testing of the data helpers (not by default: ~50 min on 2 cores)
+    nox -s mutation       # mutation testing of the helpers (not by default: ~65 min on 2 cores)
 
 Each session makes its own virtual environment under .nox/ with the Python it names, found on PATH as
 python3.11, python3.12 or python3.13. `.ci/run` runs the README's test command, then `colab`,

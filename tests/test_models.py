@@ -83,3 +83,19 @@ def test_group_norm_makes_each_sample_independent_of_its_batch():
 def test_a_width_the_unet_cannot_halve_is_refused_too_naming_both_sides():
     with pytest.raises(ValueError, match=r"UNet input is 128x100 \(HxW\); both must be divisible by 8"):
         UNet()(torch.randn(1, 3, 128, 100))
+
+
+def test_downscaled_unet_sees_each_2x2_block_as_its_mean_and_scales_scores_up_smoothly():
+    """downscale=2 runs on the mean of each 2x2 block (a quarter of the work), then scales the class
+    scores back up bilinearly: two pixels of a block traded against each other change nothing, and
+    neighbouring output pixels differ even within a block."""
+    torch.manual_seed(0)
+    model = UNet(widths=(4, 8), downscale=2).eval()
+    images = torch.randn(1, 3, 8, 8)
+    traded = images.clone()
+    traded[0, :, 0, 0] += 1
+    traded[0, :, 1, 1] -= 1  # same 2x2 block, same mean
+    with torch.no_grad():
+        logits = model(images)
+        assert torch.allclose(model(traded), logits, atol=1e-6)
+    assert not torch.allclose(logits[..., 0::2], logits[..., 1::2])  # not nearest: no 2x2 plateaus
