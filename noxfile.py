@@ -39,7 +39,7 @@ def colab(session: nox.Session) -> None:
 @nox.session(python="3.13", default=False)
 def mutation(session: nox.Session) -> None:
     """Mutation testing with the pinned mutmut: every small change to the helpers listed in [tool.mutmut]
-    of pyproject.toml (the data path from file to batch, its metrics and masks) should fail a unit test.
+    of pyproject.toml (the data path from file to batch, and the helpers around it) should fail a unit test.
     Prints the survivors (``mutmut show NAME`` shows one). ``nox -s mutation -- "helpers.batching*"`` runs
     the mutants of one module. Results are kept in mutants/: a second run tests only the functions that
     changed, and names given after -- again; delete mutants/ for a fresh run after changing tests."""
