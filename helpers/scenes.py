@@ -1,8 +1,8 @@
 """Make the shapes dataset: discs, squares and triangles of photo-textured materials on real textures.
 
 Deterministic: sample ``i`` of seed ``s`` is the same bytes on every machine with the pinned Pillow,
-so ``python -m helpers.scenes`` regenerates ``data/shapes`` exactly, and notebook 05 can make thousands
-more the same way. Taught in 02_segmentation_masks.
+so ``python -m helpers.scenes`` regenerates ``data/shapes`` exactly, and makes thousands more the same way
+(``helpers.bench`` does, for its 2,000). Taught in 02_segmentation_masks.
 """
 
 import argparse

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-UNIT = (r"%|x\b|×|ms\b|s\b|min\b|seconds?\b|minutes?\b|hours?\b|[KMG]i?B\b|GB/s|MB/s|px\b|epochs?\b|"
+UNIT = (r"%|x\b|×|ms\b|s\b|min\b|seconds?\b|minutes?\b|hours?\b|GB/s|MB/s|[KMG]i?B\b|px\b|epochs?\b|"
         r"steps?\b|workers?\b|times\b|percent\b|images/s\b|images per second|pairs/s\b|samples/s\b")
 FIGURE = re.compile(rf"(?<![\w.,/-])(\d{{1,3}}(?:,\d{{3}})+|\d+)(\.\d+)?(?:\s?({UNIT}))?")
 # A number right after one of these words is a version, an index or a name, not a measurement.
@@ -77,6 +77,7 @@ def test_figures_find_measurements_and_skip_versions_and_sizes():
     assert printed("17.6 %", "18", "%") and not printed("17.9%", "17", "%") and printed("1.96x", "2.0", "x")
     assert printed("took 12.4 seconds", "12", "s") and not printed("12 workers, 3 s", "12", "s")
     assert printed("shm: 64 MB", "64", "MB") and not printed("64 px in 1 GB", "64", "MB")
+    assert quoted("copies 9.5 GB/s") == {("9.5", "GB/s")} and not printed("9.5 GB on disk", "9.5", "GB/s")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.stem)
