@@ -249,6 +249,6 @@ def test_defaults_are_those_of_train_transforms_and_grey_images_are_refused():
     assert [ours[name] for name in ("hflip_prob", "vflip_prob", "quarter_turns")] == \
         [theirs[name].default for name in ("hflip", "vflip", "quarter_turns")]
     grey = [(tv_tensors.Image(torch.zeros(1, 8, 8, dtype=torch.uint8)), tv_tensors.Mask(torch.zeros(8, 8)))]
-    with pytest.raises(ValueError, match=r"^DeviceBatches needs RGB images \(3 channels\); convert the data "
-                                         r"set first\.$"):
+    with pytest.raises(ValueError, match=r"^DeviceBatches needs RGB images \(3 channels\); convert the "
+                                         r"dataset first\.$"):
         DeviceBatches(InMemoryDataset(grey), CPU, size=8, batch_size=1)
