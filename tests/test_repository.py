@@ -1,5 +1,6 @@
 """The repository keeps its promises: one package list, one Colab cell, one repository address, small data."""
 
+import ast
 import json
 import os
 import re
@@ -280,6 +281,46 @@ def test_a_notebook_imports_each_name_once(path):
                 if first.setdefault(name, index) != index:
                     again.append(f"{name} (cells {first[name]} and {index})")
     assert not again, f"{path.name} imports again: {again}"
+
+
+def names_of(cell_source: str) -> tuple[set[str], set[str]]:
+    """The names a code cell defines (assigned, imported, def, class, arguments), and those it reads."""
+    defined, read = set(), set()
+    for node in ast.walk(ast.parse(cell_source)):
+        if isinstance(node, ast.Name):
+            (defined if isinstance(node.ctx, ast.Store) else read).add(node.id)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            defined |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef | ast.arg):
+            defined.add(node.arg if isinstance(node, ast.arg) else node.name)
+    return defined, read
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_what_an_optional_section_defines_is_not_needed_after_it(path):
+    """"A first pass can skip this": the cells after an (optional) section run without its cells."""
+    optional, section, from_optional, needed = False, False, {}, []
+    for index, cell in enumerate(notebook(path)["cells"]):
+        text = source(cell)
+        if cell["cell_type"] == "markdown":
+            for heading in re.findall(r"^(##+) (.*)$", text, flags=re.MULTILINE):
+                if heading[0] == "##":
+                    section = optional = "(optional)" in heading[1]
+                else:  # a ### heading: optional itself, or inside an optional ## section
+                    optional = section or "(optional)" in heading[1]
+            continue
+        if text.startswith("%%") or "google.colab" in text:
+            continue
+        defined, read = names_of(text)
+        if not optional:
+            needed += [f"{name} (cell {index}, from {from_optional[name]})"
+                       for name in sorted((read - defined) & set(from_optional))]
+        for name in defined:
+            if optional:
+                from_optional.setdefault(name, index)
+            else:
+                from_optional.pop(name, None)
+    assert not needed, f"{path.name}: cells after optional sections need names defined only there: {needed}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
