@@ -393,7 +393,7 @@ def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], ima
 
 def nearest_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a mask ``[H, W]`` to ``size`` (height, width) by nearest neighbour: each output pixel copies the
-    input pixel under its centre, so values are never invented and pixel centres stay aligned."""
+    input pixel under its centre, so values are never invented and pixel centres stay aligned (04)."""
     (height, width), array = mask.shape, mask.numpy()
     rows = (2 * np.arange(size[0]) + 1) * height // (2 * size[0])  # centre of output row i, in input rows
     cols = (2 * np.arange(size[1]) + 1) * width // (2 * size[1])

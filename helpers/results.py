@@ -10,7 +10,7 @@ from helpers.paths import repo_root
 
 
 def load_results(name: str) -> dict:
-    """The results file ``results/<name>.json`` as a dict."""
+    """The results file ``results/<name>.json`` as a dict (04's benchmark table, 06 and 07's runs)."""
     path = repo_root() / "results" / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"No results file {path}. The files in results/ come with the repository.")

@@ -266,6 +266,31 @@ def test_the_series_writes_one_vocabulary():
     assert len(texts) > 40 and not found, f"write 'dataset' for 'data set' in {found}"
 
 
+def test_each_helper_a_notebook_imports_names_a_notebook_that_teaches_it():
+    """A helper's docstring, or its module's, names a notebook that imports it ("04" or
+    "04_dataloader_batching"): the back-link from helpers/ to the lesson, as d2l's "Defined in"."""
+    importers: dict[tuple[str, str], set[str]] = {}
+    for path in NOTEBOOKS:
+        for cell in notebook(path)["cells"]:
+            text = re.sub(r"^\s*[%!].*$", "", source(cell), flags=re.MULTILINE)  # magics, shell lines
+            if cell["cell_type"] != "code" or text.startswith("%%"):
+                continue
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers."):
+                    for alias in node.names:
+                        importers.setdefault((node.module, alias.name), set()).add(path.name[:2])
+    unnamed = []
+    for (module, name), numbers in sorted(importers.items()):
+        tree = ast.parse((ROOT / f"{module.replace('.', '/')}.py").read_text(encoding="utf-8"))
+        defined = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+        if name not in defined:  # a constant
+            continue
+        docs = (ast.get_docstring(tree) or "") + (ast.get_docstring(defined[name]) or "")
+        if not any(re.search(rf"(?<![\d.]){number}(?!\d)", docs) for number in numbers):
+            unnamed.append(f"{module}.{name} (imported by {sorted(numbers)})")
+    assert len(importers) > 80 and not unnamed, f"name the notebook that teaches: {unnamed}"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_a_notebook_imports_each_name_once(path):
     """Imported where first used, and then not again (cells that write a script file are scripts)."""
