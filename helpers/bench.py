@@ -309,7 +309,9 @@ def images_per_second(pipeline: Pipeline, workers: int, label: str = "", progres
     try:
         loader = pipeline.loader(workers)
         for batch in loader:  # warm-up epoch: not timed
-            pipeline.finish(batch)
+            image, _ = pipeline.finish(batch)
+        if image.is_cuda:
+            torch.cuda.synchronize()  # the warm-up's last work is not counted in the first timed epoch
         speeds = []
         for _ in range(epochs):
             start, images = time.perf_counter(), 0

@@ -12,7 +12,7 @@ from test_datasets import save_turned_by_exif
 
 from helpers.datasets import InMemoryDataset, SegmentationDataset, pair_files
 from helpers.device_batches import DeviceBatches, augment_batch
-from helpers.formats import MemmapDataset, PinnedMemmapBatches, host_mapped, write_memmap
+from helpers.formats import MemmapDataset, PageLockRefused, PinnedMemmapBatches, host_mapped, write_memmap
 from helpers.paths import data_dir
 from helpers.training import to_device
 
@@ -21,10 +21,13 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 SHAPES = data_dir("shapes")
 
 
-def busy(tensor: torch.Tensor, launches: int = 2000) -> None:
-    """Queue a few milliseconds of GPU work that writes ``tensor``, and return at once."""
-    for _ in range(launches):
-        tensor.add_(1)
+def busy(tensor: torch.Tensor | None = None, cycles: int = 20_000_000) -> None:
+    """Queue about 10 ms of GPU time (then a write of ``tensor``), and return at once: the GPU falls
+    behind the program by that much (many tiny kernels would not: the CPU launches them about as fast as
+    the GPU runs them)."""
+    torch.cuda._sleep(cycles)
+    if tensor is not None:
+        tensor.fill_(255)
 
 
 @pytest.mark.parametrize("scale", [None, (0.3, 1.0)])  # pixel for pixel, and bilinear
@@ -49,10 +52,10 @@ def test_pinned_memmap_batches_are_the_cpu_batches_while_the_gpu_lags_behind(tmp
     write_memmap(SegmentationDataset(SHAPES, split="val"), tmp_path, 64)
     memmap = MemmapDataset(tmp_path)
     on_cpu = list(PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0)))
-    on_gpu, lag = [], torch.zeros(1024, device=CUDA)
+    on_gpu = []
     for batch in PinnedMemmapBatches(memmap, 8, CUDA, torch.Generator().manual_seed(0)):
         on_gpu.append(batch)  # nothing read back yet: a buffer overwritten before its copy would show
-        busy(lag)  # the copy of the next batch queues behind this
+        busy()  # the copy of the next batch queues behind this
     for cpu_batch, gpu_batch in zip(on_cpu, on_gpu, strict=True):  # two reused buffers, eight batches
         assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
 
@@ -62,8 +65,11 @@ def test_memmap_gathered_by_the_gpu_from_mapped_ram_is_the_cpu_batches_and_stays
     memmap = MemmapDataset(tmp_path)
     gc.collect()  # CUDA tensors of earlier tests, left in reference cycles, freed before counting
     allocated = torch.cuda.memory_allocated()
-    images, masks = host_mapped((np.load(tmp_path / "images.npy"), np.load(tmp_path / "masks.npy")),
-                                CUDA, tmp_path)
+    try:
+        images, masks = host_mapped((np.load(tmp_path / "images.npy"), np.load(tmp_path / "masks.npy")),
+                                    CUDA, tmp_path)
+    except PageLockRefused as error:  # a machine whose driver refuses (the benchmark: "not measured")
+        pytest.skip(str(error))
     assert images.is_cuda and images.untyped_storage().nbytes() == 64 * 3 * 64 * 64
     assert torch.cuda.memory_allocated() == allocated  # nothing copied to the GPU: the bytes stay in RAM
     assert torch.equal(images[[5, 2]].view(torch.uint8).view(2, 3, 64, 64).cpu(),

@@ -13,7 +13,8 @@
 # first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there, and
 # the benchmark reads the dataset generated beside them.
 # Elsewhere install requirements-gpu.txt first. Every step runs even if one before it failed; the exit
-# status says whether all passed.
+# status says whether all passed. Where only a few files come back from the machine (OUT holds about a
+# dozen), write elsewhere and pack it: bash tools/gpu_run.sh /tmp/gpu; tar -czf BACK/gpu.tgz -C /tmp gpu
 # It writes into the folder OUT:
 #   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
@@ -60,10 +61,10 @@ print('python', platform.python_version(), '| torch', torch.__version__, '| torc
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 gpus=$(nvidia-smi --list-gpus | wc -l)
-step tests 45 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py tests/test_device.py \
+step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py tests/test_device.py \
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
 # shellcheck disable=SC2086
-step bench_cuda 270 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 12 \
+step bench_cuda 255 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 12 \
     --epochs 2} ${data[@]+"${data[@]}"} --json "$out/bench_cuda.json"
 step bench_stages 80 "$python" tools/feed_stages.py --device cuda ${data[@]+"${data[@]}"} \
     --json "$out/bench_stages.json"  # where the benchmark's GPU time goes
