@@ -330,7 +330,9 @@ def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
 
 
 class HDF5Dataset(Dataset):
-    """Samples from an HDF5 file written by ``write_hdf5``; each process opens its own handle.
+    """Samples from an HDF5 file written by ``write_hdf5``; each process opens its own handle (05): a
+    worker started by spawn or forkserver receives none (pickling leaves it behind), and a forked worker,
+    which inherits the main process's, opens another, as HDF5 handles must not be shared across fork.
 
     Index with an int for a sample, a list for a batch: read chunk by chunk into one preallocated batch,
     in the order asked.
@@ -348,6 +350,7 @@ class HDF5Dataset(Dataset):
                              "([N, 3, H, W] and [N, H, W]). Write it again with write_hdf5.")
         self.length = shapes[0][0]
         self.file: h5py.File | None = None  # an h5py handle cannot be pickled into workers
+        self.opened_by: int | None = None  # the process that opened it
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "file": None}
@@ -356,8 +359,8 @@ class HDF5Dataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int | list[int]) -> Sample:
-        if self.file is None:
-            self.file = h5py.File(self.path, "r")
+        if self.file is None or self.opened_by != os.getpid():  # none yet, or inherited through fork
+            self.file, self.opened_by = h5py.File(self.path, "r"), os.getpid()
         images, masks = self.file["images"], self.file["masks"]
         rows = sample_rows(index)
         if isinstance(rows, int):

@@ -1,6 +1,7 @@
 """Each format gives back exactly what was written, in workers too, and shards split cleanly."""
 
 import pickle
+import sys
 from collections import Counter
 from pathlib import Path, PureWindowsPath
 
@@ -76,7 +77,7 @@ def test_hdf5_round_trip(tmp_path, source_dataset):
     with h5py.File(tmp_path / "data.h5") as file:  # a chunk per sample: reading one reads no other
         assert file["images"].chunks == (1, 3, SIZE, SIZE) and file["masks"].chunks == (1, SIZE, SIZE)
         assert file["images"].dtype == file["masks"].dtype == np.uint8
-    dataset[0]  # opens a handle in this process; workers must not inherit it (tests/test_workers.py)
+    dataset[0]  # opens a handle in this process; workers must not use it (the test below, test_workers.py)
     assert pickle.loads(pickle.dumps(dataset)).file is None
     for i in (0, 13):
         assert torch.equal(dataset[i].image, expected(source_dataset, i)[0])
@@ -85,6 +86,26 @@ def test_hdf5_round_trip(tmp_path, source_dataset):
     for row, i in enumerate([13, 0, 7]):
         assert torch.equal(batch.image[row], dataset[i].image)
         assert torch.equal(batch.mask[row], dataset[i].mask)
+
+
+class HandleReport(HDF5Dataset):
+    """Each sample with the HDF5 identifier of the handle that read it."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return super().__getitem__(index).image, self.file.id.id
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork: Linux only here")
+def test_a_forked_worker_reads_hdf5_through_a_handle_of_its_own(tmp_path, source_dataset):
+    """Under fork nothing is pickled: the worker inherits the handle this process opened, and must open
+    another (HDF5 does not support one handle in two processes)."""
+    write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
+    dataset = HandleReport(tmp_path / "data.h5")
+    here = dataset[0][1]  # this process's handle, open before the fork
+    loader = DataLoader(dataset, batch_size=None, num_workers=1, multiprocessing_context="fork")
+    worker = [handle for _, handle in loader]
+    assert len(worker) == 20 and len(set(worker)) == 1 and worker[0] != here
+    assert dataset[1][1] == here  # and this process keeps its own
 
 
 def test_shards_round_trip_without_re_encoding(tmp_path, source_dataset):

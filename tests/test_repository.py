@@ -309,16 +309,33 @@ def test_a_notebook_imports_each_name_once(path):
 
 
 def names_of(cell_source: str) -> tuple[set[str], set[str]]:
-    """The names a code cell defines (assigned, imported, def, class, arguments), and those it reads."""
-    defined, read = set(), set()
-    for node in ast.walk(ast.parse(cell_source)):
+    """The names a code cell defines (assigned, imported, def, class, arguments), and those it reads
+    before it defines them (``x.close()`` then ``x = None`` reads x; so does ``x = f(x)``)."""
+    tree, where = ast.parse(cell_source), {}  # a Name stored: where it counts as defined
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
+            for target in ast.walk(node):  # defined once the value is computed
+                if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store):
+                    where.setdefault(target, (node.end_lineno, node.end_col_offset))
+        elif isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
+            for generator in node.generators:  # defined before the expression that comes first
+                for target in ast.walk(generator.target):
+                    where[target] = (node.lineno, node.col_offset)
+    never = (1 << 30, 0)
+    defined, loads = {}, {}
+    for node in ast.walk(tree):
+        place = where.get(node, (getattr(node, "lineno", 0), getattr(node, "col_offset", 0)))
         if isinstance(node, ast.Name):
-            (defined if isinstance(node.ctx, ast.Store) else read).add(node.id)
+            first = defined if isinstance(node.ctx, ast.Store) else loads
+            first[node.id] = min(first.get(node.id, never), place)
         elif isinstance(node, ast.Import | ast.ImportFrom):
-            defined |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+            for alias in node.names:
+                name = (alias.asname or alias.name).split(".")[0]
+                defined[name] = min(defined.get(name, never), place)
         elif isinstance(node, ast.FunctionDef | ast.ClassDef | ast.arg):
-            defined.add(node.arg if isinstance(node, ast.arg) else node.name)
-    return defined, read
+            name = node.arg if isinstance(node, ast.arg) else node.name
+            defined[name] = min(defined.get(name, never), place)
+    return set(defined), {name for name, place in loads.items() if place < defined.get(name, never)}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -339,7 +356,7 @@ def test_what_an_optional_section_defines_is_not_needed_after_it(path):
         defined, read = names_of(text)
         if not optional:
             needed += [f"{name} (cell {index}, from {from_optional[name]})"
-                       for name in sorted((read - defined) & set(from_optional))]
+                       for name in sorted(read & set(from_optional))]
         for name in defined:
             if optional:
                 from_optional.setdefault(name, index)
