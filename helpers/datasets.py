@@ -358,15 +358,7 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
                                  "Export it again as PNG from the original class indices.")
             check_pixels(file, path, "mask")
             check_png(data)
-            full, array = file.size[::-1], None
-            if size is not None and tuple(size) != full and file.mode in ("P", "L"):
-                low, high = file.getextrema()  # checked inside PIL, no copy of the full mask
-                # PIL's nearest samples pixel centres too; where a centre falls exactly between two pixels
-                # (256 rows to 224: one row in seven) PIL and nearest_resize may take neighbouring ones
-                if low >= 0 and high < num_classes:
-                    array = np.array(file.resize((size[1], size[0]), Image.Resampling.NEAREST))
-            if array is None:
-                array = mask_array(file, path)
+            full, array = file.size[::-1], mask_array(file, path)
     except Image.DecompressionBombError as error:
         raise ValueError(f"Cannot read mask {path}: {error} {TOO_LARGE}") from None
     except ImageRefused:
@@ -374,10 +366,9 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
     except (OSError, SyntaxError) as error:
         raise ValueError(f"Cannot read mask {path}: {error}. Export it again as PNG.") from None
     mask = torch.from_numpy(array)
-    if array.shape == full:  # not checked and resized inside PIL above: do both here
-        check_mask_values(mask, path, num_classes, ignore_index)
-        if size is not None and tuple(size) != full:
-            mask = nearest_resize(mask, size)
+    check_mask_values(mask, path, num_classes, ignore_index)
+    if size is not None and tuple(size) != full:
+        mask = nearest_resize(mask, size)  # not PIL's nearest: it breaks ties between pixels differently
     return mask.to(dtype), full
 
 
