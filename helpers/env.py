@@ -12,6 +12,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import PIL
 import torch
@@ -20,12 +21,33 @@ import torchvision
 from helpers import datasets
 from helpers.device import pick_device
 
+CPU_QUOTAS = (Path("/sys/fs/cgroup/cpu.max"),  # cgroup v2: "200000 100000" (2 cores) or "max 100000"
+              Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))  # v1: the quota alone, -1 for none
+
+
+def cpu_quota() -> int | None:
+    """Cores a container's CPU quota allows (Docker's ``--cpus``, Kubernetes limits, Binder), rounded up;
+    None without a quota. The cores it may run on (affinity) can be many more: the whole host's."""
+    for path in CPU_QUOTAS:
+        try:
+            fields = path.read_text().split()
+            if path.name == "cpu.max":
+                quota, period = fields[0], fields[1]
+            else:  # v1 keeps the period in a file beside it
+                quota, period = fields[0], path.with_name("cpu.cfs_period_us").read_text().split()[0]
+        except (OSError, IndexError):
+            continue
+        if quota in ("max", "-1"):
+            return None
+        return max(1, -(-int(quota) // int(period)))  # 150000 / 100000: 2 cores, partly used
+    return None
+
 
 def usable_cores() -> int:
-    """Return the CPU cores this process may use (respects container and taskset limits)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """Return the CPU cores this process may use: those it may run on (taskset, cpusets), at most as many
+    as a container's CPU quota allows (``cpu_quota``)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, cpu_quota() or cores)
 
 
 def worker_start_method() -> str:

@@ -26,6 +26,7 @@ def test_report_names_versions_device_cores_and_start_method():
 
 
 def test_usable_cores_are_those_this_process_may_run_on_not_all_the_machine_has(monkeypatch):
+    monkeypatch.setattr("helpers.env.CPU_QUOTAS", ())  # no container quota
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3}, raising=False)  # taskset -c 3
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     assert usable_cores() == 1
@@ -33,6 +34,24 @@ def test_usable_cores_are_those_this_process_may_run_on_not_all_the_machine_has(
     assert usable_cores() == 64
     monkeypatch.setattr("os.cpu_count", lambda: None)  # "undetermined"
     assert usable_cores() == 1
+
+
+@pytest.mark.parametrize(("files", "cores"), [
+    ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, Docker's --cpus 1.5: two cores, partly used
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu.max": "max 100000\n"}, 16),  # no quota
+    ({"cpu.cfs_quota_us": "300000\n", "cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
+    ({"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, 16),
+    ({}, 16),  # neither file: not in a container, or not Linux
+])
+def test_usable_cores_respect_a_containers_cpu_quota(monkeypatch, tmp_path, files, cores):
+    """Binder and `docker run --cpus` limit CPU time, not the cores a process may run on: without the quota
+    a notebook would start a worker per core of the whole host."""
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr("helpers.env.CPU_QUOTAS", (tmp_path / "cpu.max", tmp_path / "cpu.cfs_quota_us"))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert usable_cores() == cores
 
 
 def test_report_says_what_needs_a_package_that_is_missing():
