@@ -40,16 +40,20 @@ def overfit_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     return losses
 
 
-def time_loader_and_step(loader: Iterable, step: Callable[[Any], Any],
-                         max_batches: int | None = None) -> tuple[float, float]:
+def time_loader_and_step(loader: Iterable, step: Callable[[Any], Any], max_batches: int | None = None,
+                         warmup: int = 1) -> tuple[float, float]:
     """Run ``step(batch)`` over a loader; return (seconds waiting for batches, seconds in steps).
 
-    A large waiting share means the loader is the bottleneck. ``step`` must finish its work before
-    returning (``loss.item()`` does; on CUDA, so does ``torch.cuda.synchronize()``).
+    The first ``warmup`` batches are fetched and stepped untimed: the first waits for the workers to start
+    (a spawned worker imports torch), which an epoch pays once, not per batch. Then up to
+    ``max_batches`` are timed. A large waiting share means the loader is the bottleneck. ``step`` must
+    finish its work before returning (``loss.item()`` does; on CUDA, so does ``torch.cuda.synchronize()``).
     Taught in 04_dataloader_batching; used in 06_gpu_training.
     """
     waiting = stepping = 0.0
     batches = iter(loader)
+    for batch in itertools.islice(batches, warmup):
+        step(batch)
     for count in itertools.count():
         if max_batches is not None and count >= max_batches:
             break

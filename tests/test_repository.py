@@ -1,6 +1,7 @@
 """The repository keeps its promises: one package list, one Colab cell, one repository address, small data."""
 
 import ast
+import builtins
 import json
 import os
 import re
@@ -332,8 +333,8 @@ def names_of(cell_source: str) -> tuple[set[str], set[str]]:
             for alias in node.names:
                 name = (alias.asname or alias.name).split(".")[0]
                 defined[name] = min(defined.get(name, never), place)
-        elif isinstance(node, ast.FunctionDef | ast.ClassDef | ast.arg):
-            name = node.arg if isinstance(node, ast.arg) else node.name
+        elif isinstance(node, ast.FunctionDef | ast.ClassDef | ast.arg | ast.ExceptHandler) and (
+                name := node.arg if isinstance(node, ast.arg) else node.name):  # `except E:` names none
             defined[name] = min(defined.get(name, never), place)
     return set(defined), {name for name, place in loads.items() if place < defined.get(name, never)}
 
@@ -363,6 +364,22 @@ def test_what_an_optional_section_defines_is_not_needed_after_it(path):
             else:
                 from_optional.pop(name, None)
     assert not needed, f"{path.name}: cells after optional sections need names defined only there: {needed}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_name_a_cell_reads_is_defined_by_a_cell_above_it(path):
+    """From a fresh kernel, Colab cell not run (it does nothing elsewhere): no cell reads a name that only
+    the Colab cell, or a later cell, defines."""
+    known = set(dir(builtins)) | {"display", "get_ipython", "In", "Out"}
+    unknown = []
+    for index, cell in enumerate(notebook(path)["cells"]):
+        text = re.sub(r"^\s*[%!].*$", "", source(cell), flags=re.MULTILINE)  # magics, shell lines
+        if cell["cell_type"] != "code" or source(cell).startswith("%%") or "google.colab" in text:
+            continue
+        defined, read = names_of(text)
+        unknown += [f"{name} (cell {index})" for name in sorted(read - known)]
+        known |= defined
+    assert not unknown, f"{path.name}: cells read names no cell above them defines: {unknown}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -37,7 +37,8 @@ def test_time_loader_and_step_splits_waiting_from_working():
 
     from helpers.training import time_loader_and_step
 
-    def slow_loader():
+    def slow_loader(starting: float = 0.0):
+        time.sleep(starting)  # workers starting: waited for by the first batch only
         for i in range(3):
             time.sleep(0.05)
             yield i
@@ -48,8 +49,10 @@ def test_time_loader_and_step_splits_waiting_from_working():
         seen.append(batch)  # the step is given each batch
         time.sleep(0.01)
 
-    waiting, stepping = time_loader_and_step(slow_loader(), step)
-    assert 0.14 < waiting < 0.5 and 0.025 < stepping < 0.2 and seen == [0, 1, 2]
+    waiting, stepping = time_loader_and_step(slow_loader(starting=0.5), step, warmup=0)
+    assert 0.64 < waiting < 1.0 and 0.025 < stepping < 0.2 and seen == [0, 1, 2]
+    waiting, stepping = time_loader_and_step(slow_loader(starting=0.5), step)  # the start is not timed
+    assert 0.09 < waiting < 0.4 and 0.015 < stepping < 0.15 and seen == [0, 1, 2] * 2
     waiting, stepping = time_loader_and_step(slow_loader(), lambda batch: None, max_batches=1)
     assert waiting < 0.1
 
