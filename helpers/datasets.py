@@ -312,8 +312,11 @@ def mask_array(file: Image.Image, path: Path) -> np.ndarray:
     """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16-bit ones
     (and mode ``I``)."""
     if file.mode not in MASK_MODES:
+        fix = ("If its grey levels are the classes, save it without the alpha channel (mode L)"
+               if file.mode in ("LA", "La") else
+               "If its classes are colours, convert it with helpers.masks.colour_to_index")
         raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
-                         "mode). If its classes are colours, convert it with helpers.masks.colour_to_index.")
+                         f"mode). {fix}.")
     array = np.array(file)
     return array.astype(np.uint8 if array.dtype.itemsize == 1 else np.int32, copy=False)
 

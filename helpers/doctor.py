@@ -6,7 +6,8 @@ FOLDER holds images/NAME.jpg (or .jpeg, .png) and masks/NAME.png, the layout Seg
 The Dataset stops at the first problem; this check reads every file once, changes none, and lists them
 all: unpaired, stray and duplicate files, damaged or too large images and masks, masks that are not
 class indices or hold values outside the classes, masks of another size than their image, photos
-turned upright by their EXIF orientation, and names with a dot, which shards (05) refuse. A summary
+turned upright by their EXIF orientation, names with a dot, which shards (05) refuse, and split lists
+(train.txt, val.txt, ...) naming pairs that are not there, or twice, or in two splits. A summary
 follows: pairs, image sizes, mask modes and pixels per class. Exit status 1 when something must be
 fixed, else 0. Taught in 02_segmentation_masks.
 """
@@ -36,6 +37,7 @@ from helpers.datasets import (
     orientation_metadata,
     read_image,
     read_mask,
+    read_split,
     scan_folder,
     unpaired,
 )
@@ -151,6 +153,23 @@ def find_pairs(report: Report) -> list[tuple[Path, Path]]:
     return [(images[stem], masks[stem]) for stem in paired]
 
 
+SPLITS = ("train", "val", "valid", "validation", "test", "trainval")  # FOLDER/NAME.txt: split lists
+
+
+def check_splits(pairs: list[tuple[Path, Path]], report: Report) -> None:
+    """Read each split list as ``SegmentationDataset(split=...)`` does; a pair in two splits is an error."""
+    listed: dict[str, list[str]] = {}
+    for split in SPLITS:
+        if (path := report.root / f"{split}.txt").is_file():
+            chosen = attempt(lambda file: read_split(pairs, file), path, report)
+            for image, _ in chosen or []:
+                listed.setdefault(image.stem, []).append(path.name)
+    both = {stem: files for stem, files in listed.items() if len(files) > 1 and "trainval.txt" not in files}
+    for stem, files in sorted(both.items())[:20]:
+        report.add(ERROR, report.root / files[0], f"{stem} is listed in {' and '.join(files)}: a pair in two "
+                   "splits is trained on and judged on. Keep each stem in one split list.")
+
+
 def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, int] | None:
     """Decode an image as read_image does and note an EXIF turn; its upright (height, width), or None."""
     image = attempt(read_image, path, report)
@@ -227,6 +246,7 @@ def diagnose(root: Path, num_classes: int = len(CLASSES), ignore_index: int | No
     report = Report(Path(root), num_classes, ignore_index)
     pairs = find_pairs(report)
     report.pairs = len(pairs)
+    check_splits(pairs, report)
     show = progress and len(pairs) > PROGRESS_FROM
     bar = progress_bar(pairs, desc="checking", unit="pair", leave=False, disable=not show)
     for image_path, mask_path in bar:

@@ -168,6 +168,13 @@ def test_rgb_masks_point_to_colour_conversion(root):
         SegmentationDataset(root)[0]
 
 
+def test_grey_masks_with_alpha_are_told_to_drop_it(root):
+    Image.new("LA", (12, 8)).save(root / "masks" / "1.png")
+    with pytest.raises(ValueError, match=r"has mode LA, not class indices .* If its grey levels are the "
+                       r"classes, save it without the alpha channel \(mode L\)\.$"):
+        SegmentationDataset(root)[0]
+
+
 def test_truncated_image_is_named(root):
     Image.new("RGB", (64, 64), (10, 200, 30)).save(root / "images" / "1.jpg")
     (root / "images" / "1.png").unlink()

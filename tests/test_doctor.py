@@ -54,6 +54,21 @@ def test_stray_files_are_named_and_clutter_is_ignored(root):
     assert "Move it out" in errors["images/notes.txt"] and "masks must be PNG" in errors["masks/1.jpg"]
 
 
+def test_split_lists_are_read_as_the_dataset_reads_them_and_a_pair_in_two_is_an_error(root):
+    (root / "train.txt").write_text("1\n2\n")
+    (root / "val.txt").write_text("2\n3\n")  # 2 is trained on and judged on
+    errors = found(diagnose(root))
+    assert errors.keys() == {"train.txt"} and "2 is listed in train.txt and val.txt" in errors["train.txt"]
+    (root / "val.txt").write_text("3\n9\n")  # a stem with no pair, as SegmentationDataset(split=) says
+    assert found(diagnose(root)).keys() == {"val.txt"} and "lists ['9']" in found(diagnose(root))["val.txt"]
+    (root / "val.txt").write_text("3\n3\n")
+    assert "more than once" in found(diagnose(root))["val.txt"]
+    (root / "val.txt").write_text("3\n")
+    (root / "trainval.txt").write_text("1\n2\n3\n")  # train and val together, by its name
+    (root / "notes.txt").write_text("not a split list")
+    assert found(diagnose(root)) == {}
+
+
 def test_two_files_with_one_name_are_named(root):
     Image.new("RGB", (12, 8)).save(root / "images" / "1.jpg")
     assert "two files named '1'" in found(diagnose(root))["images/1.png"]
@@ -78,11 +93,13 @@ def test_size_mismatch_names_both_files(root):
     assert "is 10x8 (WxH) but its mask" in message and "is 12x8" in message
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA"])
-def test_colour_masks_point_to_colour_conversion(root, mode):
+@pytest.mark.parametrize(("mode", "fix"), [("RGB", "helpers.masks.colour_to_index"),
+                                         ("RGBA", "helpers.masks.colour_to_index"),
+                                         ("LA", "without the alpha channel (mode L)")])
+def test_colour_masks_point_to_colour_conversion_and_grey_ones_to_dropping_alpha(root, mode, fix):
     Image.new(mode, (12, 8)).save(root / "masks" / "1.png")
     report = diagnose(root)
-    assert "helpers.masks.colour_to_index" in found(report)["masks/1.png"] and report.mask_modes[mode] == 1
+    assert fix in found(report)["masks/1.png"] and report.mask_modes[mode] == 1
 
 
 def test_values_outside_the_classes_are_listed(root):
