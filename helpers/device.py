@@ -63,8 +63,13 @@ def prefetch(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device,
     does) does not wait for the training queued on the main stream; each batch's tensors are then handed to
     the main stream, which waits for them on the GPU, not here. The batches come in their order, and an
     error in the thread is raised here, as it was raised there. Stopping early (``break``) waits for the
-    batch the thread is making.
+    batch the thread is making. On Apple's MPS there is no thread: the batches are made here, one at a
+    time, since Metal can crash a process whose two threads run tensor operations at once
+    (pytorch/pytorch#197805, torch 2.14).
     """
+    if device.type == "mps":
+        yield from batches
+        return
     side = torch.cuda.Stream(device) if device.type == "cuda" else None
     made: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -60,6 +60,14 @@ def test_prefetched_batches_are_the_batches_in_their_order():
     assert prefetch_threads() == 0  # the thread ends with the batches
 
 
+def test_on_mps_the_batches_are_made_without_a_thread():
+    """Two threads running MPS operations at once can crash the process (pytorch/pytorch#197805)."""
+    made = []
+    batches = prefetch(numbered(5, made), torch.device("mps"))  # CPU tensors: nothing runs on MPS here
+    assert int(next(batches)[0][0]) == 0 and made == [0] and prefetch_threads() == 0  # none ahead
+    assert [int(batch[0][0]) for batch in batches] == [1, 2, 3, 4]
+
+
 def test_an_error_in_the_thread_is_raised_where_the_batches_are_used_naming_the_file():
     seen = []
     with pytest.raises(ValueError, match="Cannot read image 0005.jpg: the file is damaged"):
