@@ -17,6 +17,7 @@ every rank then loads it and checks that it holds its own weights.
 import argparse
 import functools
 import gc
+import hashlib
 import importlib
 import json
 import multiprocessing
@@ -113,17 +114,42 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
                 check_whole_tar(shard)
             except ValueError as error:
                 return str(error)
+            except OSError as error:  # unreadable here (permissions): this rank alone would fail
+                return f"Cannot read {shard}: {error.strerror or error}"
     return None
 
 
-def check_everywhere(problem: str | None) -> None:
+def data_seen(args: argparse.Namespace) -> str:
+    """What this rank would read, in short (file count and a digest of names and sizes), so that ranks on
+    several machines can check they all see the same files: the shards, or the split lists and pairs."""
+    source = str(args.shards or args.data)
+    if is_url(source):
+        return source  # the same text on every node: the same shards
+    folder = Path(source)
+    try:
+        files = (sorted(folder.glob("*.tar")) if args.shards else
+                 sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix in
+                        {".txt", ".jpg", ".jpeg", ".png"}))
+        listing = "\n".join(f"{path.relative_to(folder).as_posix()} {path.stat().st_size}" for path in files)
+    except OSError as error:
+        return f"unreadable ({error})"
+    return f"{len(files)} files, {hashlib.sha256(listing.encode()).hexdigest()[:12]}"
+
+
+def check_everywhere(problem: str | None, seen: str = "") -> None:
     """Collective: every rank reports its problem or None, and all raise the same error if any has one,
-    rather than one rank failing while the others wait for it forever."""
+    rather than one rank failing while the others wait for it forever; likewise if the ranks do not all
+    see the same data (``data_seen``), which would read some samples twice and others never."""
     reports: list = [None] * dist.get_world_size()
-    dist.all_gather_object(reports, (socket.gethostname(), problem))
-    found = [f"rank {rank} on {host}: {problem}" for rank, (host, problem) in enumerate(reports) if problem]
+    dist.all_gather_object(reports, (socket.gethostname(), problem, seen))
+    found = [f"rank {rank} on {host}: {problem}" for rank, (host, problem, _) in enumerate(reports)
+             if problem]
     if found:
         raise LaunchError("; ".join(found))
+    if len({seen for _, _, seen in reports}) > 1:
+        views = ", ".join(f"rank {rank} on {host}: {seen}" for rank, (host, _, seen) in enumerate(reports))
+        raise LaunchError(f"The ranks do not see the same data ({views}): every node needs the same files "
+                          "at the same path.")
 
 
 def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
@@ -228,7 +254,7 @@ def run(args: argparse.Namespace) -> dict:
     # device_id binds the rank to its GPU: NCCL connects at once, and barrier() knows the device to use
     dist.init_process_group(backend, device_id=device if cuda else None)
     try:
-        check_everywhere(data_problem(args, where["world_size"]))
+        check_everywhere(data_problem(args, where["world_size"]), data_seen(args))
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)
         model = build_model(args.norm)
         if args.sync_bn:  # SyncBatchNorm: batch statistics over all ranks (CUDA only)
@@ -274,7 +300,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm over the ranks (CUDA)")
     parser.add_argument("--cpu", action="store_true", help="gloo on the CPU even where there are GPUs")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.val_data and not args.shards:
+        parser.error("--val-data goes with --shards: with --data, val.txt is in that folder")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -397,6 +397,8 @@ def write_shards(dataset: SegmentationDataset, folder: Path | str, per_shard: in
                          "SegmentationDataset.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("shard-*.tar"):  # an earlier, longer write's would be read as duplicates
+        remove_old(old)
     count = len(dataset)
     if shards and count:
         shards = min(shards, count)  # no empty shard

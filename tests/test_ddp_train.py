@@ -95,6 +95,47 @@ def test_fewer_shards_than_readers_a_shard_cut_short_and_a_missing_folder_are_na
                                                 "again.")
 
 
+def test_a_shard_this_rank_cannot_open_is_named(tmp_path, monkeypatch):
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ddp_train, "check_whole_tar", refused)
+    problem = data_problem(Namespace(shards=tmp_path, data=None, val_data=None, workers=0), world_size=1)
+    assert problem == f"Cannot read {tmp_path / 'shard-00000.tar'}: Permission denied"
+
+
+def test_ranks_that_see_different_files_all_stop_naming_what_each_sees(tmp_path, monkeypatch):
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=16)
+    args = Namespace(shards=tmp_path, data=None)
+    here = ddp_train.data_seen(args)
+    assert here.startswith("4 files, ") and ddp_train.data_seen(args) == here
+    (tmp_path / "shard-00003.tar").unlink()  # another node's copy lacks a shard
+    there = ddp_train.data_seen(args)
+    assert there.startswith("3 files, ") and there != here
+    as_data = Namespace(shards=None, data=data_dir("shapes"))
+    assert ddp_train.data_seen(as_data).startswith("642 files, ")  # 320 pairs and two split lists
+
+    def gather(reports, mine):  # rank 0 sees `here`, rank 1 `there`
+        reports[:] = [("a", None, here), ("b", None, there)]
+
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_gather_object", gather)
+    with pytest.raises(LaunchError, match=r"The ranks do not see the same data \(rank 0 on a: 4 files, .*"
+                       r"rank 1 on b: 3 files, .*\): every node needs the same files at the same path\."):
+        check_everywhere(None, here)
+    monkeypatch.setattr(dist, "all_gather_object",
+                        lambda reports, mine: reports.__setitem__(slice(None), [("a", None, here)] * 2))
+    check_everywhere(None, here)  # the same everywhere: no error
+
+
+def test_val_data_goes_with_shards(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "data/shapes", "--val-data", "data/shapes", "--out", "run"])
+    assert "--val-data goes with --shards" in capsys.readouterr().err
+
+
 def free_port() -> int:
     """A port of 127.0.0.1 that nothing listens on, for rank 0's store."""
     with socket.socket() as free:

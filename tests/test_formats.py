@@ -108,6 +108,15 @@ def test_a_forked_worker_reads_hdf5_through_a_handle_of_its_own(tmp_path, source
     assert dataset[1][1] == here  # and this process keeps its own
 
 
+def test_writing_shards_again_leaves_none_of_the_earlier_ones(tmp_path, source_dataset):
+    """A folder read whole (ShardStream of its *.tar, ddp_train --shards) must hold one write's shards."""
+    write_shards(source_dataset, tmp_path, per_shard=3)  # 7 shards
+    (tmp_path / "notes.tar.txt").write_text("kept")
+    again = write_shards(source_dataset, tmp_path, per_shard=10)
+    assert sorted(tmp_path.glob("shard-*.tar")) == again and len(again) == 2
+    assert (tmp_path / "notes.tar.txt").is_file()  # only the shards a write makes
+
+
 def test_shards_round_trip_without_re_encoding(tmp_path, source_dataset):
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=6)
     assert len(shards) == 4
