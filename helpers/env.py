@@ -70,7 +70,9 @@ def worker_stderr() -> Iterator[list[str]]:
     started Jupyter, depending on the setup. For the block it points at a temporary file instead; the
     list fills with its lines, colour codes removed, when the block ends. On Windows a spawned process
     does not inherit the redirection (multiprocessing starts it without inheriting handles), so nothing
-    is caught there. Defined for 04_dataloader_batching, which shows a spawned worker's own error.
+    is caught there; nor under forkserver, whose workers are forked by a server process that keeps the
+    stderr it started with. Defined for 04_dataloader_batching, which shows a spawned worker's own
+    error.
     """
     lines: list[str] = []
     with tempfile.TemporaryFile(mode="w+") as log:
