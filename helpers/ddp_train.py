@@ -42,7 +42,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from helpers.datasets import SegmentationDataset
+from helpers.datasets import IMAGE_SUFFIXES, MASK_SUFFIXES, SegmentationDataset, scan_folder
 from helpers.formats import NamedSample, check_whole_tar, decode_shard_sample, shard_url
 from helpers.masks import CLASSES
 from helpers.metrics import mean_iou
@@ -120,17 +120,19 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
 
 
 def data_seen(args: argparse.Namespace) -> str:
-    """What this rank would read, in short (file count and a digest of names and sizes), so that ranks on
-    several machines can check they all see the same files: the shards, or the split lists and pairs."""
-    source = str(args.shards or args.data)
-    if is_url(source):
-        return source  # the same text on every node: the same shards
-    folder = Path(source)
+    """What this rank will read, in short (file count and a digest of names and sizes), so that ranks on
+    several machines can check they all see the same: the shards, or the pairs and split lists of
+    ``--data``, and ``--val-data``'s, listed as ``SegmentationDataset`` lists them (clutter left out)."""
+    files: list[Path] = []  # shards given as URLs: the same URLs on every node, the same shards
+    if args.shards and not is_url(str(args.shards)):
+        files = sorted(Path(args.shards).glob("*.tar"))
     try:
-        files = (sorted(folder.glob("*.tar")) if args.shards else
-                 sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix in
-                        {".txt", ".jpg", ".jpeg", ".png"}))
-        listing = "\n".join(f"{path.relative_to(folder).as_posix()} {path.stat().st_size}" for path in files)
+        for folder in (folder for folder in (args.data, getattr(args, "val_data", None)) if folder):
+            splits = (folder / f"{split}.txt" for split in ("train", "val"))
+            files += [*scan_folder(folder / "images", IMAGE_SUFFIXES)[0].values(),
+                      *scan_folder(folder / "masks", MASK_SUFFIXES)[0].values(),
+                      *(split for split in splits if split.is_file())]
+        listing = "\n".join(f"{path.parent.name}/{path.name} {path.stat().st_size}" for path in files)
     except OSError as error:
         return f"unreadable ({error})"
     return f"{len(files)} files, {hashlib.sha256(listing.encode()).hexdigest()[:12]}"

@@ -164,10 +164,11 @@ def check_splits(pairs: list[tuple[Path, Path]], report: Report) -> None:
             chosen = attempt(lambda file: read_split(pairs, file), path, report)
             for image, _ in chosen or []:
                 listed.setdefault(image.stem, []).append(path.name)
-    both = {stem: files for stem, files in listed.items() if len(files) > 1 and "trainval.txt" not in files}
-    for stem, files in sorted(both.items())[:20]:
-        report.add(ERROR, report.root / files[0], f"{stem} is listed in {' and '.join(files)}: a pair in two "
-                   "splits is trained on and judged on. Keep each stem in one split list.")
+    for stem, files in sorted(listed.items())[:20]:
+        if len(separate := [file for file in files if file != "trainval.txt"]) > 1:  # trainval: train + val
+            report.add(ERROR, report.root / separate[0], f"{stem} is listed in {' and '.join(separate)}: a "
+                       "pair in two splits leaks from one into the other (a model judged on what it trained "
+                       "on looks better than it is). Keep each stem in one split list.")
 
 
 def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, int] | None:

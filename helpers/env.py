@@ -35,11 +35,11 @@ def cpu_quota() -> int | None:
                 quota, period = fields[0], fields[1]
             else:  # v1 keeps the period in a file beside it
                 quota, period = fields[0], path.with_name("cpu.cfs_period_us").read_text().split()[0]
-        except (OSError, IndexError):
+            if quota in ("max", "-1"):
+                return None
+            return max(1, -(-int(quota) // int(period)))  # 150000 / 100000: 2 cores, partly used
+        except (OSError, IndexError, ValueError, ZeroDivisionError):  # absent, or not as documented
             continue
-        if quota in ("max", "-1"):
-            return None
-        return max(1, -(-int(quota) // int(period)))  # 150000 / 100000: 2 cores, partly used
     return None
 
 

@@ -370,7 +370,7 @@ def test_nearest_resize_copies_the_mask_pixel_under_each_output_centre():
 
 def test_a_mask_read_at_a_size_is_nearest_resize_of_the_full_mask(tmp_path):
     """256 rows to 224: the centre of one output row in seven falls exactly between two input rows, where
-    PIL's nearest takes the other one (7,950 of 50,176 pixels of a random mask): one rule, 04's."""
+    PIL's nearest takes the other one (7,950 of 50,176 pixels of a random mask at 224 x 224): one rule."""
     from helpers.datasets import nearest_resize, read_mask
 
     full = np.random.default_rng(0).integers(0, 4, (256, 256)).astype(np.uint8)

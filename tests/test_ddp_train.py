@@ -5,6 +5,7 @@ import importlib
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -114,8 +115,16 @@ def test_ranks_that_see_different_files_all_stop_naming_what_each_sees(tmp_path,
     (tmp_path / "shard-00003.tar").unlink()  # another node's copy lacks a shard
     there = ddp_train.data_seen(args)
     assert there.startswith("3 files, ") and there != here
-    as_data = Namespace(shards=None, data=data_dir("shapes"))
-    assert ddp_train.data_seen(as_data).startswith("642 files, ")  # 320 pairs and two split lists
+    copy = tmp_path / "copy"
+    shutil.copytree(data_dir("shapes"), copy)
+    as_data = Namespace(shards=None, data=copy, val_data=None)
+    seen = ddp_train.data_seen(as_data)
+    assert seen.startswith("642 files, ")  # 320 pairs and two split lists
+    (copy / "images" / "._0001.jpg").write_bytes(b"\0")  # a Mac's copy: clutter the dataset skips
+    (copy / "notes.txt").write_text("not read")
+    assert ddp_train.data_seen(as_data) == seen
+    (copy / "val.txt").write_text("0001\n")  # another split: other samples
+    assert ddp_train.data_seen(as_data) != seen
 
     def gather(reports, mine):  # rank 0 sees `here`, rank 1 `there`
         reports[:] = [("a", None, here), ("b", None, there)]

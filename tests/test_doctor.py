@@ -63,8 +63,10 @@ def test_split_lists_are_read_as_the_dataset_reads_them_and_a_pair_in_two_is_an_
     assert found(diagnose(root)).keys() == {"val.txt"} and "lists ['9']" in found(diagnose(root))["val.txt"]
     (root / "val.txt").write_text("3\n3\n")
     assert "more than once" in found(diagnose(root))["val.txt"]
-    (root / "val.txt").write_text("3\n")
+    (root / "val.txt").write_text("2\n3\n")
     (root / "trainval.txt").write_text("1\n2\n3\n")  # train and val together, by its name
+    assert "2 is listed in train.txt and val.txt" in found(diagnose(root))["train.txt"]  # still a leak
+    (root / "val.txt").write_text("3\n")
     (root / "notes.txt").write_text("not a split list")
     assert found(diagnose(root)) == {}
 

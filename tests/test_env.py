@@ -43,6 +43,8 @@ def test_usable_cores_are_those_this_process_may_run_on_not_all_the_machine_has(
     ({"cpu.cfs_quota_us": "300000\n", "cpu.cfs_period_us": "100000\n"}, 3),  # cgroup v1
     ({"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, 16),
     ({}, 16),  # neither file: not in a container, or not Linux
+    ({"cpu.max": "lots 0\n"}, 16),  # not as documented: ignored, not raised
+    ({"cpu.max": "100000 0\n"}, 16),
 ])
 def test_usable_cores_respect_a_containers_cpu_quota(monkeypatch, tmp_path, files, cores):
     """Binder and `docker run --cpus` limit CPU time, not the cores a process may run on: without the quota

@@ -82,6 +82,8 @@ def test_hdf5_round_trip(tmp_path, source_dataset):
     for i in (0, 13):
         assert torch.equal(dataset[i].image, expected(source_dataset, i)[0])
         assert torch.equal(dataset[i].mask, expected(source_dataset, i)[1])
+    dataset.close()
+    assert dataset.file is None and torch.equal(dataset[13].image, expected(source_dataset, 13)[0])
     batch = dataset[[13, 0, 7]]  # a list reads a whole batch into one array, in the order asked
     for row, i in enumerate([13, 0, 7]):
         assert torch.equal(batch.image[row], dataset[i].image)

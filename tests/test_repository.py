@@ -274,7 +274,7 @@ def test_each_helper_a_notebook_imports_names_a_notebook_that_teaches_it():
     for path in NOTEBOOKS:
         for cell in notebook(path)["cells"]:
             text = re.sub(r"^\s*[%!].*$", "", source(cell), flags=re.MULTILINE)  # magics, shell lines
-            if cell["cell_type"] != "code" or text.startswith("%%"):
+            if cell["cell_type"] != "code" or source(cell).startswith("%%"):  # a script or shell cell
                 continue
             for node in ast.walk(ast.parse(text)):
                 if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helpers."):
@@ -313,11 +313,15 @@ def names_of(cell_source: str) -> tuple[set[str], set[str]]:
     """The names a code cell defines (assigned, imported, def, class, arguments), and those it reads
     before it defines them (``x.close()`` then ``x = None`` reads x; so does ``x = f(x)``)."""
     tree, where = ast.parse(cell_source), {}  # a Name stored: where it counts as defined
+    reads_first = []  # `x += 1` reads x, though its Name is only stored
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign | ast.NamedExpr):
-            for target in ast.walk(node):  # defined once the value is computed
+            for target in ast.walk(node):  # defined once the value is computed (a walrus: its own)
                 if isinstance(target, ast.Name) and isinstance(target.ctx, ast.Store):
-                    where.setdefault(target, (node.end_lineno, node.end_col_offset))
+                    where[target] = (node.end_lineno, node.end_col_offset) if isinstance(
+                        node, ast.NamedExpr) else where.get(target, (node.end_lineno, node.end_col_offset))
+            if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+                reads_first.append((node.target.id, (node.lineno, node.col_offset)))
         elif isinstance(node, ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp):
             for generator in node.generators:  # defined before the expression that comes first
                 for target in ast.walk(generator.target):
@@ -336,6 +340,8 @@ def names_of(cell_source: str) -> tuple[set[str], set[str]]:
         elif isinstance(node, ast.FunctionDef | ast.ClassDef | ast.arg | ast.ExceptHandler) and (
                 name := node.arg if isinstance(node, ast.arg) else node.name):  # `except E:` names none
             defined[name] = min(defined.get(name, never), place)
+    for name, place in reads_first:
+        loads[name] = min(loads.get(name, never), place)
     return set(defined), {name for name, place in loads.items() if place < defined.get(name, never)}
 
 

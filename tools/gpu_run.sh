@@ -14,7 +14,8 @@
 # the benchmark reads the dataset generated beside them.
 # Elsewhere install requirements-gpu.txt first. Every step runs even if one before it failed; the exit
 # status says whether all passed. Where only a few files come back from the machine (OUT holds about a
-# dozen), write elsewhere and pack it: bash tools/gpu_run.sh /tmp/gpu; tar -czf BACK/gpu.tgz -C /tmp gpu
+# dozen), write elsewhere and pack it into the folder that comes back (here RETURNED), then unpack it:
+#     bash tools/gpu_run.sh /tmp/gpu; tar -czf RETURNED/gpu.tgz -C /tmp gpu
 # It writes into the folder OUT:
 #   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
