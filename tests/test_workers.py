@@ -4,7 +4,7 @@
 ``spawn`` (macOS, Windows) and ``forkserver`` (Linux from Python 3.14) pickle the dataset into each
 worker: a class defined in ``__main__`` or an open file handle breaks there, and under forkserver on Linux
 a DataLoader worker fails to start from about 246 tensors (one file descriptor each), with "Invalid
-argument" or "too many fds". Each Dataset is read here under both.
+argument" or "too many fds". Each Dataset is read here under both, the shard streams under one (PICKLING).
 """
 
 import bisect
@@ -41,6 +41,10 @@ from helpers.gpu_decode import EncodedPairs, write_masks
 from helpers.paths import data_dir
 
 METHODS = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+# The streams' tests need one of them: both pickle the stream into each worker and send its shared epoch
+# the same way, and forkserver's environment (set when its server started) is the stricter for the rank.
+# Where there is one, forkserver: its workers start in a fraction of a second, spawned ones in seconds.
+PICKLING = METHODS[-1]
 SIZE = 32  # side of the pre-decoded formats
 # Workers started by this test's forkserver fork from a server that has imported these already, which
 # saves each worker the imports; what crosses to the worker (the pickled dataset) is unchanged.
@@ -160,14 +164,13 @@ def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, m
         assert sample[1].dtype == want[1].dtype, name
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_path, method):
+def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_path):
     """The series' ShardStream (05) and the webdataset pipeline of helpers.ddp_train (07)."""
     shards = write_shards(files, tmp_path, per_shard=4)
     webdataset = (wds.WebDataset([shard_url(shard) for shard in shards], shardshuffle=False,
                                  empty_check=False).map(decode_shard_sample))
     for stream in (ShardStream(shards), webdataset):
-        got, want = read_all(stream, num_workers=2, multiprocessing_context=method), read_all(stream)
+        got, want = read_all(stream, num_workers=2, multiprocessing_context=PICKLING), read_all(stream)
         assert len(got) == len(want) == 12
 
         def as_counter(samples: list[Sample]) -> Counter:
@@ -176,8 +179,7 @@ def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_
         assert as_counter(got) == as_counter(want)  # each worker streams its own shards: orders interleave
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_set_epoch_reaches_persistent_workers(files, tmp_path, method):
+def test_set_epoch_reaches_persistent_workers(files, tmp_path):
     """persistent_workers=True keeps each worker's copy of the stream from the first epoch: set_epoch in
     the main process must still change what they read (ShardStream keeps the epoch in shared memory)."""
     shards = write_shards(files, tmp_path, per_shard=1)  # 12 shards of one pair: the order is the shards'
@@ -187,24 +189,23 @@ def test_set_epoch_reaches_persistent_workers(files, tmp_path, method):
 
     stream = ShardStream(shards, shuffle=1, seed=0)  # a buffer of 1: samples in shard order
     loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True,
-                        multiprocessing_context=method)
+                        multiprocessing_context=PICKLING)
     first = order(loader)
     stream.set_epoch(1)
     second = order(loader)  # the same workers, still alive
     fresh = ShardStream(shards, shuffle=1, seed=0)
     fresh.set_epoch(1)
     assert second != first and second == order(DataLoader(fresh, batch_size=None, num_workers=2,
-                                                           multiprocessing_context=method))
+                                                           multiprocessing_context=PICKLING))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_workers_of_a_rank_read_only_that_ranks_shards(files, tmp_path, method, monkeypatch):
+def test_workers_of_a_rank_read_only_that_ranks_shards(files, tmp_path, monkeypatch):
     """A spawned or forkserver worker has no process group: it finds its rank in torchrun's variables."""
     shards = write_shards(files, tmp_path, per_shard=3)  # 4 shards of 3 pairs
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them for rank 1 of 2
     stream = ShardStream(shards)
-    got = read_all(stream, num_workers=2, multiprocessing_context=method)
+    got = read_all(stream, num_workers=2, multiprocessing_context=PICKLING)
     assert len(got) == 6 == len(read_all(stream))  # rank 1's two shards, with workers as without
 
 
