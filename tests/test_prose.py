@@ -101,7 +101,7 @@ def readme_section(title: str) -> str:
 @pytest.mark.parametrize("title, files", [
     ("Benchmark", sorted(path.stem for pattern in ("bench_*.json", "stages_*.json")
                          for path in (ROOT / "results").glob(pattern))),
-    ("Running on a GPU", ["gpu_training_runs"]),
+    ("Running on a GPU", ["gpu_training_runs", "compile_runs"]),
 ])
 def test_readme_quotes_only_the_results_files(title, files):
     recorded = "\n".join((ROOT / "results" / f"{name}.json").read_text() for name in files)

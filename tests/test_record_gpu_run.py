@@ -60,3 +60,14 @@ def test_it_rewrites_the_results_file_as_it_is_kept(tmp_path):
     run = subprocess.run([sys.executable, "tools/record_gpu_run.py", "h200", str(empty)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "nothing to record" in run.stderr
+
+
+def test_a_compile_check_on_the_gpu_becomes_a_run_of_compile_runs(tmp_path):
+    """gpu_run.sh's step compile, in a call of its own: tools/compile_check.py wrote its run as "gpu"."""
+    out, results = tmp_path / "out", tmp_path / "results"
+    out.mkdir(), results.mkdir()
+    (results / "compile_runs.json").write_text('{"about": "runs", "runs": {"avx2_cpu": {"date": "x"}}}\n')
+    (out / "compile_runs.json").write_text('{"about": "runs", "runs": {"gpu": {"date": "2026-12-07"}}}\n')
+    assert record_gpu_run.record("h100", [out], results) == {}  # no run of 06 in this call
+    runs = json.loads((results / "compile_runs.json").read_text())["runs"]
+    assert runs == {"avx2_cpu": {"date": "x"}, "h100": {"date": "2026-12-07"}}

@@ -9,6 +9,9 @@
 #     bash tools/gpu_run.sh OUT [STEP ...]           # steps: tests bench 06 ddp 01 (default: all, in order)
 #     bash tools/gpu_run.sh "$OUT" tests bench        # then: bash tools/gpu_run.sh "$OUT" 06 ddp
 #
+# One more step runs only where named, as it does not fit in the 590 s: compile (90 s), what torch.compile
+# costs and saves for 06's model (tools/compile_check.py), e.g. bash tools/gpu_run.sh "$OUT" compile.
+#
 # Where the machine cannot reach a package registry (the lent GPU machine: Python 3.12, torch 2.11),
 # first run tools/gpu_wheels.sh where it can, and carry .whl/ along: they are installed from there, and
 # the benchmark reads the dataset generated beside them.
@@ -27,6 +30,7 @@
 #   ddp_nccl.log, rank-*.json  helpers.ddp_train on nccl, one process per GPU, with --sync-bn
 #   01_two_images.log        notebook 01 as a script on the GPU: its asserts (the colour shortcut the
 #                            two-image model learns) checked where CUDA rounds differently
+#   compile_check.log, compile_runs.json  the step compile, where named
 # Then, where the repository is: python tools/record_gpu_run.py NAME OUT [OUT ...] (results/README.md).
 set -uo pipefail
 out=${1:?name a folder for the results}
@@ -76,5 +80,7 @@ step ddp_nccl 45 "$python" -m torch.distributed.run --standalone --nproc-per-nod
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
 cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
 step 01_two_images 30 "$python" tools/notebook_script.py notebooks/01_two_images.ipynb
+step compile_check 90 "$python" tools/compile_check.py --device cuda --record gpu \
+    --results "$out/compile_runs.json"
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
 echo "all passed"

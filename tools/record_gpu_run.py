@@ -10,6 +10,8 @@ From the folders OUT (whichever of these files they hold):
                       results/gpu_training_runs.json, with its step times, what it kept, the waiting
                       shares and the three ways to feed the device
   rank-*.json         the nccl launch of helpers.ddp_train, added to the same run
+  compile_runs.json   tools/compile_check.py's run (gpu_run.sh's step compile): the run NAME in
+                      results/compile_runs.json
 06 prints the run with helpers.results.print_run("gpu_training_runs", NAME); the README quotes it.
 """
 
@@ -88,8 +90,9 @@ def dumps(data: dict) -> str:
 
 def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
     """Write results/bench_NAME.json, results/stages_NAME.json and the run NAME of
-    results/gpu_training_runs.json; return the run."""
+    results/gpu_training_runs.json (and of results/compile_runs.json); return the run of 06."""
     run: dict = {"figures": {}}
+    compiled = False
     for folder in folders:
         for written, kept in (("bench_cuda.json", f"bench_{name}.json"),
                               ("bench_stages.json", f"stages_{name}.json")):
@@ -100,9 +103,16 @@ def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
         if (folder / "06_figures.json").is_file():
             run["figures"] |= lesson_figures(json.loads((folder / "06_figures.json").read_text()))
         run["figures"] |= launch_figures(folder)
+        if (folder / "compile_runs.json").is_file():  # its run is named "gpu" there
+            compile_runs = json.loads((results / "compile_runs.json").read_text())
+            compile_runs["runs"][name] = json.loads((folder / "compile_runs.json").read_text())["runs"]["gpu"]
+            (results / "compile_runs.json").write_text(dumps(compile_runs))
+            compiled = True
     if not run["figures"]:
-        raise SystemExit(f"No 06_figures.json or rank-*.json in {' '.join(map(str, folders))}: "
-                         "nothing to record.")
+        if compiled:
+            return {}
+        raise SystemExit(f"No 06_figures.json, rank-*.json or compile_runs.json in "
+                         f"{' '.join(map(str, folders))}: nothing to record.")
     run["command"] = ("bash tools/gpu_run.sh OUT: 06 as tools/notebook_script.py "
                       "notebooks/06_gpu_training.ipynb --figures, and torch.distributed.run -m "
                       "helpers.ddp_train --sync-bn on nccl")
