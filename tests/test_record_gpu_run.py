@@ -71,3 +71,7 @@ def test_a_compile_check_on_the_gpu_becomes_a_run_of_compile_runs(tmp_path):
     assert record_gpu_run.record("h100", [out], results) == {}  # no run of 06 in this call
     runs = json.loads((results / "compile_runs.json").read_text())["runs"]
     assert runs == {"avx2_cpu": {"date": "x"}, "h100": {"date": "2026-12-07"}}
+    (results / "compile_runs.json").unlink()  # a clone from before the file existed
+    record_gpu_run.record("h100", [out], results)
+    assert json.loads((results / "compile_runs.json").read_text()) == {
+        "about": "runs", "runs": {"h100": {"date": "2026-12-07"}}}

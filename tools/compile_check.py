@@ -2,13 +2,16 @@
 
     python tools/compile_check.py [--device cpu|cuda] [--record NAME [--results PATH]]
 
-Trains 06's U-Net on one batch of 06's size (16 crops of 128 x 128; random pixels, as only the time
-counts), eager and compiled: the compiled model's first step compiles it, then both are timed as 06's
-timing cell times them (best of three rounds of a few steps). Then the compiled model evaluates one batch
-once in ``eval()`` mode, which compiles it again. ``--record NAME`` adds the figures as the run NAME of
-``results/compile_runs.json``, which 06 prints (or of the file ``--results`` names: tools/gpu_run.sh's
-``compile`` step writes OUT/compile_runs.json, which tools/record_gpu_run.py adds). Compiling needs a C++
-compiler on a CPU and takes a while: about a minute in all on a 2-core CPU.
+Trains 06's U-Net (float32, contiguous) on one batch of 06's size (16 crops of 128 x 128; random
+pixels, as only the time counts), eager and compiled, timed as 06's timing cell times them (best of three
+rounds of a few steps). The compiling is what a compiled model's first call takes beyond a warm eager
+one: in its first training step, then in its first evaluation, in ``eval()`` mode and at a second image
+size (06 validates nine), which compile it again. The compiler starts from an empty cache on disk, as
+on a fresh machine; a new process then compiles the same model from the cache this one filled.
+``--record NAME`` adds the figures as the run NAME of ``results/compile_runs.json``, which 06 prints (or
+of the file ``--results`` names: tools/gpu_run.sh's ``compile`` step writes OUT/compile_runs.json,
+which tools/record_gpu_run.py adds). Compiling needs a C++ compiler on a CPU and takes a while: about a
+minute in all on a 2-core CPU.
 """
 
 import argparse
@@ -16,11 +19,13 @@ import json
 import math
 import os
 import platform
-import shutil
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch
 from binder_check import cpu_name  # tools/, beside this file
@@ -45,6 +50,18 @@ def steps_to_pay_back(compile_seconds: float, eager_ms: float, compiled_ms: floa
     return math.ceil(compile_seconds * 1000 / saved_ms) if saved_ms > NOISE * eager_ms else None
 
 
+SIZES = ((128, 128), (160, 192))  # 06's training crops; then a second size, as 06 validates nine
+
+
+def model_and_batches(device: torch.device) -> tuple[torch.nn.Module, list[tuple]]:
+    """06's model (its make_model), in float32 and contiguous, and a batch of 16 at each of SIZES."""
+    torch.manual_seed(0)
+    net = UNet(num_classes=len(CLASSES), widths=(16, 32, 64), downscale=4).to(device)
+    batches = [(torch.randint(0, 256, (16, 3, *size), dtype=torch.uint8),
+                torch.randint(0, len(CLASSES), (16, *size), dtype=torch.uint8)) for size in SIZES]
+    return net, batches
+
+
 def ms_per_step(model: torch.nn.Module, batch: tuple, device: torch.device, steps: int = 5,
                 rounds: int = 3) -> float:
     """Milliseconds per training step: the best of ``rounds`` timings of ``steps`` steps."""
@@ -57,36 +74,39 @@ def ms_per_step(model: torch.nn.Module, batch: tuple, device: torch.device, step
     return min(timings)
 
 
-def first_step(model: torch.nn.Module, batch: tuple, device: torch.device) -> float:
-    """Seconds of one training step: the first of a compiled model compiles it."""
+def seconds(call: Callable[[], object]) -> float:
     start = time.perf_counter()
-    ms_per_step(model, batch, device, steps=1, rounds=1)
+    call()  # evaluate and train_one_epoch end with .item(): they wait for the device
     return time.perf_counter() - start
 
 
 def measure(device: torch.device, compile_fn=torch.compile, steps: int = 5) -> dict[str, object]:
-    """The figures, by name: eager and compiled step times, the compiling, and the steps to pay it back."""
-    torch.manual_seed(0)
-    batch = (torch.randint(0, 256, (16, 3, 128, 128), dtype=torch.uint8),
-             torch.randint(0, len(CLASSES), (16, 128, 128), dtype=torch.uint8))
-    net = UNet(num_classes=len(CLASSES), widths=(16, 32, 64), downscale=4).to(device)  # 06's make_model
-    first_eager = first_step(net, batch, device)  # a warm-up, and what a first step costs uncompiled
-    eager_ms = ms_per_step(net, batch, device, steps)
+    """The figures, by name: eager and compiled step times, the compiling (what a first call takes
+    beyond a warm eager one), and the steps that pay it back."""
+    net, batches = model_and_batches(device)
+    evaluation = lambda model: seconds(lambda: evaluate(model, batches, device, len(CLASSES)))  # noqa: E731
+    ms_per_step(net, batches[0], device, steps=1, rounds=1)  # warm-up: first calls set up the library
+    evaluation(net)
+    eager_ms, eager_evaluation = ms_per_step(net, batches[0], device, steps), evaluation(net)
     compiled = compile_fn(net)
-    compiling = first_step(compiled, batch, device) - first_eager
-    compiled_ms = ms_per_step(compiled, batch, device, steps)
-    start = time.perf_counter()
-    evaluate(compiled, [batch], device, len(CLASSES))  # eval() mode: compiled again
-    evaluating = time.perf_counter() - start
-    torch._dynamo.reset()  # forget the compiled code, as a new kernel would: inductor's cache stays
-    from_cache = first_step(compile_fn(net), batch, device) - first_eager
-    payback = steps_to_pay_back(compiling, eager_ms, compiled_ms)
-    return {"eager training step (ms)": round(eager_ms, 1),
+    compiling = seconds(lambda: ms_per_step(compiled, batches[0], device, 1, 1)) - eager_ms / 1000
+    compiled_ms = ms_per_step(compiled, batches[0], device, steps)
+    evaluating = evaluation(compiled) - eager_evaluation  # eval() mode, then a second size: compiled again
+    payback = steps_to_pay_back(compiling + evaluating, eager_ms, compiled_ms)
+    return {"eager training step, float32, contiguous (ms)": round(eager_ms, 1),
             "compiled training step (ms)": round(compiled_ms, 1),
             "compiling, in the first training step (s)": round(compiling, 1),
-            "compiling again, for the first evaluation batch (s)": round(evaluating, 1),
-            "compiling in a new run, from inductor's cache of this one (s)": round(from_cache, 1),
+            f"compiling, in the first evaluation at {len(SIZES)} image sizes (s)": round(evaluating, 1),
             "training steps until compiling pays back": payback or f"never: no step {NOISE:.0%} faster"}
+
+
+def compiling_in_a_new_process(device: torch.device) -> float:
+    """Seconds a new process spends compiling the model for its first training step, with the compiler's
+    cache on disk that this one filled (its folder is in the environment)."""
+    done = subprocess.run([sys.executable, __file__, "--device", str(device), "--first-step"],
+                          capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
 
 def record(name: str, run: dict, path: Path | None = None) -> None:
     """Add (or replace) the run ``name`` of ``path``, results/compile_runs.json unless named."""
@@ -101,15 +121,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--record", metavar="NAME", help=f"add the run NAME to results/{RESULTS.name}")
     parser.add_argument("--results", type=Path, help="add it to this file instead")
+    parser.add_argument("--first-step", action="store_true", help=argparse.SUPPRESS)  # the new process
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    cache = tempfile.mkdtemp(prefix="compile_check_")  # an empty cache: a first compile, as a learner's
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.environ["TRITON_CACHE_DIR"] = cache
+    if args.first_step:  # print only what the first compiled step takes beyond a warm eager one
+        net, batches = model_and_batches(device)
+        warm_ms = ms_per_step(net, batches[0], device, steps=1, rounds=2)  # the first round warms up
+        print(seconds(lambda: ms_per_step(torch.compile(net), batches[0], device, 1, 1)) - warm_ms / 1000)
+        return {}
     about = machine(device)
     cpu = f"{about['cores']}-core {cpu_name()} ({platform.machine()}, {about['cpu capability']})"
     where = f"one {about['gpu']}, {cpu} host" if "gpu" in about else f"{cpu} CPU, no GPU"
     print(f"06's model on {device}: {where}, torch {torch.__version__}", flush=True)
-    figures = measure(device)
+    with tempfile.TemporaryDirectory(prefix="compile_check_") as cache, mock.patch.dict(
+            os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": cache}):
+        figures = measure(device)  # from an empty cache, as a first compile on a machine is
+        from_cache = compiling_in_a_new_process(device)
+    figures["compiling in a new process, from the cache of the first (s)"] = round(from_cache, 1)
     for key, value in figures.items():
         print(f"  {key}: {value}")
     run = {"machine": where, "date": about["date"],
@@ -118,7 +146,6 @@ def main(argv: list[str] | None = None) -> dict:
            "figures": figures}
     if args.record:
         record(args.record, run, args.results)
-    shutil.rmtree(cache, ignore_errors=True)
     return run
 
 

@@ -104,9 +104,11 @@ def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
             run["figures"] |= lesson_figures(json.loads((folder / "06_figures.json").read_text()))
         run["figures"] |= launch_figures(folder)
         if (folder / "compile_runs.json").is_file():  # its run is named "gpu" there
-            compile_runs = json.loads((results / "compile_runs.json").read_text())
-            compile_runs["runs"][name] = json.loads((folder / "compile_runs.json").read_text())["runs"]["gpu"]
-            (results / "compile_runs.json").write_text(dumps(compile_runs))
+            measured = json.loads((folder / "compile_runs.json").read_text())
+            kept = results / "compile_runs.json"
+            compile_runs = json.loads(kept.read_text()) if kept.is_file() else {**measured, "runs": {}}
+            compile_runs["runs"][name] = measured["runs"]["gpu"]
+            kept.write_text(dumps(compile_runs))
             compiled = True
     if not run["figures"]:
         if compiled:
