@@ -67,25 +67,32 @@ def test_student_versions_keep_the_exercises_and_lose_the_solutions(course, path
     assert all(source in text for source in kept), "every other cell, the stubs too, stays unchanged"
 
 
-def test_autograding_runs_a_student_version_to_its_not_solved_checks_and_scores_it(course):
-    """The unsolved student copy runs without errors up to the graded cells, whose restored hidden
-    `assert solved` fail; the teacher's solved notebook scores full marks."""
-    submitted = {"unsolved": course / "classroom" / "release" / "notebooks" / FIRST,
-                 "solved": course / "notebooks" / FIRST}
-    for who, notebook in submitted.items():
-        (course / "classroom" / "submitted" / who / "notebooks").mkdir(parents=True)
-        shutil.copy(notebook, course / "classroom" / "submitted" / who / "notebooks" / FIRST)
+def test_autograding_scores_the_solved_exercise_and_fails_the_hidden_check_of_the_other(course):
+    """One submission, for one notebook run: the student copy with Exercise 1 solved and Exercise 2 left
+    as given. It runs without errors up to the graded cells; autograding restores their hidden
+    `assert solved`, which fails for Exercise 2 only, and scores the solved one."""
+    teacher = nbformat.read(course / "notebooks" / FIRST, as_version=4)
+    student = nbformat.read(course / "classroom" / "release" / "notebooks" / FIRST, as_version=4)
+    solution = next(cell for cell in teacher.cells if solution_lines(cell))  # Exercise 1's
+    stub = next(cell for cell in student.cells
+                if cell.metadata.get("nbgrader", {}).get("grade_id") == solution.metadata.nbgrader.grade_id)
+    assert "The solution is not in this copy" in stub.source
+    stub.source = "\n".join(line for line in solution.source.splitlines()
+                            if not re.match(r"\s*### (BEGIN|END) SOLUTION", line))  # as a student writes it
+    submitted = course / "classroom" / "submitted" / "student" / "notebooks"
+    submitted.mkdir(parents=True)
+    nbformat.write(student, submitted / FIRST)
     nbgrader(course, "autograde", "notebooks")
     with Gradebook(f"sqlite:///{course / 'classroom' / 'gradebook.db'}") as gradebook:
-        scores = {who: gradebook.find_submission_notebook(Path(FIRST).stem, "notebooks", who).score
-                  for who in submitted}
-    assert scores == {"unsolved": 0, "solved": 2}, scores
-    graded = nbformat.read(course / "classroom" / "autograded" / "unsolved" / "notebooks" / FIRST,
+        graded = gradebook.find_submission_notebook(Path(FIRST).stem, "notebooks", "student")
+        assert (graded.score, graded.max_score) == (1, 2)
+    graded = nbformat.read(course / "classroom" / "autograded" / "student" / "notebooks" / FIRST,
                            as_version=4)
     failed = [cell for cell in graded.cells if cell.cell_type == "code"
               and any(output.output_type == "error" for output in cell.outputs)]
-    assert all(cell.metadata["nbgrader"]["grade"] for cell in failed) and len(failed) == 2
+    assert [cell.metadata["nbgrader"]["grade_id"] for cell in failed] == ["nb00-exercise2-check"]
     outputs = "".join(output.get("text", "") for cell in graded.cells if cell.cell_type == "code"
                       for output in cell.outputs)
-    # each exercise checks twice: under its self-check heading, then in the graded cell
-    assert outputs.count("Not solved yet") == 4 and "Correct" not in outputs
+    # each exercise checks twice: under its self-check heading, on the stub (the solution cell comes
+    # after it), then in the graded cell, after the solution: solved there for Exercise 1 only
+    assert outputs.count("Not solved yet") == 3 and outputs.count("Correct") == 1
