@@ -385,10 +385,10 @@ def write_shards(dataset: SegmentationDataset, folder: Path | str, per_shard: in
 
     ``per_shard`` pairs in each shard (the last one gets the rest), or, with ``shards``, that many shards
     whose sizes differ by one pair at most. Any ``shard-*.tar`` already in ``folder`` is removed first: a
-    folder of shards is read whole, so it holds one write's (give each split a folder of its own).
-    The files go in as they are on disk (still compressed), each
-    with its time as an int, in whole seconds: tarfile's PAX format gives a float time (even 1.0) an extra
-    1 KB header per file. Images must be JPEGs: they go in as ``NAME.jpg`` (``.jpeg`` and ``.JPG`` too).
+    folder of shards is read whole, so it holds one write's (give each split a folder of its own). The
+    files go in as they are on disk (still compressed), each with its time as an int, in whole seconds:
+    tarfile's PAX format gives a float time (even 1.0) an extra 1 KB header per file. Images must be
+    JPEGs: they go in as ``NAME.jpg`` (``.jpeg`` and ``.JPG`` too).
     NAME must have no dot, as webdataset reads NAME up to the first dot.
     """
     pngs = [path for path in dataset.image_paths if Path(path).suffix.lower() == ".png"]

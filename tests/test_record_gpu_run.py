@@ -63,15 +63,21 @@ def test_it_rewrites_the_results_file_as_it_is_kept(tmp_path):
 
 
 def test_a_compile_check_on_the_gpu_becomes_a_run_of_compile_runs(tmp_path):
-    """gpu_run.sh's step compile, in a call of its own: tools/compile_check.py wrote its run as "gpu"."""
+    """gpu_run.sh's step compile, in a call of its own: tools/compile_check.py --json wrote its run, which
+    is filed under NAME and described from machine.txt, as the run of 06 is."""
     out, results = tmp_path / "out", tmp_path / "results"
     out.mkdir(), results.mkdir()
     (results / "compile_runs.json").write_text('{"about": "runs", "runs": {"avx2_cpu": {"date": "x"}}}\n')
-    (out / "compile_runs.json").write_text('{"about": "runs", "runs": {"gpu": {"date": "2026-12-07"}}}\n')
+    (out / "compile_check.json").write_text(json.dumps({
+        "machine": "one NVIDIA H100, 16-core Xeon host", "date": "2026-12-07", "versions": "torch 2.11",
+        "command": "python tools/compile_check.py --device cuda",
+        "figures": {"compiled training step (ms)": 5.0}}))
+    (out / "machine.txt").write_text("date: 2026-12-07T10:00:00Z\ngpu: NVIDIA H100 80GB HBM3, 81559 MiB\n"
+                                     "cpu: 16 cores, Intel Xeon\npython 3.12.3 | torch 2.11.0+cu130\n")
     assert record_gpu_run.record("h100", [out], results) == {}  # no run of 06 in this call
     runs = json.loads((results / "compile_runs.json").read_text())["runs"]
-    assert runs == {"avx2_cpu": {"date": "x"}, "h100": {"date": "2026-12-07"}}
-    (results / "compile_runs.json").unlink()  # a clone from before the file existed
-    record_gpu_run.record("h100", [out], results)
-    assert json.loads((results / "compile_runs.json").read_text()) == {
-        "about": "runs", "runs": {"h100": {"date": "2026-12-07"}}}
+    assert runs["avx2_cpu"] == {"date": "x"} and list(runs) == ["avx2_cpu", "h100"]
+    assert runs["h100"] == {"machine": "one NVIDIA H100 80GB HBM3, 16 cores, Intel Xeon host",
+                            "date": "2026-12-07", "versions": "python 3.12.3, torch 2.11.0+cu130",
+                            "command": "python tools/compile_check.py --device cuda",
+                            "figures": {"compiled training step (ms)": 5.0}}

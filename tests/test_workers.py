@@ -1,4 +1,4 @@
-"""Every Dataset in helpers/ gives the same samples through 2 workers under spawn and forkserver as with none.
+"""Every Dataset in helpers/ gives the same samples through 2 workers, spawned or forkserver's, as with none.
 
 ``fork`` (Linux up to Python 3.13) copies the parent process, so almost anything works in its workers.
 ``spawn`` (macOS, Windows) and ``forkserver`` (Linux from Python 3.14) pickle the dataset into each
@@ -228,7 +228,7 @@ def test_an_error_in_a_worker_names_the_file(files, tmp_path, damage, folder, me
     damaged = sorted((tmp_path / folder).iterdir())[3]
     damage(damaged)
     loader = DataLoader(SegmentationDataset(tmp_path), batch_size=None, num_workers=2,
-                        multiprocessing_context=METHODS[-1])
+                        multiprocessing_context=PICKLING)
     batches = iter(loader)
     with pytest.raises(ValueError, match=message) as error:
         list(batches)

@@ -1,6 +1,6 @@
 """What ``torch.compile`` costs and saves for 06's model on this machine ("Would torch.compile help?").
 
-    python tools/compile_check.py [--device cpu|cuda] [--record NAME [--results PATH]]
+    python tools/compile_check.py [--device cpu|cuda] [--record NAME] [--json PATH]
 
 Trains 06's U-Net (float32, contiguous) on one batch of 06's size (16 crops of 128 x 128; random
 pixels, as only the time counts), eager and compiled, timed as 06's timing cell times them (best of three
@@ -8,9 +8,9 @@ rounds of a few steps). The compiling is what a compiled model's first call take
 one: in its first training step, then in its first evaluation, in ``eval()`` mode and at a second image
 size (06 validates nine), which compile it again. The compiler starts from an empty cache on disk, as
 on a fresh machine; a new process then compiles the same model from the cache this one filled.
-``--record NAME`` adds the figures as the run NAME of ``results/compile_runs.json``, which 06 prints (or
-of the file ``--results`` names: tools/gpu_run.sh's ``compile`` step writes OUT/compile_runs.json,
-which tools/record_gpu_run.py adds). Compiling needs a C++ compiler on a CPU and takes a while: about a
+``--record NAME`` adds the figures as the run NAME of ``results/compile_runs.json``, which 06 prints;
+``--json PATH`` writes the run alone (tools/gpu_run.sh's step ``compile``, which
+tools/record_gpu_run.py then adds). Compiling needs a C++ compiler on a CPU and takes a while: about a
 minute in all on a 2-core CPU.
 """
 
@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from unittest import mock
 
 import torch
 from binder_check import cpu_name  # tools/, beside this file
+from record_gpu_run import add_run
 
 from helpers.bench import machine
 from helpers.masks import CLASSES
@@ -36,8 +36,6 @@ from helpers.models import UNet
 from helpers.training import evaluate, train_one_epoch
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "compile_runs.json"
-ABOUT = ("torch.compile against eager training for notebook 06's model, by tools/compile_check.py. "
-         "Each run names its machine, date, versions and command.")
 
 
 NOISE = 0.05  # step times of one setting differ by a few % from run to run on a shared machine
@@ -84,12 +82,15 @@ def measure(device: torch.device, compile_fn=torch.compile, steps: int = 5) -> d
     """The figures, by name: eager and compiled step times, the compiling (what a first call takes
     beyond a warm eager one), and the steps that pay it back."""
     net, batches = model_and_batches(device)
-    evaluation = lambda model: seconds(lambda: evaluate(model, batches, device, len(CLASSES)))  # noqa: E731
+
+    def evaluation(model: torch.nn.Module) -> float:
+        return seconds(lambda: evaluate(model, batches, device, len(CLASSES)))
+
     ms_per_step(net, batches[0], device, steps=1, rounds=1)  # warm-up: first calls set up the library
     evaluation(net)
     eager_ms, eager_evaluation = ms_per_step(net, batches[0], device, steps), evaluation(net)
     compiled = compile_fn(net)
-    compiling = seconds(lambda: ms_per_step(compiled, batches[0], device, 1, 1)) - eager_ms / 1000
+    compiling = (ms_per_step(compiled, batches[0], device, steps=1, rounds=1) - eager_ms) / 1000
     compiled_ms = ms_per_step(compiled, batches[0], device, steps)
     evaluating = evaluation(compiled) - eager_evaluation  # eval() mode, then a second size: compiled again
     payback = steps_to_pay_back(compiling + evaluating, eager_ms, compiled_ms)
@@ -97,7 +98,8 @@ def measure(device: torch.device, compile_fn=torch.compile, steps: int = 5) -> d
             "compiled training step (ms)": round(compiled_ms, 1),
             "compiling, in the first training step (s)": round(compiling, 1),
             f"compiling, in the first evaluation at {len(SIZES)} image sizes (s)": round(evaluating, 1),
-            "training steps until compiling pays back": payback or f"never: no step {NOISE:.0%} faster"}
+            "training steps until compiling pays back":
+                payback if payback is not None else f"never: no step {NOISE:.0%} faster"}
 
 
 def compiling_in_a_new_process(device: torch.device) -> float:
@@ -108,29 +110,21 @@ def compiling_in_a_new_process(device: torch.device) -> float:
     return float(done.stdout.split()[-1])
 
 
-def record(name: str, run: dict, path: Path | None = None) -> None:
-    """Add (or replace) the run ``name`` of ``path``, results/compile_runs.json unless named."""
-    path = path or RESULTS
-    results = json.loads(path.read_text()) if path.exists() else {"about": ABOUT, "runs": {}}
-    results["runs"][name] = run
-    path.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--record", metavar="NAME", help=f"add the run NAME to results/{RESULTS.name}")
-    parser.add_argument("--results", type=Path, help="add it to this file instead")
+    parser.add_argument("--json", type=Path, help="write the run alone to this file")
     parser.add_argument("--first-step", action="store_true", help=argparse.SUPPRESS)  # the new process
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if args.first_step:  # print only what the first compiled step takes beyond a warm eager one
         net, batches = model_and_batches(device)
         warm_ms = ms_per_step(net, batches[0], device, steps=1, rounds=2)  # the first round warms up
-        print(seconds(lambda: ms_per_step(torch.compile(net), batches[0], device, 1, 1)) - warm_ms / 1000)
+        print((ms_per_step(torch.compile(net), batches[0], device, steps=1, rounds=1) - warm_ms) / 1000)
         return {}
     about = machine(device)
-    cpu = f"{about['cores']}-core {cpu_name()} ({platform.machine()}, {about['cpu capability']})"
+    cpu = f"{about['cores']}-core {cpu_name()} ({about['processor']}, {about['cpu capability']})"
     where = f"one {about['gpu']}, {cpu} host" if "gpu" in about else f"{cpu} CPU, no GPU"
     print(f"06's model on {device}: {where}, torch {torch.__version__}", flush=True)
     with tempfile.TemporaryDirectory(prefix="compile_check_") as cache, mock.patch.dict(
@@ -145,7 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
            "command": " ".join(["python tools/compile_check.py", *(sys.argv[1:] if argv is None else argv)]),
            "figures": figures}
     if args.record:
-        record(args.record, run, args.results)
+        add_run(RESULTS, args.record, run)
+    if args.json:
+        args.json.write_text(json.dumps(run, indent=1, ensure_ascii=False) + "\n")
     return run
 
 

@@ -30,7 +30,7 @@
 #   ddp_nccl.log, rank-*.json  helpers.ddp_train on nccl, one process per GPU, with --sync-bn
 #   01_two_images.log        notebook 01 as a script on the GPU: its asserts (the colour shortcut the
 #                            two-image model learns) checked where CUDA rounds differently
-#   compile_check.log, compile_runs.json  the step compile, where named
+#   compile_check.log, .json  the step compile, where named: tools/compile_check.py's run
 # Then, where the repository is: python tools/record_gpu_run.py NAME OUT [OUT ...] (results/README.md).
 set -uo pipefail
 out=${1:?name a folder for the results}
@@ -80,7 +80,6 @@ step ddp_nccl 45 "$python" -m torch.distributed.run --standalone --nproc-per-nod
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
 cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
 step 01_two_images 30 "$python" tools/notebook_script.py notebooks/01_two_images.ipynb
-step compile_check 150 "$python" tools/compile_check.py --device cuda --record gpu \
-    --results "$out/compile_runs.json"
+step compile_check 150 "$python" tools/compile_check.py --device cuda --json "$out/compile_check.json"
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
 echo "all passed"

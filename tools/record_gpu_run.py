@@ -10,7 +10,7 @@ From the folders OUT (whichever of these files they hold):
                       results/gpu_training_runs.json, with its step times, what it kept, the waiting
                       shares and the three ways to feed the device
   rank-*.json         the nccl launch of helpers.ddp_train, added to the same run
-  compile_runs.json   tools/compile_check.py's run (gpu_run.sh's step compile): the run NAME in
+  compile_check.json  tools/compile_check.py's run (gpu_run.sh's step compile): the run NAME in
                       results/compile_runs.json
 06 prints the run with helpers.results.print_run("gpu_training_runs", NAME); the README quotes it.
 """
@@ -88,6 +88,13 @@ def dumps(data: dict) -> str:
     return re.sub(r"\[\s+([^\[\]{}]*?)\s+\]", one_line, text) + "\n"
 
 
+def add_run(path: Path, name: str, run: dict) -> None:
+    """Add (or replace) the run ``name`` of the results file ``path``; its other runs stay as they are."""
+    runs = json.loads(path.read_text())
+    runs["runs"][name] = run
+    path.write_text(dumps(runs))
+
+
 def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
     """Write results/bench_NAME.json, results/stages_NAME.json and the run NAME of
     results/gpu_training_runs.json (and of results/compile_runs.json); return the run of 06."""
@@ -103,26 +110,23 @@ def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
         if (folder / "06_figures.json").is_file():
             run["figures"] |= lesson_figures(json.loads((folder / "06_figures.json").read_text()))
         run["figures"] |= launch_figures(folder)
-        if (folder / "compile_runs.json").is_file():  # its run is named "gpu" there
-            measured = json.loads((folder / "compile_runs.json").read_text())
-            kept = results / "compile_runs.json"
-            compile_runs = json.loads(kept.read_text()) if kept.is_file() else {**measured, "runs": {}}
-            compile_runs["runs"][name] = measured["runs"]["gpu"]
-            kept.write_text(dumps(compile_runs))
+        if (folder / "compile_check.json").is_file():  # tools/compile_check.py --json: one run
+            measured = json.loads((folder / "compile_check.json").read_text())
+            if (folder / "machine.txt").is_file():  # described as the run of 06 is
+                measured |= machine(folder)
+            add_run(results / "compile_runs.json", name, measured)
             compiled = True
     if not run["figures"]:
         if compiled:
             return {}
-        raise SystemExit(f"No 06_figures.json, rank-*.json or compile_runs.json in "
+        raise SystemExit(f"No 06_figures.json, rank-*.json or compile_check.json in "
                          f"{' '.join(map(str, folders))}: nothing to record.")
     run["command"] = ("bash tools/gpu_run.sh OUT: 06 as tools/notebook_script.py "
                       "notebooks/06_gpu_training.ipynb --figures, and torch.distributed.run -m "
                       "helpers.ddp_train --sync-bn on nccl")
-    runs_file = results / "gpu_training_runs.json"
-    runs = json.loads(runs_file.read_text())
-    runs["runs"][name] = {key: run[key] for key in ("machine", "date", "versions", "command", "figures")}
-    runs_file.write_text(dumps(runs))
-    return runs["runs"][name]
+    run = {key: run[key] for key in ("machine", "date", "versions", "command", "figures")}
+    add_run(results / "gpu_training_runs.json", name, run)
+    return run
 
 
 if __name__ == "__main__":
