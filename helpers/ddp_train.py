@@ -4,7 +4,8 @@
 
 Every process (a *rank*) builds the same model, reads its own share of the data and computes gradients
 on it; DistributedDataParallel averages the gradients over the ranks, so every rank takes the same step.
-The backend is ``nccl`` on CUDA (one GPU per process) and ``gloo`` on the CPU.
+The backend is ``nccl`` on CUDA (one GPU per process) and ``gloo`` on the CPU; the ranks agree on it
+first, and all stop if some have a GPU each and others not.
 
 Data: ``--shards`` streams tar shards with ``webdataset`` (a folder of them, or URLs such as
 ``https://host/shard-{000000..000099}.tar`` or ``pipe:COMMAND``), split over ranks, then over each rank's
@@ -154,6 +155,22 @@ def check_everywhere(problem: str | None, seen: str = "") -> None:
                           "at the same path.")
 
 
+def agree_on_device(store: dist.Store, rank: int, world_size: int, cuda: bool) -> None:
+    """Collective, before the process group exists (its backend must be the same on every rank): every
+    rank says through the launch's store whether it has a GPU of its own, and all raise the same error,
+    naming the ranks without one, if some have one and some not. Else some would start ``nccl`` and the
+    others ``gloo``, and wait for each other until the timeout."""
+    store = dist.PrefixStore(f"ddp_train/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/cuda", store)
+    store.set(str(rank), f"{int(cuda)} {socket.gethostname()}")
+    store.wait([str(other) for other in range(world_size)])
+    reports = [store.get(str(other)).decode().split(" ", 1) for other in range(world_size)]
+    without = [f"rank {other} on {host}" for other, (has, host) in enumerate(reports) if has == "0"]
+    if 0 < len(without) < world_size:
+        raise LaunchError(f"{', '.join(without)}: no GPU of its own, while the other ranks each have one. "
+                          "nccl needs one GPU per process on every node: start as many processes on each "
+                          "node as it has GPUs (--nproc_per_node), or train on the CPU everywhere (--cpu).")
+
+
 def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
     """This rank's loader for one epoch; the epoch changes the shuffle, as ``set_epoch`` does."""
     size = (args.size, args.size)
@@ -243,6 +260,9 @@ def run(args: argparse.Namespace) -> dict:
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     cuda = (not args.cpu and torch.cuda.is_available()
             and torch.cuda.device_count() >= processes_here)
+    without_libuv_on_windows()
+    store, rank, world_size = next(dist.rendezvous("env://"))  # where the ranks meet, as torchrun said
+    agree_on_device(store, rank, world_size, cuda)
     if args.sync_bn and not cuda:
         raise LaunchError("--sync-bn needs one GPU per process: PyTorch refuses to train SyncBatchNorm on "
                           "the CPU")
@@ -251,10 +271,10 @@ def run(args: argparse.Namespace) -> dict:
     device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    backend = "nccl" if cuda else "gloo"
-    without_libuv_on_windows()
+    backend = "nccl" if cuda else "gloo"  # the same on every rank: agree_on_device checked
     # device_id binds the rank to its GPU: NCCL connects at once, and barrier() knows the device to use
-    dist.init_process_group(backend, device_id=device if cuda else None)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                            device_id=device if cuda else None)
     try:
         check_everywhere(data_problem(args, where["world_size"]), data_seen(args))
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from argparse import Namespace
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from helpers import ddp_train
 from helpers.datasets import SegmentationDataset
 from helpers.ddp_train import (
     LaunchError,
+    agree_on_device,
     check_everywhere,
     data_problem,
     is_url,
@@ -172,6 +174,22 @@ def test_a_problem_on_one_rank_stops_every_rank_with_that_rank_named():
     reports.sort()
     assert [rank for rank, _ in reports] == [0, 1]  # both stop, rank 0 too
     assert all(f"rank 1 on {socket.gethostname()}: data/shapes is missing" in text for _, text in reports)
+
+
+def test_ranks_with_a_gpu_and_ranks_without_all_stop_naming_those_without_instead_of_hanging():
+    """Nodes with fewer GPUs than processes would start gloo beside the others' nccl."""
+    def agree(store: dist.Store, gpus: list[bool]) -> list[str]:
+        with ThreadPoolExecutor(len(gpus)) as ranks:  # each rank waits in the store for every other
+            calls = [ranks.submit(agree_on_device, store, rank, len(gpus), cuda)
+                     for rank, cuda in enumerate(gpus)]
+            return [str(call.exception()) for call in calls]
+
+    assert agree(dist.HashStore(), [True, True, True]) == ["None"] * 3
+    assert agree(dist.HashStore(), [False, False]) == ["None"] * 2
+    errors = agree(dist.HashStore(), [True, False, True, False])
+    assert errors == [errors[0]] * 4  # the same error on every rank
+    assert errors[0].startswith(f"rank 1 on {socket.gethostname()}, rank 3 on {socket.gethostname()}: "
+                                "no GPU of its own") and "--cpu" in errors[0]
 
 
 def test_group_norm_makes_each_sample_independent_of_its_batch():
