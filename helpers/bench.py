@@ -41,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -484,8 +485,8 @@ def print_table(results: dict[str, dict[int, float]], limits: dict[str, float], 
         print(f"{name:>{width}}{speeds}   {share:4.0%} of the {ceiling} ceiling")
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
-    """Run the benchmark, print a table, and as the last line the best speed-up over naive."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line's options (``--help`` lists them), from ``argv`` or ``sys.argv``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=2000, help="image+mask pairs in the dataset")
     parser.add_argument("--side", type=int, default=256, help="side of the stored square images")
@@ -500,69 +501,94 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     parser.add_argument("--plot", type=Path, default=None, help="save a chart to this PNG file")
     parser.add_argument("--device", default="cpu", help="where batches are delivered: cpu or cuda "
                         "(pinned memory, non_blocking copies, uint8 normalised on the GPU)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def chosen_pipelines(args: argparse.Namespace, root: Path, work: Path, limits: dict[str, float]
+                     ) -> dict[str, Pipeline]:
+    """The pipelines the options ask for, in the table's order; adds the GPU decode ceiling to ``limits``
+    when the gpu decode pipelines are among them."""
     device = torch.device(args.device)
+    chosen = pipelines(root, args.size, args.batch_size, device)
+    if args.formats:
+        chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
+    if device.type == "cuda" and importlib.util.find_spec("torchcodec"):
+        chosen |= gpu_decode_pipelines(root, args.size, args.batch_size, device, work)
+    elif device.type == "cuda":
+        print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
+    if "gpu decode" in chosen:
+        limits["gpu decode only"] = gpu_decode_ceiling(root, device, args.batch_size)
+    return chosen
+
+
+def measure(chosen: dict[str, Pipeline], workers: list[int], epochs: int,
+            save: Callable[[dict[str, dict[int, float]]], None]) -> dict[str, dict[int, float]]:
+    """Images per second of each pipeline at each worker count, each printed and saved as it ends (a run
+    cut short keeps them): the pipelines compared on a GPU first, the newest last."""
+    results = {}
+    first = ("gpu decode", GPU_STORED, GPU_AHEAD, "recommended")
+    for name in sorted(chosen, key=lambda name: (name not in first, name == GPU_GATHERS)):
+        try:
+            results[name] = {count: images_per_second(chosen[name], count, label=name, epochs=epochs)
+                             for count in workers}
+        except (MemoryError, PageLockRefused) as error:  # the map must fit in half the RAM, and the GPU
+            # must accept it page-locked (host_mapped clears the CUDA error a refusal leaves)
+            if name != GPU_GATHERS:
+                raise
+            print(f"{name}: not measured: {error}", flush=True)
+            continue
+        print(f"{name}: " + ", ".join(f"{speed:,.0f} with {w}" for w, speed in results[name].items())
+              + " workers (images/s)", flush=True)
+        save(results)
+    return {name: results[name] for name in chosen if name in results}  # the table's order
+
+
+def save_json(args: argparse.Namespace, command: str, results: dict[str, dict[int, float]],
+              limits: dict[str, float]) -> None:
+    """--json: every figure so far, replacing the file whole (a run killed keeps the last it wrote)."""
+    if not args.json:
+        return
+    unfinished = args.json.with_name(args.json.name + ".part")
+    unfinished.write_text(json.dumps({
+        "command": command, "machine": machine(torch.device(args.device)),
+        "settings": {k: str(v) for k, v in vars(args).items()}, "ceilings": limits, "pipelines": results,
+        "shares": shares(results, limits) if limits else {}}, indent=2))
+    unfinished.replace(args.json)
+
+
+def best_speedup(results: dict[str, dict[int, float]]) -> str:
+    """The benchmark's last line: the fastest pipeline's best speed over naive's best."""
+    naive = max(results["naive"].values())
+    best = max((name for name in results if name != "naive"), key=lambda n: max(results[n].values()))
+    workers = max(results[best], key=results[best].get)
+    return (f"best speed-up: {results[best][workers] / naive:.2f}x ({best} with {workers} workers over naive "
+            f"with {max(results['naive'], key=results['naive'].get)} workers)")
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
+    """Run the benchmark, print a table, and as the last line the best speed-up over naive."""
+    args = parse_args(argv)
+    command = " ".join(["python -m helpers.bench", *(sys.argv[1:] if argv is None else argv)])
     root = bench_data(args.count, args.side, args.data)
-    print(f"{args.count} JPEG images {args.side}x{args.side} -> float 3x{args.size}x{args.size} + int64 "
-          f"mask on {device}, batch {args.batch_size}, {usable_cores()} cores, torch {torch.__version__}")
+    print(f"{args.count} JPEG images {args.side}x{args.side} -> float 3x{args.size}x{args.size} + int64 mask "
+          f"on {args.device}, batch {args.batch_size}, {usable_cores()} cores, torch {torch.__version__}")
     if args.formats and (note := uneven_shards_note(args.workers)):
         print(note)
     work = Path(tempfile.mkdtemp(prefix="pixels_to_batches_formats_"))
-
-    def save(results: dict[str, dict[int, float]], limits: dict[str, float]) -> None:
-        """--json: every figure so far (a run cut short keeps the ceilings and the pipelines that ended)."""
-        if not args.json:
-            return
-        command = " ".join(["python -m helpers.bench", *(sys.argv[1:] if argv is None else argv)])
-        partial = args.json.with_name(args.json.name + ".part")  # replaced whole: a kill keeps the last
-        partial.write_text(json.dumps({
-            "command": command, "machine": machine(device),
-            "settings": {k: str(v) for k, v in vars(args).items()}, "ceilings": limits, "pipelines": results,
-            "shares": shares(results, limits) if limits else {}}, indent=2))
-        partial.replace(args.json)
-
     try:
-        limits = ceilings(root, args.size, usable_cores(), device)  # first: a run cut short keeps them
-        chosen = pipelines(root, args.size, args.batch_size, device)
-        if args.formats:
-            chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
-        if device.type == "cuda" and importlib.util.find_spec("torchcodec"):
-            chosen |= gpu_decode_pipelines(root, args.size, args.batch_size, device, work)
-        elif device.type == "cuda":
-            print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
-        if "gpu decode" in chosen:
-            limits["gpu decode only"] = gpu_decode_ceiling(root, device, args.batch_size)
-        results = {}
-        first = ("gpu decode", GPU_STORED, GPU_AHEAD, "recommended")
-        for name in sorted(chosen, key=lambda name: (name not in first, name == GPU_GATHERS)):
-            # the pipelines compared on a GPU first, the newest last, and each printed as it ends: a run
-            # cut short keeps them
-            try:
-                results[name] = {w: images_per_second(chosen[name], w, label=name, epochs=args.epochs)
-                                 for w in args.workers}
-            except (MemoryError, PageLockRefused) as error:  # the map must fit in half the RAM, and the
-                # GPU must accept it page-locked (host_mapped clears the CUDA error a refusal leaves)
-                if name != GPU_GATHERS:
-                    raise
-                print(f"{name}: not measured: {error}", flush=True)
-                continue
-            print(f"{name}: " + ", ".join(f"{speed:,.0f} with {w}" for w, speed in results[name].items())
-                  + " workers (images/s)", flush=True)
-            save(results, limits)
-        results = {name: results[name] for name in chosen if name in results}  # the table's order
+        # the ceilings first: a run cut short keeps them
+        limits = ceilings(root, args.size, usable_cores(), torch.device(args.device))
+        chosen = chosen_pipelines(args, root, work, limits)
+        results = measure(chosen, args.workers, args.epochs, partial(save_json, args, command, limits=limits))
     finally:
         chosen = None  # let go of the open maps and files first: Windows cannot delete them
         gc.collect()
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, limits, args.workers)
-    save(results, limits)
+    save_json(args, command, results, limits)
     if args.plot:
         plot(results, limits, args.plot)
-    naive = max(results["naive"].values())
-    best = max((name for name in results if name != "naive"), key=lambda n: max(results[n].values()))
-    workers = max(results[best], key=results[best].get)
-    print(f"best speed-up: {results[best][workers] / naive:.2f}x ({best} with {workers} workers over naive "
-          f"with {max(results['naive'], key=results['naive'].get)} workers)")
+    print(best_speedup(results))
     return results
 
 
