@@ -25,13 +25,11 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn``: give this DataLoader worker its own reproducible random streams.
 
-    PyTorch seeds ``random``, NumPy's global state and torch in each worker already; this does the same
-    explicitly and also re-seeds a NumPy Generator the dataset keeps as ``.rng``, which would otherwise
-    be the same copy in every worker, every epoch.
+    PyTorch seeds ``random``, NumPy's global state and torch in each worker already (tests/test_seeding.py
+    checks it); a NumPy Generator the dataset keeps as ``.rng`` it cannot know of, and that would be the
+    same copy in every worker, every epoch: this re-seeds it.
     """
     seed = torch.initial_seed() % 2**32  # differs per worker and epoch; set by the loader's generator
-    random.seed(seed)
-    np.random.seed(seed)
     dataset = get_worker_info().dataset
     if isinstance(getattr(dataset, "rng", None), np.random.Generator):
         dataset.rng = np.random.default_rng(seed)

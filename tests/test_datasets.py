@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -700,6 +700,9 @@ def test_turned_photos_are_decoded_by_simplejpeg_as_pil_turns_them(tmp_path, mon
     monkeypatch.setattr(datasets, "simplejpeg", None)  # PIL: Image.transpose, as ImageOps.exif_transpose
     assert torch.equal(fast, datasets.decode_image(path)[0]) and fast.shape[1:] == size
     assert torch.equal(reduced, datasets.decode_image(path, (24, 32))[0])
+    with Image.open(path) as photo:  # and both as PIL's own turn, not as the table both paths share
+        upright = torch.from_numpy(np.array(ImageOps.exif_transpose(photo).convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(fast, upright)
 
 
 def test_jpegs_without_a_turn_decode_from_their_bytes_without_pil(tmp_path, monkeypatch):
@@ -731,7 +734,7 @@ XMP_TURNED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://ww
 def test_an_orientation_in_xmp_alone_is_applied_as_pil_applies_it(tmp_path, suffix):
     """Some editors write the orientation only in XMP metadata; PIL's ImageOps.exif_transpose honours it,
     and so do read_image and the doctor (which reads the same header)."""
-    from PIL import ImageOps, PngImagePlugin
+    from PIL import PngImagePlugin
 
     from helpers.datasets import read_image
     from helpers.doctor import read_header
@@ -753,8 +756,6 @@ def test_an_orientation_in_xmp_alone_is_applied_as_pil_applies_it(tmp_path, suff
 def test_a_tiff_turned_by_exif_is_read_upright_once(tmp_path):
     """Pillow opens a TIFF already upright (size swapped, pixels turned as they load): read_image must not
     turn it a second time, and gives what ImageOps.exif_transpose gives."""
-    from PIL import ImageOps
-
     from helpers.datasets import orientation_metadata, read_image
 
     stored = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)  # 12 wide, 8 tall

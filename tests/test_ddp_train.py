@@ -33,6 +33,7 @@ from helpers.ddp_train import (
     main,
     parse_args,
     run_script,
+    save_and_check,
     shard_urls,
     train_epoch,
     train_loader,
@@ -190,6 +191,20 @@ def test_ranks_with_a_gpu_and_ranks_without_all_stop_naming_those_without_instea
     assert errors == [errors[0]] * 4  # the same error on every rank
     assert errors[0].startswith(f"rank 1 on {socket.gethostname()}, rank 3 on {socket.gethostname()}: "
                                 "no GPU of its own") and "--cpu" in errors[0]
+
+
+def test_a_rank_whose_weights_differ_from_the_checkpoint_says_so(tmp_path, monkeypatch):
+    """save_and_check as ranks other than 0 run it: they only load what rank 0 wrote, and compare."""
+    monkeypatch.setattr(dist, "barrier", lambda: None)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    torch.manual_seed(0)
+    model, path = UNet(widths=(8, 16)), tmp_path / "model.pt"
+    assert save_and_check(model, path, torch.device("cpu")) and path.is_file()  # rank 0 writes it
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    assert save_and_check(model, path, torch.device("cpu"))  # the same weights
+    with torch.no_grad():
+        next(model.parameters())[0] += 1e-3  # this rank drifted
+    assert not save_and_check(model, path, torch.device("cpu"))
 
 
 def test_group_norm_makes_each_sample_independent_of_its_batch():

@@ -189,15 +189,16 @@ def test_a_decoded_batch_of_any_sizes_is_cropped_flipped_and_turned_as_v2_would(
     from helpers.device_batches import augment_batch
 
     samples = scenes()
-    options = {"hflip_prob": 0.5, "vflip_prob": 0.5, "quarter_turns": True}
-    images, masks = augment_batch([image for image, _ in samples], [mask for _, mask in samples], 32,
-                                  torch.Generator().manual_seed(3), **options)
     sizes = torch.tensor([tuple(image.shape[1:]) for image, _ in samples])
-    draws = draw(sizes, 32, torch.Generator().manual_seed(3), scale=None, **options)
-    for n, (image, mask) in enumerate(samples):
-        expected = by_v2(image, mask, int(draws.top[n]), int(draws.left[n]), 32, bool(draws.hflip[n]),
-                         bool(draws.vflip[n]), int(draws.turns[n]))
-        assert torch.equal(images[n], expected[0]) and torch.equal(masks[n], expected[1]), n
+    for options in ({"hflip_prob": 0.5, "vflip_prob": 0.5, "quarter_turns": True},
+                    {"hflip_prob": 1.0, "vflip_prob": 0.0, "quarter_turns": False}):  # each set applied
+        images, masks = augment_batch([image for image, _ in samples], [mask for _, mask in samples], 32,
+                                      torch.Generator().manual_seed(3), **options)
+        draws = draw(sizes, 32, torch.Generator().manual_seed(3), scale=None, **options)
+        for n, (image, mask) in enumerate(samples):
+            expected = by_v2(image, mask, int(draws.top[n]), int(draws.left[n]), 32, bool(draws.hflip[n]),
+                             bool(draws.vflip[n]), int(draws.turns[n]))
+            assert torch.equal(images[n], expected[0]) and torch.equal(masks[n], expected[1]), (options, n)
 
 
 def test_a_scaled_crop_samples_its_box_as_a_bilinear_resize_does():

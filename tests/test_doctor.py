@@ -122,6 +122,10 @@ def test_a_0_255_mask_says_divide_by_255_or_ignore_255(root):
     assert "only 0 and 255" in message and "divide it by 255" in message and "--ignore-index 255" in message
     report = diagnose(root, ignore_index=255)
     assert report.findings == [] and "ignore" in format_report(report)
+    binary[0, 0] = 7  # 255 beside a class as well: not a 0/255 mask, so the general message
+    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
+    message = found(diagnose(root))["masks/1.png"]
+    assert "values [7, 255] outside the classes" in message and "divide it by 255" not in message
 
 
 def save_turned(path: Path, size: tuple[int, int], orientation: int = 6) -> None:

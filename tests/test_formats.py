@@ -238,6 +238,10 @@ def test_shuffling_changes_the_order_but_not_the_content(tmp_path, source_datase
     plain = [int(s.mask.sum()) for s in ShardStream(shards)]
     shuffled = [int(s.mask.sum()) for s in ShardStream(shards, shuffle=8, seed=1)]
     assert shuffled != plain and sorted(shuffled) == sorted(plain)
+    (whole,) = write_shards(source_dataset, tmp_path / "one", per_shard=len(source_dataset))
+    plain = [int(s.mask.sum()) for s in ShardStream([whole])]  # one shard: only the buffer can shuffle
+    shuffled = [int(s.mask.sum()) for s in ShardStream([whole], shuffle=8, seed=1)]
+    assert shuffled != plain and sorted(shuffled) == sorted(plain)
     stream = ShardStream(shards, shuffle=8, seed=1)
     first = stream.my_shards()
     stream.set_epoch(1)  # a new epoch: the shards in another order

@@ -1,7 +1,10 @@
+import multiprocessing
 import random
 
 import numpy as np
+import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from helpers.seeding import seed_everything
 
@@ -37,6 +40,27 @@ def loader_draws(num_workers: int, **kwargs) -> list[tuple[int, int, int]]:
 
     loader = torch.utils.data.DataLoader(RandomDraws(8), batch_size=None, num_workers=num_workers, **kwargs)
     return [tuple(int(v) for v in sample) for sample in loader]
+
+
+class GlobalDraws(torch.utils.data.Dataset):
+    """Draws from Python's and NumPy's global random states, which a forked worker inherits."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> tuple[int, float, float]:
+        return torch.utils.data.get_worker_info().id, random.random(), float(np.random.rand())
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork here")
+def test_pytorch_seeds_random_and_numpy_in_each_forked_worker_itself():
+    """Why seed_worker leaves them alone (03): forked workers start with copies of these states, yet
+    PyTorch gives each worker its own seed for them."""
+    draws = DataLoader(GlobalDraws(), batch_size=None, num_workers=2, multiprocessing_context="fork")
+    by_worker = [[draw[1:] for draw in draws if draw[0] == worker] for worker in (0, 1)]
+    assert len(by_worker[0]) == len(by_worker[1]) == 4
+    values = [{value for draw in draws for value in draw} for draws in by_worker]
+    assert len(values[0]) == 8 and not values[0] & values[1]  # no value repeated across workers
 
 
 def test_without_seed_worker_every_worker_repeats_the_same_draws():

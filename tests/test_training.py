@@ -124,6 +124,34 @@ def test_train_one_epoch_learns_and_evaluate_counts_every_labelled_pixel():
     assert not model.training  # evaluate leaves the model in eval mode
 
 
+class Spy(nn.Module):
+    """Predicts class 0 everywhere, and records how each batch of images reached it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")
+        self.seen.append((images.clone(), autocast, images.is_contiguous(memory_format=torch.channels_last)))
+        return torch.zeros(len(images), 3, *images.shape[2:])
+
+
+def test_evaluate_uses_the_options_it_is_given_and_averages_over_samples():
+    images = torch.randint(0, 256, (4, 3, 4, 4), dtype=torch.uint8)
+    masks = torch.randint(0, 3, (4, 4, 4))
+    masks[:, 0] = 9  # one row of each mask ignored, with this ignore index
+    model, loader = Spy(), DataLoader(TensorDataset(images, masks), batch_size=3)  # batches of 3 and 1
+    result = evaluate(model, loader, CPU, 3, amp_dtype=torch.bfloat16, channels_last=True, ignore_index=9,
+                      loss_fn=lambda logits, masks: logits.new_tensor(float(len(masks))),  # the batch size
+                      mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert result.loss == (3 * 3 + 1 * 1) / 4  # a mean over samples, not over batches (2.0)
+    assert result.confusion.sum() == 4 * 3 * 4  # the ignored row of each left out
+    normalised = (images.float() / 255 - 0.5) / 0.25
+    assert torch.allclose(torch.cat([seen[0] for seen in model.seen]), normalised)
+    assert [seen[1:] for seen in model.seen] == [(torch.bfloat16, True)] * 2
+
+
 def run(epochs, model, optimizer, scheduler, loader):
     return [train_one_epoch(model, loader, optimizer, CPU, scheduler=scheduler) for _ in range(epochs)]
 

@@ -164,6 +164,11 @@ def test_every_dataset_gives_through_two_workers_what_it_gives_alone(datasets, m
         assert sample[1].dtype == want[1].dtype, name
 
 
+def as_counter(samples: list[Sample]) -> Counter:
+    """The samples' contents, in any order."""
+    return Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
+
+
 def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_path):
     """The series' ShardStream (05) and the webdataset pipeline of helpers.ddp_train (07)."""
     shards = write_shards(files, tmp_path, per_shard=4)
@@ -172,10 +177,6 @@ def test_shard_streams_give_through_two_workers_what_they_give_alone(files, tmp_
     for stream in (ShardStream(shards), webdataset):
         got, want = read_all(stream, num_workers=2, multiprocessing_context=PICKLING), read_all(stream)
         assert len(got) == len(want) == 12
-
-        def as_counter(samples: list[Sample]) -> Counter:
-            return Counter((s.image.numpy().tobytes(), s.mask.numpy().tobytes()) for s in samples)
-
         assert as_counter(got) == as_counter(want)  # each worker streams its own shards: orders interleave
 
 
@@ -205,8 +206,11 @@ def test_workers_of_a_rank_read_only_that_ranks_shards(files, tmp_path, monkeypa
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets them for rank 1 of 2
     stream = ShardStream(shards)
-    got = read_all(stream, num_workers=2, multiprocessing_context=PICKLING)
-    assert len(got) == 6 == len(read_all(stream))  # rank 1's two shards, with workers as without
+    got, mine = read_all(stream, num_workers=2, multiprocessing_context=PICKLING), read_all(stream)
+    monkeypatch.setenv("RANK", "0")
+    others = read_all(ShardStream(shards))
+    assert len(got) == len(others) == 6  # rank 1's two shards, with workers as without; not rank 0's
+    assert as_counter(got) == as_counter(mine) and not as_counter(got) & as_counter(others)
 
 
 def truncate(path: Path) -> None:
