@@ -725,6 +725,18 @@ def test_jpegs_without_a_turn_decode_from_their_bytes_without_pil(tmp_path, monk
     assert datasets.decode_image(tmp_path / "turned.jpg")[0].shape == (3, 64, 48) and len(calls) == 3
 
 
+def test_a_cmyk_jpeg_decodes_as_pil_converts_it(tmp_path):
+    """CMYK JPEGs (from print work) go to PIL: libjpeg-turbo's own conversion rounds differently."""
+    from helpers import datasets
+
+    colours = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    Image.fromarray(colours).convert("CMYK").save(tmp_path / "print.jpg", quality=95)
+    with Image.open(tmp_path / "print.jpg") as file:
+        assert file.mode == "CMYK"
+        want = torch.from_numpy(np.array(file.convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(datasets.decode_image(tmp_path / "print.jpg")[0], want)
+
+
 XMP_TURNED = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
               '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
               '</rdf:RDF></x:xmpmeta>')
