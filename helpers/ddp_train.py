@@ -159,16 +159,18 @@ def agree_on_device(store: dist.Store, rank: int, world_size: int, cuda: bool) -
     """Collective, before the process group exists (its backend must be the same on every rank): every
     rank says through the launch's store whether it has a GPU of its own, and all raise the same error,
     naming the ranks without one, if some have one and some not. Else some would start ``nccl`` and the
-    others ``gloo``, and wait for each other until the timeout."""
-    store = dist.PrefixStore(f"ddp_train/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/cuda", store)
+    others ``gloo``, and wait for each other until the timeout. (torchrun makes a new store for each
+    restart, as the process group's own keys need.)"""
+    store = dist.PrefixStore("ddp_train/cuda", store)
     store.set(str(rank), f"{int(cuda)} {socket.gethostname()}")
     store.wait([str(other) for other in range(world_size)])
     reports = [store.get(str(other)).decode().split(" ", 1) for other in range(world_size)]
     without = [f"rank {other} on {host}" for other, (has, host) in enumerate(reports) if has == "0"]
     if 0 < len(without) < world_size:
-        raise LaunchError(f"{', '.join(without)}: no GPU of its own, while the other ranks each have one. "
-                          "nccl needs one GPU per process on every node: start as many processes on each "
-                          "node as it has GPUs (--nproc_per_node), or train on the CPU everywhere (--cpu).")
+        raise LaunchError(f"{', '.join(without)}: fewer GPUs than processes on its node, while the other "
+                          "ranks each have a GPU of their own. nccl needs one GPU per process on every "
+                          "node: start as many processes on each node as it has GPUs (--nproc_per_node), "
+                          "or train on the CPU everywhere (--cpu).")
 
 
 def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
@@ -260,6 +262,10 @@ def run(args: argparse.Namespace) -> dict:
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     cuda = (not args.cpu and torch.cuda.is_available()
             and torch.cuda.device_count() >= processes_here)
+    if not args.cpu and not cuda and torch.cuda.is_available() and where["local_rank"] == 0:
+        warnings.warn(f"This node has {torch.cuda.device_count()} GPU(s) for {processes_here} processes: "
+                      "training on the CPU (nccl needs one GPU per process; --cpu chooses the CPU without "
+                      "this warning)", stacklevel=2)
     without_libuv_on_windows()
     store, rank, world_size = next(dist.rendezvous("env://"))  # where the ranks meet, as torchrun said
     agree_on_device(store, rank, world_size, cuda)
@@ -273,8 +279,8 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.set_device(device)
     backend = "nccl" if cuda else "gloo"  # the same on every rank: agree_on_device checked
     # device_id binds the rank to its GPU: NCCL connects at once, and barrier() knows the device to use
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                            device_id=device if cuda else None)
+    dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
+                            world_size=world_size, device_id=device if cuda else None)  # as its own
     try:
         check_everywhere(data_problem(args, where["world_size"]), data_seen(args))
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)

@@ -190,7 +190,7 @@ def test_ranks_with_a_gpu_and_ranks_without_all_stop_naming_those_without_instea
     errors = agree(dist.HashStore(), [True, False, True, False])
     assert errors == [errors[0]] * 4  # the same error on every rank
     assert errors[0].startswith(f"rank 1 on {socket.gethostname()}, rank 3 on {socket.gethostname()}: "
-                                "no GPU of its own") and "--cpu" in errors[0]
+                                "fewer GPUs than processes on its node") and "--cpu" in errors[0]
 
 
 def test_a_rank_whose_weights_differ_from_the_checkpoint_says_so(tmp_path, monkeypatch):
@@ -357,6 +357,17 @@ def test_one_rank_trains_from_image_files_with_group_norm(one_rank, tmp_path, ca
     assert not any("running_mean" in name for name in weights)  # GroupNorm throughout, no BatchNorm
     assert "mean IoU" in capsys.readouterr().out
     assert not dist.is_initialized()  # the process group was taken down
+
+
+def test_too_few_gpus_for_the_processes_of_a_node_train_on_the_cpu_with_a_warning(one_rank, tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on this node, one GPU
+    with pytest.warns(UserWarning, match=r"This node has 1 GPU\(s\) for 2 processes: training on the CPU"):
+        assert main(["--data", str(data_dir("shapes")), "--out", str(tmp_path), "--epochs", "1",
+                     "--steps", "1", "--batch-size", "4", "--size", "32"]) == 0
+    assert json.loads((tmp_path / "rank-0.json").read_text())["backend"] == "gloo"
 
 
 def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank, tmp_path, capsys):
