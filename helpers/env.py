@@ -93,7 +93,7 @@ def jpeg_decoder() -> str:
     """Which library decodes JPEGs for helpers.datasets: simplejpeg (libjpeg-turbo), or PIL without it."""
     if datasets.simplejpeg is not None:
         return f"simplejpeg {datasets.simplejpeg.__version__}"
-    return "PIL (pip install simplejpeg: faster, and it refuses damaged JPEG data)"
+    return "PIL (pip install simplejpeg: faster, and it refuses JPEG data libjpeg finds damaged)"
 
 
 def optional_version(package: str, why: str) -> str:
