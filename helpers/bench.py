@@ -499,8 +499,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=None, help="folder for the generated dataset")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="save a chart to this PNG file")
-    parser.add_argument("--device", default="cpu", help="where batches are delivered: cpu or cuda "
-                        "(pinned memory, non_blocking copies, uint8 normalised on the GPU)")
+    parser.add_argument("--device", type=torch.device, default="cpu", help="where batches are delivered: "
+                        "cpu or cuda (pinned memory, non_blocking copies, uint8 normalised on the GPU)")
     return parser.parse_args(argv)
 
 
@@ -508,7 +508,7 @@ def chosen_pipelines(args: argparse.Namespace, root: Path, work: Path, limits: d
                      ) -> dict[str, Pipeline]:
     """The pipelines the options ask for, in the table's order; adds the GPU decode ceiling to ``limits``
     when the gpu decode pipelines are among them."""
-    device = torch.device(args.device)
+    device = args.device
     chosen = pipelines(root, args.size, args.batch_size, device)
     if args.formats:
         chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
@@ -529,8 +529,8 @@ def measure(chosen: dict[str, Pipeline], workers: list[int], epochs: int,
     first = ("gpu decode", GPU_STORED, GPU_AHEAD, "recommended")
     for name in sorted(chosen, key=lambda name: (name not in first, name == GPU_GATHERS)):
         try:
-            results[name] = {count: images_per_second(chosen[name], count, label=name, epochs=epochs)
-                             for count in workers}
+            results[name] = {w: images_per_second(chosen[name], w, label=name, epochs=epochs)
+                             for w in workers}
         except (MemoryError, PageLockRefused) as error:  # the map must fit in half the RAM, and the GPU
             # must accept it page-locked (host_mapped clears the CUDA error a refusal leaves)
             if name != GPU_GATHERS:
@@ -550,13 +550,13 @@ def save_json(args: argparse.Namespace, command: str, results: dict[str, dict[in
         return
     unfinished = args.json.with_name(args.json.name + ".part")
     unfinished.write_text(json.dumps({
-        "command": command, "machine": machine(torch.device(args.device)),
+        "command": command, "machine": machine(args.device),
         "settings": {k: str(v) for k, v in vars(args).items()}, "ceilings": limits, "pipelines": results,
         "shares": shares(results, limits) if limits else {}}, indent=2))
     unfinished.replace(args.json)
 
 
-def best_speedup(results: dict[str, dict[int, float]]) -> str:
+def speedup_line(results: dict[str, dict[int, float]]) -> str:
     """The benchmark's last line: the fastest pipeline's best speed over naive's best."""
     naive = max(results["naive"].values())
     best = max((name for name in results if name != "naive"), key=lambda n: max(results[n].values()))
@@ -575,20 +575,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
     if args.formats and (note := uneven_shards_note(args.workers)):
         print(note)
     work = Path(tempfile.mkdtemp(prefix="pixels_to_batches_formats_"))
+    chosen: dict[str, Pipeline] = {}
     try:
-        # the ceilings first: a run cut short keeps them
-        limits = ceilings(root, args.size, usable_cores(), torch.device(args.device))
-        chosen = chosen_pipelines(args, root, work, limits)
+        limits = ceilings(root, args.size, usable_cores(), args.device)  # first: a run cut short keeps them
+        chosen |= chosen_pipelines(args, root, work, limits)
         results = measure(chosen, args.workers, args.epochs, partial(save_json, args, command, limits=limits))
     finally:
-        chosen = None  # let go of the open maps and files first: Windows cannot delete them
-        gc.collect()
+        chosen.clear()  # let go of the open maps and files first (a traceback keeps the dict): Windows
+        gc.collect()  # cannot delete them
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, limits, args.workers)
     save_json(args, command, results, limits)
     if args.plot:
         plot(results, limits, args.plot)
-    print(best_speedup(results))
+    print(speedup_line(results))
     return results
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 import webdataset as wds
 from torch import nn
+from torch.distributed.constants import default_pg_nccl_timeout, default_pg_timeout
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -159,8 +160,8 @@ def agree_on_device(store: dist.Store, rank: int, world_size: int, cuda: bool) -
     """Collective, before the process group exists (its backend must be the same on every rank): every
     rank says through the launch's store whether it has a GPU of its own, and all raise the same error,
     naming the ranks without one, if some have one and some not. Else some would start ``nccl`` and the
-    others ``gloo``, and wait for each other until the timeout. (torchrun makes a new store for each
-    restart, as the process group's own keys need.)"""
+    others ``gloo``, and wait for each other until the timeout (07_distributed). In a static launch's
+    store the answers of an attempt before a restart remain; they are the same machines' answers."""
     store = dist.PrefixStore("ddp_train/cuda", store)
     store.set(str(rank), f"{int(cuda)} {socket.gethostname()}")
     store.wait([str(other) for other in range(world_size)])
@@ -262,16 +263,16 @@ def run(args: argparse.Namespace) -> dict:
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     cuda = (not args.cpu and torch.cuda.is_available()
             and torch.cuda.device_count() >= processes_here)
-    if not args.cpu and not cuda and torch.cuda.is_available() and where["local_rank"] == 0:
-        warnings.warn(f"This node has {torch.cuda.device_count()} GPU(s) for {processes_here} processes: "
-                      "training on the CPU (nccl needs one GPU per process; --cpu chooses the CPU without "
-                      "this warning)", stacklevel=2)
     without_libuv_on_windows()
     store, rank, world_size = next(dist.rendezvous("env://"))  # where the ranks meet, as torchrun said
     agree_on_device(store, rank, world_size, cuda)
     if args.sync_bn and not cuda:
         raise LaunchError("--sync-bn needs one GPU per process: PyTorch refuses to train SyncBatchNorm on "
                           "the CPU")
+    if not args.cpu and not cuda and torch.cuda.is_available() and where["local_rank"] == 0:
+        warnings.warn(f"This node has {torch.cuda.device_count()} GPU(s) for {processes_here} processes: "
+                      "training on the CPU (nccl needs one GPU per process; --cpu chooses the CPU without "
+                      "this warning)", stacklevel=2)
     if "OMP_NUM_THREADS" in os.environ:  # torchrun sets 1 per process; a forked rank must apply it itself
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")
@@ -279,8 +280,9 @@ def run(args: argparse.Namespace) -> dict:
         torch.cuda.set_device(device)
     backend = "nccl" if cuda else "gloo"  # the same on every rank: agree_on_device checked
     # device_id binds the rank to its GPU: NCCL connects at once, and barrier() knows the device to use
-    dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,
-                            world_size=world_size, device_id=device if cuda else None)  # as its own
+    store.set_timeout(default_pg_nccl_timeout if cuda else default_pg_timeout)  # as init_process_group
+    dist.init_process_group(backend, store=dist.PrefixStore("default_pg", store), rank=rank,  # does with
+                            world_size=world_size, device_id=device if cuda else None)  # its own store
     try:
         check_everywhere(data_problem(args, where["world_size"]), data_seen(args))
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)

@@ -56,10 +56,10 @@ class GlobalDraws(torch.utils.data.Dataset):
 def test_pytorch_seeds_random_and_numpy_in_each_forked_worker_itself():
     """Why seed_worker leaves them alone (03): forked workers start with copies of these states, yet
     PyTorch gives each worker its own seed for them."""
-    draws = DataLoader(GlobalDraws(), batch_size=None, num_workers=2, multiprocessing_context="fork")
-    by_worker = [[draw[1:] for draw in draws if draw[0] == worker] for worker in (0, 1)]
+    draws = list(DataLoader(GlobalDraws(), batch_size=None, num_workers=2, multiprocessing_context="fork"))
+    by_worker = [[draw[1:] for draw in draws if draw[0] == worker] for worker in (0, 1)]  # one epoch
     assert len(by_worker[0]) == len(by_worker[1]) == 4
-    values = [{value for draw in draws for value in draw} for draws in by_worker]
+    values = [{value for pair in pairs for value in pair} for pairs in by_worker]
     assert len(values[0]) == 8 and not values[0] & values[1]  # no value repeated across workers
 
 
