@@ -21,6 +21,10 @@ matplotlib.use("Agg")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if "forkserver" in multiprocessing.get_all_start_methods():  # the unit tests' own forkserver:
+        # what it starts forks from a server that has imported these once; what is pickled is unchanged
+        multiprocessing.set_forkserver_preload(["torch", "torchvision", "webdataset", "helpers.formats",
+                                                "helpers.ddp_train"])
     method = os.environ.get("NOTEBOOK_START_METHOD", "forkserver" if sys.platform == "linux" else "spawn")
     if method not in multiprocessing.get_all_start_methods():  # Windows has spawn only
         return

@@ -47,9 +47,12 @@ def test_flip_collate_names_mixed_sizes_in_a_worker_too():
 
     dataset = SegmentationDataset(data_dir("shapes"), split="val", mask_dtype=torch.uint8)
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=1, collate_fn=flip_collate)
+    batches = iter(loader)
     with pytest.raises(ValueError, match=r"flip_collate stacks samples of one size, but this batch holds "
                                          r"\[\(.*\(HxW\): give the dataset size=\(height, width\)"):
-        next(iter(loader))
+        next(batches)
+    batches._shutdown_workers()  # the traceback keeps the iterator alive: stop its worker now, not after a
+    # 5-second timeout during a later test
 
 
 def test_normalize_batch_equals_the_per_sample_eval_pipeline():

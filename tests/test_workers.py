@@ -43,12 +43,10 @@ from helpers.paths import data_dir
 METHODS = [m for m in ("spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
 # The streams' tests need one of them: both pickle the stream into each worker and send its shared epoch
 # the same way, and forkserver's environment (set when its server started) is the stricter for the rank.
-# Where there is one, forkserver: its workers start in a fraction of a second, spawned ones in seconds.
+# Where there is one, forkserver: its workers start in a fraction of a second (its server imported torch
+# once: conftest.py), spawned ones in seconds.
 PICKLING = METHODS[-1]
 SIZE = 32  # side of the pre-decoded formats
-# Workers started by this test's forkserver fork from a server that has imported these already, which
-# saves each worker the imports; what crosses to the worker (the pickled dataset) is unchanged.
-multiprocessing.set_forkserver_preload(["torch", "torchvision", "helpers.formats", "webdataset"])
 
 
 @pytest.fixture(scope="module")
@@ -118,37 +116,6 @@ def tensors_sent(obj: object) -> int:
 def test_in_memory_data_is_a_few_big_tensors(many):
     assert tensors_sent(numbered_samples(5)) == 10  # the count finds tensors in lists: image and mask each
     assert tensors_sent(many) <= 4  # whatever the number of samples: a file descriptor each under forkserver
-
-
-@pytest.mark.skipif("forkserver" not in METHODS
-                    or torch.multiprocessing.get_sharing_strategy() != "file_descriptor",
-                    reason="the limit of Linux's forkserver, where each storage travels as a descriptor")
-def test_forkserver_refuses_a_few_too_many_tensors_with_oserror_then_valueerror():
-    """00's section on descriptors, and the stand-in of its Exercise 1: forkserver sends its four
-    descriptors and one per storage in one message. Linux carries at most 253 (SCM_MAX_FD), so 250 tensors
-    make ``start()`` raise OSError (up to Python 3.13 the forkserver stops too: a later start starts a new
-    one); from 252, forkserver's own count refuses them first, with ValueError."""
-    context = multiprocessing.get_context("forkserver")
-
-    def start(count: int) -> int | None:
-        worker = context.Process(args=([torch.zeros(2) for _ in range(count)],))
-        worker.start()
-        worker.join(timeout=60)
-        return worker.exitcode
-
-    assert start(249) == 0  # 4 + 249 = 253 descriptors: the most one message carries (a DataLoader adds 4)
-    with pytest.raises(OSError, match="Invalid argument"):
-        start(250)
-    for _ in range(100):  # up to 3.13 the forkserver stopped with the refused message: start a new one
-        try:
-            assert start(2) == 0
-            break
-        except (OSError, EOFError):  # refused or cut off by the old one as it stops: wait, try again
-            time.sleep(0.1)
-    else:
-        pytest.fail("no new forkserver")
-    with pytest.raises(ValueError, match="too many fds"):
-        start(252)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -241,3 +208,38 @@ def test_an_error_in_a_worker_names_the_file(files, tmp_path, damage, folder, me
     # reaped later, while another loader runs, after two 5-second timeouts
     assert "in DataLoader worker process" in text
     assert str(tmp_path / folder / damaged.name) in text  # the whole path, as the worker saw it
+
+
+@pytest.mark.skipif("forkserver" not in METHODS
+                    or torch.multiprocessing.get_sharing_strategy() != "file_descriptor",
+                    reason="the limit of Linux's forkserver, where each storage travels as a descriptor")
+def test_forkserver_refuses_a_few_too_many_tensors_with_valueerror_or_oserror(monkeypatch):
+    """00's section on descriptors, and the stand-in of its Exercise 1: forkserver sends its four
+    descriptors and one per storage in one message. From 252 tensors forkserver's own count refuses them,
+    with ValueError; Linux carries at most 253 (SCM_MAX_FD), so 250 make ``start()`` raise OSError (up to
+    Python 3.13 the forkserver stops too: a later start starts a new one). Last in this file: the new
+    server imports nothing, which starts it in a fraction of a second and would slow later workers."""
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+
+    def start(count: int) -> int | None:
+        worker = context.Process(args=([torch.zeros(2) for _ in range(count)],))
+        worker.start()
+        worker.join(timeout=60)
+        return worker.exitcode
+
+    with pytest.raises(ValueError, match="too many fds"):
+        start(252)
+    assert start(249) == 0  # 4 + 249 = 253 descriptors: the most one message carries (a DataLoader adds 4)
+    with pytest.raises(OSError, match="Invalid argument"):
+        start(250)
+    monkeypatch.setattr(forkserver._forkserver, "_preload_modules", [])  # a new server imports nothing
+    for _ in range(100):  # up to 3.13 the forkserver stopped with the refused message: start a new one
+        try:
+            assert start(0) == 0
+            break
+        except (OSError, EOFError):  # refused or cut off by the old one as it stops: wait, try again
+            time.sleep(0.1)
+    else:
+        pytest.fail("no new forkserver")
