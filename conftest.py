@@ -1,4 +1,5 @@
-"""Shared test setup: figures off-screen, and the start method of the notebooks' DataLoader workers.
+"""Shared test setup: figures off-screen, what the unit tests' forkserver imports once, and the start method
+of the notebooks' DataLoader workers.
 
 The kernels that nbval (and the spawn rerun) launch read an IPython startup file made here, which sets
 the start method for DataLoader workers: ``forkserver`` by default on Linux (its default from Python
