@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if "forkserver" in multiprocessing.get_all_start_methods():  # the unit tests' own forkserver:
+    if sys.platform == "linux":  # the unit tests' own forkserver (macOS would rather not fork torch):
         # what it starts forks from a server that has imported these once; what is pickled is unchanged
         multiprocessing.set_forkserver_preload(["torch", "torchvision", "webdataset", "helpers.formats",
                                                 "helpers.ddp_train"])

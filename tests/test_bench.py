@@ -1,9 +1,9 @@
 """helpers.bench: the decode ceiling on one core needs no second process (Binder's one CPU); on more
-it decodes in spawned processes, one per core. The format benchmark's shards split evenly over workers.
-A map the GPU cannot gather from is reported, not fatal. A few worker counts are timed on any machine.
-The printed table holds each pipeline to its own ceiling.
-Its figures (images per second, the ceilings, timings) are the arithmetic their docstrings state, checked
-against a made-up clock: the README's speeds and shares rest on them."""
+its pool is set to decode in spawned processes, one per core, each on one thread (04 runs the pool). The
+format benchmark's shards split evenly over workers. A map the GPU cannot gather from is reported, not
+fatal. A few worker counts are timed on any machine. The printed table holds each pipeline to its own
+ceiling. Its figures (images per second, the ceilings, timings) are the arithmetic their docstrings
+state, checked against a made-up clock: the README's speeds and shares rest on them."""
 
 import json
 import tarfile
@@ -23,8 +23,8 @@ def test_the_decode_ceiling_on_one_core_decodes_in_this_process(monkeypatch):
     assert bench.decode_ceiling(data_dir("shapes"), processes=1, size=64) > 0
 
 
-def test_the_decode_ceiling_on_two_cores_starts_two_spawned_single_threaded_processes(monkeypatch):
-    """The pool's settings: 04 and 05 run the real pool (two processes on a 2-core machine)."""
+def test_the_decode_ceiling_on_two_cores_sets_its_pool_to_two_spawned_single_threaded_processes(monkeypatch):
+    """The pool's settings, without starting it: 04 runs the real pool (two processes on a 2-core machine)."""
     monkeypatch.setattr(bench, "_decode_here", None)  # decoding in this process would fail here
     pools, maps = [], []
 

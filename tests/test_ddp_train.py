@@ -48,7 +48,7 @@ from helpers.paths import data_dir
 # Ranks, and launch's launcher, start from the test session's forkserver where there is one: its server has
 # imported torch and helpers.ddp_train once (conftest.py), where each spawned process imports them again,
 # for seconds. 07 launches as users do, by spawn.
-START = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+START = "forkserver" if sys.platform == "linux" else "spawn"  # as launch forks on Linux only
 
 
 @pytest.fixture
@@ -59,16 +59,21 @@ def quick_launcher(monkeypatch):
                         lambda method=None: get_context(START if method == "spawn" else method))
 
 
-def test_torchrun_runs_the_module_as_the_readme_says(tmp_path):
-    """The command line of 07 and the README. What two ranks read, and how they agree, 07 asserts after its
-    launches (each sample once per epoch, uneven shards, the summed evaluation, one checkpoint)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m",
-               "helpers.ddp_train", "--data", str(data_dir("shapes")), "--out", str(tmp_path / "run"),
-               "--epochs", "1", "--steps", "1", "--size", "16"]
+def test_torchrun_runs_the_module_on_shards_each_sample_once_per_epoch(tmp_path):
+    """The command line of 07 and the README, for one epoch. How ranks agree over epochs (a new order, one
+    checkpoint, the same evaluation as one process) 07 asserts after its launches."""
+    shards = write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path / "shards",
+                          per_shard=20)  # 64 pairs in 4 shards: 40 and 24 samples per rank, uneven
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "helpers.ddp_train", "--shards", str(tmp_path / "shards"), "--val-data",
+               str(data_dir("shapes")), "--out", str(tmp_path / "run"), "--epochs", "1", "--size", "16"]
     run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]
     logs = [json.loads((tmp_path / "run" / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
-    assert [log["backend"] for log in logs] == ["gloo", "gloo"]
+    assert [log["backend"] for log in logs] == ["gloo", "gloo"] and len(shards) == 4
+    names = [name for log in logs for name in log["epochs"][0]["names"]]
+    assert sorted(names) == sorted(set(names)) and len(names) == 64  # each sample once, over both ranks
+    assert logs[0]["epochs"][0]["steps"] > logs[1]["epochs"][0]["steps"]  # uneven shards, joined
     assert logs[0]["eval"] == logs[1]["eval"] and logs[0]["eval"]["images"] == 64  # summed, no padding
 
 
