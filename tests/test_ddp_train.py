@@ -45,10 +45,10 @@ from helpers.formats import write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
 
-# Ranks, and launch's launcher, start from the test session's forkserver where there is one: its server has
-# imported torch and helpers.ddp_train once (conftest.py), where each spawned process imports them again,
-# for seconds. 07 launches as users do, by spawn.
-START = "forkserver" if sys.platform == "linux" else "spawn"  # as launch forks on Linux only
+# On Linux, ranks and launch's launcher start from the test session's forkserver: its server has imported
+# torch and helpers.ddp_train once (conftest.py), where each spawned process imports them again, for
+# seconds. Elsewhere they are spawned, as launch forks on Linux only. 07 launches as users do, by spawn.
+START = "forkserver" if sys.platform == "linux" else "spawn"
 
 
 @pytest.fixture
