@@ -1,13 +1,14 @@
 """Decoded samples kept on the device, cropped, flipped and turned there a whole batch at a time
 (taught in 06_gpu_training).
 
-The per-sample pipeline ``train_transforms(size, scale=..., hflip=..., vflip=..., quarter_turns=True,
-degrees=0, jitter=0, normalize=False)`` runs in the loader, one sample at a time, on the CPU.
-``DeviceBatches`` does the same work for a whole batch with a few tensor operations on the device that
-trains: one random draw per sample, the same for its image and its mask. Each output pixel is looked up in
-the stored pixels, so a crop at the images' own scale, a flip and a quarter turn are exact; a scaled crop
-samples the image bilinearly and the mask by nearest neighbour. Pixels outside an image (a crop larger than
-the image) are 0 in the image and ``IGNORE_INDEX`` in the mask, as ``train_transforms`` pads them.
+The per-sample pipeline ``train_transforms(size, scale=..., hflip_prob=..., vflip_prob=...,
+quarter_turns=True, degrees=0, jitter=0, normalize=False)`` runs in the loader, one sample at a time, on
+the CPU. ``DeviceBatches`` does the same work for a whole batch with a few tensor operations on the device
+that trains: one random draw per sample, the same for its image and its mask. Each output pixel is looked
+up in the stored pixels, so a crop at the images' own scale, a flip and a quarter turn are exact; a scaled
+crop samples the image bilinearly and the mask by nearest neighbour. Pixels outside an image (a crop
+larger than the image) are 0 in the image and ``IGNORE_INDEX`` in the mask, as ``train_transforms`` pads
+them.
 """
 
 from collections.abc import Iterator

@@ -63,11 +63,11 @@ def to_model_input(mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = S
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
 
 
-def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.5, 1.0), hflip: float = 0.5,
-                     vflip: float = 0.0, quarter_turns: bool = False, degrees: float = 15.0,
-                     jitter: float = 0.2, blur: float = 0.0, cutout: float = 0.0,
-                     mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD,
-                     normalize: bool = True) -> v2.Compose:
+def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.5, 1.0),
+                     hflip_prob: float = 0.5, vflip_prob: float = 0.0, quarter_turns: bool = False,
+                     degrees: float = 15.0, jitter: float = 0.2, blur_prob: float = 0.0,
+                     cutout_prob: float = 0.0, mean: Sequence[float] = SHAPES_MEAN,
+                     std: Sequence[float] = SHAPES_STD, normalize: bool = True) -> v2.Compose:
     """Random crop, flips, quarter turns, rotation (corners marked ignore), colour jitter, blur and cutout.
 
     ``normalize=False`` stops at uint8: the loader then carries bytes, and ``helpers.training.to_device``
@@ -79,10 +79,10 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
     crop = (v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})
             if scale is None else v2.RandomResizedCrop(size, scale=scale, antialias=True))  # masks: nearest
     steps = [crop]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip(hflip))
-    if vflip:
-        steps.append(v2.RandomVerticalFlip(vflip))
+    if hflip_prob:
+        steps.append(v2.RandomHorizontalFlip(hflip_prob))
+    if vflip_prob:
+        steps.append(v2.RandomVerticalFlip(vflip_prob))
     if quarter_turns:  # v2 rotates by multiples of 90 degrees with torch.rot90: exact
         steps.append(v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]))
     if degrees:
@@ -90,10 +90,10 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
                                        fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
     if jitter:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4))
-    if blur:
-        steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=blur))
-    if cutout:
-        steps.append(RandomCutout(size=size // 4, p=cutout))
+    if blur_prob:
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=blur_prob))
+    if cutout_prob:
+        steps.append(RandomCutout(size=size // 4, p=cutout_prob))
     return v2.Compose(steps + ([to_model_input(mean, std)] if normalize else []))
 
 

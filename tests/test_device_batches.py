@@ -247,8 +247,8 @@ def test_defaults_are_those_of_train_transforms_and_grey_images_are_refused():
 
     ours = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=32, batch_size=1).options
     theirs = inspect.signature(train_transforms).parameters
-    assert [ours[name] for name in ("hflip_prob", "vflip_prob", "quarter_turns")] == \
-        [theirs[name].default for name in ("hflip", "vflip", "quarter_turns")]
+    names = ("hflip_prob", "vflip_prob", "quarter_turns")  # the same names, and the same defaults
+    assert [ours[name] for name in names] == [theirs[name].default for name in names]
     grey = [(tv_tensors.Image(torch.zeros(1, 8, 8, dtype=torch.uint8)), tv_tensors.Mask(torch.zeros(8, 8)))]
     with pytest.raises(ValueError, match=r"^DeviceBatches needs RGB images \(3 channels\); convert the "
                                          r"dataset first\.$"):

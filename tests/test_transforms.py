@@ -50,7 +50,7 @@ def inside_a_class(mask: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("seed", range(6))
 def test_geometric_steps_keep_image_and_mask_aligned(seed):
     torch.manual_seed(seed)
-    pipeline = train_transforms(96, vflip=0.5, degrees=30, jitter=0.0)
+    pipeline = train_transforms(96, vflip_prob=0.5, degrees=30, jitter=0.0)
     image, mask = pipeline(*blocky_sample(seed))
     agreement = (classes_seen_in(image) == mask)[inside_a_class(mask)].float().mean()
     assert agreement > 0.995  # edges blend in the image; away from them colour and class must agree
@@ -68,7 +68,7 @@ def test_a_misaligned_pipeline_would_fail_that_check():
 def test_masks_stay_integer_classes_through_every_pipeline(seed):
     torch.manual_seed(seed)
     dataset = SegmentationDataset(data_dir("shapes"), split="val")
-    pipelines = {"train": train_transforms(vflip=0.5, degrees=45, blur=1.0, cutout=1.0),
+    pipelines = {"train": train_transforms(vflip_prob=0.5, degrees=45, blur_prob=1.0, cutout_prob=1.0),
                  "eval": eval_transforms(), "eval cropped": eval_transforms(128)}
     for name, pipeline in pipelines.items():
         image, mask = pipeline(*dataset[seed])
@@ -81,7 +81,8 @@ def test_masks_stay_integer_classes_through_every_pipeline(seed):
 def test_photometric_steps_change_the_image_and_never_the_mask():
     torch.manual_seed(0)
     image, mask = blocky_sample(side=128)
-    pipeline = train_transforms(128, scale=(1.0, 1.0), hflip=0.0, degrees=0.0, jitter=0.5, blur=1.0)
+    pipeline = train_transforms(128, scale=(1.0, 1.0), hflip_prob=0.0, degrees=0.0, jitter=0.5,
+                                blur_prob=1.0)
     image_out, mask_out = pipeline(image, mask)
     assert torch.equal(mask_out, mask)
     assert not torch.allclose(image_out, to_model_input()(image))
@@ -145,7 +146,7 @@ def test_train_transforms_without_scale_crop_at_the_images_own_scale():
 
     mask = tv_tensors.Mask(torch.randint(0, 4, (40, 48), generator=torch.Generator().manual_seed(0)))
     image = tv_tensors.Image(torch.zeros(3, 40, 48, dtype=torch.uint8))
-    _, cropped = train_transforms(32, scale=None, hflip=0.0, degrees=0, jitter=0)(image, mask)
+    _, cropped = train_transforms(32, scale=None, hflip_prob=0.0, degrees=0, jitter=0)(image, mask)
     assert cropped.shape == (32, 32)
     windows = [mask[top:top + 32, left:left + 32] for top in range(9) for left in range(17)]
     assert any(torch.equal(cropped, window) for window in windows)
@@ -164,7 +165,7 @@ def test_quarter_turns_turn_image_and_mask_together_and_exactly():
     image = tv_tensors.Image(index_to_colour(mask))  # 64 px: a turn 1 degree off moves the corner pixels
     views = [mask.rot90(k, (-2, -1)) for k in range(4)] + [mask.mT, mask.flip(-1)]
     assert all(not torch.equal(a, b) for i, a in enumerate(views) for b in views[i + 1:])  # all told apart
-    pipeline = train_transforms(64, scale=None, hflip=0.0, quarter_turns=True, degrees=0, jitter=0)
+    pipeline = train_transforms(64, scale=None, hflip_prob=0.0, quarter_turns=True, degrees=0, jitter=0)
     turns_seen = set()
     torch.manual_seed(0)
     for _ in range(40):
@@ -177,16 +178,16 @@ def test_quarter_turns_turn_image_and_mask_together_and_exactly():
 
 
 def test_steps_switched_off_are_left_out_of_the_pipeline():
-    plain = train_transforms(32, hflip=0.0, degrees=0, jitter=0)
+    plain = train_transforms(32, hflip_prob=0.0, degrees=0, jitter=0)
     assert [type(step).__name__ for step in plain.transforms] == ["RandomResizedCrop", "Compose"]
-    everything = train_transforms(32, vflip=0.5, quarter_turns=True, blur=0.5, cutout=0.5)
+    everything = train_transforms(32, vflip_prob=0.5, quarter_turns=True, blur_prob=0.5, cutout_prob=0.5)
     assert len(everything.transforms) == 9  # crop, 2 flips, turns, rotation, jitter, blur, cutout, to float
 
 
 def test_the_default_steps_draw_from_the_ranges_the_docstring_and_03_give():
     """Each setting reaches its step: 128 px crops of 50-100 % of the image, flips half the time,
     rotations up to 15 degrees, jitter 0.2 (hue a quarter of it), and blur sigmas 0.1 to 1.5."""
-    crop, flip, rotation, jitter, blur, _ = train_transforms(blur=0.5).transforms
+    crop, flip, rotation, jitter, blur, _ = train_transforms(blur_prob=0.5).transforms
     assert crop.size == (128, 128) and crop.scale == (0.5, 1.0) and crop.antialias
     assert flip.p == 0.5 and rotation.degrees == [-15.0, 15.0]
     assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.8, 1.2),) * 3
@@ -213,7 +214,7 @@ def test_train_cutout_blanks_a_quarter_of_the_crop_with_the_probability_asked():
     image, mask = blocky_sample(side=64)
     torch.manual_seed(0)
     for cutout, least, most in ((1.0, 40, 40), (0.3, 4, 20)):  # about 12 of 40 at 0.3
-        pipeline = train_transforms(64, scale=None, hflip=0.0, degrees=0, jitter=0, cutout=cutout,
+        pipeline = train_transforms(64, scale=None, hflip_prob=0.0, degrees=0, jitter=0, cutout_prob=cutout,
                                     normalize=False)
         blanked = [int((pipeline(image, mask)[1] == IGNORE_INDEX).sum()) for _ in range(40)]
         assert set(blanked) <= {0, 16 * 16}  # none, or a 64 // 4 square
@@ -224,7 +225,7 @@ def test_rotation_marks_the_corners_it_brings_in_as_ignore():
     image, mask = blocky_sample(side=64)
     objects_only = tv_tensors.Mask(mask.clamp(min=1))  # no background: a 0 could only be a filled corner
     image = tv_tensors.Image(index_to_colour(objects_only))  # no black either
-    pipeline = train_transforms(64, scale=None, hflip=0.0, degrees=45, jitter=0, normalize=False)
+    pipeline = train_transforms(64, scale=None, hflip_prob=0.0, degrees=45, jitter=0, normalize=False)
     torch.manual_seed(0)
     images, masks = zip(*(pipeline(image, objects_only) for _ in range(5)))
     assert not any((mask == 0).any() for mask in masks)
@@ -235,13 +236,13 @@ def test_rotation_marks_the_corners_it_brings_in_as_ignore():
 
 
 def test_blur_is_drawn_with_the_probability_asked():
-    """blur=1.0 blurs every sample, blur=0.3 about a third of them. A blur with one of the smallest
+    """blur_prob=1.0 blurs every sample, blur_prob=0.3 about a third of them. A blur with one of the smallest
     sigmas changes no uint8 value, so somewhat fewer samples differ from the original."""
     image, mask = blocky_sample(side=64)
     torch.manual_seed(0)
     for blur, least, most in ((1.0, 32, 40), (0.3, 4, 24)):
-        pipeline = train_transforms(64, scale=None, hflip=0.0, degrees=0, jitter=0, blur=blur,
-                                    normalize=False)
+        pipeline = train_transforms(64, scale=None, hflip_prob=0.0, degrees=0, jitter=0,
+                                    blur_prob=blur, normalize=False)
         changed = sum(not torch.equal(pipeline(image, mask)[0], image) for _ in range(40))
         assert least <= changed <= most, (blur, changed)
 
@@ -254,7 +255,8 @@ def test_normalize_false_stops_at_uint8_and_normalize_uses_the_statistics_given(
     imagenet = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     want = v2.functional.normalize(image.float() / 255, list(IMAGENET_MEAN), list(IMAGENET_STD))
     assert torch.allclose(eval_transforms(**imagenet)(image), want, atol=1e-5)
-    whole = train_transforms(64, scale=None, hflip=0.0, degrees=0, jitter=0, **imagenet)  # crops all 64 px
+    whole = train_transforms(64, scale=None, hflip_prob=0.0, degrees=0, jitter=0,
+                             **imagenet)  # crops all 64 px
     assert torch.allclose(whole(image, mask)[0], want, atol=1e-5)
 
 
@@ -269,6 +271,6 @@ def test_random_resized_crop_smooths_what_it_shrinks():
     noise = tv_tensors.Image(torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8,
                                            generator=torch.Generator().manual_seed(0)))
     mask = tv_tensors.Mask(torch.zeros(64, 64, dtype=torch.int64))
-    pipeline = train_transforms(16, scale=(1.0, 1.0), hflip=0.0, degrees=0, jitter=0, normalize=False)
+    pipeline = train_transforms(16, scale=(1.0, 1.0), hflip_prob=0.0, degrees=0, jitter=0, normalize=False)
     small, _ = pipeline(noise, mask)  # the whole image, 4x smaller
     assert small.float().std() < 20  # antialiased: each pixel averages ~4x4 noisy pixels (aliased: std ~36)
