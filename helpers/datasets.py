@@ -380,8 +380,8 @@ def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], ima
     """Raise, naming both files, unless image and mask have the same (height, width)."""
     if tuple(image_size) != tuple(mask_size):
         raise ValueError(
-            f"Image {image_path} is {image_size[1]}x{image_size[0]} (WxH) but its mask {mask_path} "
-            f"is {mask_size[1]}x{mask_size[0]}: a mask must match its image pixel for pixel. "
+            f"Image {image_path} is {image_size[0]} high and {image_size[1]} wide but its mask {mask_path} "
+            f"is {mask_size[0]} high and {mask_size[1]} wide: a mask must match its image pixel for pixel. "
             "Export the mask again at the image's size.")
 
 

@@ -219,9 +219,9 @@ def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_p
     if mask_size == head.size:
         report.add(ERROR, mask_path, f"Mask {mask_path} fits image {image_path} as stored, sideways, "
                    f"but the image's {head.written_in} orientation {head.orientation} turns it upright to "
-                   f"{upright[1]}x{upright[0]} (WxH): the annotation tool ignored the orientation. Turn the "
-                   f"mask the same way, mask.transpose(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), "
-                   "and save it as PNG.")
+                   f"{upright[0]} high and {upright[1]} wide: the annotation tool ignored the orientation. "
+                   "Turn the mask the same way, "
+                   f"mask.transpose(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), and save it as PNG.")
         return
     try:
         check_same_size(upright, mask_size, image_path, mask_path)

@@ -135,8 +135,9 @@ def test_two_files_with_one_name_are_refused(root):
 def test_size_mismatch_names_both_files(root):
     Image.new("RGB", (10, 8)).save(root / "images" / "2.png")
     dataset = SegmentationDataset(root)
-    with pytest.raises(ValueError, match=r"2.png is 10x8 .* mask .*2.png is 12x8: a mask must match its "
-                       r"image pixel for pixel\. Export the mask again at the image's size\.$"):
+    with pytest.raises(ValueError, match=r"2.png is 8 high and 10 wide but its mask .*2.png is 8 high and 12 "
+                       r"wide: a mask must match its image pixel for pixel\. Export the mask again at the "
+                       r"image's size\.$"):
         dataset[[Path(p).stem for p in dataset.image_paths].index("2")]
 
 
@@ -476,7 +477,8 @@ def test_a_turned_photo_decodes_reduced_and_upright(tmp_path):
     image_path, mask_path = write_photo(tmp_path, size=(768, 1024), orientation=6)  # stored sideways
     pixels, full_size = decode_image(image_path, (256, 192))
     assert full_size == (1024, 768) and pixels.shape == (3, 256, 192)
-    with pytest.raises(ValueError, match="is 768x1024 .* but its mask .* is 1024x768"):
+    turned = "is 1024 high and 768 wide but its mask .* is 768 high and 1024 wide"
+    with pytest.raises(ValueError, match=turned):
         read_pair(image_path, mask_path)  # the mask was drawn on the sideways pixels: refused
 
 

@@ -92,7 +92,7 @@ def test_damaged_files_are_named_and_the_rest_still_checked(root):
 def test_size_mismatch_names_both_files(root):
     Image.new("RGB", (10, 8)).save(root / "images" / "2.png")
     message = found(diagnose(root))["masks/2.png"]
-    assert "is 10x8 (WxH) but its mask" in message and "is 12x8" in message
+    assert "is 8 high and 10 wide but its mask" in message and "is 8 high and 12 wide" in message
 
 
 @pytest.mark.parametrize(("mode", "fix"), [("RGB", "helpers.masks.colour_to_index"),
@@ -174,7 +174,7 @@ def test_a_mask_that_fits_the_photo_only_as_stored_is_an_error(root):
     (root / "images" / "1.png").unlink()
     message = found(diagnose(root))["masks/1.png"]
     assert "as stored" in message and "ignored the orientation" in message and "ROTATE_270" in message
-    assert "upright to 8x12 (WxH)" in message and message.endswith("and save it as PNG.")
+    assert "upright to 12 high and 8 wide" in message and message.endswith("and save it as PNG.")
 
 
 def test_images_too_large_to_decode_safely_are_named(root, monkeypatch):
