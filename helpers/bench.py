@@ -198,7 +198,8 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
         seconds = time.perf_counter() - start
         print(f"wrote {name:>6}: {seconds:5.1f} s, {disk_megabytes(path):6.1f} MB on disk")
     memmap, hdf5 = MemmapDataset(work / "memmap"), HDF5Dataset(work / "data.h5")
-    streams = ShardStream(sorted((work / "shards").glob("*.tar")), shuffle=256, size=(size, size))
+    streams = ShardStream(sorted((work / "shards").glob("*.tar")), shuffle=256, size=(size, size),
+                          mask_dtype=torch.uint8)
     in_batches = BatchSampler(RandomSampler(memmap), batch_size, drop_last=True)  # one read per batch
 
     def flip_to_device(batch: Batch) -> Batch:

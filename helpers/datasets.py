@@ -46,7 +46,12 @@ def scan_folder(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path
     for path in sorted(folder.iterdir()):
         if path.name in CLUTTER or path.name.startswith("._"):  # ._name: macOS resource forks
             continue
-        if not path.is_file() or path.suffix.lower() not in suffixes:
+        if path.suffix.lower() in suffixes and path.is_dir():
+            problems.append((path, f"{path} is a folder, not an image: move it out of {folder}."))
+        elif path.suffix.lower() in suffixes and not path.exists():
+            problems.append((path, f"{path} is a link to {path.readlink()}, which does not exist: copy the "
+                             "file there, or remove the link."))
+        elif not path.is_file() or path.suffix.lower() not in suffixes:
             problems.append((path, f"Unexpected {path.name!r} in {folder}: only {', '.join(suffixes)} files "
                              "belong here (masks must be PNG: JPEG would change their values). Move it out."))
         elif path.stem in files:
@@ -223,6 +228,8 @@ def decode_image(path: Path | BinaryIO,
             if simplejpeg is not None and file.format == "JPEG" and file.mode in ("RGB", "L"):
                 stored_min = min_size[::-1] if min_size is not None and orientation in TURNED else min_size
                 return _decode_jpeg(data, (file.height, file.width), stored_min, orientation), (height, width)
+            if simplejpeg is not None and file.format == "JPEG" and file.mode == "CMYK":
+                simplejpeg.decode_jpeg(data, "CMYK")  # strict: damage libjpeg only warns about raises
             if min_size is not None and file.format == "JPEG":  # PIL's own reduced decoding
                 low_h, low_w = min_size[::-1] if orientation in TURNED else min_size  # as stored
                 file.draft("RGB", (low_w, low_h))  # picks 1/2, 1/4 or 1/8 likewise
@@ -379,10 +386,13 @@ def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], ima
                     mask_path: Path) -> None:
     """Raise, naming both files, unless image and mask have the same (height, width)."""
     if tuple(image_size) != tuple(mask_size):
+        turned = ("" if tuple(image_size) != tuple(mask_size)[::-1] else " Its height and width are the "
+                  "image's swapped: if the image is a photo with an EXIF orientation, the mask was drawn on it "
+                  "as stored, sideways, and python -m helpers.doctor FOLDER says how to turn the mask.")
         raise ValueError(
             f"Image {image_path} is {image_size[0]} high and {image_size[1]} wide but its mask {mask_path} "
             f"is {mask_size[0]} high and {mask_size[1]} wide: a mask must match its image pixel for pixel. "
-            "Export the mask again at the image's size.")
+            f"Export the mask again at the image's size.{turned}")
 
 
 def nearest_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -40,6 +40,11 @@ def resized_pairs(dataset: SegmentationDataset, size: int) -> Iterator[tuple[np.
     ``[size, size]``."""
     resize = v2.Resize((size, size), antialias=True)  # masks: nearest
     for index, (image, mask) in enumerate(dataset):
+        if image.dtype != torch.uint8 or mask.is_floating_point():
+            raise ValueError(f"Image {dataset.image_paths[index]} came from the dataset as {image.dtype}, "
+                             f"its mask as {mask.dtype}: these files store the pixels as read, uint8, and "
+                             "would wrap other values around. Pass a dataset without a transform (or one "
+                             "made with normalize=False).")
         image, mask = resize(image, mask)
         if mask.max() > 255:
             raise ValueError(f"Mask {dataset.mask_paths[index]} has class {int(mask.max())}, but these files "
@@ -563,10 +568,12 @@ def _check_tar_end(tar: tarfile.TarFile, path: Path) -> None:
 
 
 def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
-                    ignore_index: int | None = None) -> Iterator[Sample]:
+                    ignore_index: int | None = None, mask_dtype: torch.dtype = torch.int64
+                    ) -> Iterator[Sample]:
     """Read a shard front to back; yield each image+mask pair as a Sample (resized to ``size``, if given);
     mask values are checked as ``read_pair`` checks them."""
     pending: dict[str, dict[str, bytes]] = {}
+    seen: set[str] = set()
     pairs = 0
     for name, data in _files_in_shard(path):
         base = name.rpartition("/")[2]
@@ -582,13 +589,17 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
                              "another sample. Rename it and its pair without the dot (img_1.jpg, img_1.png) "
                              "and write the shard again.")
         stem, _, suffix = name.rpartition(".")
+        if name in seen:
+            raise ValueError(f"{path} holds {name!r} twice (tar -r and tar -A append, they do not replace): "
+                             "write the shard again with one file of each name.")
+        seen.add(name)
         pending.setdefault(stem, {})[suffix] = data
         files = pending[stem]
         if "png" in files and len(files) == 2:
             image_name = next(k for k in files if k != "png")
             yield read_pair(InMemoryFile(files[image_name], f"{path}:{stem}.{image_name}"),
                             InMemoryFile(files["png"], f"{path}:{stem}.png"), size, num_classes,
-                            ignore_index)
+                            ignore_index, mask_dtype)
             del pending[stem]
             pairs += 1
     if pending:
@@ -614,15 +625,18 @@ class ShardStream(IterableDataset):
     """Stream samples from tar shards: each worker (and each distributed rank) reads its own shards.
 
     With ``shuffle > 0``, shard order is shuffled per epoch (call ``set_epoch`` before each, as with
-    ``DistributedSampler``) and samples pass through a buffer of that size.
-    ``size``, ``transform``, ``num_classes`` and ``ignore_index`` act as in ``SegmentationDataset``.
+    ``DistributedSampler``) from ``seed``, and samples pass through a buffer of that size. The buffer draws
+    from torch's own generator, which a DataLoader seeds in each worker from its base seed: a run whose
+    loader was seeded repeats.
+    ``size``, ``transform``, ``num_classes``, ``ignore_index`` and ``mask_dtype`` act as in
+    ``SegmentationDataset``.
     """
 
     def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None,
                  size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
-                 ignore_index: int | None = None):
+                 ignore_index: int | None = None, mask_dtype: torch.dtype = torch.int64):
         self.shards, self.shuffle, self.seed = [Path(s) for s in shards], shuffle, seed
-        self.transform, self.size = transform, size
+        self.transform, self.size, self.mask_dtype = transform, size, mask_dtype
         self.num_classes, self.ignore_index = num_classes, ignore_index
         # the epoch lives in shared memory: workers kept alive by persistent_workers=True hold a copy of
         # this dataset made when they started, and would otherwise never see set_epoch
@@ -659,7 +673,8 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         buffer: list[Sample] = []
         for shard in self.my_shards():
-            for sample in _pairs_in_shard(shard, self.size, self.num_classes, self.ignore_index):
+            for sample in _pairs_in_shard(shard, self.size, self.num_classes, self.ignore_index,
+                                          self.mask_dtype):
                 if self.transform is not None:
                     sample = Sample(*self.transform(*sample))
                 if not self.shuffle:

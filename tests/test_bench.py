@@ -122,7 +122,9 @@ def test_images_per_second_counts_every_image_of_an_epoch_over_its_time(monkeypa
 
 
 def test_the_format_benchmark_writes_shards_that_every_worker_count_splits_evenly(tmp_path):
-    bench.format_pipelines(data_dir("shapes"), 16, 8, tmp_path)
+    chosen = bench.format_pipelines(data_dir("shapes"), 16, 8, tmp_path)
+    images, masks = next(iter(chosen["shards"].loader(0)))  # uint8 both, as the recommended pipeline's
+    assert (images.dtype, masks.dtype, tuple(masks.shape)) == (torch.uint8, torch.uint8, (8, 16, 16))
     shards = sorted((tmp_path / "shards").glob("*.tar"))
     sizes = []
     for path in shards:

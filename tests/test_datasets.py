@@ -1,5 +1,6 @@
 """Every way a folder of image+mask pairs can be wrong gets an error naming the file and the fix."""
 
+import io
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -117,6 +118,17 @@ def test_other_stray_files_are_refused(root):
     (root / "images" / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match=r"Unexpected 'notes.txt' in .*images: only .jpg, .jpeg, .png files "
                        r"belong here \(masks must be PNG: JPEG would change their values\)\. Move it out\.$"):
+        SegmentationDataset(root)
+
+
+def test_a_folder_or_a_broken_link_with_an_image_name_is_refused_as_what_it_is(root):
+    (root / "images" / "4.jpg").mkdir()
+    with pytest.raises(ValueError, match=r"images/4.jpg is a folder, not an image: move it out of .*images"):
+        SegmentationDataset(root)
+    (root / "images" / "4.jpg").rmdir()
+    (root / "images" / "4.jpg").symlink_to(root / "elsewhere" / "4.jpg")
+    gone = r"images/4.jpg is a link to .*elsewhere/4.jpg, which does not exist: copy the file there"
+    with pytest.raises(ValueError, match=gone):
         SegmentationDataset(root)
 
 
@@ -441,7 +453,7 @@ def test_simplejpeg_gives_the_pixels_pil_gives(monkeypatch):
     assert torch.equal(fast, datasets.read_image(path))
 
 
-def damaged_jpeg(data: bytes) -> bytes:
+def damaged_jpeg(data: bytes, colorspace: str = "RGB") -> bytes:
     """A JPEG's bytes with one bit flipped in its compressed pixels, the first flip that libjpeg warns
     about ("Corrupt JPEG data"): simplejpeg, strict, raises on it."""
     simplejpeg = pytest.importorskip("simplejpeg")
@@ -450,7 +462,7 @@ def damaged_jpeg(data: bytes) -> bytes:
         damaged = bytearray(data)
         damaged[position] ^= 0x08
         try:
-            simplejpeg.decode_jpeg(bytes(damaged))
+            simplejpeg.decode_jpeg(bytes(damaged), colorspace)
         except ValueError:
             return bytes(damaged)
     pytest.fail("no flipped bit made libjpeg warn")
@@ -471,13 +483,27 @@ def test_damaged_jpeg_data_is_refused_by_simplejpeg_where_pil_decodes_it_wrong(t
     assert not torch.equal(datasets.read_image(tmp_path / "1.jpg"), datasets.read_image(path))  # no error
 
 
+def test_a_damaged_cmyk_jpeg_is_refused_too(tmp_path):
+    """A CMYK JPEG decodes through PIL (simplejpeg has no CMYK to RGB), which passes damage libjpeg only
+    warns about: simplejpeg, strict, reads it first."""
+    from helpers.datasets import read_image
+
+    buffer = io.BytesIO()
+    Image.open(sorted((data_dir("shapes") / "images").glob("*.jpg"))[0]).convert("CMYK").save(buffer, "JPEG")
+    (tmp_path / "1.jpg").write_bytes(buffer.getvalue())
+    assert read_image(tmp_path / "1.jpg").shape[0] == 3  # undamaged: read
+    (tmp_path / "1.jpg").write_bytes(damaged_jpeg(buffer.getvalue(), "CMYK"))
+    with pytest.raises(ValueError, match=r"^Cannot read image .*1.jpg: Corrupt JPEG data"):
+        read_image(tmp_path / "1.jpg")
+
+
 def test_a_turned_photo_decodes_reduced_and_upright(tmp_path):
     from helpers.datasets import decode_image, read_pair
 
     image_path, mask_path = write_photo(tmp_path, size=(768, 1024), orientation=6)  # stored sideways
     pixels, full_size = decode_image(image_path, (256, 192))
     assert full_size == (1024, 768) and pixels.shape == (3, 256, 192)
-    turned = "is 1024 high and 768 wide but its mask .* is 768 high and 1024 wide"
+    turned = "is 1024 high and 768 wide but its mask .* is 768 high and 1024 wide: .* EXIF orientation"
     with pytest.raises(ValueError, match=turned):
         read_pair(image_path, mask_path)  # the mask was drawn on the sideways pixels: refused
 

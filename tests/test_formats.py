@@ -1,5 +1,6 @@
 """Each format gives back exactly what was written, in workers too, and shards split cleanly."""
 
+import io
 import pickle
 import sys
 from collections import Counter
@@ -214,6 +215,9 @@ def test_writing_over_a_file_still_open_says_to_let_go_of_it(tmp_path, source_da
 def test_shard_stream_applies_its_transform_to_image_and_mask_of_every_sample(tmp_path, source_dataset):
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=6)
     plain = list(ShardStream(shards))
+    light = list(ShardStream(shards, mask_dtype=torch.uint8))  # 8x fewer bytes to hand between processes
+    assert {s.mask.dtype for s in plain} == {torch.int64} and {s.mask.dtype for s in light} == {torch.uint8}
+    assert all(torch.equal(s.mask, t.mask.long()) for s, t in zip(plain, light))
     flipped = list(ShardStream(shards, transform=v2.RandomHorizontalFlip(p=1.0)))
     assert len(flipped) == len(plain) == 20
     assert not any(torch.equal(s.image, s.image.flip(-1)) for s in plain)  # a flip shows in every image
@@ -656,6 +660,39 @@ def test_links_in_a_shard_are_read_or_refused_never_skipped(tmp_path, source_dat
     fifo.type = tarfile.FIFOTYPE
     with pytest.raises(ValueError, match=r"bad.tar:b.jpg is not a file: a shard holds NAME.jpg and NAME.png"):
         list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=[(fifo, None)])]))
+
+
+def test_a_name_twice_in_a_shard_is_refused_not_read_over(tmp_path, source_dataset):
+    import tarfile
+
+    (shard,) = write_shards(first_pair(source_dataset), tmp_path / "shards")
+    stem = Path(source_dataset.image_paths[0]).stem
+    with tarfile.open(shard) as tar:
+        names = tar.getnames()
+        image = tar.extractfile(names[0]).read()
+    for extra in ([names[0]], [names[1]]):  # the pair again after it (tar -r), or its image only
+        again = [(tarfile.TarInfo(name), image) for name in extra]
+        with pytest.raises(ValueError, match=rf"bad.tar holds '{stem}\.(jpg|png)' twice \(tar -r and tar -A "
+                                             r"append, they do not replace\): write the shard again"):
+            list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=again)]))
+    images_first = tmp_path / "order.tar"  # NAME.jpg, NAME.jpg, NAME.png: the first image never paired
+    with tarfile.open(images_first, "w") as out:
+        for name, data in [(names[0], image), (names[0], image), (names[1], b"")]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match=rf"order.tar holds '{stem}\.jpg' twice"):
+        list(ShardStream([images_first]))
+
+
+def test_a_dataset_that_transforms_its_images_to_float_is_refused_by_the_writers(tmp_path):
+    from helpers.transforms import eval_transforms
+
+    normalised = SegmentationDataset(data_dir("shapes"), split="val", transform=eval_transforms())
+    for write in (write_memmap, write_hdf5):
+        with pytest.raises(ValueError, match=r"0\d+\.jpg came from the dataset as torch.float32, its mask as "
+                                             r"torch.int64: these files store the pixels as read, uint8"):
+            write(normalised, tmp_path / f"out_{write.__name__}", 32)
 
 
 @pytest.mark.parametrize("name", ["./._0001.jpg", ".DS_Store"])
