@@ -387,8 +387,8 @@ def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], ima
     """Raise, naming both files, unless image and mask have the same (height, width)."""
     if tuple(image_size) != tuple(mask_size):
         turned = ("" if tuple(image_size) != tuple(mask_size)[::-1] else " Its height and width are the "
-                  "image's swapped: if the image is a photo with an EXIF orientation, the mask was drawn on it "
-                  "as stored, sideways, and python -m helpers.doctor FOLDER says how to turn the mask.")
+                  "image's swapped: if the image is a photo with an EXIF orientation, the mask was drawn on "
+                  "it as stored, sideways, and python -m helpers.doctor FOLDER says how to turn the mask.")
         raise ValueError(
             f"Image {image_path} is {image_size[0]} high and {image_size[1]} wide but its mask {mask_path} "
             f"is {mask_size[0]} high and {mask_size[1]} wide: a mask must match its image pixel for pixel. "
