@@ -4,6 +4,7 @@ Taught in 02_segmentation_masks; used by every later notebook and by DataLoader 
 """
 
 import io
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -155,6 +156,21 @@ class InMemoryFile(io.BytesIO):
     __repr__ = __str__
 
 
+def open_image(data: bytes, path: Path | BinaryIO | str) -> Image.Image:
+    """``Image.open`` on a file's bytes, named ``path`` in errors. Pillow's warnings (EXIF cut short, which it
+    reads as far as it can) are warned again with the file's name; its DecompressionBombWarning is dropped,
+    as ``check_pixels`` refuses such an image, naming it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        file = Image.open(InMemoryFile(data, str(path)))
+    for warning in caught:
+        if not issubclass(warning.category, Image.DecompressionBombWarning):
+            lost = " The orientation may be lost with it: check that the image reads upright, or strip its " \
+                "metadata." if "EXIF" in str(warning.message) else ""
+            warnings.warn(f"{path}: {str(warning.message).strip()}{lost}", warning.category, stacklevel=3)
+    return file
+
+
 def check_pixels(file: Image.Image, path: Path | BinaryIO, what: str) -> None:
     """Refuse an opened image over PIL.Image.MAX_IMAGE_PIXELS, where Pillow only warns (without the file's
     name) until twice the limit."""
@@ -219,7 +235,7 @@ def decode_image(path: Path | BinaryIO,
                     return _decode_jpeg(data, (height, width), min_size), (height, width)
                 except ValueError:
                     pass  # damaged: PIL below says how
-        with Image.open(InMemoryFile(data, str(path))) as file:  # checks the size against MAX_IMAGE_PIXELS
+        with open_image(data, path) as file:  # checks the size against MAX_IMAGE_PIXELS
             check_pixels(file, path, "image")
             if file.format == "PNG":
                 check_png(data)
@@ -361,7 +377,7 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
         raise ValueError(f"{dtype} cannot hold class {largest}: use torch.int64.")
     data = file_bytes(path, "Mask")
     try:
-        with Image.open(InMemoryFile(data, str(path))) as file:
+        with open_image(data, path) as file:
             if file.format != "PNG":  # named .png, but JPEG's compression would have invented values
                 why = "stored losslessly" if file.format in ("JPEG", "MPO") else "PNG files"
                 raise ValueError(f"Mask {path} is a {file.format} file, not a PNG: masks must be {why}. "

@@ -15,15 +15,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from helpers.datasets import (
     UPRIGHT,
-    InMemoryFile,
     check_same_size,
     exif_orientation,
     file_bytes,
+    open_image,
     orientation_metadata,
     read_mask_with_size,
 )
@@ -162,7 +161,7 @@ class EncodedPairs(Dataset):
             raise ValueError(f"{image} is not a JPEG file (it does not start with FF D8); "
                              "convert it to JPEG, or load it with SegmentationDataset instead.")
         try:
-            with Image.open(InMemoryFile(data, image)) as file:  # the header: size and metadata
+            with open_image(data, image) as file:  # the header: size and metadata
                 upright, orientation = (file.height, file.width), exif_orientation(file, image)
                 written_in = orientation_metadata(file)  # torchcodec reads EXIF alone
         except (OSError, SyntaxError) as error:

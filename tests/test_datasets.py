@@ -339,7 +339,7 @@ def test_images_too_large_to_decode_safely_are_named(root, monkeypatch, limit):
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # the pairs hold 96 pixels
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # Pillow's, which names no file
+        warnings.simplefilter("error")  # Pillow's own DecompressionBombWarning names no file: not passed on
         with pytest.raises(ValueError, match=r"Cannot read image .*1.png: .*decompression bomb.*shrink it"):
             SegmentationDataset(root)[0]
         with pytest.raises(ValueError, match=r"Cannot read mask .*1.png: .*decompression bomb.*MAX_IMAGE"):
@@ -678,6 +678,20 @@ def test_damaged_exif_is_named_and_turned_photos_still_decode(tmp_path, monkeypa
     with pytest.raises(ValueError, match=r"^Cannot read image .*photo.jpg: its EXIF metadata is damaged "
                                          r"\(ZeroDivisionError: division by zero\)\. Export it again"):
         read_image(path)
+
+
+def test_exif_cut_short_is_a_warning_that_names_the_file(tmp_path):
+    """Pillow warns of an EXIF block cut short (without the file's name) and reads what is left, so the
+    orientation may be gone: the warning again, with the file."""
+    from helpers.datasets import read_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 24)).save(buffer, "JPEG")
+    cut = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01"  # five tags promised, one begun
+    data, segment = buffer.getvalue(), b"\xff\xe1" + (len(cut) + 2).to_bytes(2, "big") + cut  # an APP1
+    (tmp_path / "cut.jpg").write_bytes(data[:2] + segment + data[2:])
+    with pytest.warns(UserWarning, match=r"^.*cut.jpg: Corrupt EXIF data.* orientation may be lost"):
+        assert read_image(tmp_path / "cut.jpg").shape == (3, 24, 16)
 
 
 def test_a_jpeg_named_png_is_refused_as_a_mask(root):
