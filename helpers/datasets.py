@@ -4,6 +4,7 @@ Taught in 02_segmentation_masks; used by every later notebook and by DataLoader 
 """
 
 import io
+import threading
 import warnings
 import zlib
 from collections import Counter
@@ -157,9 +158,13 @@ class InMemoryFile(io.BytesIO):
 
 
 def open_image(data: bytes, path: Path | BinaryIO | str) -> Image.Image:
-    """``Image.open`` on a file's bytes, named ``path`` in errors. Pillow's warnings (EXIF cut short, which it
-    reads as far as it can) are warned again with the file's name; its DecompressionBombWarning is dropped,
-    as ``check_pixels`` refuses such an image, naming it."""
+    """``Image.open`` on a file's bytes, named ``path`` in errors. In the main thread, the warnings Pillow
+    gives as it opens the file (a JPEG's EXIF cut short, which it reads as far as it can) are warned again
+    with the file's name, and its DecompressionBombWarning is dropped: ``check_pixels`` refuses such an
+    image, naming it. Elsewhere (``helpers.device.prefetch``'s thread) Pillow warns as it does: catching
+    warnings would catch other threads' too."""
+    if threading.current_thread() is not threading.main_thread():
+        return Image.open(InMemoryFile(data, str(path)))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         file = Image.open(InMemoryFile(data, str(path)))
@@ -167,7 +172,7 @@ def open_image(data: bytes, path: Path | BinaryIO | str) -> Image.Image:
         if not issubclass(warning.category, Image.DecompressionBombWarning):
             lost = " The orientation may be lost with it: check that the image reads upright, or strip its " \
                 "metadata." if "EXIF" in str(warning.message) else ""
-            warnings.warn(f"{path}: {str(warning.message).strip()}{lost}", warning.category, stacklevel=3)
+            warnings.warn(f"{str(warning.message).strip()} ({path}){lost}", warning.category, stacklevel=3)
     return file
 
 
@@ -399,10 +404,12 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
 
 
 def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], image_path: Path,
-                    mask_path: Path) -> None:
-    """Raise, naming both files, unless image and mask have the same (height, width)."""
+                    mask_path: Path, exif_hint: bool = True) -> None:
+    """Raise, naming both files, unless image and mask have the same (height, width). ``exif_hint``: where
+    the sizes are each other's swapped, say that EXIF may be why (the doctor, which knows, says it itself)."""
     if tuple(image_size) != tuple(mask_size):
-        turned = ("" if tuple(image_size) != tuple(mask_size)[::-1] else " Its height and width are the "
+        swapped = exif_hint and tuple(image_size) == tuple(mask_size)[::-1]
+        turned = ("" if not swapped else " Its height and width are the "
                   "image's swapped: if the image is a photo with an EXIF orientation, the mask was drawn on "
                   "it as stored, sideways, and python -m helpers.doctor FOLDER says how to turn the mask.")
         raise ValueError(

@@ -224,7 +224,7 @@ def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_p
                    f"mask.transpose(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), and save it as PNG.")
         return
     try:
-        check_same_size(upright, mask_size, image_path, mask_path)
+        check_same_size(upright, mask_size, image_path, mask_path, exif_hint=False)  # sideways: above
     except ValueError as error:
         report.add(ERROR, mask_path, str(error))
 

@@ -15,10 +15,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from helpers.datasets import (
+    TOO_LARGE,
     UPRIGHT,
+    check_pixels,
     check_same_size,
     exif_orientation,
     file_bytes,
@@ -162,8 +165,11 @@ class EncodedPairs(Dataset):
                              "convert it to JPEG, or load it with SegmentationDataset instead.")
         try:
             with open_image(data, image) as file:  # the header: size and metadata
+                check_pixels(file, image, "image")
                 upright, orientation = (file.height, file.width), exif_orientation(file, image)
                 written_in = orientation_metadata(file)  # torchcodec reads EXIF alone
+        except Image.DecompressionBombError as error:  # over twice MAX_IMAGE_PIXELS: Pillow refuses it
+            raise ValueError(f"Cannot read image {image}: {error} {TOO_LARGE}") from None
         except (OSError, SyntaxError) as error:
             raise ValueError(f"Cannot read image {image}: {error}. The file is damaged or not an image: "
                              "export it again, or remove it and its mask.") from None

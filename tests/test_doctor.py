@@ -93,6 +93,8 @@ def test_size_mismatch_names_both_files(root):
     Image.new("RGB", (10, 8)).save(root / "images" / "2.png")
     message = found(diagnose(root))["masks/2.png"]
     assert "is 8 high and 10 wide but its mask" in message and "is 8 high and 12 wide" in message
+    Image.new("RGB", (8, 12)).save(root / "images" / "2.png")  # the mask's size swapped, and no EXIF
+    assert "EXIF" not in found(diagnose(root))["masks/2.png"]  # the doctor says sideways only where it is
 
 
 @pytest.mark.parametrize(("mode", "fix"), [("RGB", "helpers.masks.colour_to_index"),

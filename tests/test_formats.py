@@ -689,10 +689,13 @@ def test_a_dataset_that_transforms_its_images_to_float_is_refused_by_the_writers
     from helpers.transforms import eval_transforms
 
     normalised = SegmentationDataset(data_dir("shapes"), split="val", transform=eval_transforms())
+    float_masks = SegmentationDataset(data_dir("shapes"), split="val",
+                                      transform=lambda image, mask: (image, mask.float()))
     for write in (write_memmap, write_hdf5):
-        with pytest.raises(ValueError, match=r"0\d+\.jpg came from the dataset as torch.float32, its mask as "
-                                             r"torch.int64: these files store the pixels as read, uint8"):
-            write(normalised, tmp_path / f"out_{write.__name__}", 32)
+        for dataset, image, mask in ((normalised, "float32", "int64"), (float_masks, "uint8", "float32")):
+            refused = rf"0\d+\.jpg came from the dataset as torch.{image}, its mask as torch.{mask}: these"
+            with pytest.raises(ValueError, match=refused):
+                write(dataset, tmp_path / f"out_{write.__name__}", 32)
 
 
 @pytest.mark.parametrize("name", ["./._0001.jpg", ".DS_Store"])

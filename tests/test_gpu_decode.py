@@ -128,6 +128,24 @@ def test_a_grey_jpeg_decodes_to_rgb_as_the_cpu_pipeline_reads_it(tmp_path):
     assert decoded.shape[0] == 3 and (decoded.int() - read_image(grey).int()).abs().max() <= 1
 
 
+@pytest.mark.parametrize("share", [0.9, 0.3], ids=["over the limit", "over twice the limit"])
+def test_a_jpeg_too_large_to_decode_safely_is_named(monkeypatch, share):
+    """The header says how many pixels a JPEG holds: over PIL.Image.MAX_IMAGE_PIXELS it is refused, naming
+    the file, where Pillow only warns (or refuses without the name) and nvJPEG would decode it."""
+    import warnings
+
+    from PIL import Image
+
+    image, mask = first_pairs(1)[0]
+    with Image.open(image) as file:
+        pixels = file.width * file.height
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(pixels * share))  # Pillow refuses over twice it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing of Pillow's own, which names no file
+        with pytest.raises(ValueError, match=rf"Cannot read image .*{image.name}: .*decompression bomb"):
+            EncodedPairs([(image, mask)], mask_size=(32, 32))[0]
+
+
 def test_an_xmp_turned_photo_a_mask_of_another_size_and_a_damaged_header_are_refused(tmp_path):
     """torchcodec does not read XMP: a photo turned by it alone would decode sideways to its mask; a mask
     resized to mask_size would hide a size mismatch."""
