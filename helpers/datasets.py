@@ -48,12 +48,13 @@ def scan_folder(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path
     for path in sorted(folder.iterdir()):
         if path.name in CLUTTER or path.name.startswith("._"):  # ._name: macOS resource forks
             continue
-        if path.suffix.lower() in suffixes and path.is_dir():
+        named = path.suffix.lower() in suffixes  # named like an image (or a mask) this folder holds
+        if named and path.is_dir():
             problems.append((path, f"{path} is a folder, not an image: move it out of {folder}."))
-        elif path.suffix.lower() in suffixes and not path.exists():
+        elif named and not path.exists():
             problems.append((path, f"{path} is a link to {path.readlink()}, which does not exist: copy the "
                              "file there, or remove the link."))
-        elif not path.is_file() or path.suffix.lower() not in suffixes:
+        elif not named or not path.is_file():
             problems.append((path, f"Unexpected {path.name!r} in {folder}: only {', '.join(suffixes)} files "
                              "belong here (masks must be PNG: JPEG would change their values). Move it out."))
         elif path.stem in files:
@@ -169,10 +170,11 @@ def open_image(data: bytes, path: Path | BinaryIO | str) -> Image.Image:
         warnings.simplefilter("always")
         file = Image.open(InMemoryFile(data, str(path)))
     for warning in caught:
-        if not issubclass(warning.category, Image.DecompressionBombWarning):
-            lost = " The orientation may be lost with it: check that the image reads upright, or strip its " \
-                "metadata." if "EXIF" in str(warning.message) else ""
-            warnings.warn(f"{str(warning.message).strip()} ({path}){lost}", warning.category, stacklevel=3)
+        if issubclass(warning.category, Image.DecompressionBombWarning):
+            continue  # check_pixels refuses the image, naming it
+        lost = (" The orientation may be lost with it: check that the image reads upright, or strip its "
+                "metadata.") if "EXIF" in str(warning.message) else ""
+        warnings.warn(f"{str(warning.message).strip()} ({path}){lost}", warning.category, stacklevel=3)
     return file
 
 
@@ -409,9 +411,9 @@ def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], ima
     the sizes are each other's swapped, say that EXIF may be why (the doctor, which knows, says it itself)."""
     if tuple(image_size) != tuple(mask_size):
         swapped = exif_hint and tuple(image_size) == tuple(mask_size)[::-1]
-        turned = ("" if not swapped else " Its height and width are the "
-                  "image's swapped: if the image is a photo with an EXIF orientation, the mask was drawn on "
-                  "it as stored, sideways, and python -m helpers.doctor FOLDER says how to turn the mask.")
+        turned = (" Its height and width are the image's swapped: if the image is a photo with an EXIF "
+                  "orientation, the mask was drawn on it as stored, sideways, and python -m helpers.doctor "
+                  "FOLDER says how to turn the mask.") if swapped else ""
         raise ValueError(
             f"Image {image_path} is {image_size[0]} high and {image_size[1]} wide but its mask {mask_path} "
             f"is {mask_size[0]} high and {mask_size[1]} wide: a mask must match its image pixel for pixel. "
