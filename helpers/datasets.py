@@ -260,6 +260,7 @@ def decode_image(path: Path | BinaryIO,
                 file = eight_bit_grey(file, path)
             if orientation in UPRIGHT:  # stored sideways or mirrored; EXIF's other tags are not needed
                 file = file.transpose(UPRIGHT[orientation])
+            file = without_alpha(file, path)
             array = np.array(file if file.mode == "RGB" else file.convert("RGB"))
     except ImageRefused:
         raise
@@ -269,6 +270,23 @@ def decode_image(path: Path | BinaryIO,
         raise ValueError(f"Cannot read image {path}: {error}. The file is damaged or not an image: "
                          "export it again, or remove it and its mask.") from None
     return torch.from_numpy(array).permute(2, 0, 1), (height, width)
+
+
+def without_alpha(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
+    """An opened image with an alpha channel, or a palette or colour marked transparent, as RGB where every
+    pixel is opaque; other images as they are. Refuse it where some pixels are transparent: as RGB they
+    would show whatever colour the file stores under them, often black, and a model would learn it as
+    part of the picture. Notebook 01 shows the modes."""
+    if not file.has_transparency_data:
+        return file
+    rgba = file.convert("RGBA")  # not straight to RGB: Pillow warns there for some palettes
+    if rgba.getextrema()[3][0] < 255:
+        raise ImageRefused(
+            f"Image {path} has transparent pixels ({file.mode} mode with transparency), which RGB cannot "
+            "hold: they would show whatever colour the file stores under them. Flatten it onto the "
+            "background you mean and save it as RGB, e.g. Image.alpha_composite(Image.new(\"RGBA\", "
+            "image.size, \"white\"), image.convert(\"RGBA\")).convert(\"RGB\").")
+    return rgba.convert("RGB")
 
 
 def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:

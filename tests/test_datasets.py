@@ -533,6 +533,43 @@ def test_images_of_other_modes_decode_to_rgb(tmp_path, mode):
     assert torch.equal(image, torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1))
 
 
+def transparent_image(mode: str, hole: bool) -> tuple[Image.Image, dict]:
+    """A 6x4 image of ``mode`` with transparency data, one pixel transparent where ``hole``; and the
+    keyword arguments that save its transparency to a PNG."""
+    if mode == "P":  # two palette colours: the second marked transparent by the tRNS bytes
+        picture = Image.new("P", (6, 4), 0)
+        picture.putpalette([10, 200, 30, 40, 50, 60])
+        picture.putpixel((0, 0), 1)
+        return picture, {"transparency": bytes([255, 0 if hole else 255])}
+    if mode == "RGB":  # one colour marked transparent
+        picture = Image.new("RGB", (6, 4), (10, 200, 30))
+        picture.putpixel((0, 0), (1, 2, 3))
+        return picture, {"transparency": (1, 2, 3) if hole else (4, 5, 6)}
+    picture = Image.new("RGBA", (6, 4), (10, 200, 30, 255))
+    picture.putpixel((0, 0), (1, 2, 3, 0 if hole else 255))
+    return picture.convert(mode), {}
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "RGB"])
+def test_images_with_transparent_pixels_are_refused_by_name_and_opaque_ones_read(tmp_path, mode):
+    """convert("RGB") shows the colour stored under a transparent pixel; a fully opaque alpha is harmless."""
+    from helpers.datasets import read_image
+
+    for hole in (True, False):
+        picture, transparency = transparent_image(mode, hole)
+        path = tmp_path / f"{mode}_{hole}.png"
+        picture.save(path, **transparency)
+        if hole:
+            with pytest.raises(ValueError, match=rf"Image .*{path.name} has transparent pixels .*Flatten it"):
+                read_image(path)
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Pillow warns on some palettes' straight conversion to RGB
+            image = read_image(path)
+        expected = np.array(Image.open(path).convert("RGBA").convert("RGB"))
+        assert torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1))
+
+
 def test_a_jpeg_too_large_to_decode_safely_is_refused_by_the_fast_decoder_too(root, monkeypatch):
     (root / "images" / "1.png").unlink()
     Image.new("RGB", (12, 8)).save(root / "images" / "1.jpg")  # no EXIF: libjpeg-turbo's own path
