@@ -62,6 +62,10 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,
     ``ToTensor`` and ``Normalize`` sample by sample (04_dataloader_batching measures it), and on a GPU
     it runs there, after the 4x smaller uint8 batch has crossed.
     """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize_batch takes uint8 images (0..255), not {images.dtype}: a float batch "
+                        "may be normalised already, or scaled to 0..1 (ToTensor); keep batches uint8 up to "
+                        "here (04_dataloader_batching).")
     shape = (1, -1, 1, 1)  # made on the CPU and queued to the device: torch.tensor(device=...) would wait
     scale = upload(torch.tensor([1 / (255 * s) for s in std]), images.device).view(shape)
     shift = upload(torch.tensor([-m / s for m, s in zip(mean, std)]), images.device).view(shape)

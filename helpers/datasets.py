@@ -513,6 +513,11 @@ class InMemoryDataset(Dataset):
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None):
         samples = [dataset[index] for index in range(len(dataset))]
+        for index, (image, mask) in enumerate(samples):  # stored flat: a wrong size would read as pixels
+            if tuple(mask.shape) != tuple(image.shape[-2:]):
+                raise ValueError(f"Sample {index} of the dataset has a mask of {tuple(mask.shape)} for an "
+                                 f"image of {tuple(image.shape[-2:])} (height, width): give each image "
+                                 "the mask of its own size.")
         self.shapes = torch.tensor([image.shape for image, _ in samples])  # [N, 3]: channels, height, width
         self.starts = torch.cat([torch.zeros(1, dtype=torch.int64), self.shapes[:, 1:].prod(1).cumsum(0)])
         # uint8, all pixels of all images, channels last as PIL decodes them: each image comes back in the

@@ -24,10 +24,12 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
+import posixpath
 import runpy
 import signal
 import socket
 import sys
+import tarfile
 import tempfile
 import time
 import warnings
@@ -60,7 +62,8 @@ class LaunchError(RuntimeError):
 
 
 class Named(Dataset):
-    """``NamedSample(image, mask, name)`` from a SegmentationDataset, the name being the sample's index."""
+    """``NamedSample(image, mask, name)`` from a SegmentationDataset, named by its image's file name stem,
+    as a shard's samples are: the ranks' logs say which files each read."""
 
     def __init__(self, dataset: SegmentationDataset):
         self.dataset = dataset
@@ -70,7 +73,8 @@ class Named(Dataset):
 
     def __getitem__(self, index: int) -> NamedSample:
         image, mask = self.dataset[index]
-        return NamedSample(image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), str(index))
+        name = Path(self.dataset.image_paths[index]).stem
+        return NamedSample(image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), name)
 
 
 def launch_info() -> dict:
@@ -118,13 +122,54 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
                 return str(error)
             except OSError as error:  # unreadable here (permissions): this rank alone would fail
                 return f"Cannot read {shard}: {error.strerror or error}"
+        if problem := shared_sample(local):
+            return problem
+    return split_problem(args, world_size)
+
+
+def split_problem(args: argparse.Namespace, world_size: int) -> str | None:
+    """What is wrong with the split lists, before any training: a list missing or naming a missing pair,
+    or fewer training samples than processes (DistributedSampler would give each rank none)."""
+    try:
+        if args.data:
+            train = SegmentationDataset(args.data, split="train")
+            if len(train) < world_size:
+                return (f"{len(train)} training samples in {args.data} for {world_size} processes: each "
+                        "process needs at least one; start fewer")
+        if args.data or args.val_data:
+            SegmentationDataset(args.data or args.val_data, split="val")
+    except (OSError, ValueError) as error:
+        return str(error)
+    return None
+
+
+@functools.cache
+def shard_members(shard: Path) -> tuple[tuple[str, int], ...]:
+    """A local shard's files as (name, size), from its tar headers (their bytes are not read)."""
+    with tarfile.open(shard) as tar:
+        return tuple((member.name, member.size) for member in tar if member.isfile())
+
+
+def shared_sample(shards: list[Path]) -> str | None:
+    """A sample found in two shards (a copy of a shard, say "shard-00001 (1).tar"), which would train
+    twice each epoch; None if every sample is in one shard only. A sample's name is its file's name up to
+    the first dot, as webdataset reads it."""
+    found: dict[str, Path] = {}
+    for shard in shards:
+        names = (posixpath.join(posixpath.dirname(file), posixpath.basename(file).split(".")[0])
+                 for file, _ in shard_members(shard))
+        for name in dict.fromkeys(names):  # each once, in the shard's order
+            if found.setdefault(name, shard) != shard:
+                return (f"Sample {name!r} is in two shards, {found[name]} and {shard}: its samples would "
+                        "train twice each epoch. Remove the copy, or write the shards again.")
     return None
 
 
 def data_seen(args: argparse.Namespace) -> str:
     """What this rank will read, in short (file count and a digest of names and sizes), so that ranks on
-    several machines can check they all see the same: the shards, or the pairs and split lists of
-    ``--data``, and ``--val-data``'s, listed as ``SegmentationDataset`` lists them (clutter left out)."""
+    several machines can check they all see the same: the shards and the files in them, or the pairs and
+    split lists of ``--data``, and ``--val-data``'s, listed as ``SegmentationDataset`` lists them (clutter
+    left out), and the split lists' contents: their order is the samples' order."""
     files: list[Path] = []  # shards given as URLs: the same URLs on every node, the same shards
     if args.shards and not is_url(str(args.shards)):
         files = sorted(Path(args.shards).glob("*.tar"))
@@ -134,8 +179,10 @@ def data_seen(args: argparse.Namespace) -> str:
             files += [*scan_folder(folder / "images", IMAGE_SUFFIXES)[0].values(),
                       *scan_folder(folder / "masks", MASK_SUFFIXES)[0].values(),
                       *(split for split in splits if split.is_file())]
-        listing = "\n".join(f"{path.parent.name}/{path.name} {path.stat().st_size}" for path in files)
-    except OSError as error:
+        listing = "\n".join(f"{path.parent.name}/{path.name} {path.stat().st_size} " + (
+            path.read_text(encoding="utf-8", errors="replace") if path.suffix == ".txt" else
+            str(shard_members(path)) if path.suffix == ".tar" else "") for path in files)
+    except (OSError, tarfile.TarError) as error:
         return f"unreadable ({error})"
     return f"{len(files)} files, {hashlib.sha256(listing.encode()).hexdigest()[:12]}"
 
@@ -300,9 +347,9 @@ def run(args: argparse.Namespace) -> dict:
                                         steps=args.steps, stop_together=args.sync_bn)
             log["epochs"].append({"names": names, "steps": len(losses), "loss": losses})
         log["seconds"] = time.perf_counter() - start
-        log["eval"] = evaluate_everywhere(model, args, device)
-        args.out.mkdir(parents=True, exist_ok=True)
+        args.out.mkdir(parents=True, exist_ok=True)  # saved first: a bad validation file loses no training
         log["checkpoint_matches"] = save_and_check(model, args.out / "model.pt", device)
+        log["eval"] = evaluate_everywhere(model, args, device)
         (args.out / f"rank-{where['rank']}.json").write_text(json.dumps(log))
         return log
     finally:

@@ -118,6 +118,9 @@ class DeviceBatches:
         self.device, self.size, self.batch_size, self.drop_last = device, size, batch_size, drop_last
         self.options = {"scale": scale, "hflip_prob": hflip_prob, "vflip_prob": vflip_prob,
                         "quarter_turns": quarter_turns}
+        if len(self) == 0:
+            raise ValueError(f"{len(self.sizes)} samples make no batch of {batch_size} with drop_last=True: "
+                             "use a smaller batch_size, or drop_last=False.")
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -189,6 +192,11 @@ def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: i
     """Crop, flip and turn one batch of images ``[3, H, W]`` and masks ``[H, W]`` of any sizes that are
     already on their device (just decoded by the GPU, for example: ``helpers.gpu_decode``), as
     ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 batches."""
+    for position, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        if tuple(mask.shape) != tuple(image.shape[-2:]):  # packed flat: it would read as other pixels
+            raise ValueError(f"Sample {position} of the batch has a mask of {tuple(mask.shape)} for an "
+                             f"image of {tuple(image.shape[-2:])} (height, width): decode or store the masks "
+                             "at the size the images decode to.")
     shapes = torch.tensor([tuple(image.shape) for image in images])
     packed = SimpleNamespace(images=torch.cat([image.permute(1, 2, 0).flatten() for image in images]),
                              masks=torch.cat([mask.flatten() for mask in masks]), shapes=shapes,

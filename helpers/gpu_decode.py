@@ -124,10 +124,15 @@ class EncodedPairs(Dataset):
         """The size of the masks ``write_masks`` stored in ``folder``, once they are these pairs' masks."""
         try:
             names = (folder / "names.txt").read_text(encoding="utf-8").splitlines()
-            stored = tuple(np.load(folder / "masks.npy", mmap_mode="r").shape[1:])
+            masks = np.load(folder / "masks.npy", mmap_mode="r")
+            counts = (len(masks), len(np.load(folder / "sizes.npy", mmap_mode="r")), len(names))
+            stored, written = tuple(masks.shape[1:]), (folder / "masks.npy").stat().st_mtime_ns
         except (OSError, ValueError) as error:
             raise ValueError(f"Cannot read the decoded masks in {folder}: {error}. "
                              "Write them again with write_masks.") from None
+        if len(set(counts)) > 1:
+            raise ValueError(f"{folder} holds {counts[0]} masks, {counts[1]} sizes and {counts[2]} names: "
+                             "it is incomplete or mixed. Write them again with write_masks.")
         ours = [Path(mask).name for mask in self.masks]
         if names != ours:
             where = next((i for i, pair in enumerate(zip(names, ours)) if pair[0] != pair[1]),
@@ -138,6 +143,10 @@ class EncodedPairs(Dataset):
         if mask_size is not None and tuple(mask_size) != stored:
             raise ValueError(f"The masks in {folder} are {stored} (HxW), not mask_size {tuple(mask_size)}: "
                              "write them again at that size, or leave mask_size out.")
+        for mask in self.masks:  # a mask exported again since: the stored copy would be the old one
+            if Path(mask).stat().st_mtime_ns > written:  # a missing one: its path named by stat
+                raise ValueError(f"Mask {mask} changed after write_masks stored {folder}: write them "
+                                 "again with write_masks.")
         return stored
 
     def __getstate__(self) -> dict:

@@ -59,6 +59,9 @@ def test_normalize_batch_equals_the_per_sample_eval_pipeline():
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     per_sample = torch.stack([eval_transforms()(image) for image in images])
     assert torch.allclose(normalize_batch(images), per_sample, atol=1e-6)
+    with pytest.raises(TypeError, match=r"^normalize_batch takes uint8 images \(0\.\.255\), not "
+                                        r"torch\.float32"):
+        normalize_batch(images / 255)  # scaled to 0..1 already: it would come out near-constant
 
 
 @pytest.fixture

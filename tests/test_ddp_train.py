@@ -113,6 +113,33 @@ def test_fewer_shards_than_readers_a_shard_cut_short_and_a_missing_folder_are_na
                                                 "again.")
 
 
+def test_a_copy_of_a_shard_beside_it_is_named_before_its_samples_train_twice(tmp_path):
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)
+    args = Namespace(shards=tmp_path, data=None, val_data=None, workers=0)
+    assert data_problem(args, world_size=1) is None
+    shutil.copy(tmp_path / "shard-00001.tar", tmp_path / "shard-00001 (1).tar")  # a download saved twice
+    first = SegmentationDataset(data_dir("shapes"), split="val").image_paths[32]  # shard 1's first sample
+    problem = data_problem(args, world_size=1)
+    copy, shard = tmp_path / "shard-00001 (1).tar", tmp_path / "shard-00001.tar"
+    assert problem.startswith(f"Sample '{Path(first).stem}' is in two shards, {copy} and {shard}: its "
+                              "samples would train twice")
+
+
+def test_split_lists_are_checked_before_training_and_every_rank_needs_a_sample(tmp_path):
+    """Validation comes after training: a split list missing must stop the launch before it trains.
+    With fewer training samples than ranks, DistributedSampler(drop_last=True) would give each none."""
+    copy = tmp_path / "shapes"
+    shutil.copytree(data_dir("shapes"), copy)
+    args = Namespace(shards=None, data=copy, val_data=None, workers=0)
+    assert data_problem(args, world_size=2) is None
+    (copy / "train.txt").write_text("0001\n")
+    assert data_problem(args, world_size=2) == (f"1 training samples in {copy} for 2 processes: each "
+                                                "process needs at least one; start fewer")
+    assert data_problem(args, world_size=1) is None
+    (copy / "val.txt").unlink()
+    assert data_problem(args, world_size=1).startswith(f"No split file {copy / 'val.txt'}")
+
+
 def test_a_shard_this_rank_cannot_open_is_named(tmp_path, monkeypatch):
     write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)
 
@@ -142,6 +169,10 @@ def test_ranks_that_see_different_files_all_stop_naming_what_each_sees(tmp_path,
     assert ddp_train.data_seen(as_data) == seen
     (copy / "val.txt").write_text("0001\n")  # another split: other samples
     assert ddp_train.data_seen(as_data) != seen
+    seen = ddp_train.data_seen(as_data)
+    stems = (copy / "train.txt").read_text().split()
+    (copy / "train.txt").write_text("\n".join(reversed(stems)) + "\n")  # same size, another order
+    assert ddp_train.data_seen(as_data) != seen  # index i would be another sample on this node
 
     def gather(reports, mine):  # rank 0 sees `here`, rank 1 `there`
         reports[:] = [("a", None, here), ("b", None, there)]
@@ -365,13 +396,25 @@ def test_one_rank_trains_from_image_files_with_group_norm(one_rank, tmp_path, ca
     log = json.loads((tmp_path / "rank-0.json").read_text())
     assert log["backend"] == "gloo" and [epoch["steps"] for epoch in log["epochs"]] == [2, 2]
     first, second = (epoch["names"] for epoch in log["epochs"])
-    assert len(set(first)) == 8 and max(map(int, first)) < 256  # indices of the 256 training images
+    train = {Path(path).stem for path in SegmentationDataset(data_dir("shapes"), split="train").image_paths}
+    assert len(set(first)) == 8 and set(first) <= train  # the files' names, as a shard's samples are named
     assert first != second  # set_epoch: another order each epoch
     assert log["eval"]["images"] == 64 and log["checkpoint_matches"]
     weights = torch.load(tmp_path / "model.pt", weights_only=True)
     assert not any("running_mean" in name for name in weights)  # GroupNorm throughout, no BatchNorm
     assert "mean IoU" in capsys.readouterr().out
     assert not dist.is_initialized()  # the process group was taken down
+
+
+def test_the_model_is_saved_before_a_validation_file_can_fail(one_rank, tmp_path, monkeypatch):
+    def damaged(*args):
+        raise ValueError("Mask .../0300.png holds class 9")
+
+    monkeypatch.setattr(ddp_train, "evaluate_everywhere", damaged)
+    with pytest.raises(ValueError, match="class 9"):
+        main(["--data", str(data_dir("shapes")), "--out", str(tmp_path), "--epochs", "1", "--steps", "1",
+              "--batch-size", "4", "--size", "32", "--norm", "group", "--cpu"])
+    assert (tmp_path / "model.pt").is_file()  # the training is kept
 
 
 def test_too_few_gpus_for_the_processes_of_a_node_train_on_the_cpu_with_a_warning(one_rank, tmp_path,

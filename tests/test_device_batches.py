@@ -253,3 +253,24 @@ def test_defaults_are_those_of_train_transforms_and_grey_images_are_refused():
     with pytest.raises(ValueError, match=r"^DeviceBatches needs RGB images \(3 channels\); convert the "
                                          r"dataset first\.$"):
         DeviceBatches(InMemoryDataset(grey), CPU, size=8, batch_size=1)
+
+
+def test_masks_of_another_size_than_their_images_are_refused_not_read_as_other_pixels():
+    """Samples are stored flat: a transposed mask (8 x 6 for 6 x 8) would fill its image's pixels."""
+    from helpers.device_batches import augment_batch
+
+    image, mask = torch.zeros(3, 6, 8, dtype=torch.uint8), torch.zeros(8, 6, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"^Sample 1 of the batch has a mask of \(8, 6\) for an image of "
+                                         r"\(6, 8\) \(height, width\)"):
+        augment_batch([image, image], [mask.mT, mask], 4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^Sample 0 of the dataset has a mask of \(8, 6\) for an image of "
+                                         r"\(6, 8\) \(height, width\): give each image the mask of its own"):
+        InMemoryDataset([(tv_tensors.Image(image), tv_tensors.Mask(mask))])
+
+
+def test_fewer_samples_than_a_batch_with_drop_last_are_refused_rather_than_an_empty_epoch():
+    samples = scenes(count=5)
+    with pytest.raises(ValueError, match=r"^5 samples make no batch of 8 with drop_last=True: use a "
+                                         r"smaller batch_size, or drop_last=False\.$"):
+        DeviceBatches(InMemoryDataset(samples), CPU, 32, batch_size=8)
+    assert len(DeviceBatches(InMemoryDataset(samples), CPU, 32, batch_size=8, drop_last=False)) == 1
