@@ -12,6 +12,7 @@ import sys
 import tarfile
 import weakref
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 from typing import NamedTuple
@@ -111,26 +112,74 @@ def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
         partial_path(path).replace(path)
 
 
+LAYOUTS = (("uint8 images [N, 3, H, W] (RGB)", 4), ("uint8 masks [N, H, W]", 3))  # what the writers write
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
+
+
+def check_arrays(where: Path, names: tuple[Path | str, ...], arrays: tuple, write: str,
+                 recorded: tuple | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Raise, naming the file, unless ``arrays`` (images and masks, read from ``names`` in ``where``) are
+    what ``write`` writes: uint8 images ``[N, 3, H, W]`` and uint8 masks ``[N, H, W]`` that pair up, of
+    the shapes ``recorded`` when the dataset was made, if given. Returns their shapes (05_large_datasets)."""
+    for name, array, (layout, ndim) in zip(names, arrays, LAYOUTS, strict=True):
+        if not isinstance(array, np.ndarray | h5py.Dataset):  # an HDF5 group, or nothing
+            found = "missing" if array is None else f"a {type(array).__name__}, not an array"
+            raise ValueError(f"{name} is {found}. Write it again with {write}, which writes {layout}.")
+        if array.dtype != np.uint8 or array.ndim != ndim or (ndim == 4 and array.shape[1] != 3):
+            raise ValueError(f"{name} holds {array.dtype} {array.shape}, not the {layout} that {write} "
+                             f"writes: write it again with {write}.")
+    shapes = tuple(tuple(array.shape) for array in arrays)
+    if shapes[0][0] != shapes[1][0] or shapes[0][2:] != shapes[1][1:]:
+        raise ValueError(f"{where}: images {shapes[0]} and masks {shapes[1]} do not pair up "
+                         f"([N, 3, H, W] and [N, H, W]). Write it again with {write}.")
+    if recorded is not None and shapes != recorded:
+        raise ValueError(f"{where} changed after the dataset read it: images {shapes[0]} and masks "
+                         f"{shapes[1]} now, {recorded[0]} and {recorded[1]} then. Write it with {write}, "
+                         "then make the dataset (and its DataLoader) again.")
+    return shapes
+
+
+def map_npy(path: Path, mode: str = "r") -> np.memmap:
+    """``path`` mapped (``mode`` as ``np.load``'s ``mmap_mode``), or a ValueError that names it and says
+    what to do: missing, cut short, damaged, or longer than its header says (05_large_datasets)."""
+    try:
+        with open(path, "rb") as file:
+            damaged = file.read(len(NPY_MAGIC)) != NPY_MAGIC  # np.load would take it for a pickle
+        array = None if damaged else np.load(path, mmap_mode=mode)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot map {path}: {error}. Write the folder again with write_memmap.") from None
+    if damaged:
+        raise ValueError(f"{path} is not a .npy file numpy can map (its header is damaged): write it again "
+                         "with write_memmap.")
+    extra = path.stat().st_size - array.offset - array.nbytes
+    if extra:  # np.load maps what the header describes, and would never read the rest
+        raise ValueError(f"{path} holds {extra:,} bytes more than its header describes (a damaged header, "
+                         "or data added at its end): write it again with write_memmap.")
+    return array
+
+
 class MemmapDataset(Dataset):
     """Pre-decoded arrays read through a memory map: index with an int for a sample, a list for a batch.
 
-    A batch comes back in the order of the list, gathered from the map in one copy.
+    A batch comes back in the order of the list, gathered from the map in one copy. The files are checked
+    when the dataset is made and again when a process maps them: a file written again since, with
+    other shapes, is refused, not read in part.
     """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
-        shapes = []
-        for path in (self.folder / "images.npy", self.folder / "masks.npy"):
-            try:
-                shapes.append(np.load(path, mmap_mode="r").shape)
-            except (OSError, ValueError) as error:
-                raise ValueError(f"Cannot map {path}: {error}. "
-                                 "Write the folder again with write_memmap.") from None
-        if len(shapes[0]) != 4 or shapes[0][0] != shapes[1][0] or shapes[0][2:] != shapes[1][1:]:
-            raise ValueError(f"{self.folder}: images {shapes[0]} and masks {shapes[1]} do not pair up "
-                             "([N, 3, H, W] and [N, H, W]). Write the folder again with write_memmap.")
-        self.length = shapes[0][0]
+        self.shapes: tuple | None = None  # recorded by the first maps(): every later one must match
+        self.shapes = tuple(array.shape for array in self.maps())
+        self.length = self.shapes[0][0]
         self.arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened on first use, per process
+
+    def maps(self, mode: str = "r") -> tuple[np.memmap, np.memmap]:
+        """The images and masks mapped in this process (``mode`` as ``np.load``'s ``mmap_mode``), refused
+        unless they are what ``write_memmap`` writes, with the shapes found when the dataset was made."""
+        paths = self.folder / "images.npy", self.folder / "masks.npy"
+        arrays = tuple(map_npy(path, mode) for path in paths)
+        check_arrays(self.folder, paths, arrays, "write_memmap", self.shapes)
+        return arrays
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "arrays": None}  # a worker maps the files itself
@@ -140,8 +189,7 @@ class MemmapDataset(Dataset):
 
     def __getitem__(self, index: int | list[int]) -> Sample:
         if self.arrays is None:
-            self.arrays = (np.load(self.folder / "images.npy", mmap_mode="r"),
-                           np.load(self.folder / "masks.npy", mmap_mode="r"))
+            self.arrays = self.maps()
         images, masks = self.arrays
         rows = sample_rows(index)
         if isinstance(rows, int):
@@ -261,6 +309,9 @@ class PinnedMemmapBatches:
         self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.ready: list[torch.cuda.Event | None] = [None, None]
         self.mapped: tuple[torch.Tensor, torch.Tensor] | None = None  # for gather_on_device, made once
+        if len(self) == 0:
+            raise ValueError(f"{len(dataset)} samples in {dataset.folder} make no whole batch of "
+                             f"{batch_size}: use a smaller batch_size.")
 
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size  # whole batches only
@@ -307,8 +358,7 @@ class PinnedMemmapBatches:
 
     def __iter__(self) -> Iterator[Sample]:
         # the maps as tensors, copy-on-write so that torch may view them (nothing writes to them)
-        images, masks = (torch.from_numpy(np.load(self.dataset.folder / name, mmap_mode="c"))
-                         for name in ("images.npy", "masks.npy"))
+        images, masks = (torch.from_numpy(array) for array in self.dataset.maps("c"))
         order = torch.randperm(len(self.dataset), generator=self.generator)
         flips = upload(torch.rand(len(order), generator=self.generator) < self.hflip_prob, self.device)
         gather = self._gathered_on_device if self.gather_on_device else self._gathered_on_host
@@ -345,17 +395,27 @@ class HDF5Dataset(Dataset):
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        try:
-            with h5py.File(self.path, "r") as file:
-                shapes = file["images"].shape, file["masks"].shape
-        except (OSError, KeyError) as error:
-            raise ValueError(f"Cannot read {self.path}: {error}. Write it again with write_hdf5.") from None
-        if len(shapes[0]) != 4 or shapes[0][0] != shapes[1][0] or shapes[0][2:] != shapes[1][1:]:
-            raise ValueError(f"{self.path}: images {shapes[0]} and masks {shapes[1]} do not pair up "
-                             "([N, 3, H, W] and [N, H, W]). Write it again with write_hdf5.")
-        self.length = shapes[0][0]
+        self.shapes: tuple | None = None  # recorded by the first open(): every later one must match
+        with self.open() as file:
+            self.shapes = file["images"].shape, file["masks"].shape
+        self.length = self.shapes[0][0]
         self.file: h5py.File | None = None  # an h5py handle cannot be pickled into workers
         self.opened_by: int | None = None  # the process that opened it
+
+    def open(self) -> h5py.File:
+        """The file opened for reading, refused unless it holds what ``write_hdf5`` writes, with the
+        shapes found when the dataset was made."""
+        try:
+            file = h5py.File(self.path, "r")
+        except OSError as error:
+            raise ValueError(f"Cannot read {self.path}: {error}. Write it again with write_hdf5.") from None
+        try:
+            check_arrays(self.path, (f"{self.path}:images", f"{self.path}:masks"),
+                         (file.get("images"), file.get("masks")), "write_hdf5", self.shapes)
+        except BaseException:
+            file.close()
+            raise
+        return file
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "file": None}
@@ -371,7 +431,7 @@ class HDF5Dataset(Dataset):
 
     def __getitem__(self, index: int | list[int]) -> Sample:
         if self.file is None or self.opened_by != os.getpid():  # none yet, or inherited through fork
-            self.file, self.opened_by = h5py.File(self.path, "r"), os.getpid()
+            self.file, self.opened_by = self.open(), os.getpid()
         images, masks = self.file["images"], self.file["masks"]
         rows = sample_rows(index)
         if isinstance(rows, int):
@@ -624,6 +684,9 @@ def rank_and_world_size() -> tuple[int, int]:
 class ShardStream(IterableDataset):
     """Stream samples from tar shards: each worker (and each distributed rank) reads its own shards.
 
+    The shards are split in the order of their names, whatever order the list was in; a shard listed
+    twice is refused.
+
     With ``shuffle > 0``, shard order is shuffled per epoch (call ``set_epoch`` before each, as with
     ``DistributedSampler``) from ``seed``, and samples pass through a buffer of that size. The buffer draws
     from torch's own generator, which a DataLoader seeds in each worker from its base seed: a run whose
@@ -635,7 +698,13 @@ class ShardStream(IterableDataset):
     def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None,
                  size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
                  ignore_index: int | None = None, mask_dtype: torch.dtype = torch.int64):
-        self.shards, self.shuffle, self.seed = [Path(s) for s in shards], shuffle, seed
+        shards = [Path(shard) for shard in shards]
+        twice = [shard for shard, count in Counter(shards).items() if count > 1]
+        if twice:
+            raise ValueError(f"{twice[0]} is listed {shards.count(twice[0])} times among the shards: its "
+                             "samples would be read as many times each epoch. List each shard once.")
+        # by name: every rank and worker splits the same list, whatever order each was given it in
+        self.shards, self.shuffle, self.seed = sorted(shards, key=Path.as_posix), shuffle, seed
         self.transform, self.size, self.mask_dtype = transform, size, mask_dtype
         self.num_classes, self.ignore_index = num_classes, ignore_index
         # the epoch lives in shared memory: workers kept alive by persistent_workers=True hold a copy of

@@ -16,6 +16,7 @@ from helpers.datasets import SegmentationDataset
 from helpers.formats import (
     HDF5Dataset,
     MemmapDataset,
+    PinnedMemmapBatches,
     ShardStream,
     check_whole_tar,
     decode_shard_sample,
@@ -291,6 +292,26 @@ def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_
         assert ShardStream(shards, shuffle=4, seed=3).my_shards() == per_rank[rank]
 
 
+def test_every_rank_splits_the_shards_in_name_order_whatever_order_it_lists_them_in(
+        tmp_path, source_dataset, monkeypatch):
+    """Two nodes that glob the same folder may list it in two orders: each would read half of its own."""
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=3)  # 7 shards
+    assert ShardStream(shards[::-1]).shards == shards
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    per_rank = []
+    for rank, listed in [(0, shards), (1, shards[::-1])]:
+        monkeypatch.setenv("RANK", str(rank))
+        per_rank.append(ShardStream(listed, shuffle=4, seed=3).my_shards())
+    assert sorted(per_rank[0] + per_rank[1]) == shards  # each shard read once, by one rank
+
+
+def test_a_shard_listed_twice_is_refused_by_name(tmp_path, source_dataset):
+    shards = write_shards(source_dataset, tmp_path / "shards", per_shard=5)
+    with pytest.raises(ValueError, match=r"shard-00001\.tar is listed 2 times among the shards: its samples "
+                                         r"would be read as many times each epoch\. List each shard once\."):
+        ShardStream([*shards, str(shards[1])])  # a str and a Path of one file
+
+
 def test_a_stream_sent_to_a_worker_keeps_its_rank_and_its_workers_split_the_rank_s_shards(
         tmp_path, source_dataset, monkeypatch):
     """A worker reads the rank the stream was pickled under (a forkserver's environment may predate the
@@ -393,6 +414,87 @@ def test_arrays_that_do_not_pair_up_are_refused(tmp_path):
         file["images"], file["masks"] = np.zeros((4, 3, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8)
     with pytest.raises(ValueError, match=r"data.h5: images \(4, 3, 8, 8\) and masks \(3, 8, 8\) do not"):
         HDF5Dataset(tmp_path / "data.h5")
+
+
+@pytest.mark.parametrize("images, masks, refused", [
+    (np.zeros((4, 3, 8, 8), np.float32), np.zeros((4, 8, 8), np.uint8),
+     r"images\S* holds float32 \(4, 3, 8, 8\), not the uint8 images \[N, 3, H, W\] \(RGB\)"),
+    (np.zeros((4, 1, 8, 8), np.uint8), np.zeros((4, 8, 8), np.uint8),
+     r"images\S* holds uint8 \(4, 1, 8, 8\), not the uint8 images \[N, 3, H, W\] \(RGB\)"),
+    (np.zeros((4, 3, 8, 8), np.uint8), np.full((4, 8, 8), 300, np.int64),
+     r"masks\S* holds int64 \(4, 8, 8\), not the uint8 masks \[N, H, W\]"),
+], ids=["float images", "one channel", "int64 masks"])
+def test_arrays_other_than_what_the_writers_write_are_refused_by_name(tmp_path, images, masks, refused):
+    """Hand-made files (floats 0..1, 16-bit class ids, grey images) would be read as if uint8 RGB."""
+    import h5py
+
+    (tmp_path / "mm").mkdir()
+    np.save(tmp_path / "mm" / "images.npy", images)
+    np.save(tmp_path / "mm" / "masks.npy", masks)
+    with pytest.raises(ValueError, match=rf"mm.{refused} that write_memmap writes: write it again with "):
+        MemmapDataset(tmp_path / "mm")
+    with h5py.File(tmp_path / "data.h5", "w") as file:
+        file["images"], file["masks"] = images, masks
+    with pytest.raises(ValueError, match=rf"data.h5:{refused} that write_hdf5 writes: write it again with "):
+        HDF5Dataset(tmp_path / "data.h5")
+
+
+def test_an_hdf5_file_that_holds_a_group_for_its_images_is_named(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "data.h5", "w") as file:  # another tool's layout: an array per image
+        file.create_group("images")["0001"] = np.zeros((3, 8, 8), np.uint8)
+        file["masks"] = np.zeros((1, 8, 8), np.uint8)
+    with pytest.raises(ValueError, match=r"data.h5:images is a Group, not an array\. Write it again with "
+                                         r"write_hdf5, which writes uint8 images \[N, 3, H, W\]"):
+        HDF5Dataset(tmp_path / "data.h5")
+
+
+def test_files_cut_short_after_the_dataset_was_made_are_named_when_read(tmp_path, source_dataset):
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
+    memmap, hdf5 = MemmapDataset(tmp_path / "mm"), HDF5Dataset(tmp_path / "data.h5")  # nothing open yet
+    for path in (tmp_path / "mm" / "images.npy", tmp_path / "data.h5"):
+        path.write_bytes(path.read_bytes()[:-3000])  # an interrupted copy, read by a worker
+    cut = r"^Cannot map .*images\.npy: .*Write the folder again with write_memmap"
+    with pytest.raises(ValueError, match=cut):
+        memmap[0]
+    with pytest.raises(ValueError, match=cut):
+        next(iter(PinnedMemmapBatches(memmap, 4, torch.device("cpu"))))
+    with pytest.raises(ValueError, match=r"^Cannot read .*data\.h5: .*Write it again with write_hdf5"):
+        hdf5[0]
+
+
+def test_files_written_again_with_other_shapes_after_the_dataset_was_made_are_refused(tmp_path,
+                                                                                    source_dataset):
+    """A cell that writes the files again, on fewer samples: the old dataset would read them in part."""
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    write_hdf5(source_dataset, tmp_path / "data.h5", SIZE)
+    memmap, hdf5 = MemmapDataset(tmp_path / "mm"), HDF5Dataset(tmp_path / "data.h5")
+    write_memmap(first_pair(source_dataset), tmp_path / "mm", SIZE)
+    write_hdf5(first_pair(source_dataset), tmp_path / "data.h5", SIZE)
+    changed = (r"changed after the dataset read it: images \(1, 3, 32, 32\) and masks \(1, 32, 32\) now, "
+               r"\(20, 3, 32, 32\) and \(20, 32, 32\) then\. Write it with write_\w+, then make the "
+               r"dataset \(and its DataLoader\) again")
+    for read in (lambda: memmap[0], lambda: next(iter(PinnedMemmapBatches(memmap, 1, torch.device("cpu"))))):
+        with pytest.raises(ValueError, match=rf"mm {changed}"):
+            read()
+    with pytest.raises(ValueError, match=rf"data.h5 {changed}"):
+        hdf5[0]
+
+
+def test_a_damaged_npy_header_is_named_with_what_to_do_and_no_offer_of_pickles(tmp_path, source_dataset):
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    path = tmp_path / "mm" / "images.npy"
+    data = path.read_bytes()
+    path.write_bytes(b"XXXXXX" + data[6:])  # numpy would take it for a pickle, and offer allow_pickle=True
+    with pytest.raises(ValueError, match=r"images\.npy is not a \.npy file numpy can map \(its header is "
+                                         r"damaged\): write it again with write_memmap\.$"):
+        MemmapDataset(tmp_path / "mm")
+    path.write_bytes(data + bytes(3 * 3 * SIZE * SIZE))  # 3 images more than the header counts
+    with pytest.raises(ValueError, match=r"images\.npy holds 9,216 bytes more than its header describes "
+                                         r"\(a damaged header, or data added at its end\): write it again"):
+        MemmapDataset(tmp_path / "mm")
 
 
 def test_masks_with_classes_beyond_uint8_are_refused_not_wrapped(tmp_path):

@@ -98,3 +98,9 @@ def test_clearing_the_error_makes_one_launch_and_swallows_what_it_reports(monkey
     monkeypatch.setattr(torch, "zeros", launch)
     formats._clear_cuda_error(1)  # reports nothing: the error was the refusal's, already named
     assert launches == [torch.device("cuda", 1)]
+
+
+def test_fewer_samples_than_a_batch_are_refused_rather_than_an_empty_epoch(memmap):
+    with pytest.raises(ValueError, match=rf"^{len(memmap)} samples in .* make no whole batch of "
+                                         rf"{len(memmap) + 1}: use a smaller batch_size\.$"):
+        PinnedMemmapBatches(memmap, len(memmap) + 1, torch.device("cpu"))
