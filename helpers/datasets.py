@@ -97,17 +97,23 @@ def pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
+def split_stems(split_file: Path) -> list[str]:
+    """The stems a split list names, in its order: blank lines, stray spaces, Windows line ends and a byte
+    order mark do not count (02_segmentation_masks)."""
+    try:
+        lines = split_file.read_text(encoding="utf-8-sig").splitlines()  # -sig: drops the BOM Notepad writes
+    except UnicodeDecodeError:
+        raise ValueError(f"{split_file} is not UTF-8 text: save it again as UTF-8 (Windows PowerShell 5's > "
+                         "writes UTF-16; use Set-Content -Encoding utf8).") from None
+    return [line.strip() for line in lines if line.strip()]
+
+
 def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[Path, Path]]:
     """Keep the pairs whose stems ``split_file`` lists (one per line), in the file's order."""
     if not split_file.is_file():
         raise FileNotFoundError(f"No split file {split_file}: expected one file name stem per line.")
     by_stem = {image.stem: (image, mask) for image, mask in pairs}
-    try:
-        stems = split_file.read_text(encoding="utf-8-sig").splitlines()  # -sig: drops the BOM Notepad writes
-    except UnicodeDecodeError:
-        raise ValueError(f"{split_file} is not UTF-8 text: save it again as UTF-8 (Windows PowerShell 5's > "
-                         "writes UTF-16; use Set-Content -Encoding utf8).") from None
-    stems = [stem.strip() for stem in stems if stem.strip()]  # blank lines and stray spaces do not count
+    stems = split_stems(split_file)
     unknown = [stem for stem in stems if stem not in by_stem]
     if unknown:
         raise ValueError(f"{split_file} lists {unknown[:5]}, which have no image+mask pair: list each pair's "
@@ -273,20 +279,23 @@ def decode_image(path: Path | BinaryIO,
 
 
 def without_alpha(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
-    """An opened image with an alpha channel, or a palette or colour marked transparent, as RGB where every
-    pixel is opaque; other images as they are. Refuse it where some pixels are transparent: as RGB they
-    would show whatever colour the file stores under them, often black, and a model would learn it as
-    part of the picture. Notebook 01 shows the modes."""
+    """An opened image with an alpha channel, or a palette or colour marked transparent, where every pixel
+    is opaque: ready for ``convert("RGB")``, which drops the alpha. Other images as they are. Refuse it
+    where some pixels are transparent: as RGB they would show whatever colour the file stores under them,
+    often black, and a model would learn it as part of the picture. Notebook 01 shows the modes."""
     if not file.has_transparency_data:
         return file
-    rgba = file.convert("RGBA")  # not straight to RGB: Pillow warns there for some palettes
-    if rgba.getextrema()[3][0] < 255:
+    mode = file.mode  # with an alpha band (RGBA, LA, PA, ...), or a palette or colour marked transparent
+    alpha = next((band for band in file.getbands() if band in "Aa"), None)
+    if alpha is None:  # through RGBA: straight to RGB Pillow warns for some palettes
+        file, alpha = file.convert("RGBA"), "A"
+    if file.getchannel(alpha).getextrema()[0] < 255:
         raise ImageRefused(
-            f"Image {path} has transparent pixels ({file.mode} mode with transparency), which RGB cannot "
+            f"Image {path} has transparent pixels ({mode} mode with transparency), which RGB cannot "
             "hold: they would show whatever colour the file stores under them. Flatten it onto the "
             "background you mean and save it as RGB, e.g. Image.alpha_composite(Image.new(\"RGBA\", "
             "image.size, \"white\"), image.convert(\"RGBA\")).convert(\"RGB\").")
-    return rgba.convert("RGB")
+    return file
 
 
 def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
@@ -299,7 +308,10 @@ def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
             f"Image {path} has {file.mode} pixels (16-bit, 32-bit or float grey) from {low} to {high}, which "
             "8-bit RGB cannot hold as they are: converting would clip or round them. Scale it to 0..255 for "
             "its own range and save it again (e.g. as PNG in mode L).")
-    return Image.fromarray(array.astype(np.uint8))
+    grey = Image.fromarray(array.astype(np.uint8))
+    if isinstance(file.info.get("transparency"), int) and file.info["transparency"] <= 255:
+        grey.info["transparency"] = file.info["transparency"]  # a value marked transparent: checked next
+    return grey
 
 
 def exif_orientation(file: Image.Image, path: Path | BinaryIO) -> int:
@@ -497,6 +509,15 @@ class SegmentationDataset(Dataset):
         return Sample(image, mask)
 
 
+def check_mask_fits(image: torch.Tensor, mask: torch.Tensor, where: str) -> None:
+    """Raise unless ``mask`` holds one class per pixel of ``image`` ([H, W], or [1, H, W]): where samples
+    are stored flat, end to end, a mask of another size would be read as other pixels' (06_gpu_training)."""
+    height, width = image.shape[-2:]
+    if tuple(mask.shape[-2:]) != (height, width) or mask.numel() != height * width:
+        raise ValueError(f"{where} has a mask of {tuple(mask.shape)} for an image of {(height, width)} "
+                         "(height, width): give each image a mask of its own size, [H, W].")
+
+
 class InMemoryDataset(Dataset):
     """Every sample of ``dataset`` read and decoded once, then kept in memory; ``transform`` runs on
     each access.
@@ -513,11 +534,8 @@ class InMemoryDataset(Dataset):
 
     def __init__(self, dataset: Dataset, transform: Callable | None = None):
         samples = [dataset[index] for index in range(len(dataset))]
-        for index, (image, mask) in enumerate(samples):  # stored flat: a wrong size would read as pixels
-            if tuple(mask.shape) != tuple(image.shape[-2:]):
-                raise ValueError(f"Sample {index} of the dataset has a mask of {tuple(mask.shape)} for an "
-                                 f"image of {tuple(image.shape[-2:])} (height, width): give each image "
-                                 "the mask of its own size.")
+        for index, (image, mask) in enumerate(samples):
+            check_mask_fits(image, mask, f"Sample {index} of the dataset")
         self.shapes = torch.tensor([image.shape for image, _ in samples])  # [N, 3]: channels, height, width
         self.starts = torch.cat([torch.zeros(1, dtype=torch.int64), self.shapes[:, 1:].prod(1).cumsum(0)])
         # uint8, all pixels of all images, channels last as PIL decodes them: each image comes back in the

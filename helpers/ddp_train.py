@@ -24,12 +24,10 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import posixpath
 import runpy
 import signal
 import socket
 import sys
-import tarfile
 import tempfile
 import time
 import warnings
@@ -46,7 +44,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from helpers.datasets import IMAGE_SUFFIXES, MASK_SUFFIXES, SegmentationDataset, scan_folder
+from helpers.datasets import IMAGE_SUFFIXES, MASK_SUFFIXES, SegmentationDataset, scan_folder, split_stems
 from helpers.formats import NamedSample, check_whole_tar, decode_shard_sample, shard_url
 from helpers.masks import CLASSES
 from helpers.metrics import mean_iou
@@ -114,22 +112,22 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
             return (f"{len(shards)} shards in {source} for {world_size} processes x {workers} workers: "
                     f"every reader needs a shard of its own; write at least {world_size * workers} "
                     "(helpers.formats.write_shards(per_shard=...)) or start fewer")
-        local = [] if is_url(source) else sorted(Path(source).glob("*.tar"))
+        local, files = [] if is_url(source) else sorted(Path(source).glob("*.tar")), {}
         for shard in local:  # a shard cut short reads without an error
             try:
-                check_whole_tar(shard)
+                files[shard] = check_whole_tar(shard)
             except ValueError as error:
                 return str(error)
             except OSError as error:  # unreadable here (permissions): this rank alone would fail
                 return f"Cannot read {shard}: {error.strerror or error}"
-        if problem := shared_sample(local):
+        if problem := copied_sample(files):
             return problem
     return split_problem(args, world_size)
 
 
 def split_problem(args: argparse.Namespace, world_size: int) -> str | None:
     """What is wrong with the split lists, before any training: a list missing or naming a missing pair,
-    or fewer training samples than processes (DistributedSampler would give each rank none)."""
+    or fewer training samples than processes (DistributedSampler would give each rank none; 07)."""
     try:
         if args.data:
             train = SegmentationDataset(args.data, split="train")
@@ -143,33 +141,31 @@ def split_problem(args: argparse.Namespace, world_size: int) -> str | None:
     return None
 
 
-@functools.cache
-def shard_members(shard: Path) -> tuple[tuple[str, int], ...]:
-    """A local shard's files as (name, size), from its tar headers (their bytes are not read)."""
-    with tarfile.open(shard) as tar:
-        return tuple((member.name, member.size) for member in tar if member.isfile())
-
-
-def shared_sample(shards: list[Path]) -> str | None:
-    """A sample found in two shards (a copy of a shard, say "shard-00001 (1).tar"), which would train
-    twice each epoch; None if every sample is in one shard only. A sample's name is its file's name up to
-    the first dot, as webdataset reads it."""
-    found: dict[str, Path] = {}
-    for shard in shards:
-        names = (posixpath.join(posixpath.dirname(file), posixpath.basename(file).split(".")[0])
-                 for file, _ in shard_members(shard))
-        for name in dict.fromkeys(names):  # each once, in the shard's order
-            if found.setdefault(name, shard) != shard:
-                return (f"Sample {name!r} is in two shards, {found[name]} and {shard}: its samples would "
-                        "train twice each epoch. Remove the copy, or write the shards again.")
+def copied_sample(shards: dict[Path, list[tuple[str, int]]]) -> str | None:
+    """A sample found in two shards with the same files of the same sizes, as in a copy of a shard saved
+    beside it ("shard-00001 (1).tar"): each epoch would train it twice. ``shards``: each shard's files, as
+    ``check_whole_tar`` lists them. A sample is named as webdataset names it, by its file names up to the
+    first dot; two different samples that share a name are not a copy, and both train (07_distributed)."""
+    found: dict[tuple[str, frozenset], Path] = {}
+    for shard, files in shards.items():
+        samples: dict[str, set[tuple[str, int]]] = {}
+        for name, size in files:
+            key, suffix = wds.tariterators.base_plus_ext(name)
+            if key is not None:  # webdataset passes over a file with no extension, as it reads
+                samples.setdefault(key, set()).add((suffix.lower(), size))
+        for key, parts in samples.items():
+            first = found.setdefault((key, frozenset(parts)), shard)
+            if first != shard:
+                return (f"Sample {key!r} is in two shards, {first} and {shard}, the same files of the same "
+                        "sizes: a copy of a shard would train its samples twice each epoch. Remove the copy.")
     return None
 
 
 def data_seen(args: argparse.Namespace) -> str:
     """What this rank will read, in short (file count and a digest of names and sizes), so that ranks on
-    several machines can check they all see the same: the shards and the files in them, or the pairs and
-    split lists of ``--data``, and ``--val-data``'s, listed as ``SegmentationDataset`` lists them (clutter
-    left out), and the split lists' contents: their order is the samples' order."""
+    several machines can check they all see the same: the shards, or the pairs and split lists of
+    ``--data``, and ``--val-data``'s, listed as ``SegmentationDataset`` lists them (clutter left out), a
+    split list by the stems it lists, in order: their order is the samples' order (07_distributed)."""
     files: list[Path] = []  # shards given as URLs: the same URLs on every node, the same shards
     if args.shards and not is_url(str(args.shards)):
         files = sorted(Path(args.shards).glob("*.tar"))
@@ -179,10 +175,10 @@ def data_seen(args: argparse.Namespace) -> str:
             files += [*scan_folder(folder / "images", IMAGE_SUFFIXES)[0].values(),
                       *scan_folder(folder / "masks", MASK_SUFFIXES)[0].values(),
                       *(split for split in splits if split.is_file())]
-        listing = "\n".join(f"{path.parent.name}/{path.name} {path.stat().st_size} " + (
-            path.read_text(encoding="utf-8", errors="replace") if path.suffix == ".txt" else
-            str(shard_members(path)) if path.suffix == ".tar" else "") for path in files)
-    except (OSError, tarfile.TarError) as error:
+        listing = "\n".join(f"{path.parent.name}/{path.name} " + (
+            " ".join(split_stems(path)) if path.suffix == ".txt" else str(path.stat().st_size))
+            for path in files)
+    except (OSError, ValueError) as error:
         return f"unreadable ({error})"
     return f"{len(files)} files, {hashlib.sha256(listing.encode()).hexdigest()[:12]}"
 
@@ -304,7 +300,7 @@ def train_epoch(ddp: DistributedDataParallel, batches: Iterable, optimizer: torc
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Train, evaluate and save as one rank of the launch; return what this rank logged."""
+    """Train, save and evaluate as one rank of the launch; return what this rank logged."""
     where = launch_info()
     # one GPU per process, or none: nccl cannot put two ranks on one GPU
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from helpers.datasets import InMemoryDataset
+from helpers.datasets import InMemoryDataset, check_mask_fits
 from helpers.device import upload
 from helpers.masks import IGNORE_INDEX
 
@@ -111,6 +111,9 @@ class DeviceBatches:
                  quarter_turns: bool = False, drop_last: bool = True):
         if data.shapes[:, 0].ne(3).any():
             raise ValueError("DeviceBatches needs RGB images (3 channels); convert the dataset first.")
+        if len(data.shapes) < (batch_size if drop_last else 1):  # checked before the upload
+            fix = " with drop_last=True: use a smaller batch_size, or drop_last=False" if drop_last else ""
+            raise ValueError(f"{len(data.shapes)} samples make no batch of {batch_size}{fix}.")
         self.images = data.images.to(device)  # flat uint8, each image channels last
         self.masks = data.masks.to(device)
         self.shapes, self.starts = upload(data.shapes, device), upload(data.starts, device)  # no wait
@@ -118,9 +121,6 @@ class DeviceBatches:
         self.device, self.size, self.batch_size, self.drop_last = device, size, batch_size, drop_last
         self.options = {"scale": scale, "hflip_prob": hflip_prob, "vflip_prob": vflip_prob,
                         "quarter_turns": quarter_turns}
-        if len(self) == 0:
-            raise ValueError(f"{len(self.sizes)} samples make no batch of {batch_size} with drop_last=True: "
-                             "use a smaller batch_size, or drop_last=False.")
 
     def __len__(self) -> int:
         """Batches per epoch."""
@@ -193,10 +193,7 @@ def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: i
     already on their device (just decoded by the GPU, for example: ``helpers.gpu_decode``), as
     ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 batches."""
     for position, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        if tuple(mask.shape) != tuple(image.shape[-2:]):  # packed flat: it would read as other pixels
-            raise ValueError(f"Sample {position} of the batch has a mask of {tuple(mask.shape)} for an "
-                             f"image of {tuple(image.shape[-2:])} (height, width): decode or store the masks "
-                             "at the size the images decode to.")
+        check_mask_fits(image, mask, f"Sample {position} of the batch")
     shapes = torch.tensor([tuple(image.shape) for image in images])
     packed = SimpleNamespace(images=torch.cat([image.permute(1, 2, 0).flatten() for image in images]),
                              masks=torch.cat([mask.flatten() for mask in masks]), shapes=shapes,

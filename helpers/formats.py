@@ -532,13 +532,14 @@ def compression(head: bytes) -> str | None:
     return next((name for magic, name in COMPRESSED.items() if head.startswith(magic)), None)
 
 
-def check_whole_tar(path: Path) -> None:
+def check_whole_tar(path: Path) -> list[tuple[str, int]]:
     """Raise unless ``path`` is a tar file whose headers run to tar's end-of-archive blocks (zeros) and
     nothing after them: a shard cut short between two files, joined to another with cat, or damaged in a
     header reads without any error, its later samples missing. Reads the headers, not the files' bytes, so
-    every rank can check every shard before training (07_distributed).
+    every rank can check every shard before training (07_distributed). Returns its files' (name, size).
 
-    A compressed shard passes here; reading it with ``ShardStream`` checks it whole."""
+    A compressed shard passes here unread (no files returned); reading it with ``ShardStream`` checks it
+    whole."""
     with open(path, "rb") as file:
         head = file.read(tarfile.BLOCKSIZE)
         size = file.seek(0, os.SEEK_END)
@@ -548,7 +549,7 @@ def check_whole_tar(path: Path) -> None:
         tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")  # a valid first header, checksum and all
     except tarfile.HeaderError:
         if compression(head):
-            return
+            return []
         if len(head) == tarfile.BLOCKSIZE and head.count(0) == len(head):  # tar's end block, first
             raise ValueError(f"{path} is a tar file that holds no files: write the shard again.") from None
         if len(head) == tarfile.BLOCKSIZE:
@@ -558,12 +559,12 @@ def check_whole_tar(path: Path) -> None:
         raise ValueError(f"{path} {CUT_SHORT}")
     try:
         with tarfile.open(path) as tar:  # walks from header to header, seeking over each file's bytes
-            for _ in tar:
-                pass
+            files = [(member.name, member.size) for member in tar if member.isfile()]
             _check_tar_end(tar, path)
     except tarfile.TarError as error:
         raise ValueError(f"Cannot read {path} as a tar file: {error}. Copy or write the shard again."
                          ) from None
+    return files
 
 
 def _files_in_shard(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -684,8 +685,8 @@ def rank_and_world_size() -> tuple[int, int]:
 class ShardStream(IterableDataset):
     """Stream samples from tar shards: each worker (and each distributed rank) reads its own shards.
 
-    The shards are split in the order of their names, whatever order the list was in; a shard listed
-    twice is refused.
+    The shards are split in the order of their paths, whatever order the list was in; a shard listed
+    twice (even as two paths to one file) is refused.
 
     With ``shuffle > 0``, shard order is shuffled per epoch (call ``set_epoch`` before each, as with
     ``DistributedSampler``) from ``seed``, and samples pass through a buffer of that size. The buffer draws
@@ -699,10 +700,12 @@ class ShardStream(IterableDataset):
                  size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
                  ignore_index: int | None = None, mask_dtype: torch.dtype = torch.int64):
         shards = [Path(shard) for shard in shards]
-        twice = [shard for shard, count in Counter(shards).items() if count > 1]
+        files = Counter(os.path.realpath(shard) for shard in shards)  # one file, however it is written
+        twice = [shard for shard in shards if files[os.path.realpath(shard)] > 1]
         if twice:
-            raise ValueError(f"{twice[0]} is listed {shards.count(twice[0])} times among the shards: its "
-                             "samples would be read as many times each epoch. List each shard once.")
+            raise ValueError(f"{twice[0]} is listed {files[os.path.realpath(twice[0])]} times among the "
+                             "shards: its samples would be read as many times each epoch. List each shard "
+                             "once.")
         # by name: every rank and worker splits the same list, whatever order each was given it in
         self.shards, self.shuffle, self.seed = sorted(shards, key=Path.as_posix), shuffle, seed
         self.transform, self.size, self.mask_dtype = transform, size, mask_dtype

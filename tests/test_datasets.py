@@ -570,6 +570,18 @@ def test_images_with_transparent_pixels_are_refused_by_name_and_opaque_ones_read
         assert torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1))
 
 
+def test_a_16_bit_grey_image_with_a_transparent_value_in_use_is_refused(tmp_path):
+    """Read as 8-bit grey first (its values fit): its transparent value must not be lost on the way."""
+    from helpers.datasets import read_image
+
+    picture = Image.fromarray(np.array([[1, 2], [3, 200]], dtype=np.uint16))  # mode I;16
+    picture.save(tmp_path / "used.png", transparency=200)
+    with pytest.raises(ValueError, match=r"used\.png has transparent pixels"):
+        read_image(tmp_path / "used.png")
+    picture.save(tmp_path / "unused.png", transparency=300)  # no pixel has it
+    assert read_image(tmp_path / "unused.png")[0].tolist() == [[1, 2], [3, 200]]
+
+
 def test_a_jpeg_too_large_to_decode_safely_is_refused_by_the_fast_decoder_too(root, monkeypatch):
     (root / "images" / "1.png").unlink()
     Image.new("RGB", (12, 8)).save(root / "images" / "1.jpg")  # no EXIF: libjpeg-turbo's own path

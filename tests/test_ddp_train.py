@@ -2,6 +2,7 @@
 
 import gc
 import importlib
+import io
 import json
 import multiprocessing
 import os
@@ -10,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -121,8 +123,16 @@ def test_a_copy_of_a_shard_beside_it_is_named_before_its_samples_train_twice(tmp
     first = SegmentationDataset(data_dir("shapes"), split="val").image_paths[32]  # shard 1's first sample
     problem = data_problem(args, world_size=1)
     copy, shard = tmp_path / "shard-00001 (1).tar", tmp_path / "shard-00001.tar"
-    assert problem.startswith(f"Sample '{Path(first).stem}' is in two shards, {copy} and {shard}: its "
-                              "samples would train twice")
+    assert problem.startswith(f"Sample '{Path(first).stem}' is in two shards, {copy} and {shard}, the same "
+                              "files of the same sizes: a copy of a shard would train its samples twice")
+    copy.unlink()
+    with tarfile.open(tmp_path / "other.tar", "w") as tar:  # what webdataset reads, and only that
+        for name, data in (("0001.jpg", b"another image"), ("0001.png", b"another mask"),  # another sample
+                           ("._0002.jpg", b"macOS"), ("._0003.jpg", b"metadata"), ("README", b"no key")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    assert data_problem(args, world_size=1) is None  # shards from two sources, both numbered from 0001
 
 
 def test_split_lists_are_checked_before_training_and_every_rank_needs_a_sample(tmp_path):
@@ -171,6 +181,8 @@ def test_ranks_that_see_different_files_all_stop_naming_what_each_sees(tmp_path,
     assert ddp_train.data_seen(as_data) != seen
     seen = ddp_train.data_seen(as_data)
     stems = (copy / "train.txt").read_text().split()
+    (copy / "train.txt").write_bytes(("\r\n".join(stems) + "\r\n").encode())  # a Windows copy: the same
+    assert ddp_train.data_seen(as_data) == seen
     (copy / "train.txt").write_text("\n".join(reversed(stems)) + "\n")  # same size, another order
     assert ddp_train.data_seen(as_data) != seen  # index i would be another sample on this node
 

@@ -1,6 +1,8 @@
 """Batches augmented on the device (helpers.device_batches, notebook 06): aligned, drawn at their
 probabilities, reproducible, and the same pixels as the per-sample v2 pipeline they replace."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -264,8 +266,9 @@ def test_masks_of_another_size_than_their_images_are_refused_not_read_as_other_p
                                          r"\(6, 8\) \(height, width\)"):
         augment_batch([image, image], [mask.mT, mask], 4, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"^Sample 0 of the dataset has a mask of \(8, 6\) for an image of "
-                                         r"\(6, 8\) \(height, width\): give each image the mask of its own"):
+                                         r"\(6, 8\) \(height, width\): give each image a mask of its own"):
         InMemoryDataset([(tv_tensors.Image(image), tv_tensors.Mask(mask))])
+    assert len(InMemoryDataset([(tv_tensors.Image(image), tv_tensors.Mask(mask.mT[None]))])) == 1  # [1, H, W]
 
 
 def test_fewer_samples_than_a_batch_with_drop_last_are_refused_rather_than_an_empty_epoch():
@@ -274,3 +277,5 @@ def test_fewer_samples_than_a_batch_with_drop_last_are_refused_rather_than_an_em
                                          r"smaller batch_size, or drop_last=False\.$"):
         DeviceBatches(InMemoryDataset(samples), CPU, 32, batch_size=8)
     assert len(DeviceBatches(InMemoryDataset(samples), CPU, 32, batch_size=8, drop_last=False)) == 1
+    with pytest.raises(ValueError, match=r"^0 samples make no batch of 8\.$"):
+        DeviceBatches(SimpleNamespace(shapes=torch.zeros(0, 3)), CPU, 32, batch_size=8, drop_last=False)

@@ -305,11 +305,14 @@ def test_every_rank_splits_the_shards_in_name_order_whatever_order_it_lists_them
     assert sorted(per_rank[0] + per_rank[1]) == shards  # each shard read once, by one rank
 
 
-def test_a_shard_listed_twice_is_refused_by_name(tmp_path, source_dataset):
+def test_a_shard_listed_twice_is_refused_by_name(tmp_path, source_dataset, monkeypatch):
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=5)
     with pytest.raises(ValueError, match=r"shard-00001\.tar is listed 2 times among the shards: its samples "
                                          r"would be read as many times each epoch\. List each shard once\."):
         ShardStream([*shards, str(shards[1])])  # a str and a Path of one file
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"shard-00001\.tar is listed 2 times"):
+        ShardStream([*shards, Path("shards/../shards/shard-00001.tar")])  # another path to it
 
 
 def test_a_stream_sent_to_a_worker_keeps_its_rank_and_its_workers_split_the_rank_s_shards(
