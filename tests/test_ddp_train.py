@@ -126,13 +126,14 @@ def test_a_copy_of_a_shard_beside_it_is_named_before_its_samples_train_twice(tmp
     assert problem.startswith(f"Sample '{Path(first).stem}' is in two shards, {copy} and {shard}, the same "
                               "files of the same sizes: a copy of a shard would train its samples twice")
     copy.unlink()
-    with tarfile.open(tmp_path / "other.tar", "w") as tar:  # what webdataset reads, and only that
-        for name, data in (("0001.jpg", b"another image"), ("0001.png", b"another mask"),  # another sample
-                           ("._0002.jpg", b"macOS"), ("._0003.jpg", b"metadata"), ("README", b"no key")):
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            tar.addfile(member, io.BytesIO(data))
-    assert data_problem(args, world_size=1) is None  # shards from two sources, both numbered from 0001
+    for shard in ("other-1.tar", "other-2.tar"):  # what webdataset reads as samples, and only that
+        with tarfile.open(tmp_path / shard, "w") as tar:
+            for name, data in ((f"0001.{shard[6]}.jpg", b"another image"), ("._0002.jpg", b"macOS"),
+                               ("README", b"no sample")):  # the last two in both: webdataset passes them
+                member = tarfile.TarInfo(name)
+                member.size = len(data)
+                tar.addfile(member, io.BytesIO(data))
+    assert data_problem(args, world_size=1) is None  # "0001": in three shards, three different samples
 
 
 def test_split_lists_are_checked_before_training_and_every_rank_needs_a_sample(tmp_path):
