@@ -346,6 +346,9 @@ def run(args: argparse.Namespace) -> dict:
         args.out.mkdir(parents=True, exist_ok=True)  # saved first: a bad validation file loses no training
         log["checkpoint_matches"] = save_and_check(model, args.out / "model.pt", device)
         log["eval"] = evaluate_everywhere(model, args, device)
+        # last, a collective that holds no tensors: gloo's threads let go of the all_reduce's tensors first
+        # (which takes Python's lock). Torn down right after one, the group deadlocked once (torch 2.11).
+        dist.barrier()
         (args.out / f"rank-{where['rank']}.json").write_text(json.dumps(log))
         return log
     finally:
