@@ -141,6 +141,20 @@ def split_problem(args: argparse.Namespace, world_size: int) -> str | None:
     return None
 
 
+def left_out_every_epoch(args: argparse.Namespace, world_size: int) -> str | None:
+    """With ``--no-shuffle``, which training samples no epoch trains: DistributedSampler(drop_last=True)
+    leaves out the last ``len % world_size`` samples in file order, the same ones every epoch (07)."""
+    if args.shuffle or not args.data:
+        return None
+    stems = [Path(image).stem for image in SegmentationDataset(args.data, split="train").image_paths]
+    left = stems[len(stems) - len(stems) % world_size:]
+    if not left:
+        return None
+    return (f"--no-shuffle: {len(stems)} training samples do not divide over {world_size} processes, so "
+            f"no epoch trains the last {len(left)} in file order ({', '.join(left)}). Shuffle, or give "
+            f"train.txt a multiple of {world_size} samples.")
+
+
 def copied_sample(shards: dict[Path, list[tuple[str, int]]]) -> str | None:
     """A sample found in two shards with the same files of the same sizes, as in a copy of a shard saved
     beside it ("shard-00001 (1).tar"): each epoch would train it twice. ``shards``: each shard's files, as
@@ -328,6 +342,8 @@ def run(args: argparse.Namespace) -> dict:
                             world_size=world_size, device_id=device if cuda else None)  # its own store
     try:
         check_everywhere(data_problem(args, where["world_size"]), data_seen(args))
+        if where["rank"] == 0 and (left := left_out_every_epoch(args, world_size)):
+            warnings.warn(left, stacklevel=2)
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)
         model = build_model(args.norm)
         if args.sync_bn:  # SyncBatchNorm: batch statistics over all ranks (CUDA only)

@@ -9,6 +9,7 @@ batch into a few tensors (``encoded_collate``); the main process decodes each ba
 (CUDA cannot start in forked workers).
 """
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -76,9 +77,9 @@ def decodes(decode_jpeg: Callable, data: torch.Tensor, device: torch.device) -> 
 def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, int]) -> None:
     """Decode every pair's mask once, checked and resized to ``size`` (height, width) by nearest neighbour,
     into ``folder/masks.npy`` ([N, H, W] uint8), with each mask's own (height, width) in ``sizes.npy`` and
-    the masks' file names in ``names.txt``: ``EncodedPairs(pairs, masks=folder)`` then reads them instead
-    of decoding a PNG per sample, which costs the workers more than reading the JPEG. It checks the names,
-    not the pixels: write them again whenever a mask file changes."""
+    the masks' file names and a CRC-32 of each file's bytes in ``names.txt``: ``EncodedPairs(pairs,
+    masks=folder)`` then reads them instead of decoding a PNG per sample, which costs the workers more than
+    reading the JPEG, and refuses them once a mask file has changed (read, not decoded, to check)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("masks.npy", "sizes.npy", "names.txt"):  # an older copy must not pass for this one
@@ -97,9 +98,14 @@ def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, i
         raise
     del masks
     np.save(folder / "sizes.npy", sizes)
-    names = "".join(f"{Path(path).name}\n" for _, path in pairs)
+    names = "".join(f"{mask_crc(Path(path))} {Path(path).name}\n" for _, path in pairs)
     (folder / "names.txt").write_text(names, encoding="utf-8")  # any language's file names, on any system
     partial.replace(folder / "masks.npy")
+
+
+def mask_crc(path: Path) -> str:
+    """A mask file's CRC-32, as ``write_masks`` stores it beside the decoded mask (06_gpu_training)."""
+    return f"{zlib.crc32(file_bytes(path, 'Mask')):08x}"
 
 
 class EncodedPairs(Dataset):
@@ -124,7 +130,8 @@ class EncodedPairs(Dataset):
     def _check_decoded(self, folder: Path, mask_size: tuple[int, int] | None) -> tuple[int, int]:
         """The size of the masks ``write_masks`` stored in ``folder``, once they are these pairs' masks."""
         try:
-            names = (folder / "names.txt").read_text(encoding="utf-8").splitlines()
+            lines = [line.split(" ", 1) for line in (folder / "names.txt").read_text("utf-8").splitlines()]
+            crcs, names = [crc for crc, _ in lines], [name for _, name in lines]  # "crc name" per line
             masks = np.load(folder / "masks.npy", mmap_mode="r")
             counts = (len(masks), len(np.load(folder / "sizes.npy", mmap_mode="r")), len(names))
             stored = tuple(masks.shape[1:])
@@ -144,6 +151,10 @@ class EncodedPairs(Dataset):
         if mask_size is not None and tuple(mask_size) != stored:
             raise ValueError(f"The masks in {folder} are {stored} (HxW), not mask_size {tuple(mask_size)}: "
                              "write them again at that size, or leave mask_size out.")
+        changed = next((mask for mask, crc in zip(self.masks, crcs) if mask_crc(Path(mask)) != crc), None)
+        if changed is not None:
+            raise ValueError(f"{changed} has changed since write_masks stored it in {folder}: write them "
+                             "again with write_masks.")
         return stored
 
     def __getstate__(self) -> dict:

@@ -33,6 +33,7 @@ from helpers.ddp_train import (
     data_problem,
     is_url,
     launch,
+    left_out_every_epoch,
     main,
     parse_args,
     run,
@@ -356,6 +357,25 @@ def test_image_files_split_over_ranks_give_no_sample_twice_when_they_do_not_divi
         monkeypatch.setattr(distributed.dist, "get_rank", lambda rank=rank: rank)
         seen.append(list(train_loader(args, epoch=0, rank=rank).sampler))
     assert [len(indices) for indices in seen] == [85] * 3 and len(set(sum(seen, []))) == 255
+
+
+def test_without_shuffling_the_samples_no_epoch_trains_are_named(monkeypatch):
+    """--no-shuffle: 256 training images over 3 ranks leave out the same last one every epoch; the
+    warning names exactly the samples that no rank's loader reads."""
+    import torch.utils.data.distributed as distributed
+
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 3)
+    args = parse_args(["--data", str(data_dir("shapes")), "--out", "unused", "--no-shuffle"])
+    read = set()
+    for rank in range(3):
+        monkeypatch.setattr(distributed.dist, "get_rank", lambda rank=rank: rank)
+        loader = train_loader(args, epoch=1, rank=rank)
+        read |= {Path(loader.dataset.dataset.image_paths[index]).stem for index in loader.sampler}
+    stems = [Path(path).stem for path in loader.dataset.dataset.image_paths]
+    never = [stem for stem in stems if stem not in read]
+    assert len(never) == 1 and f"the last 1 in file order ({never[0]})" in left_out_every_epoch(args, 3)
+    assert left_out_every_epoch(args, 2) is None  # 256 divide over 2
+    assert left_out_every_epoch(parse_args(["--data", str(data_dir("shapes")), "--out", "x"]), 3) is None
 
 
 def test_without_workers_each_rank_and_epoch_draws_its_own_numbers_and_they_repeat(tmp_path):

@@ -1,6 +1,7 @@
 """JPEGs decoded by torchcodec (helpers.gpu_decode, notebook 06's way (c)): the same pixels as the CPU
 pipeline, masks decoded by the workers, a clear error for what it cannot read, the stream guard."""
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -251,6 +252,19 @@ def test_masks_stored_decoded_refuse_sidecar_files_of_other_lengths(tmp_path):
     np.save(folder / "sizes.npy", np.zeros((2, 2), dtype=np.int64))  # one row short
     with pytest.raises(ValueError, match=r"holds 3 masks, 2 sizes and 3 names: it is incomplete or mixed"):
         EncodedPairs(pairs, masks=folder)
+
+
+def test_masks_stored_decoded_are_refused_once_a_mask_file_changes(tmp_path):
+    """A mask exported again after write_masks (the same name, other pixels) must not train as the old."""
+    from helpers.gpu_decode import write_masks
+
+    pairs = [(image, Path(shutil.copy(mask, tmp_path))) for image, mask in first_pairs(3)]
+    write_masks(pairs, tmp_path / "masks", (32, 32))
+    EncodedPairs(pairs, masks=tmp_path / "masks")  # unchanged: accepted
+    pairs[1][1].write_bytes(first_pairs(4)[3][1].read_bytes())  # another mask under this one's name
+    with pytest.raises(ValueError, match=rf"{pairs[1][1].name} has changed since write_masks stored it in "
+                                         r".*masks: write them again with write_masks"):
+        EncodedPairs(pairs, masks=tmp_path / "masks")
 
 
 def test_a_stored_mask_still_checks_its_image_size(tmp_path):
