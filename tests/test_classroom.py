@@ -1,5 +1,6 @@
 """A class's copies: nbgrader turns the notebooks into student versions and grades them (TEACHING.md)."""
 
+import ast
 import os
 import re
 import shutil
@@ -96,3 +97,31 @@ def test_autograding_scores_the_solved_exercise_and_fails_the_hidden_check_of_th
     # each exercise checks twice: under its self-check heading, on the stub (the solution cell comes
     # after it), then in the graded cell, after the solution: solved there for Exercise 1 only
     assert outputs.count("Not solved yet") == 3 and outputs.count("Correct") == 1
+
+
+def names(sources: list[str]) -> tuple[set[str], set[str]]:
+    """The names that code binds anywhere (assigned, imported, defined) and those it reads."""
+    bound, read = set(), set()
+    for source in sources:  # IPython's %magic and !shell lines are not Python
+        python = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        tree = ast.parse("\n".join(python))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                (bound if isinstance(node.ctx, ast.Store) else read).add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.alias, ast.arg)):
+                bound.add(getattr(node, "asname", None) or getattr(node, "name", None) or node.arg)
+    return bound, read
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_student_versions_read_no_name_that_only_a_solution_defines(course, path):
+    """A student copy runs top to bottom with its solutions left out: a later cell that reads a name only
+    a solution defines would stop it with a NameError (autograding runs only 00's copy)."""
+    teacher = nbformat.read(path, as_version=4)
+    student = nbformat.read(course / "classroom" / "release" / "notebooks" / path.name, as_version=4)
+    code = [cell.source for cell in student.cells if cell.cell_type == "code"]
+    in_solutions, _ = names([cell.source for cell in teacher.cells if solution_lines(cell)])
+    bound, read = names(code)
+    assert not (in_solutions - bound) & read, (
+        f"{path.name}: the student copy reads {sorted((in_solutions - bound) & read)}, which only a "
+        "solution defines: define it in the stub or the cell before the exercise")
