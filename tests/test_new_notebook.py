@@ -20,10 +20,10 @@ def test_a_new_notebook_run_as_written_passes_every_check_of_a_lesson(tmp_path):
     for path in (first, last):
         shutil.copy(path, folder)
     number = f"{int(last.name[:2]) + 1:02d}"
-    command = [sys.executable, "tools/new_notebook.py", number, "class_balance", "Class balance",
+    command = [sys.executable, "tools/new_notebook.py", number, "instance_masks", "Instance masks",
                "--folder", str(folder)]
     assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode == 0
-    path = folder / f"{number}_class_balance.ipynb"
+    path = folder / f"{number}_instance_masks.ipynb"
     written = path.read_bytes()
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 1 and f"numbered {number} exists already" in again.stderr, again.stderr

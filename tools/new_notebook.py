@@ -1,13 +1,14 @@
 """Start a new lesson notebook with the series' frame in place (README, "For teachers and contributors").
 
-    python tools/new_notebook.py 08 class_balance "Class balance: what the masks hold, and what the loss sees"
+    python tools/new_notebook.py 08 instance_masks "Instance masks: one id per object"
 
-writes notebooks/08_class_balance.ipynb: the title with objectives and prerequisites, the Colab cell
+writes notebooks/08_instance_masks.ipynb: the title with objectives and prerequisites, the Colab cell
 (copied from 00, as every notebook has it), a setup cell, one worked step with an assert, two exercises
 (stub, self-check, collapsed solution and graded check, marked for nbgrader) and a summary that links to
-the next notebook. It runs and passes the checks of a lesson's form as written. What the lesson must
-replace is marked "(...": every such note, and the two example exercises; tests/test_repository.py fails
-until none is left. Then run it from a fresh kernel and save it.
+the next notebook. Run from a fresh kernel and saved, it passes the checks of a lesson's form, all but
+one: what the lesson must replace is marked "(...", every such note and the two example exercises, and
+tests/test_repository.py fails until none is left. A new lesson goes after the last one: numbers in
+between would mean renaming the later notebooks and their nbgrader ids. It prints what else to update.
 """
 
 import argparse
@@ -120,6 +121,18 @@ def exercise_cells(number: str, exercise: int, heading: str, task: str, stub: st
                  nbgrader=grading(number, exercise, "check"))]
 
 
+NEXT = """wrote {path}; next (README.md, "For teachers and contributors", Adding a notebook):
+  1. write the lesson: replace every "(..." note and the two example exercises
+  2. link it: the last cell of the notebook before it, 00's table under "Which notebooks, in which order?",
+     the README's notebook table, and TEACHING.md's class times, exercises and course plans
+  3. measure every notebook on one CPU: python tools/binder_check.py --json results/binder.json, and copy
+     its figures, machine and date into the README's notebook table
+  4. run 00 and {stem} from a fresh kernel and save them
+  5. python -m pytest tests/test_repository.py tests/test_prose.py tests/test_classroom.py \\
+         notebooks/00_start_here.ipynb {path}
+     (names what is still missing), then the whole test command"""
+
+
 def new_notebook(number: str, name: str, title: str, folder: Path) -> dict:
     """The notebook ``folder/{number}_{name}.ipynb`` starts as, linked to the notebooks around it."""
     first = json.loads((folder / "00_start_here.ipynb").read_text(encoding="utf-8"))
@@ -149,18 +162,20 @@ def new_notebook(number: str, name: str, title: str, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("number", help="two digits: where it goes in the series, e.g. 08")
-    parser.add_argument("name", help="snake_case, e.g. class_balance")
+    parser.add_argument("name", help="snake_case, e.g. instance_masks")
     parser.add_argument("title", help="the notebook's title after its number")
     parser.add_argument("--folder", type=Path, default=ROOT / "notebooks")
     args = parser.parse_args()
     if not re.fullmatch(r"\d\d", args.number) or not re.fullmatch(r"[a-z0-9_]+", args.name):
-        sys.exit("the number is two digits (08) and the name snake_case (class_balance)")
+        sys.exit("the number is two digits (08) and the name snake_case (instance_masks)")
+    if not (args.folder / "00_start_here.ipynb").is_file():
+        sys.exit(f"{args.folder} has no 00_start_here.ipynb: give the series' notebooks folder (--folder)")
     path = args.folder / f"{args.number}_{args.name}.ipynb"
     if list(args.folder.glob(f"{args.number}_*.ipynb")):
         sys.exit(f"a notebook numbered {args.number} exists already in {args.folder}")
     notebook = new_notebook(args.number, args.name, args.title, args.folder)
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {path}; next: README.md, \"For teachers and contributors\", Adding a notebook")
+    print(NEXT.format(path=path, stem=path.stem))
 
 
 if __name__ == "__main__":
