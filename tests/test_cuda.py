@@ -160,3 +160,17 @@ def test_batches_made_ahead_by_a_thread_reach_the_main_stream_whole_and_are_not_
         torch.cuda.set_sync_debug_mode("default")
     for number, copy in enumerate(copies):
         assert torch.equal(copy, torch.full_like(copy, number + 1)), number
+
+
+def test_deterministic_algorithms_refuse_the_segmentation_loss_on_cuda():
+    """06: torch.use_deterministic_algorithms(True) refuses cross-entropy over [B, C, H, W] on CUDA (its
+    NLLLoss adds in a varying order), rather than computing it differently from run to run."""
+    scores = torch.zeros(2, 4, 8, 8, device=CUDA)
+    target = torch.zeros(2, 8, 8, dtype=torch.long, device=CUDA)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="nll_loss2d.*deterministic"):
+            torch.nn.functional.cross_entropy(scores, target)
+            torch.cuda.synchronize()
+    finally:
+        torch.use_deterministic_algorithms(False)

@@ -2,6 +2,7 @@
 
 import gc
 import importlib
+import inspect
 import io
 import json
 import multiprocessing
@@ -357,6 +358,12 @@ def test_image_files_split_over_ranks_give_no_sample_twice_when_they_do_not_divi
         monkeypatch.setattr(distributed.dist, "get_rank", lambda rank=rank: rank)
         seen.append(list(train_loader(args, epoch=0, rank=rank).sampler))
     assert [len(indices) for indices in seen] == [85] * 3 and len(set(sum(seen, []))) == 255
+
+
+def test_under_join_a_step_is_still_divided_by_the_ranks_launched():
+    """07: the last steps of an uneven epoch, run by fewer ranks under join, are smaller steps."""
+    join = inspect.signature(DistributedDataParallel.join).parameters
+    assert join["divide_by_initial_world_size"].default is True
 
 
 def test_without_shuffling_the_samples_no_epoch_trains_are_named(monkeypatch):

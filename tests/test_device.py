@@ -3,6 +3,7 @@ import time
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from helpers.device import pick_device, prefetch, upload
 
@@ -91,3 +92,12 @@ def test_upload_to_the_cpu_neither_copies_nor_pins():
     tensor = torch.arange(6)
     uploaded = upload(tensor, CPU)
     assert uploaded is tensor and not uploaded.is_pinned()
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="pins where there is an accelerator")
+def test_pin_memory_without_an_accelerator_is_ignored_with_a_warning():
+    """06 turns pin_memory on for CUDA only: without an accelerator, torch warns and pins nothing."""
+    loader = DataLoader(TensorDataset(torch.zeros(2, 3)), batch_size=2, pin_memory=True)
+    with pytest.warns(UserWarning, match="'pin_memory' argument is set as true but no accelerator"):
+        (batch,) = next(iter(loader))
+    assert not batch.is_pinned()

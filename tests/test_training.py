@@ -189,6 +189,8 @@ def test_a_checkpoint_resumes_to_exactly_the_same_state(tmp_path):
     assert scheduler.last_epoch == 12  # the learning-rate schedule went on where it stopped
     for name, value in straight_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="Tried to step 13 times"):  # 06: a finished schedule cannot
+        run(1, model, optimizer, scheduler, loader)  # go on, as raising EPOCHS and resuming would ask
 
 
 def test_load_checkpoint_refuses_pickled_objects(tmp_path, monkeypatch):
