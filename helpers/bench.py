@@ -196,7 +196,7 @@ def format_pipelines(root: Path, size: int, batch_size: int, work: Path,
         start = time.perf_counter()
         write(path)
         seconds = time.perf_counter() - start
-        print(f"wrote {name:>6}: {seconds:5.1f} s, {disk_megabytes(path):6.1f} MB on disk")
+        print(f"wrote {name:>6}: {seconds:5.1f} s, {disk_megabytes(path):6.1f} MiB on disk")
     memmap, hdf5 = MemmapDataset(work / "memmap"), HDF5Dataset(work / "data.h5")
     streams = ShardStream(sorted((work / "shards").glob("*.tar")), shuffle=256, size=(size, size),
                           mask_dtype=torch.uint8)
@@ -274,7 +274,7 @@ def gpu_decode_pipelines(root: Path, size: int, batch_size: int, device: torch.d
     start = time.perf_counter()  # the masks decoded once, for the workers to read, not decode
     write_masks(pair_files(root / "images", root / "masks"), work / "masks", (size, size))
     print(f"wrote  masks: {time.perf_counter() - start:5.1f} s, "
-          f"{disk_megabytes(work / 'masks'):6.1f} MB on disk")
+          f"{disk_megabytes(work / 'masks'):6.1f} MiB on disk")
     return {"gpu decode": gpu_decode_pipeline(root, size, batch_size, device),
             GPU_STORED: gpu_decode_pipeline(root, size, batch_size, device, work / "masks"),
             GPU_AHEAD: gpu_decode_pipeline(root, size, batch_size, device, work / "masks", ahead=True)}
@@ -381,7 +381,7 @@ def decode_ceiling(root: Path, processes: int, size: int) -> float:
 
 
 def copy_bandwidth(megabytes: int = 128, repeats: int = 3) -> float:
-    """Bytes per second (read plus written) of a large copy with all of torch's threads (2 x 128 MB by
+    """Bytes per second (read plus written) of a large copy with all of torch's threads (2 x 128 MiB by
     default: far beyond any CPU cache, and small enough for Binder's memory)."""
     source = torch.ones(megabytes * 2**20, dtype=torch.uint8)
     target = torch.empty_like(source)

@@ -522,7 +522,7 @@ class InMemoryDataset(Dataset):
     """Every sample of ``dataset`` read and decoded once, then kept in memory; ``transform`` runs on
     each access.
 
-    For datasets that fit in RAM (the shapes train split decodes to about 20 MB): an epoch then reads no
+    For datasets that fit in RAM (the shapes train split decodes to about 20 MiB): an epoch then reads no
     files and decodes nothing; only the random transforms are left. The pixels live in two big tensors
     (all images, all masks) plus each sample's shape and start, not one tensor per sample: a DataLoader
     worker started by spawn or forkserver then receives four tensors, whatever the number of samples.

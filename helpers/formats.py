@@ -30,7 +30,7 @@ from helpers.masks import CLASSES
 
 
 def disk_megabytes(path: Path) -> float:
-    """Size on disk of a file, or of everything in a folder, in MB."""
+    """Size on disk of a file, or of everything in a folder, in MiB."""
     path = Path(path)
     files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
     return sum(f.stat().st_size for f in files) / 2**20

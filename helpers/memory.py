@@ -7,17 +7,17 @@ from torch.utils.data import Dataset
 
 
 def rss_mb() -> float:
-    """Resident memory of this process, in MB."""
+    """Resident memory of this process, in MiB."""
     return psutil.Process().memory_info().rss / 2**20
 
 
 def uss_mb() -> float:
-    """Memory only this process holds (not shared with its parent), in MB."""
+    """Memory only this process holds (not shared with its parent), in MiB."""
     return psutil.Process().memory_full_info().uss / 2**20
 
 
 class NameTable(Dataset):
-    """Many file names, read one per sample; every ``every``-th sample returns this worker's USS in MB.
+    """Many file names, read one per sample; every ``every``-th sample returns this worker's USS in MiB.
 
     Makes the copy-on-read trap visible: with forked workers, a Python list of names is copied into each
     worker page by page as it is read, while a NumPy array of names stays shared. Other samples return

@@ -22,7 +22,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def overfit_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
                   steps: int = 100, lr: float = 1e-2,
                   loss_fn: LossFn = nn.functional.cross_entropy) -> list[float]:
-    """Train ``model`` on one fixed batch and return the loss after each step.
+    """Train ``model`` on one fixed batch and return the loss of each step, before its update.
 
     A working pipeline drives this loss near zero: if it cannot memorise one small batch, something
     is broken (labels, model, loss or optimiser) and more data or epochs will not fix it.

@@ -1,4 +1,4 @@
-"""helpers.memory: this process's memory in MB, and a Dataset that reports a worker's own (05)."""
+"""helpers.memory: this process's memory in MiB, and a Dataset that reports a worker's own (05)."""
 
 import math
 import multiprocessing
@@ -13,9 +13,9 @@ from helpers.memory import NameTable, rss_mb, uss_mb
 @pytest.mark.parametrize("measure", [rss_mb, uss_mb])
 def test_memory_grows_by_the_megabytes_this_process_fills(measure):
     before = measure()
-    block = np.ones(64 * 2**20, np.uint8)  # 64 MB, every page written
+    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, every page written
     grown = measure() - before
-    assert before > 10 and 56 < grown < 72, grown  # in MB (2**20 bytes), not bytes or kB
+    assert before > 10 and 56 < grown < 72, grown  # in MiB (2**20 bytes), not bytes or kB
     del block
 
 
@@ -35,4 +35,4 @@ def test_a_forked_worker_owns_little_of_what_it_shares_with_its_parent():
     loader = DataLoader(NameTable(np.array(["a.jpg"]), every=1), batch_size=None, num_workers=1,
                         multiprocessing_context="fork")
     (worker_uss,) = list(loader)
-    assert 0 < worker_uss < rss_mb() / 4  # a few MB of a few hundred
+    assert 0 < worker_uss < rss_mb() / 4  # a few MiB of a few hundred
