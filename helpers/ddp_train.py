@@ -147,7 +147,8 @@ def left_out_every_epoch(args: argparse.Namespace, world_size: int) -> str | Non
     if args.shuffle or not args.data:
         return None
     stems = [Path(image).stem for image in SegmentationDataset(args.data, split="train").image_paths]
-    left = stems[len(stems) - len(stems) % world_size:]
+    sampler = DistributedSampler(stems, num_replicas=world_size, rank=0, shuffle=False, drop_last=True)
+    left = stems[sampler.total_size:]  # the samples it deals out are the first total_size
     if not left:
         return None
     return (f"--no-shuffle: {len(stems)} training samples do not divide over {world_size} processes, so "

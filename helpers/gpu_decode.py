@@ -9,6 +9,7 @@ batch into a few tensors (``encoded_collate``); the main process decodes each ba
 (CUDA cannot start in forked workers).
 """
 
+import re
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -130,14 +131,17 @@ class EncodedPairs(Dataset):
     def _check_decoded(self, folder: Path, mask_size: tuple[int, int] | None) -> tuple[int, int]:
         """The size of the masks ``write_masks`` stored in ``folder``, once they are these pairs' masks."""
         try:
-            lines = [line.split(" ", 1) for line in (folder / "names.txt").read_text("utf-8").splitlines()]
-            crcs, names = [crc for crc, _ in lines], [name for _, name in lines]  # "crc name" per line
+            lines = (folder / "names.txt").read_text("utf-8").splitlines()
             masks = np.load(folder / "masks.npy", mmap_mode="r")
-            counts = (len(masks), len(np.load(folder / "sizes.npy", mmap_mode="r")), len(names))
+            counts = (len(masks), len(np.load(folder / "sizes.npy", mmap_mode="r")), len(lines))
             stored = tuple(masks.shape[1:])
         except (OSError, ValueError) as error:
             raise ValueError(f"Cannot read the decoded masks in {folder}: {error}. "
                              "Write them again with write_masks.") from None
+        if not all(re.fullmatch(r"[0-9a-f]{8} .+", line) for line in lines):
+            raise ValueError(f"{folder / 'names.txt'} has no CRC-32 before each name: an older write_masks "
+                             "wrote it. Write them again with write_masks.")
+        crcs, names = [line[:8] for line in lines], [line[9:] for line in lines]  # "crc name" per line
         if len(set(counts)) > 1:
             raise ValueError(f"{folder} holds {counts[0]} masks, {counts[1]} sizes and {counts[2]} names: "
                              "it is incomplete or mixed. Write them again with write_masks.")

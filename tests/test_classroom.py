@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from IPython.core.inputtransformer2 import TransformerManager
 from nbgrader.api import Gradebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,16 +101,21 @@ def test_autograding_scores_the_solved_exercise_and_fails_the_hidden_check_of_th
 
 
 def names(sources: list[str]) -> tuple[set[str], set[str]]:
-    """The names that code binds anywhere (assigned, imported, defined) and those it reads."""
+    """The names that cells bind anywhere (assigned, imported, defined, caught) and those they read. IPython
+    turns each cell into Python first (a %%writefile cell's body becomes a string, as it runs)."""
     bound, read = set(), set()
-    for source in sources:  # IPython's %magic and !shell lines are not Python
-        python = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
-        tree = ast.parse("\n".join(python))
-        for node in ast.walk(tree):
+    for source in sources:
+        for node in ast.walk(ast.parse(TransformerManager().transform_cell(source))):
             if isinstance(node, ast.Name):
                 (bound if isinstance(node.ctx, ast.Store) else read).add(node.id)
-            elif isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.alias, ast.arg)):
-                bound.add(getattr(node, "asname", None) or getattr(node, "name", None) or node.arg)
+            elif isinstance(node, ast.alias):  # import a.b binds a
+                bound.add(node.asname or node.name.split(".")[0])
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                bound.add(node.name)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+            elif isinstance(node, ast.ExceptHandler) and node.name:  # except Error as name
+                bound.add(node.name)
     return bound, read
 
 

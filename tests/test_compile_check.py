@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import compile_check  # noqa: E402
 
-PAUSE = 0.3  # seconds the stand-in takes to "compile"
+PAUSE = 0.6  # seconds the stand-in takes to "compile": well above a step's jitter on a busy machine
 
 
 class SlowFirstCalls(torch.nn.Module):
@@ -41,9 +41,9 @@ def test_compiling_pays_back_after_the_steps_it_saves_and_never_within_the_noise
 
 def test_the_compiling_is_what_first_calls_take_beyond_warm_ones():
     figures = compile_check.measure(torch.device("cpu"), compile_fn=SlowFirstCalls, steps=1)
-    assert abs(figures["compiling, in the first training step (s)"] - PAUSE) < 0.15
+    assert abs(figures["compiling, in the first training step (s)"] - PAUSE) < PAUSE / 2
     evaluation = figures[f"compiling, in the first evaluation at {len(compile_check.SIZES)} image sizes (s)"]
-    assert abs(evaluation - PAUSE * len(compile_check.SIZES)) < 0.15  # eval mode, then each new size
+    assert abs(evaluation - PAUSE * len(compile_check.SIZES)) < PAUSE / 2  # eval mode, then each size
 
 
 def test_a_run_is_recorded_where_06_prints_it_from(tmp_path, monkeypatch, capsys):

@@ -446,6 +446,16 @@ def test_one_rank_trains_from_image_files_with_group_norm(one_rank, tmp_path, ca
     assert not dist.is_initialized()  # the process group was taken down
 
 
+def test_rank_0_warns_of_the_samples_no_epoch_trains(one_rank, tmp_path, monkeypatch):
+    """The warning reaches the launch's output (one rank leaves none out: here it is made to)."""
+    import helpers.ddp_train as ddp_train
+
+    monkeypatch.setattr(ddp_train, "left_out_every_epoch", lambda args, processes: f"left of {processes}")
+    with pytest.warns(UserWarning, match="left of 1"):
+        assert main(["--data", str(data_dir("shapes")), "--out", str(tmp_path), "--epochs", "1",
+                     "--steps", "1", "--size", "16", "--no-shuffle", "--cpu"]) == 0
+
+
 def test_the_model_is_saved_before_a_validation_file_can_fail(one_rank, tmp_path, monkeypatch):
     def damaged(*args):
         raise ValueError("Mask .../0300.png holds class 9")

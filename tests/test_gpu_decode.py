@@ -258,12 +258,17 @@ def test_masks_stored_decoded_are_refused_once_a_mask_file_changes(tmp_path):
     """A mask exported again after write_masks (the same name, other pixels) must not train as the old."""
     from helpers.gpu_decode import write_masks
 
-    pairs = [(image, Path(shutil.copy(mask, tmp_path))) for image, mask in first_pairs(3)]
+    pairs = [(image, Path(shutil.copy(mask, tmp_path / f"mask {index}.png")))  # names with spaces too
+             for index, (image, mask) in enumerate(first_pairs(3))]
     write_masks(pairs, tmp_path / "masks", (32, 32))
     EncodedPairs(pairs, masks=tmp_path / "masks")  # unchanged: accepted
     pairs[1][1].write_bytes(first_pairs(4)[3][1].read_bytes())  # another mask under this one's name
-    with pytest.raises(ValueError, match=rf"{pairs[1][1].name} has changed since write_masks stored it in "
+    with pytest.raises(ValueError, match=r"mask 1.png has changed since write_masks stored it in "
                                          r".*masks: write them again with write_masks"):
+        EncodedPairs(pairs, masks=tmp_path / "masks")
+    names = tmp_path / "masks" / "names.txt"
+    names.write_text("".join(line[9:] + "\n" for line in names.read_text().splitlines()))  # names alone
+    with pytest.raises(ValueError, match=r"names.txt has no CRC-32 before each name: an older write_masks"):
         EncodedPairs(pairs, masks=tmp_path / "masks")
 
 

@@ -15,7 +15,7 @@ def test_memory_grows_by_the_megabytes_this_process_fills(measure):
     before = measure()
     block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, every page written
     grown = measure() - before
-    assert before > 10 and 56 < grown < 72, grown  # in MiB (2**20 bytes), not bytes or kB
+    assert before > 10 and 62 < grown < 66, grown  # in MiB (2**20 bytes), not MB (67.1), bytes or kB
     del block
 
 

@@ -22,8 +22,15 @@ def test_a_new_notebook_run_as_written_passes_every_check_of_a_lesson(tmp_path):
     number = f"{int(last.name[:2]) + 1:02d}"
     command = [sys.executable, "tools/new_notebook.py", number, "instance_masks", "Instance masks",
                "--folder", str(folder)]
-    assert subprocess.run(command, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    made = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     path = folder / f"{number}_instance_masks.ipynb"
+    assert made.returncode == 0 and f"notebooks/00_start_here.ipynb {path}" in made.stdout  # the tests
+    skipped = [*command[:2], f"{int(number) + 2:02d}", *command[3:]]  # a number left out
+    elsewhere = [*command[:2], f"{int(number) + 1:02d}", *command[3:5], "--folder", str(tmp_path)]
+    for wrong, said in ((skipped, f"a new lesson goes last, as {int(number) + 1:02d}"),
+                        (elsewhere, "has no 00_start_here.ipynb")):
+        refused = subprocess.run(wrong, cwd=ROOT, capture_output=True, text=True)
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr
     written = path.read_bytes()
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert again.returncode == 1 and f"numbered {number} exists already" in again.stderr, again.stderr

@@ -121,27 +121,21 @@ def exercise_cells(number: str, exercise: int, heading: str, task: str, stub: st
                  nbgrader=grading(number, exercise, "check"))]
 
 
-NEXT = """wrote {path}; next (README.md, "For teachers and contributors", Adding a notebook):
-  1. write the lesson: replace every "(..." note and the two example exercises
-  2. link it: the last cell of the notebook before it, 00's table under "Which notebooks, in which order?",
-     the README's notebook table, and TEACHING.md's class times, exercises and course plans
-  3. measure every notebook on one CPU: python tools/binder_check.py --json results/binder.json, and copy
-     its figures, machine and date into the README's notebook table
-  4. run 00 and {stem} from a fresh kernel and save them
-  5. python -m pytest tests/test_repository.py tests/test_prose.py tests/test_classroom.py \\
-         notebooks/00_start_here.ipynb {path}
-     (names what is still missing), then the whole test command"""
+NEXT = """wrote {path}
+next, as README.md says ("For teachers and contributors", Adding a notebook): write the lesson in place of
+every "(..." note; link it from {previous}'s last cell, 00's table, the README's table and TEACHING.md;
+measure every notebook (tools/binder_check.py); run 00 and it from a fresh kernel; then test:
+  .venv/bin/python -m pytest tests/test_repository.py tests/test_prose.py tests/test_classroom.py \\
+      notebooks/00_start_here.ipynb {path}"""
 
 
 def new_notebook(number: str, name: str, title: str, folder: Path) -> dict:
-    """The notebook ``folder/{number}_{name}.ipynb`` starts as, linked to the notebooks around it."""
+    """The notebook ``folder/{number}_{name}.ipynb`` starts as, after the last one, linked back to 00."""
     first = json.loads((folder / "00_start_here.ipynb").read_text(encoding="utf-8"))
     colab = first["cells"][1]
     others = sorted(path.stem for path in folder.glob("[0-9][0-9]_*.ipynb"))
-    previous = max((stem for stem in others if stem < number), default=others[0])[:2]
-    after = [stem for stem in others if stem[:2] > number]
-    ending = (f"Next in the series: **[{after[0]}]({after[0]}.ipynb)**, (...)." if after else
-              "This is the end of the series. Back to [00_start_here](00_start_here.ipynb) for the map.")
+    previous = others[-1][:2]  # a new lesson goes last
+    ending = "This is the end of the series. Back to [00_start_here](00_start_here.ipynb) for the map."
     cells = [cell("markdown", INTRO.format(number=number, title=title, previous=previous)),
              cell("code", "".join(colab["source"]), jupyter={"source_hidden": True}, tags=["colab"]),
              cell("markdown", "## Setup\n\nWhat the whole notebook uses; each constant says why."),
@@ -173,9 +167,13 @@ def main() -> None:
     path = args.folder / f"{args.number}_{args.name}.ipynb"
     if list(args.folder.glob(f"{args.number}_*.ipynb")):
         sys.exit(f"a notebook numbered {args.number} exists already in {args.folder}")
+    last = max(path.name[:2] for path in args.folder.glob("[0-9][0-9]_*.ipynb"))
+    if int(args.number) != int(last) + 1:
+        sys.exit(f"a new lesson goes last, as {int(last) + 1:02d}: a number in between would mean renaming "
+                 "the notebooks after it and their nbgrader ids")
     notebook = new_notebook(args.number, args.name, args.title, args.folder)
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(NEXT.format(path=path, stem=path.stem))
+    print(NEXT.format(path=path, previous=f"{int(args.number) - 1:02d}"))
 
 
 if __name__ == "__main__":
