@@ -163,7 +163,8 @@ class MemmapDataset(Dataset):
 
     A batch comes back in the order of the list, gathered from the map in one copy. The files are checked
     when the dataset is made and again when a process maps them: a file written again since, with
-    other shapes, is refused, not read in part.
+    other shapes, is refused, not read in part; one cut short while mapped is named at the next read,
+    instead of ending the process.
     """
 
     def __init__(self, folder: Path):
@@ -191,6 +192,11 @@ class MemmapDataset(Dataset):
         if self.arrays is None:
             self.arrays = self.maps()
         images, masks = self.arrays
+        for array in self.arrays:  # read past the end of a file cut short, a map ends the process (SIGBUS)
+            if os.stat(array.filename).st_size < array.offset + array.nbytes:
+                raise ValueError(f"{array.filename} is shorter than when this process mapped it: it was "
+                                 "overwritten or cut short while in use. Write it again with write_memmap "
+                                 "(it replaces the file whole), then make the dataset again.")
         rows = sample_rows(index)
         if isinstance(rows, int):
             return Sample(torch.from_numpy(np.array(images[rows])), torch.from_numpy(np.array(masks[rows])))

@@ -468,6 +468,20 @@ def test_files_cut_short_after_the_dataset_was_made_are_named_when_read(tmp_path
         hdf5[0]
 
 
+def test_a_file_cut_short_while_mapped_is_named_instead_of_ending_the_process(tmp_path, source_dataset):
+    """Read past the end of a mapped file, and the system ends the process (SIGBUS: in a worker, "Bus
+    error", which reads as a shared-memory problem). A copy over the file while training reads it."""
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    memmap = MemmapDataset(tmp_path / "mm")
+    memmap[0]  # mapped in this process
+    path = tmp_path / "mm" / "images.npy"
+    with open(path, "r+b") as file:  # the same file, shorter: the map still covers its old length
+        file.truncate(path.stat().st_size // 2)
+    with pytest.raises(ValueError, match=r"images\.npy is shorter than when this process mapped it: it was "
+                                         r"overwritten or cut short while in use\. Write it again"):
+        memmap[len(memmap) - 1]
+
+
 def test_files_written_again_with_other_shapes_after_the_dataset_was_made_are_refused(tmp_path,
                                                                                     source_dataset):
     """A cell that writes the files again, on fewer samples: the old dataset would read them in part."""
