@@ -314,6 +314,15 @@ def train_epoch(ddp: DistributedDataParallel, batches: Iterable, optimizer: torc
     return names, losses
 
 
+# What a rank made (its DDP wrapper, or run_script's script's globals), kept until its process ends: by then
+# gloo's thread has long let go of every tensor. Torn down earlier, the DDP wrapper's last reference to a
+# gloo process group destroys the group while holding Python's lock, and waits for the group's thread, which
+# may still need that lock to let go of the last collective's tensors: a deadlock, seen with torch 2.11 on
+# Python 3.13 in 07's launches, even after a closing barrier (gdb: ~Reducer -> ~ProcessGroupGloo joining
+# pt_gloo_runloop, itself waiting for the GIL to decref a tensor; pytorch/pytorch#56297).
+KEPT_UNTIL_EXIT: list = []
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train, save and evaluate as one rank of the launch; return what this rank logged."""
     where = launch_info()
@@ -351,6 +360,7 @@ def run(args: argparse.Namespace) -> dict:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
         ddp = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
+        KEPT_UNTIL_EXIT.append(ddp)  # never torn down while gloo's thread may still hold its tensors
         optimizer = torch.optim.SGD(ddp.parameters(), lr=args.lr)
         log = {**where, "backend": backend, "device": str(device), "epochs": []}
         start = time.perf_counter()
@@ -363,9 +373,7 @@ def run(args: argparse.Namespace) -> dict:
         args.out.mkdir(parents=True, exist_ok=True)  # saved first: a bad validation file loses no training
         log["checkpoint_matches"] = save_and_check(model, args.out / "model.pt", device)
         log["eval"] = evaluate_everywhere(model, args, device)
-        # last, a collective that holds no tensors: gloo's threads let go of the all_reduce's tensors first
-        # (which takes Python's lock). Torn down right after one, the group deadlocked once (torch 2.11).
-        dist.barrier()
+        dist.barrier()  # every rank is done with the group before any leaves it
         (args.out / f"rank-{where['rank']}.json").write_text(json.dumps(log))
         return log
     finally:
@@ -428,23 +436,19 @@ def without_libuv_on_windows() -> None:
         module.TCPStore = functools.partial(dist.TCPStore, use_libuv=False)
 
 
-SCRIPT_GLOBALS: list[dict] = []  # what run_script's script made, kept until the rank's process ends
 
 
 def run_script(path: str, *argv: str) -> int:
     """One rank running a script, as ``torchrun --run-path SCRIPT ARGV`` runs it: in this interpreter.
 
-    What the script made (its model, its DDP wrapper) is kept, not torn down after it: the rank's
-    process then ends, and the system frees it all. Tearing it down can hang: the DDP wrapper's last
-    reference to a gloo process group destroys it while holding the GIL, and waits for the group's
-    thread, which may still need the GIL to let go of the last all-reduced tensor (seen with
-    torch 2.11 on Python 3.13; pytorch/pytorch#56297).
+    What the script made (its model, its DDP wrapper) is kept until the rank's process ends, not torn
+    down after it: tearing it down can hang (``KEPT_UNTIL_EXIT`` says why).
     """
     if "OMP_NUM_THREADS" in os.environ:  # as in run(): a forked rank applies it itself
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     without_libuv_on_windows()
     sys.argv = [path, *argv]  # as torch.distributed.run.run_script_path does
-    SCRIPT_GLOBALS.append(runpy.run_path(path, run_name="__main__"))
+    KEPT_UNTIL_EXIT.append(runpy.run_path(path, run_name="__main__"))
     return 0
 
 

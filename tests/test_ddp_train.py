@@ -444,6 +444,7 @@ def test_one_rank_trains_from_image_files_with_group_norm(one_rank, tmp_path, ca
     assert not any("running_mean" in name for name in weights)  # GroupNorm throughout, no BatchNorm
     assert "mean IoU" in capsys.readouterr().out
     assert not dist.is_initialized()  # the process group was taken down
+    assert isinstance(ddp_train.KEPT_UNTIL_EXIT[-1], DistributedDataParallel)  # its wrapper kept till exit
 
 
 def test_rank_0_warns_of_the_samples_no_epoch_trains(one_rank, tmp_path, monkeypatch):
@@ -519,10 +520,10 @@ def test_a_rank_keeps_what_its_script_made_so_nothing_is_torn_down_before_the_pr
                       "model = Model()\nweakref.finalize(model, print, 'torn down')\n"
                       "print('argv', sys.argv[1:])\n")
     monkeypatch.setattr(sys, "argv", sys.argv[:])
-    monkeypatch.setattr(ddp_train, "SCRIPT_GLOBALS", [])
+    monkeypatch.setattr(ddp_train, "KEPT_UNTIL_EXIT", [])
     assert run_script(str(script), "DATA") == 0
     gc.collect()
     assert capsys.readouterr().out == "argv ['DATA']\n"  # run, with its arguments, and not torn down
-    ddp_train.SCRIPT_GLOBALS.clear()
+    ddp_train.KEPT_UNTIL_EXIT.clear()
     gc.collect()
     assert capsys.readouterr().out == "torn down\n"  # the check above could fail
