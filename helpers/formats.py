@@ -192,16 +192,23 @@ class MemmapDataset(Dataset):
         if self.arrays is None:
             self.arrays = self.maps()
         images, masks = self.arrays
-        for array in self.arrays:  # read past the end of a file cut short, a map ends the process (SIGBUS)
-            if os.stat(array.filename).st_size < array.offset + array.nbytes:
-                raise ValueError(f"{array.filename} is shorter than when this process mapped it: it was "
-                                 "overwritten or cut short while in use. Write it again with write_memmap "
-                                 "(it replaces the file whole), then make the dataset again.")
+        check_not_cut_short(self.arrays)
         rows = sample_rows(index)
         if isinstance(rows, int):
             return Sample(torch.from_numpy(np.array(images[rows])), torch.from_numpy(np.array(masks[rows])))
         # a list gathers the batch straight from the map, in the order asked: one copy, nothing reordered
         return Sample(torch.from_numpy(images[rows]), torch.from_numpy(masks[rows]))
+
+
+def check_not_cut_short(arrays: tuple[np.memmap, ...]) -> None:
+    """Refuse, naming the file, to read a map whose file is now shorter than when it was mapped (05): a
+    read past its end ends the process (SIGBUS; in a worker, "Bus error", which reads as a shared-memory
+    problem). One ``stat`` per file, before each read."""
+    for array in arrays:
+        if os.stat(array.filename).st_size < array.offset + array.nbytes:
+            raise ValueError(f"{array.filename} is shorter than when this process mapped it: it was "
+                             "overwritten or cut short while in use. Write it again with write_memmap "
+                             "(it replaces the file whole), then make the dataset again.")
 
 
 class _MappedBytes:
@@ -335,10 +342,12 @@ class PinnedMemmapBatches:
             self.ready[slot].synchronize()  # its last copy to the GPU has finished
         return self.buffers[slot]
 
-    def _gathered_on_host(self, images: torch.Tensor, masks: torch.Tensor,
+    def _gathered_on_host(self, maps: tuple[np.memmap, np.memmap],
                           order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Each batch gathered by the CPU into a buffer and copied to the device."""
+        """Each batch gathered by the CPU from the maps into a buffer and copied to the device."""
+        images, masks = (torch.from_numpy(array) for array in maps)
         for number in range(len(self)):
+            check_not_cut_short(maps)
             slot, rows = number % 2, order[number * self.batch_size:(number + 1) * self.batch_size]
             image_buffer, mask_buffer = self._buffer(slot, images, masks)
             # the one copy, from the map into the buffer (each sample's split over torch's threads)
@@ -351,24 +360,26 @@ class PinnedMemmapBatches:
                 self.ready[slot].record(torch.cuda.current_stream(self.device))
             yield on_device
 
-    def _gathered_on_device(self, images: torch.Tensor, masks: torch.Tensor,
+    def _gathered_on_device(self, maps: tuple[np.memmap, np.memmap],
                             order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Each batch gathered by the device from the RAM mapped for it (or, on a CPU, from the map)."""
+        """Each batch gathered by the device from the RAM mapped for it (or, on a CPU, from the maps)."""
         if self.mapped is None:
-            self.mapped = host_mapped((images.numpy(), masks.numpy()), self.device, self.dataset.folder)
+            check_not_cut_short(maps)  # read whole, once
+            self.mapped = host_mapped(maps, self.device, self.dataset.folder)
         order = upload(order, self.device)
         for number in range(len(self)):
+            if self.device.type != "cuda":  # the rows are read from the maps themselves
+                check_not_cut_short(maps)
             rows = order[number * self.batch_size:(number + 1) * self.batch_size]
             yield tuple(mapped.index_select(0, rows).view(torch.uint8).view(len(rows), *array.shape[1:])
-                        for mapped, array in zip(self.mapped, (images, masks), strict=True))
+                        for mapped, array in zip(self.mapped, maps, strict=True))
 
     def __iter__(self) -> Iterator[Sample]:
-        # the maps as tensors, copy-on-write so that torch may view them (nothing writes to them)
-        images, masks = (torch.from_numpy(array) for array in self.dataset.maps("c"))
+        maps = self.dataset.maps("c")  # copy-on-write, so that torch may view them (nothing writes to them)
         order = torch.randperm(len(self.dataset), generator=self.generator)
         flips = upload(torch.rand(len(order), generator=self.generator) < self.hflip_prob, self.device)
         gather = self._gathered_on_device if self.gather_on_device else self._gathered_on_host
-        for number, (on_device_images, on_device_masks) in enumerate(gather(images, masks, order)):
+        for number, (on_device_images, on_device_masks) in enumerate(gather(maps, order)):
             flip = flips[number * self.batch_size:(number + 1) * self.batch_size]
             yield Sample(torch.where(flip.view(-1, 1, 1, 1), on_device_images.flip(-1), on_device_images),
                          torch.where(flip.view(-1, 1, 1), on_device_masks.flip(-1), on_device_masks))

@@ -1,5 +1,6 @@
 """Each format gives back exactly what was written, in workers too, and shards split cleanly."""
 
+import functools
 import io
 import pickle
 import sys
@@ -468,18 +469,28 @@ def test_files_cut_short_after_the_dataset_was_made_are_named_when_read(tmp_path
         hdf5[0]
 
 
-def test_a_file_cut_short_while_mapped_is_named_instead_of_ending_the_process(tmp_path, source_dataset):
+@pytest.mark.parametrize("reader", ["dataset", "batches gathered on the host",
+                                    "batches gathered on the device"])
+def test_a_file_cut_short_while_mapped_is_named_instead_of_ending_the_process(tmp_path, source_dataset,
+                                                                              reader):
     """Read past the end of a mapped file, and the system ends the process (SIGBUS: in a worker, "Bus
     error", which reads as a shared-memory problem). A copy over the file while training reads it."""
     write_memmap(source_dataset, tmp_path / "mm", SIZE)
     memmap = MemmapDataset(tmp_path / "mm")
-    memmap[0]  # mapped in this process
+    if reader == "dataset":
+        memmap[0]  # mapped in this process
+        read_again = functools.partial(memmap.__getitem__, len(memmap) - 1)
+    else:  # on the CPU, both gathers read each batch from the map
+        batches = iter(PinnedMemmapBatches(memmap, 2, torch.device("cpu"),
+                                           gather_on_device=reader.endswith("device")))
+        next(batches)
+        read_again = functools.partial(next, batches)
     path = tmp_path / "mm" / "images.npy"
     with open(path, "r+b") as file:  # the same file, shorter: the map still covers its old length
         file.truncate(path.stat().st_size // 2)
     with pytest.raises(ValueError, match=r"images\.npy is shorter than when this process mapped it: it was "
                                          r"overwritten or cut short while in use\. Write it again"):
-        memmap[len(memmap) - 1]
+        read_again()
 
 
 def test_files_written_again_with_other_shapes_after_the_dataset_was_made_are_refused(tmp_path,
