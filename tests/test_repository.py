@@ -425,8 +425,8 @@ def test_the_teachers_guide_is_linked_and_lists_every_exercise():
 def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
     """The 1-CPU time and peak memory of each notebook come from tools/binder_check.py's results file."""
     recorded = json.loads((ROOT / "results" / "binder.json").read_text())
-    measure = ("measure every notebook again (python tools/binder_check.py --json results/binder.json), "
-               "copy its figures, machine and date into the README's notebook table, and run 00 again")
+    measure = ("measure every notebook again (python tools/binder_check.py --json results/binder.json "
+               "--readme, which writes its figures into the README's notebook table), and run 00 again")
     assert recorded["machine"]["cpus_used"] == 1, measure
     assert [row["notebook"] for row in recorded["notebooks"]] == [p.stem for p in NOTEBOOKS], (
         f"results/binder.json does not hold the notebooks of notebooks/: {measure}")
@@ -442,6 +442,7 @@ def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
         assert line[0].endswith(figures), (
             f"README's notebook table: the row of {row['notebook']} must end {figures!r} "
             f"(results/binder.json), not {line[0]!r}")
+        assert "(... " not in line[0], f"README's notebook table: write what {row['notebook']} teaches"
 
 
 PROMISES = {"under half a minute": 30, "under a minute": 60, "about a minute": 90}  # seconds, at most

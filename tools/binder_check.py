@@ -12,7 +12,10 @@ It prints one row per notebook and writes the figures to ``--json``.
 
 The executed copies go to a temporary folder; the repository's notebooks are not changed. It runs on
 Linux only, as Binder does. ``--json`` keeps one run of every notebook together: the README's notebook
-table and 00 quote it, so after adding a notebook measure them all again.
+table and 00 quote it, so after adding a notebook measure them all again. ``--readme`` then writes the
+figures, date and versions into that table (a notebook without a row gets one, its lesson left to write).
+
+    python tools/binder_check.py --json results/binder.json --readme
 """
 
 import argparse
@@ -20,6 +23,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 LIMIT_GB = 1.5  # the series' budget: well inside Binder's 2 GB, near its guaranteed 1 GB
 
 
@@ -79,13 +84,40 @@ def run_notebook(path: Path, cpus: int, out: Path) -> dict:
             "peak_pss_gb": round(peak / 1e9, 2), "processes_at_peak": peak_processes}
 
 
+def write_readme_table(recorded: dict, readme: str) -> str:
+    """``readme`` with ``recorded`` (a ``--json`` file's figures) in its notebook table: each row's time
+    and peak memory, the date, Python and torch in the sentence above the table, and a row for a notebook
+    that has none, after the row before it, its lesson marked "(..." to write."""
+    head, table = readme.split("| notebook |", 1)
+    machine = recorded["machine"]
+    head, _, intro = head.rpartition("## The notebooks")
+    intro = re.sub(r"Python \d+\.\d+\.\d+", f"Python {machine['python']}", intro, count=1)
+    intro = re.sub(r"torch \d[^\s,;)]*", f"torch {machine['torch']}", intro, count=1)
+    intro = re.sub(r"\d{4}-\d\d-\d\d \(`results/binder.json`\)", f"{machine['date']} (`results/binder.json`)",
+                   intro, count=1)
+    table, blank, rest = table.partition("\n\n")  # the table ends at its first blank line
+    lines = table.split("\n")
+    for row in recorded["notebooks"]:
+        name, figures = row["notebook"], f"| {row['seconds']:.0f} s | {row['peak_pss_gb']:.2f} GB |"
+        found = [i for i, line in enumerate(lines) if line.startswith(f"| [{name}](")]
+        if found:
+            lines[found[0]] = re.sub(r"\| [^|]* \| [^|]* \|$", figures, lines[found[0]])
+        else:
+            last = max(i for i, line in enumerate(lines) if line.startswith("| [") and line[3:] < name)
+            lines.insert(last + 1, f"| [{name}](notebooks/{name}.ipynb) | (... what you learn) {figures}")
+    return head + "## The notebooks" + intro + "| notebook |" + "\n".join(lines) + blank + rest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("notebooks", nargs="*", type=Path,
-                        default=sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    parser.add_argument("notebooks", nargs="*", type=Path, default=NOTEBOOKS)
     parser.add_argument("--cpus", type=int, default=1, help="cores to pin the kernel to (Binder: 1)")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--readme", action="store_true", help="write them into README.md's notebook table")
     args = parser.parse_args()
+    if args.readme and not (args.json and args.cpus == 1 and len(args.notebooks) == len(NOTEBOOKS)):
+        raise SystemExit("--readme writes one run of every notebook on 1 CPU: add --json results/binder.json "
+                         "and name no notebooks")
     if not hasattr(os, "sched_getaffinity"):  # and PSS: Linux's own measure
         raise SystemExit("binder_check needs Linux, as Binder runs: open a terminal in a Binder session "
                          "(File > New > Terminal) or use another Linux machine, and run it there")
@@ -105,6 +137,10 @@ def main() -> None:
                    "cores_on_machine": os.cpu_count(), "cpus_used": args.cpus,
                    "command": "python tools/binder_check.py " + " ".join(sys.argv[1:])}
         args.json.write_text(json.dumps({"machine": machine, "notebooks": rows}, indent=1) + "\n")
+        if args.readme:
+            readme = ROOT / "README.md"
+            readme.write_text(write_readme_table({"machine": machine, "notebooks": rows}, readme.read_text()))
+            print(f"{readme}: figures written; check the machine named above the notebook table")
     if any(row["peak_pss_gb"] > LIMIT_GB for row in rows):
         raise SystemExit(f"over the {LIMIT_GB} GB budget")
 
