@@ -326,9 +326,9 @@ KEPT_UNTIL_EXIT: list = []
 def run(args: argparse.Namespace) -> dict:
     """Train, save and evaluate as one rank of the launch; return what this rank logged."""
     where = launch_info()
-    # one GPU per process, or none: nccl cannot put two ranks on one GPU
+    # one GPU per process, or none: nccl cannot put two ranks on one GPU. Windows builds have no nccl
     processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    cuda = (not args.cpu and torch.cuda.is_available()
+    cuda = (not args.cpu and torch.cuda.is_available() and dist.is_nccl_available()
             and torch.cuda.device_count() >= processes_here)
     without_libuv_on_windows()
     store, rank, world_size = next(dist.rendezvous("env://"))  # where the ranks meet, as torchrun said
@@ -337,9 +337,10 @@ def run(args: argparse.Namespace) -> dict:
         raise LaunchError("--sync-bn needs one GPU per process: PyTorch refuses to train SyncBatchNorm on "
                           "the CPU")
     if not args.cpu and not cuda and torch.cuda.is_available() and where["local_rank"] == 0:
-        warnings.warn(f"This node has {torch.cuda.device_count()} GPU(s) for {processes_here} processes: "
-                      "training on the CPU (nccl needs one GPU per process; --cpu chooses the CPU without "
-                      "this warning)", stacklevel=2)
+        why = (f"This node has {torch.cuda.device_count()} GPU(s) for {processes_here} processes, and nccl "
+               "needs one GPU per process" if dist.is_nccl_available() else
+               "This build of torch has no nccl, which Windows builds lack")
+        warnings.warn(f"{why}: training on the CPU (--cpu chooses it without this warning)", stacklevel=2)
     if "OMP_NUM_THREADS" in os.environ:  # torchrun sets 1 per process; a forked rank must apply it itself
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     device = torch.device("cuda", where["local_rank"]) if cuda else torch.device("cpu")
@@ -434,8 +435,6 @@ def without_libuv_on_windows() -> None:
                  "torch.distributed.rendezvous"):  # the ranks' clients (torch.distributed.rendezvous
         module = importlib.import_module(name)  # itself is a function of the same name)
         module.TCPStore = functools.partial(dist.TCPStore, use_libuv=False)
-
-
 
 
 def run_script(path: str, *argv: str) -> int:

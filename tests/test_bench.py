@@ -99,6 +99,20 @@ def test_timings_are_the_mean_of_a_round_and_the_best_of_rounds(monkeypatch):
     assert bench.copy_bandwidth(megabytes=1, repeats=3) == 2 * 2**20 * 3 / 2.0  # read and written
 
 
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_timed_call_on_a_gpu_is_waited_for_before_each_round_ends(monkeypatch, device):
+    """A GPU runs what a call queues after the call returns: the clock stops after the GPU is done."""
+    events = []
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: events.append("clock") or 0.0)
+    wait = (torch.cuda, "synchronize") if device == "cuda" else (torch.mps, "synchronize")
+    monkeypatch.setattr(*wait, lambda *_: events.append("wait"))
+    bench.milliseconds(lambda: events.append("call"), repeats=2, rounds=2, device=torch.device(device))
+    assert events == ["clock", "call", "call", "wait", "clock"] * 2
+    events.clear()
+    bench.milliseconds(lambda: events.append("call"), repeats=2, rounds=1, device=torch.device("cpu"))
+    assert events == ["clock", "call", "call", "clock"]
+
+
 def test_images_per_second_counts_every_image_of_an_epoch_over_its_time(monkeypatch):
     """The best of the timed epochs, after a warm-up one; while workers load, the main process keeps only
     the cores they leave for its torch threads."""

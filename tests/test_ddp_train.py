@@ -468,11 +468,16 @@ def test_the_model_is_saved_before_a_validation_file_can_fail(one_rank, tmp_path
     assert (tmp_path / "model.pt").is_file()  # the training is kept
 
 
+@pytest.mark.parametrize("gpus, nccl, why", [
+    (1, True, r"This node has 1 GPU\(s\) for 2 processes, and nccl needs one GPU per process"),
+    (2, False, "This build of torch has no nccl, which Windows builds lack")])
 def test_too_few_gpus_for_the_processes_of_a_node_train_on_the_cpu_with_a_warning(one_rank, tmp_path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, gpus, nccl,
+                                                                                  why):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on this node, one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: nccl)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on this node
     started = []
 
     def init_process_group(backend: str, **options) -> None:  # note the backend, and go no further
@@ -480,8 +485,7 @@ def test_too_few_gpus_for_the_processes_of_a_node_train_on_the_cpu_with_a_warnin
         raise InterruptedError
 
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
-    with (pytest.warns(UserWarning, match=r"This node has 1 GPU\(s\) for 2 processes: training on the CPU"),
-          pytest.raises(InterruptedError)):
+    with pytest.warns(UserWarning, match=f"{why}: training on the CPU"), pytest.raises(InterruptedError):
         run(parse_args(["--data", str(data_dir("shapes")), "--out", str(tmp_path)]))
     assert started == ["gloo"]
 
