@@ -60,33 +60,6 @@ def test_pinned_memmap_batches_are_the_cpu_batches_while_the_gpu_lags_behind(tmp
         assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
 
 
-def test_memmap_gathered_by_the_gpu_from_mapped_ram_is_the_cpu_batches_and_stays_in_ram(tmp_path):
-    write_memmap(SegmentationDataset(SHAPES, split="val"), tmp_path, 64)
-    memmap = MemmapDataset(tmp_path)
-    gc.collect()  # CUDA tensors of earlier tests, left in reference cycles, freed before counting
-    allocated = torch.cuda.memory_allocated()
-    try:
-        images, masks = host_mapped((np.load(tmp_path / "images.npy"), np.load(tmp_path / "masks.npy")),
-                                    CUDA, tmp_path)
-    except PageLockRefused as error:  # a machine whose driver refuses (the benchmark: "not measured")
-        pytest.skip(str(error))
-    assert images.is_cuda and images.untyped_storage().nbytes() == 64 * 3 * 64 * 64
-    assert torch.cuda.memory_allocated() == allocated  # nothing copied to the GPU: the bytes stay in RAM
-    assert torch.equal(images[[5, 2]].view(torch.uint8).view(2, 3, 64, 64).cpu(),
-                       torch.from_numpy(np.load(tmp_path / "images.npy")[[5, 2]]))
-    on_cpu = list(PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0)))
-    batches = PinnedMemmapBatches(memmap, 8, CUDA, torch.Generator().manual_seed(0), gather_on_device=True)
-    for cpu_batch, gpu_batch in zip(on_cpu, batches, strict=True):
-        assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
-    torch.cuda.set_sync_debug_mode("error")  # the next epoch: nothing waits for the GPU
-    try:
-        second = list(batches)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert len(second) == len(on_cpu) and second[0][0].is_cuda
-    del batches, second  # the RAM is released once the GPU is done with it
-
-
 def test_jpegs_decoded_by_the_gpu_into_just_released_memory_are_the_images_and_augment_alike():
     pytest.importorskip("torchcodec")
     from helpers.gpu_decode import EncodedPairs, decode_jpegs, encoded_collate
@@ -174,3 +147,32 @@ def test_deterministic_algorithms_refuse_the_segmentation_loss_on_cuda():
             torch.cuda.synchronize()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+# Last: the GPU reading RAM mapped for it has not yet run on a GPU, and a fault there would fail every
+# test after it in this process.
+def test_memmap_gathered_by_the_gpu_from_mapped_ram_is_the_cpu_batches_and_stays_in_ram(tmp_path):
+    write_memmap(SegmentationDataset(SHAPES, split="val"), tmp_path, 64)
+    memmap = MemmapDataset(tmp_path)
+    gc.collect()  # CUDA tensors of earlier tests, left in reference cycles, freed before counting
+    allocated = torch.cuda.memory_allocated()
+    try:
+        images, masks = host_mapped((np.load(tmp_path / "images.npy"), np.load(tmp_path / "masks.npy")),
+                                    CUDA, tmp_path)
+    except PageLockRefused as error:  # a machine whose driver refuses (the benchmark: "not measured")
+        pytest.skip(str(error))
+    assert images.is_cuda and images.untyped_storage().nbytes() == 64 * 3 * 64 * 64
+    assert torch.cuda.memory_allocated() == allocated  # nothing copied to the GPU: the bytes stay in RAM
+    assert torch.equal(images[[5, 2]].view(torch.uint8).view(2, 3, 64, 64).cpu(),
+                       torch.from_numpy(np.load(tmp_path / "images.npy")[[5, 2]]))
+    on_cpu = list(PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0)))
+    batches = PinnedMemmapBatches(memmap, 8, CUDA, torch.Generator().manual_seed(0), gather_on_device=True)
+    for cpu_batch, gpu_batch in zip(on_cpu, batches, strict=True):
+        assert all(torch.equal(gpu.cpu(), cpu) for gpu, cpu in zip(gpu_batch, cpu_batch, strict=True))
+    torch.cuda.set_sync_debug_mode("error")  # the next epoch: nothing waits for the GPU
+    try:
+        second = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(second) == len(on_cpu) and second[0][0].is_cuda
+    del batches, second  # the RAM is released once the GPU is done with it

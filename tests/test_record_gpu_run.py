@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -57,9 +59,28 @@ def test_it_rewrites_the_results_file_as_it_is_kept(tmp_path):
     assert record_gpu_run.dumps(json.loads(kept)) == kept  # no reformatting of the other runs
     empty = tmp_path / "out"
     empty.mkdir()
-    run = subprocess.run([sys.executable, "tools/record_gpu_run.py", "h200", str(empty)], cwd=ROOT,
+    run = subprocess.run([sys.executable, "tools/record_gpu_run.py", "h200_2", str(empty)], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "nothing to record" in run.stderr
+
+
+def test_a_name_already_recorded_is_refused_unless_replaced(tmp_path):
+    """A new H100 run called h100 would change the run that 06 and the README's table check."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench_cuda.json").write_text('{"command": "python -m helpers.bench"}')
+    for name in ("h100", "h200"):  # refused before anything is written
+        with pytest.raises(SystemExit, match=f"already in bench_{name}.json, gpu_training_runs.json, which"):
+            record_gpu_run.record(name, [out])
+    compiled = tmp_path / "results"
+    compiled.mkdir()
+    (compiled / "compile_runs.json").write_text('{"about": "runs", "runs": {"h100": {}}}\n')
+    with pytest.raises(SystemExit, match="already in compile_runs.json"):
+        record_gpu_run.record("h100", [out], compiled)
+    (out / "bench_cuda.json").unlink()
+    (out / "compile_check.json").write_text(json.dumps({"figures": {"compiled training step (ms)": 5.0}}))
+    assert record_gpu_run.record("h100", [out], compiled, replace=True) == {}
+    assert json.loads((compiled / "compile_runs.json").read_text())["runs"]["h100"]["figures"]
 
 
 def test_a_compile_check_on_the_gpu_becomes_a_run_of_compile_runs(tmp_path):

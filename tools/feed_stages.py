@@ -81,6 +81,13 @@ def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> di
     per_batch(times, "memmap: gather, copy and flip", lambda: iter(batches), device)
     per_batch(times, "memmap: the same and to_device",
               lambda: (to_device(*batch, device) for batch in batches), device)
+    return times
+
+
+def device_gather_stages(work: Path, device: torch.device) -> dict[str, float]:
+    """The memory map in ``work`` gathered by the device from RAM mapped for it: milliseconds per batch.
+    Measured last: never yet run on a GPU, and a fault there would end the process."""
+    times = {}
     gathered = PinnedMemmapBatches(MemmapDataset(work), BATCH, device, gather_on_device=True)
     try:
         for _ in gathered:  # reads the map into RAM mapped for the device, once
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             times |= gpu_decode_stages(root, args.size, device, args.workers, Path(work))
         else:
             print("no gpu decode stages: torchcodec is not installed (requirements-gpu.txt)")
+        times |= device_gather_stages(Path(work) / "memmap", device)
     if args.json:  # a results file: what ran, where, and each stage's milliseconds per batch of BATCH
         args.json.write_text(json.dumps({
             "command": " ".join(["python tools/feed_stages.py", *(sys.argv[1:] if argv is None else argv)]),

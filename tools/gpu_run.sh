@@ -66,8 +66,11 @@ print('python', platform.python_version(), '| torch', torch.__version__, '| torc
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 gpus=$(nvidia-smi --list-gpus | wc -l)
-step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_cuda.py tests/test_device.py \
-    tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py tests/test_bench_gpu.py
+# test_cuda.py last, and its GPU gather from mapped RAM last in it: never run on a GPU yet, and a fault there
+# would fail every test after it in the process
+step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_device.py \
+    tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py \
+    tests/test_bench_gpu.py tests/test_cuda.py
 # shellcheck disable=SC2086
 step bench_cuda 255 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 12 \
     --epochs 2} ${data[@]+"${data[@]}"} --json "$out/bench_cuda.json"

@@ -1,6 +1,9 @@
 """Make results files from what tools/gpu_run.sh wrote, so that no figure of a GPU run is retyped.
 
-    python tools/record_gpu_run.py NAME OUT [OUT ...]      # e.g. NAME=h200, one OUT per gpu_run.sh call
+    python tools/record_gpu_run.py NAME OUT [OUT ...]      # e.g. NAME=h100_2, one OUT per gpu_run.sh call
+
+NAME must be new: 06, the README and tests/test_prose.py read the runs already recorded (h100, h200),
+and a new run under their name would change what they check. --replace overwrites one on purpose.
 
 From the folders OUT (whichever of these files they hold):
   bench_cuda.json     copied as results/bench_NAME.json (it already names its command, date and GPU)
@@ -15,10 +18,10 @@ From the folders OUT (whichever of these files they hold):
 06 prints the run with helpers.results.print_run("gpu_training_runs", NAME); the README quotes it.
 """
 
+import argparse
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -95,9 +98,24 @@ def add_run(path: Path, name: str, run: dict) -> None:
     path.write_text(dumps(runs))
 
 
-def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
+def recorded_as(name: str, results: Path) -> list[str]:
+    """The results files in ``results`` that already hold a run called ``name``."""
+    files = [f"bench_{name}.json", f"stages_{name}.json"]
+    found = [file for file in files if (results / file).is_file()]
+    for file in ("gpu_training_runs.json", "compile_runs.json"):
+        if (results / file).is_file() and name in json.loads((results / file).read_text())["runs"]:
+            found.append(file)
+    return found
+
+
+def record(name: str, folders: list[Path], results: Path = RESULTS, replace: bool = False) -> dict:
     """Write results/bench_NAME.json, results/stages_NAME.json and the run NAME of
-    results/gpu_training_runs.json (and of results/compile_runs.json); return the run of 06."""
+    results/gpu_training_runs.json (and of results/compile_runs.json); return the run of 06. A NAME
+    already recorded is refused unless ``replace``."""
+    if not replace and (found := recorded_as(name, results)):
+        raise SystemExit(f"A run called {name} is already in {', '.join(found)}, which 06, the README and "
+                         f"the tests read: record this one under a new name (such as {name}_2), or pass "
+                         "--replace to overwrite it, then update what reads it.")
     run: dict = {"figures": {}}
     compiled = False
     for folder in folders:
@@ -130,6 +148,10 @@ def record(name: str, folders: list[Path], results: Path = RESULTS) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        raise SystemExit(__doc__)
-    print(json.dumps(record(sys.argv[1], [Path(folder) for folder in sys.argv[2:]]), indent=1))
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name")
+    parser.add_argument("folders", nargs="+", type=Path, metavar="OUT")
+    parser.add_argument("--replace", action="store_true", help="overwrite a run of the same name")
+    args = parser.parse_args()
+    print(json.dumps(record(args.name, args.folders, replace=args.replace), indent=1))
