@@ -462,6 +462,7 @@ def output_to(log: str) -> None:
 
 
 RANKS_WRITE_OWN_LOGS = sys.platform == "win32"  # spawned there, ranks do not inherit the agent's log files
+RANKS_START = "fork" if sys.platform == "linux" else "spawn"  # how launch starts agents and ranks
 
 
 def rank_log(log: str, local_rank: int) -> str:
@@ -553,11 +554,10 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     with socket.socket() as free:  # node 0 listens here for the others
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    method = "fork" if sys.platform == "linux" else "spawn"  # how agents and ranks start
     # ignore_cleanup_errors: on Windows a rank that outlived its agent may hold its log open
     with tempfile.TemporaryDirectory(prefix="launch_", ignore_cleanup_errors=True) as logs:
         launcher = multiprocessing.get_context("spawn").Process(
-            target=run_agents, args=(argv, processes, nodes, port, logs, method,
+            target=run_agents, args=(argv, processes, nodes, port, logs, RANKS_START,
                                      None if script is None else str(Path(script).resolve()), own_logs))
         launcher.start()
         try:

@@ -496,14 +496,18 @@ def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank
     assert not dist.is_initialized() and not any(tmp_path.iterdir())
 
 
-def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path, quick_launcher):
-    """With the ranks' own logs, as on Windows, where spawned ranks cannot print to the agent's: what a
-    rank prints, and what is written to its file descriptor 1 (as C++ writes), come back in rank order,
-    although rank 1 prints first (rank 0 waits for it)."""
+def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path, quick_launcher, monkeypatch):
+    """As on Windows: the agent and ranks spawned (as on macOS too), each rank writing its own logs, since
+    spawned ranks cannot print to the agent's. What a rank prints, and what is written to its file
+    descriptor 1 (as C++ writes), come back in rank order, although rank 1 prints first (rank 0 waits
+    for it)."""
+    monkeypatch.setattr(ddp_train, "RANKS_START", "spawn")
     script = tmp_path / "script.py"
-    script.write_text("import os\nimport sys\nimport time\nfrom pathlib import Path\n\n"
+    script.write_text("import os\nimport sys\nimport time\nfrom pathlib import Path\n\nimport psutil\n\n"
                       "rank, done = os.environ['RANK'], Path(sys.argv[1], 'printed-1')\n"
-                      "Path(sys.argv[1], 'rank' + rank).write_text(os.environ['WORLD_SIZE'])\n"
+                      "spawned = any('spawn_main' in part for part in psutil.Process().cmdline())\n"
+                      "size = os.environ['WORLD_SIZE']\n"
+                      "Path(sys.argv[1], 'rank' + rank).write_text(f'{size} {spawned}')\n"
                       "deadline = time.monotonic() + 60\n"
                       "while rank == '0' and not done.exists() and time.monotonic() < deadline:\n"
                       "    time.sleep(0.01)\n"
@@ -512,7 +516,8 @@ def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path, quick_l
                       "if rank == '1':\n"
                       "    done.touch()\n")
     output = launch([str(tmp_path)], processes=2, script=script, own_logs=True)
-    assert {path.name: path.read_text() for path in tmp_path.glob("rank*")} == {"rank0": "2", "rank1": "2"}
+    assert {path.name: path.read_text() for path in tmp_path.glob("rank*")} == {"rank0": "2 True",
+                                                                              "rank1": "2 True"}
     assert output.splitlines() == [f"rank {rank} {what}" for rank in (0, 1)
                                    for what in ("printed", "wrote to 1")]
 
