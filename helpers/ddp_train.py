@@ -16,6 +16,7 @@ every rank then loads it and checks that it holds its own weights.
 """
 
 import argparse
+import contextlib
 import functools
 import gc
 import hashlib
@@ -35,6 +36,7 @@ from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
+import psutil
 import torch
 import torch.distributed as dist
 import webdataset as wds
@@ -501,11 +503,17 @@ def agent(argv: list[str], processes: int, nodes: int, node_rank: int, port: int
 
 
 def stop(processes: list) -> None:
-    """Terminate those still running (an interrupted cell) and wait for them."""
+    """Terminate those still running (an interrupted cell), wait for them, then kill what they started
+    that still runs: on Windows, terminating a process runs none of its handlers, so its agents and
+    ranks would go on training without it."""
     for process in processes:
         if process.is_alive():
+            started = psutil.Process(process.pid).children(recursive=True)
             process.terminate()
             process.join()
+            for child in started:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
 
 
 def run_agents(argv: list[str], processes: int, nodes: int, port: int, logs: str, method: str,

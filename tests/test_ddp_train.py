@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import tarfile
+import time
 from argparse import Namespace
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
@@ -536,3 +538,27 @@ def test_a_rank_keeps_what_its_script_made_so_nothing_is_torn_down_before_the_pr
     ddp_train.KEPT_UNTIL_EXIT.clear()
     gc.collect()
     assert capsys.readouterr().out == "torn down\n"  # the check above could fail
+
+
+def _start_a_sleeper(pid_file: str) -> None:
+    """A launcher stand-in: starts a process that would run for a minute, then waits."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    Path(pid_file).write_text(str(sleeper.pid))
+    sleeper.wait()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="forks the stand-in")
+def test_an_interrupted_launch_ends_what_its_launcher_started(tmp_path):
+    """As on Windows, where terminating the launcher runs none of its handlers: a process it started is
+    not left running."""
+    pid_file = tmp_path / "pid"
+    launcher = multiprocessing.get_context("fork").Process(target=_start_a_sleeper, args=(str(pid_file),))
+    launcher.start()
+    for _ in range(500):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.01)
+    sleeper = psutil.Process(int(pid_file.read_text()))
+    ddp_train.stop([launcher])
+    sleeper.wait(timeout=10)  # raises TimeoutExpired while it still runs
+    assert not sleeper.is_running()
