@@ -32,29 +32,32 @@ def test_segmentation_masks_work_too():
     assert losses[-1] < 0.05
 
 
-def test_time_loader_and_step_splits_waiting_from_working():
-    import time
+def test_time_loader_and_step_splits_waiting_from_working(monkeypatch):
+    """On a clock of the test's own, which moves only when the loader or the step "works": exact figures,
+    whatever else the machine is doing."""
+    from helpers import training
 
-    from helpers.training import time_loader_and_step
+    now = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
 
     def slow_loader(starting: float = 0.0):
-        time.sleep(starting)  # workers starting: waited for by the first batch only
+        now[0] += starting  # workers starting: waited for by the first batch only
         for i in range(3):
-            time.sleep(0.05)
+            now[0] += 0.05
             yield i
 
     seen = []
 
     def step(batch):
         seen.append(batch)  # the step is given each batch
-        time.sleep(0.01)
+        now[0] += 0.01
 
-    waiting, stepping = time_loader_and_step(slow_loader(starting=0.5), step, warmup=0)
-    assert 0.64 < waiting < 1.0 and 0.025 < stepping < 0.2 and seen == [0, 1, 2]
-    waiting, stepping = time_loader_and_step(slow_loader(starting=0.5), step)  # the start is not timed
-    assert 0.09 < waiting < 0.4 and 0.015 < stepping < 0.15 and seen == [0, 1, 2] * 2
-    waiting, stepping = time_loader_and_step(slow_loader(), lambda batch: None, max_batches=1)
-    assert waiting < 0.1
+    waiting, stepping = training.time_loader_and_step(slow_loader(starting=0.5), step, warmup=0)
+    assert (waiting, stepping, seen) == (pytest.approx(0.65), pytest.approx(0.03), [0, 1, 2])
+    waiting, stepping = training.time_loader_and_step(slow_loader(starting=0.5), step)  # start untimed
+    assert (waiting, stepping, seen) == (pytest.approx(0.1), pytest.approx(0.02), [0, 1, 2] * 2)
+    waiting, stepping = training.time_loader_and_step(slow_loader(), step, max_batches=1)
+    assert (waiting, stepping) == (pytest.approx(0.05), pytest.approx(0.01))
 
 
 # --- 06_gpu_training: losses, one epoch, evaluation, checkpoints -----------------------------------
