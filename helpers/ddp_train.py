@@ -508,7 +508,10 @@ def stop(processes: list) -> None:
     ranks would go on training without it."""
     for process in processes:
         if process.is_alive():
-            started = psutil.Process(process.pid).children(recursive=True)
+            try:
+                started = psutil.Process(process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:  # it ended meanwhile (on Windows psutil no longer finds it)
+                started = []
             process.terminate()
             process.join()
             for child in started:

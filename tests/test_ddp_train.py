@@ -507,7 +507,8 @@ def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path, quick_l
     script = tmp_path / "script.py"
     script.write_text("import os\nimport sys\nimport time\nfrom pathlib import Path\n\nimport psutil\n\n"
                       "rank, done = os.environ['RANK'], Path(sys.argv[1], 'printed-1')\n"
-                      "spawned = any('spawn_main' in part for part in psutil.Process().cmdline())\n"
+                      "me = psutil.Process()\n"
+                      "spawned = me.cmdline() != me.parent().cmdline()  # started afresh, not forked\n"
                       "size = os.environ['WORLD_SIZE']\n"
                       "Path(sys.argv[1], 'rank' + rank).write_text(f'{size} {spawned}')\n"
                       "deadline = time.monotonic() + 60\n"
@@ -541,16 +542,18 @@ def test_a_rank_keeps_what_its_script_made_so_nothing_is_torn_down_before_the_pr
 
 
 def _start_a_sleeper(pid_file: str) -> None:
-    """A launcher stand-in: starts a process that would run for a minute, then waits."""
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    Path(pid_file).write_text(str(sleeper.pid))
-    sleeper.wait()
+    """A launcher stand-in: starts a process (an agent) that starts another (a rank) that would run for a
+    minute, and waits."""
+    rank = ("import subprocess, sys, time; from pathlib import Path; "
+            "rank = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"Path({pid_file!r}).write_text(str(rank.pid)); rank.wait()")
+    subprocess.Popen([sys.executable, "-c", rank]).wait()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="forks the stand-in")
 def test_an_interrupted_launch_ends_what_its_launcher_started(tmp_path):
-    """As on Windows, where terminating the launcher runs none of its handlers: a process it started is
-    not left running."""
+    """As on Windows, where terminating the launcher runs none of its handlers: no process it started,
+    directly or not, is left running."""
     pid_file = tmp_path / "pid"
     launcher = multiprocessing.get_context("fork").Process(target=_start_a_sleeper, args=(str(pid_file),))
     launcher.start()
