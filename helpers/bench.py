@@ -115,17 +115,23 @@ def milliseconds(call: Callable[[], object], repeats: int = 10, rounds: int = 3,
                  device: torch.device | None = None) -> float:
     """Milliseconds per ``call()``: the mean over ``repeats`` calls, best of ``rounds`` (03, 04, 05).
 
-    The best round is the least disturbed by whatever else the machine was doing. Work that ``call``
-    queues on a GPU (CUDA or MPS) runs after it returns: name the ``device`` to wait for it in each round."""
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            call()
+    The best round is the least disturbed by whatever else the machine was doing. Work queued on a GPU
+    (CUDA or MPS) runs after the call that queued it returns: name the ``device``, and each round starts
+    once the GPU has done what was queued before it, and ends once it has done what the round queued."""
+
+    def wait_for_device() -> None:
         if device is not None and device.type == "cuda":
             torch.cuda.synchronize(device)
         elif device is not None and device.type == "mps":
             torch.mps.synchronize()
+
+    times = []
+    for _ in range(rounds):
+        wait_for_device()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        wait_for_device()
         times.append((time.perf_counter() - start) / repeats * 1000)
     return min(times)
 

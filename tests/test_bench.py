@@ -101,13 +101,14 @@ def test_timings_are_the_mean_of_a_round_and_the_best_of_rounds(monkeypatch):
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])
 def test_a_timed_call_on_a_gpu_is_waited_for_before_each_round_ends(monkeypatch, device):
-    """A GPU runs what a call queues after the call returns: the clock stops after the GPU is done."""
+    """A GPU runs what a call queues after the call returns: the clock starts after the GPU has done what
+    came before, and stops after it has done the round's work."""
     events = []
     monkeypatch.setattr(bench.time, "perf_counter", lambda: events.append("clock") or 0.0)
     wait = (torch.cuda, "synchronize") if device == "cuda" else (torch.mps, "synchronize")
     monkeypatch.setattr(*wait, lambda *_: events.append("wait"))
     bench.milliseconds(lambda: events.append("call"), repeats=2, rounds=2, device=torch.device(device))
-    assert events == ["clock", "call", "call", "wait", "clock"] * 2
+    assert events == ["wait", "clock", "call", "call", "wait", "clock"] * 2
     events.clear()
     bench.milliseconds(lambda: events.append("call"), repeats=2, rounds=1, device=torch.device("cpu"))
     assert events == ["clock", "call", "call", "clock"]

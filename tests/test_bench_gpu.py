@@ -96,6 +96,24 @@ def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkey
         assert f"{label}: {recorded['ms_per_batch'][label]:7.3f} ms" in printed  # the figure printed
 
 
+def test_feed_stages_keeps_the_other_stages_if_the_gpu_gathers_end_the_process(tmp_path, monkeypatch):
+    """The GPU's gathers from mapped RAM have never run on a GPU: the results file is written before."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "tools"))
+    import feed_stages
+
+    def fault(*args):
+        raise SystemExit("a fault that ends the process")
+
+    monkeypatch.setattr(feed_stages, "device_gather_stages", fault)
+    with pytest.raises(SystemExit):
+        feed_stages.main(["--device", "cpu", "--count", "32", "--side", "48", "--size", "32", "--workers",
+                          "0", "--data", str(tmp_path / "data"), "--json", str(tmp_path / "stages.json")])
+    kept = json.loads((tmp_path / "stages.json").read_text())["ms_per_batch"]
+    assert any(label.startswith("memmap") for label in kept) and any("gpu decode" in label for label in kept)
+
+
 def test_feed_stages_reports_a_map_the_gpu_refuses_and_keeps_the_other_stages(tmp_path, capsys,
                                                                               monkeypatch):
     from pathlib import Path

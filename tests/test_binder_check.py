@@ -79,3 +79,8 @@ def test_readme_gets_the_recorded_figures_and_a_row_for_a_new_notebook(binder_ch
     assert written[row - 1].startswith("| [01_") and written[row + 1].startswith("| [02_")
     assert changed[-1] == ("| [01b_more_images](notebooks/01b_more_images.ipynb) | (... what you learn) "
                            "| 5 s | 0.50 GB |")
+    for name, after in (("00_a_first", "| --- |"), ("01_two_images2", "| [01_two_images]")):  # first, next
+        recorded["notebooks"].append({"notebook": name, "seconds": 1.0, "peak_pss_gb": 0.1})
+        written = binder_check.write_readme_table(recorded, readme).splitlines()
+        row = next(i for i, line in enumerate(written) if line.startswith(f"| [{name}]("))
+        assert written[row - 1].startswith(after), (name, written[row - 1])

@@ -89,3 +89,9 @@ def test_it_times_the_model_06_trains_and_06_keeps_compile_off_as_the_recorded_r
     assert model in notebook and "COMPILE = False" in notebook
     recorded = json.loads((ROOT / "results" / "compile_runs.json").read_text())["runs"]["avx2_cpu"]
     assert recorded["figures"]["training steps until compiling pays back"].startswith("never")
+
+
+def test_a_run_already_recorded_is_refused_before_anything_is_measured(capsys):
+    with pytest.raises(SystemExit):
+        compile_check.main(["--record", "avx2_cpu"])  # the run 06 prints
+    assert "already holds a run called avx2_cpu" in capsys.readouterr().err

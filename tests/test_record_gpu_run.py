@@ -74,6 +74,9 @@ def test_a_name_already_recorded_is_refused_unless_replaced(tmp_path):
             record_gpu_run.record(name, [out])
     compiled = tmp_path / "results"
     compiled.mkdir()
+    (compiled / "stages_h100_2.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already in stages_h100_2.json, which"):
+        record_gpu_run.record("h100_2", [out], compiled)
     (compiled / "compile_runs.json").write_text('{"about": "runs", "runs": {"h100": {}}}\n')
     with pytest.raises(SystemExit, match="already in compile_runs.json"):
         record_gpu_run.record("h100", [out], compiled)

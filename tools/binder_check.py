@@ -91,7 +91,7 @@ def write_readme_table(recorded: dict, readme: str) -> str:
     head, table = readme.split("| notebook |", 1)
     machine = recorded["machine"]
     head, _, intro = head.rpartition("## The notebooks")
-    intro = re.sub(r"Python \d+\.\d+\.\d+", f"Python {machine['python']}", intro, count=1)
+    intro = re.sub(r"Python \d[^\s,;)]*", f"Python {machine['python']}", intro, count=1)
     intro = re.sub(r"torch \d[^\s,;)]*", f"torch {machine['torch']}", intro, count=1)
     intro = re.sub(r"\d{4}-\d\d-\d\d \(`results/binder.json`\)", f"{machine['date']} (`results/binder.json`)",
                    intro, count=1)
@@ -103,7 +103,8 @@ def write_readme_table(recorded: dict, readme: str) -> str:
         if found:
             lines[found[0]] = re.sub(r"\| [^|]* \| [^|]* \|$", figures, lines[found[0]])
         else:
-            last = max(i for i, line in enumerate(lines) if line.startswith("| [") and line[3:] < name)
+            last = max((i for i, line in enumerate(lines)  # after the row before it by name, or the head
+                        if line.startswith("| [") and line[3:line.index("]")] < name), default=1)
             lines.insert(last + 1, f"| [{name}](notebooks/{name}.ipynb) | (... what you learn) {figures}")
     return head + "## The notebooks" + intro + "| notebook |" + "\n".join(lines) + blank + rest
 

@@ -114,9 +114,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--record", metavar="NAME", help=f"add the run NAME to results/{RESULTS.name}")
+    parser.add_argument("--replace", action="store_true", help="with --record: overwrite a run of that name")
     parser.add_argument("--json", type=Path, help="write the run alone to this file")
     parser.add_argument("--first-step", action="store_true", help=argparse.SUPPRESS)  # the new process
     args = parser.parse_args(argv)
+    if args.record and not args.replace and args.record in json.loads(RESULTS.read_text())["runs"]:
+        parser.error(f"results/{RESULTS.name} already holds a run called {args.record}, which 06 may print: "
+                     "record this one under a new name, or pass --replace")
     device = torch.device(args.device)
     if args.first_step:  # print only what the first compiled step takes beyond a warm eager one
         net, batches = model_and_batches(device)

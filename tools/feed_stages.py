@@ -92,7 +92,8 @@ def device_gather_stages(work: Path, device: torch.device) -> dict[str, float]:
     try:
         for _ in gathered:  # reads the map into RAM mapped for the device, once
             pass
-    except (MemoryError, PageLockRefused) as error:  # too large to page-lock, or refused by the GPU
+    except (MemoryError, PageLockRefused, RuntimeError) as error:  # too large to page-lock, refused, or
+        # a CUDA error in the GPU's reads of the mapped RAM
         print(f"device gathers: not measured: {error}", flush=True)
         return times
     per_batch(times, "device gathers: gather and flip", lambda: iter(gathered), device)
@@ -148,18 +149,25 @@ def main(argv: list[str] | None = None) -> None:
     root = bench_data(args.count, args.side, args.data)
     print(f"{args.count} pairs {args.side}x{args.side} -> {args.size} px on {device}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+
+    command = " ".join(["python tools/feed_stages.py", *(sys.argv[1:] if argv is None else argv)])
+
+    def write(times: dict[str, float]) -> None:  # a results file: what ran, where, each stage's ms per batch
+        if args.json:
+            args.json.write_text(json.dumps({
+                "command": command, "machine": machine(device),
+                "settings": {k: str(v) for k, v in vars(args).items()}, "batch_size": BATCH,
+                "ms_per_batch": times}, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="pixels_to_batches_stages_") as work:
         times = memmap_stages(root, args.size, device, Path(work) / "memmap")
         if importlib.util.find_spec("torchcodec"):
             times |= gpu_decode_stages(root, args.size, device, args.workers, Path(work))
         else:
             print("no gpu decode stages: torchcodec is not installed (requirements-gpu.txt)")
+        write(times)  # before the stages that have never run on a GPU: a fault there keeps these
         times |= device_gather_stages(Path(work) / "memmap", device)
-    if args.json:  # a results file: what ran, where, and each stage's milliseconds per batch of BATCH
-        args.json.write_text(json.dumps({
-            "command": " ".join(["python tools/feed_stages.py", *(sys.argv[1:] if argv is None else argv)]),
-            "machine": machine(device), "settings": {k: str(v) for k, v in vars(args).items()},
-            "batch_size": BATCH, "ms_per_batch": times}, indent=2))
+        write(times)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+COPIED = {"bench_cuda.json": "bench_{}.json", "bench_stages.json": "stages_{}.json"}  # OUT's, as results'
+RUNS = ("gpu_training_runs.json", "compile_runs.json")  # results files of runs by name
 
 
 def machine(folder: Path) -> dict[str, str]:
@@ -100,9 +102,8 @@ def add_run(path: Path, name: str, run: dict) -> None:
 
 def recorded_as(name: str, results: Path) -> list[str]:
     """The results files in ``results`` that already hold a run called ``name``."""
-    files = [f"bench_{name}.json", f"stages_{name}.json"]
-    found = [file for file in files if (results / file).is_file()]
-    for file in ("gpu_training_runs.json", "compile_runs.json"):
+    found = [kept.format(name) for kept in COPIED.values() if (results / kept.format(name)).is_file()]
+    for file in RUNS:
         if (results / file).is_file() and name in json.loads((results / file).read_text())["runs"]:
             found.append(file)
     return found
@@ -119,10 +120,9 @@ def record(name: str, folders: list[Path], results: Path = RESULTS, replace: boo
     run: dict = {"figures": {}}
     compiled = False
     for folder in folders:
-        for written, kept in (("bench_cuda.json", f"bench_{name}.json"),
-                              ("bench_stages.json", f"stages_{name}.json")):
+        for written, kept in COPIED.items():
             if (folder / written).is_file():  # already results files: command, date, machine
-                shutil.copyfile(folder / written, results / kept)
+                shutil.copyfile(folder / written, results / kept.format(name))
         if (folder / "machine.txt").is_file():
             run = {**machine(folder), **run}
         if (folder / "06_figures.json").is_file():
