@@ -89,6 +89,13 @@ def worker_stderr() -> Iterator[list[str]]:
             lines.extend(ANSI_CODES.sub("", log.read()).splitlines())
 
 
+def major_minor(version: str) -> tuple[int, int]:
+    """The (major, minor) of a version such as torchvision's "0.29.1+cu130", to compare with a tuple:
+    ``major_minor(torchvision.__version__) >= (0, 28)`` (00 checks the series' floor, 03 a behaviour)."""
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
 def jpeg_decoder() -> str:
     """Which library decodes JPEGs for helpers.datasets: simplejpeg (libjpeg-turbo), or PIL without it."""
     if datasets.simplejpeg is not None:

@@ -7,7 +7,7 @@ import PIL
 import pytest
 import torch
 
-from helpers.env import environment_report, format_report, usable_cores, worker_stderr
+from helpers.env import environment_report, format_report, major_minor, usable_cores, worker_stderr
 
 
 def test_report_names_versions_device_cores_and_start_method():
@@ -101,3 +101,8 @@ def test_worker_stderr_catches_what_a_child_process_prints():
         subprocess.run([sys.executable, "-c", code], check=True)
         assert lines == []  # filled when the block ends
     assert lines == ["AttributeError: gone"]
+
+
+def test_versions_compare_by_number_not_as_text():
+    assert major_minor("0.29.1+cu130") == (0, 29) and major_minor("2.14.1") == (2, 14)
+    assert major_minor("0.100.0") > (0, 28) > major_minor("0.9.0")  # as text, "0.100" < "0.28"
