@@ -19,6 +19,9 @@ nox.options.sessions = ["tests-3.13", "colab"]
 COLAB_STACK = ["torch==2.11.0", "torchvision==0.26.0", "pillow==11.3.0", "numpy==2.1.3",
                "matplotlib==3.10.0", "h5py==3.16.0", "tqdm==4.67.1", "psutil==5.9.5",
                "ipywidgets==7.7.1", "ipykernel", "nbclient"]
+# Also on Colab, and too old for helpers.gpu_decode (decode_jpeg came in torchcodec 0.16): with it, 06 says
+# why (c) does not run and prints the command that installs a newer build.
+COLAB_TOO_OLD = ["torchcodec==0.11.0"]
 
 
 @nox.session(python=["3.11", "3.12", "3.13"])
@@ -32,7 +35,7 @@ def tests(session: nox.Session) -> None:
 def colab(session: nox.Session) -> None:
     """Every notebook on Colab's stack, as Colab runs it: from outside the repository, through its
     own Colab cell (which installs helpers/ from a copy of this checkout)."""
-    session.install(*COLAB_STACK)
+    session.install(*COLAB_STACK, *COLAB_TOO_OLD)
     session.run("python", "tools/colab/run.py", *session.posargs)
 
 

@@ -30,7 +30,6 @@ Taught in 04_dataloader_batching, 05_large_datasets and 06_gpu_training.
 
 import argparse
 import gc
-import importlib.util
 import json
 import multiprocessing
 import platform
@@ -67,7 +66,14 @@ from helpers.formats import (
     write_memmap,
     write_shards,
 )
-from helpers.gpu_decode import INSTALL, EncodedBatch, EncodedPairs, decode_jpegs, encoded_collate, write_masks
+from helpers.gpu_decode import (
+    EncodedBatch,
+    EncodedPairs,
+    decode_jpegs,
+    encoded_collate,
+    why_unavailable,
+    write_masks,
+)
 from helpers.progress import progress_bar
 from helpers.scenes import write_dataset
 from helpers.training import to_device
@@ -525,10 +531,10 @@ def chosen_pipelines(args: argparse.Namespace, root: Path, work: Path, limits: d
     chosen = pipelines(root, args.size, args.batch_size, device)
     if args.formats:
         chosen |= format_pipelines(root, args.size, args.batch_size, work, device)
-    if device.type == "cuda" and importlib.util.find_spec("torchcodec"):
+    if device.type == "cuda" and (why_not := why_unavailable()) is None:
         chosen |= gpu_decode_pipelines(root, args.size, args.batch_size, device, work)
     elif device.type == "cuda":
-        print(f"no gpu decode pipeline: torchcodec is not installed ({INSTALL})")
+        print(f"no gpu decode pipeline: {why_not}")
     if "gpu decode" in chosen:
         limits["gpu decode only"] = gpu_decode_ceiling(root, device, args.batch_size)
     return chosen

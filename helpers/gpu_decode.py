@@ -9,7 +9,9 @@ batch into a few tensors (``encoded_collate``); the main process decodes each ba
 (CUDA cannot start in forked workers).
 """
 
+import importlib.metadata
 import re
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -31,9 +33,42 @@ from helpers.datasets import (
     orientation_metadata,
     read_mask_with_size,
 )
+from helpers.env import major_minor
 from helpers.masks import CLASSES
 
-INSTALL = "pip install torchcodec==0.17.0 (requirements-gpu.txt pins it; it works with torch 2.11 or newer)"
+PIN = "torchcodec==0.17.0"  # requirements-gpu.txt's pin (a test keeps the two equal); needs torch 2.11+
+FIRST_WITH_DECODE_JPEG = (0, 16)  # Colab's runtimes come with torchcodec 0.11, which cannot decode JPEGs
+
+
+def install_command() -> str:
+    """The pip command that installs torchcodec built as this torch was built (06). Its compiled code
+    links to torch's, and to the same CUDA: on Linux, PyPI's wheels of both are built for CUDA 13.0;
+    another build of torch (CPU only, as on Colab's CPU runtime, or CUDA 12.8, as on its GPU runtime)
+    needs torchcodec from that build's index at download.pytorch.org, as torchcodec's README says."""
+    built_for = torch.version.cuda  # None for a CPU-only build
+    on_pypi = "13.0" if sys.platform.startswith("linux") else None  # elsewhere PyPI's are CPU only
+    if built_for == on_pypi:
+        return f"pip install {PIN}"
+    index = "cpu" if built_for is None else "cu" + built_for.replace(".", "")
+    return f"pip install {PIN} --index-url https://download.pytorch.org/whl/{index}"
+
+
+def why_unavailable() -> str | None:
+    """None where torchcodec can decode JPEGs here (06's way (c)); otherwise why not, and the command
+    that fixes it: not installed, too old for ``decode_jpeg``, or built for another torch or CUDA."""
+    try:
+        version = importlib.metadata.version("torchcodec")
+    except importlib.metadata.PackageNotFoundError:
+        return f"torchcodec is not installed: {install_command()}"
+    if major_minor(version) < FIRST_WITH_DECODE_JPEG:  # not imported: an upgrade works without a restart
+        return (f"torchcodec {version} is installed, which cannot decode JPEGs (decode_jpeg came in "
+                f"0.16): {install_command()}")
+    try:
+        from torchcodec.decoders import decode_jpeg  # noqa: F401  (loads torchcodec's compiled code)
+    except Exception as error:  # built for another torch or CUDA than this one
+        return (f"torchcodec {version} is installed but does not load with torch {torch.__version__} "
+                f"({type(error).__name__}: {error}); install its build for this torch: {install_command()}")
+    return None
 
 
 def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -48,8 +83,8 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
     """
     try:
         from torchcodec.decoders import decode_jpeg
-    except ImportError as error:
-        raise ImportError(f"Decoding JPEGs with torchcodec needs it installed: {INSTALL}") from error
+    except Exception as error:  # not installed, too old, or built for another torch: say which
+        raise ImportError(why_unavailable() or str(error)) from error
     target = device
     if device.type not in ("cpu", "cuda"):  # torchcodec sends any other device to nvJPEG, which refuses it
         device = torch.device("cpu")

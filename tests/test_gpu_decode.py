@@ -1,6 +1,8 @@
 """JPEGs decoded by torchcodec (helpers.gpu_decode, notebook 06's way (c)): the same pixels as the CPU
 pipeline, masks decoded by the workers, a clear error for what it cannot read, the stream guard."""
 
+import importlib.abc
+import importlib.metadata
 import shutil
 import sys
 from pathlib import Path
@@ -10,8 +12,9 @@ import pytest
 import torch
 from test_datasets import XMP_TURNED, damaged_jpeg, save_turned_by_exif
 
+from helpers import gpu_decode
 from helpers.datasets import SegmentationDataset, pair_files
-from helpers.gpu_decode import INSTALL, EncodedPairs, decode_jpegs, encoded_collate
+from helpers.gpu_decode import PIN, EncodedPairs, decode_jpegs, encoded_collate
 from helpers.paths import data_dir
 
 pytest.importorskip("torchcodec", reason="torchcodec is installed by requirements-teacher.txt")
@@ -190,12 +193,6 @@ def test_a_photo_gone_since_the_pairs_were_listed_says_so(tmp_path):
         pairs[0]
 
 
-def test_without_torchcodec_the_error_says_what_to_install(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchcodec.decoders", None)
-    with pytest.raises(ImportError, match=r"pip install torchcodec==0\.17\.0"):
-        decode_jpegs([], torch.device("cpu"))
-
-
 def test_on_cuda_the_host_waits_for_the_stream_before_decoding(monkeypatch):
     import torchcodec.decoders
 
@@ -211,10 +208,56 @@ def test_on_cuda_the_host_waits_for_the_stream_before_decoding(monkeypatch):
     assert calls == ["synchronize", "decode"]
 
 
-def test_the_install_hint_names_the_version_requirements_gpu_pins():
+def test_the_install_command_names_the_version_requirements_gpu_pins():
     pins = Path(__file__).resolve().parent.parent.joinpath("requirements-gpu.txt").read_text()
-    pin = next(line for line in pins.splitlines() if line.startswith("torchcodec=="))
-    assert f"pip install {pin} " in INSTALL
+    assert PIN == next(line for line in pins.splitlines() if line.startswith("torchcodec=="))
+
+
+@pytest.mark.parametrize("platform, cuda, index", [
+    ("linux", "13.0", None),  # PyPI's torch and torchcodec, both built for CUDA 13.0
+    ("linux", None, "cpu"),  # Colab's CPU runtime: torch 2.11.0+cpu
+    ("linux", "12.8", "cu128"),  # Colab's GPU runtime: torch 2.11.0+cu128
+    ("darwin", None, None),  # macOS and Windows: PyPI's wheels are CPU-only
+    ("win32", "12.8", "cu128"),
+])
+def test_the_install_command_asks_for_torchcodec_built_as_torch_was(monkeypatch, platform, cuda, index):
+    monkeypatch.setattr(gpu_decode.sys, "platform", platform)
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    command = gpu_decode.install_command()
+    assert command.startswith(f"pip install {PIN}")
+    assert command.endswith("" if index is None else f" --index-url https://download.pytorch.org/whl/{index}")
+    assert ("--index-url" in command) == (index is not None)
+
+
+def test_decoding_says_why_torchcodec_cannot_decode_here_and_how_to_fix_it(monkeypatch):
+    assert gpu_decode.why_unavailable() is None  # requirements-teacher.txt's torchcodec
+    versions = {"torchcodec": "0.11.0+cpu"}  # what Colab's runtimes come with: no decode_jpeg yet
+
+    def version(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    monkeypatch.setattr(gpu_decode.importlib.metadata, "version", version)
+    assert gpu_decode.why_unavailable() == ("torchcodec 0.11.0+cpu is installed, which cannot decode JPEGs "
+                                            f"(decode_jpeg came in 0.16): {gpu_decode.install_command()}")
+    versions["torchcodec"] = "0.16.0"  # new enough, but built for another torch: its library fails to load
+
+    class BuiltForAnotherTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "torchcodec.decoders":
+                raise OSError("libtorch_cuda.so: cannot open shared object file")
+
+    monkeypatch.delitem(sys.modules, "torchcodec.decoders")
+    monkeypatch.setattr(sys, "meta_path", [BuiltForAnotherTorch(), *sys.meta_path])
+    with pytest.raises(ImportError) as raised:
+        decode_jpegs([], torch.device("cpu"))
+    assert str(raised.value) == (
+        f"torchcodec 0.16.0 is installed but does not load with torch {torch.__version__} (OSError: "
+        "libtorch_cuda.so: cannot open shared object file); install its build for this torch: "
+        f"{gpu_decode.install_command()}")
+    versions.clear()
+    assert gpu_decode.why_unavailable() == f"torchcodec is not installed: {gpu_decode.install_command()}"
 
 
 def test_masks_stored_decoded_are_the_masks_decoded_per_sample_and_refuse_other_pairs(tmp_path):

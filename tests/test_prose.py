@@ -13,8 +13,8 @@ UNIT = (r"%|x\b|×|ms\b|s\b|min\b|seconds?\b|minutes?\b|hours?\b|GB/s|MB/s|[KMG]
         r"steps?\b|workers?\b|times\b|percent\b|images/s\b|images per second|pairs/s\b|samples/s\b")
 FIGURE = re.compile(rf"(?<![\w.,/-])(\d{{1,3}}(?:,\d{{3}})+|\d+)(\.\d+)?(?:\s?({UNIT}))?")
 # A number right after one of these words is a version, an index or a name, not a measurement.
-NOT_MEASURED = re.compile(r"(python|torch|torchvision|pillow|numpy|cuda|jupyterlab|nbval|webdataset|h5py|"
-                          r"version|since|notebook|notebooks|cell|issue|step|exercise|rank|node|pep|"
+NOT_MEASURED = re.compile(r"(python|torch|torchvision|torchcodec|pillow|numpy|cuda|jupyterlab|nbval|"
+                          r"webdataset|h5py|version|since|notebook|notebooks|cell|issue|step|exercise|rank|node|pep|"
                           r"[<>=]=|v)\s*$", re.I)
 
 
@@ -69,7 +69,8 @@ def cell_text(cell: dict) -> str:
 
 
 def test_figures_find_measurements_and_skip_versions_and_sizes():
-    text = "It took 27 s for a mean IoU of 0.888 (43 %, 2.3x) on torch 2.14.1, at 3 x 224 x 224, 2 workers."
+    text = ("It took 27 s for a mean IoU of 0.888 (43 %, 2.3x) on torch 2.14.1, at 3 x 224 x 224, 2 workers, "
+            "without torchcodec 0.16.")
     assert figures(text) == {"27", "0.888", "43", "2.3"}
     assert figures("3 times faster: 2,900 images/s in 12 seconds, 1.5 GiB") == {"3", "2900", "12", "1.5"}
     assert printed("mean IoU 0.888 in 27 s", "0.888") and not printed("0.8881", "0.888")

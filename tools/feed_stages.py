@@ -17,7 +17,6 @@ stage's milliseconds, with the machine and the command; tools/gpu_run.sh runs it
 """
 
 import argparse
-import importlib.util
 import json
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import torch
 from helpers.bench import bench_data, gpu_decode_pipeline, machine
 from helpers.datasets import SegmentationDataset, pair_files
 from helpers.formats import MemmapDataset, PageLockRefused, PinnedMemmapBatches, write_memmap
-from helpers.gpu_decode import decode_jpegs, write_masks
+from helpers.gpu_decode import decode_jpegs, why_unavailable, write_masks
 from helpers.training import to_device
 
 BATCH = 32
@@ -161,10 +160,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory(prefix="pixels_to_batches_stages_") as work:
         times = memmap_stages(root, args.size, device, Path(work) / "memmap")
-        if importlib.util.find_spec("torchcodec"):
+        if (why_not := why_unavailable()) is None:
             times |= gpu_decode_stages(root, args.size, device, args.workers, Path(work))
         else:
-            print("no gpu decode stages: torchcodec is not installed (requirements-gpu.txt)")
+            print(f"no gpu decode stages: {why_not}")
         write(times)  # before the stages that have never run on a GPU: a fault there keeps these
         times |= device_gather_stages(Path(work) / "memmap", device)
         write(times)
