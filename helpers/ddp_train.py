@@ -467,6 +467,15 @@ RANKS_WRITE_OWN_LOGS = sys.platform == "win32"  # spawned there, ranks do not in
 RANKS_START = "fork" if sys.platform == "linux" else "spawn"  # how launch starts agents and ranks
 
 
+def ranks_start(argv: list[str], script: str | None) -> str:
+    """How ``launch`` starts agents and ranks (07_distributed): ``RANKS_START``, or spawn where a rank may
+    use CUDA. torchrun's agent asks CUDA whether there is a GPU (``LaunchConfig``) before it starts its
+    ranks, and a process forked after that cannot use CUDA ("Cannot re-initialize CUDA in forked
+    subprocess"). torchrun itself spawns its ranks."""
+    may_use_cuda = torch.cuda.is_available() and (script is not None or "--cpu" not in argv)
+    return "spawn" if may_use_cuda else RANKS_START
+
+
 def rank_log(log: str, local_rank: int) -> str:
     """Where rank ``local_rank`` of the node whose log is ``log`` writes its own output (``rank``)."""
     return f"{log}-rank-{local_rank}"
@@ -558,7 +567,8 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     with a notebook's kernel, close to Binder's 2 GB. This starts one fresh process, which forks one
     agent per node (the function torchrun calls, ``elastic_launch``, with a static rendezvous on
     127.0.0.1), and each agent forks its ranks: they all share one import of torch, copied only where
-    they write to it (on Linux; elsewhere they are spawned). The kernel itself is never forked: its
+    they write to it (on Linux, and where the ranks train on the CPU; elsewhere they are spawned,
+    ``ranks_start``). The kernel itself is never forked: its
     threads (OpenMP's among them) do not survive a fork, and a rank could hang in a torch operation.
     ``own_logs`` (on Windows, where it must): each rank writes what it prints to files of its own.
     """
@@ -568,7 +578,7 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     # ignore_cleanup_errors: on Windows a rank that outlived its agent may hold its log open
     with tempfile.TemporaryDirectory(prefix="launch_", ignore_cleanup_errors=True) as logs:
         launcher = multiprocessing.get_context("spawn").Process(
-            target=run_agents, args=(argv, processes, nodes, port, logs, RANKS_START,
+            target=run_agents, args=(argv, processes, nodes, port, logs, ranks_start(argv, script),
                                      None if script is None else str(Path(script).resolve()), own_logs))
         launcher.start()
         try:

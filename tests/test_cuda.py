@@ -1,6 +1,7 @@
-"""The GPU paths of notebook 06 on an NVIDIA GPU: the same batches as on the CPU, made without making
-the program wait for the GPU, reused pinned buffers never overwritten too early, and JPEGs decoded by
-nvJPEG into memory that queued GPU work just released still the images (pytorch/vision#9606).
+"""The GPU paths of notebooks 06 and 07 on an NVIDIA GPU: the same batches as on the CPU, made without
+making the program wait for the GPU, reused pinned buffers never overwritten too early, JPEGs decoded by
+nvJPEG into memory that queued GPU work just released still the images (pytorch/vision#9606), and 07's
+launch training on nccl.
 Skipped without a GPU; tools/gpu_run.sh runs them first where there is one."""
 
 import gc
@@ -147,6 +148,17 @@ def test_deterministic_algorithms_refuse_the_segmentation_loss_on_cuda():
             torch.cuda.synchronize()
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_a_launch_from_python_trains_its_rank_on_the_gpu_with_nccl(tmp_path):
+    """07's launch without --cpu, one process for one GPU: its rank is spawned (torchrun's agent has asked
+    CUDA about GPUs before starting it, so a forked rank could not use CUDA) and trains there on nccl.
+    Never run on a GPU before: the launch from the kernel in 07 trains on the CPU."""
+    from helpers.ddp_train import launch
+
+    output = launch(["--data", str(SHAPES), "--out", str(tmp_path), "--epochs", "1", "--steps", "2",
+                     "--workers", "0"], processes=1)
+    assert "rank 0 of 1 (nccl, cuda:0)" in output
 
 
 # Last: the GPU reading RAM mapped for it has not yet run on a GPU, and a fault there would fail every

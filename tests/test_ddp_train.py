@@ -498,6 +498,18 @@ def test_sync_batch_norm_without_gpus_is_refused_before_anything_starts(one_rank
     assert not dist.is_initialized() and not any(tmp_path.iterdir())
 
 
+def test_ranks_that_may_use_cuda_are_spawned_since_the_agent_has_started_cuda_before(monkeypatch):
+    """torchrun's agent asks CUDA whether there is a GPU before it starts its ranks, and a rank forked after
+    that cannot use CUDA: launch spawns them wherever one may (tests/test_cuda.py launches one there)."""
+    monkeypatch.setattr(ddp_train, "RANKS_START", "fork")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert ddp_train.ranks_start(["--epochs", "1"], None) == "spawn"
+    assert ddp_train.ranks_start(["--epochs", "1", "--cpu"], None) == "fork"  # gloo on the CPU: no CUDA
+    assert ddp_train.ranks_start(["--cpu"], "script.py") == "spawn"  # a script may use CUDA all the same
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert ddp_train.ranks_start(["--epochs", "1"], None) == "fork"
+
+
 def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path, quick_launcher, monkeypatch):
     """As on Windows: the agent and ranks spawned (as on macOS too), each rank writing its own logs, since
     spawned ranks cannot print to the agent's. What a rank prints, and what is written to its file

@@ -68,18 +68,18 @@ cat "$out/machine.txt"
 gpus=$(nvidia-smi --list-gpus | wc -l)
 # test_cuda.py last, and its GPU gather from mapped RAM last in it: never run on a GPU yet, and a fault there
 # would fail every test after it in the process
-step tests 60 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_device.py \
+step tests 80 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_device.py \
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py \
     tests/test_bench_gpu.py tests/test_cuda.py
 # shellcheck disable=SC2086
 step bench_cuda 255 "$python" -m helpers.bench --formats --device cuda ${BENCH_ARGS:---workers 0 4 12 \
     --epochs 2} ${data[@]+"${data[@]}"} --json "$out/bench_cuda.json"
-step bench_stages 80 "$python" tools/feed_stages.py --device cuda ${data[@]+"${data[@]}"} \
+step bench_stages 75 "$python" tools/feed_stages.py --device cuda ${data[@]+"${data[@]}"} \
     --json "$out/bench_stages.json"  # where the benchmark's GPU time goes
 step 06_gpu_training 120 "$python" tools/notebook_script.py notebooks/06_gpu_training.ipynb \
     --figures "$out/06_figures.json"
 [[ $steps == *" ddp "* ]] && rm -rf /tmp/gpu_run_ddp  # no ranks' files from an earlier run
-step ddp_nccl 45 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
+step ddp_nccl 30 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
 cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
 step 01_two_images 30 "$python" tools/notebook_script.py notebooks/01_two_images.ipynb
