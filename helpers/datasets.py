@@ -306,8 +306,10 @@ def eight_bit_grey(file: Image.Image, path: Path | BinaryIO) -> Image.Image:
     if file.mode == "F" or low < 0 or high > 255:
         raise ImageRefused(
             f"Image {path} has {file.mode} pixels (16-bit, 32-bit or float grey) from {low} to {high}, which "
-            "8-bit RGB cannot hold as they are: converting would clip or round them. Scale it to 0..255 for "
-            "its own range and save it again (e.g. as PNG in mode L).")
+            "8-bit RGB cannot hold as they are: converting would clip or round them. Scale every image of "
+            "the dataset to 0..255 by the same window (12-bit data: 0..4095 divided by 16; CT: one window "
+            "of Hounsfield units), not each by its own range, which would give one tissue other values in "
+            "each image, and save them again (e.g. as PNG in mode L).")
     grey = Image.fromarray(array.astype(np.uint8))
     if isinstance(file.info.get("transparency"), int) and file.info["transparency"] <= 255:
         grey.info["transparency"] = file.info["transparency"]  # a value marked transparent: checked next
@@ -389,9 +391,12 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
     bad = [v for v in mask.unique().tolist() if not 0 <= v < num_classes and v != ignore_index]
     if bad:
         raise ValueError(
-            f"Mask {path} has values {bad[:8]} outside the classes 0..{num_classes - 1}. A mask saved as "
-            "JPEG or resized with smooth interpolation invents values; a 0/255 mask needs dividing by 255. "
-            "Save masks as PNG and resize them with nearest-neighbour.")
+            f"Mask {path} has values {bad[:8]} outside the classes 0..{num_classes - 1}. If your dataset has "
+            "these classes, say so: num_classes=N (mask values 0..N-1) and ignore_index for a value that "
+            "marks pixels to skip, such as 255 (python -m helpers.doctor FOLDER --num-classes N "
+            "--ignore-index 255 checks every mask). Otherwise: a mask saved as JPEG or resized with smooth "
+            "interpolation invents values, and a 0/255 mask needs dividing by 255; save masks as PNG and "
+            "resize them with nearest-neighbour.")
 
 
 def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from helpers.datasets import IMAGE_SUFFIXES, MASK_SUFFIXES, SegmentationDataset, scan_folder, split_stems
 from helpers.formats import NamedSample, check_whole_tar, decode_shard_sample, shard_url
-from helpers.masks import CLASSES
+from helpers.masks import CLASSES, IGNORE_INDEX
 from helpers.metrics import mean_iou
 from helpers.models import UNet
 from helpers.seeding import seed_everything, worker_seeding
@@ -247,18 +247,25 @@ def train_loader(args: argparse.Namespace, epoch: int, rank: int) -> DataLoader:
                                  shardshuffle=len(urls) if args.shuffle else False,
                                  seed=args.seed + epoch, empty_check=False)
                   .shuffle(args.buffer if args.shuffle else 0, seed=args.seed + epoch)
-                  .map(partial(decode_shard_sample, size=size)))
+                  .map(partial(decode_shard_sample, size=size, num_classes=args.num_classes,
+                               ignore_index=args.ignore_index)))
         return DataLoader(stream, batch_size=args.batch_size, num_workers=args.workers, **seeds)
-    dataset = Named(SegmentationDataset(args.data, split="train", size=size, mask_dtype=torch.uint8))
+    dataset = Named(SegmentationDataset(args.data, split="train", size=size, mask_dtype=torch.uint8,
+                                        num_classes=args.num_classes, ignore_index=args.ignore_index))
     sampler = DistributedSampler(dataset, shuffle=args.shuffle, seed=args.seed, drop_last=True)
     sampler.set_epoch(epoch)  # without it, every epoch repeats the first one's order
     return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                       **seeds)
 
 
-def build_model(norm: str = "batch") -> UNet:
+def build_model(norm: str = "batch", num_classes: int = len(CLASSES)) -> UNet:
     """The small U-Net every launch trains: two levels of 8 and 16 channels, at full size."""
-    return UNet(num_classes=len(CLASSES), widths=(8, 16), norm=norm)
+    return UNet(num_classes=num_classes, widths=(8, 16), norm=norm)
+
+
+def skipped_value(args: argparse.Namespace) -> int:
+    """The mask value the loss and the metrics skip: ``--ignore-index``, or the series' 255 (padding)."""
+    return IGNORE_INDEX if args.ignore_index is None else args.ignore_index
 
 
 def evaluate_everywhere(model: nn.Module, args: argparse.Namespace, device: torch.device) -> dict:
@@ -267,9 +274,11 @@ def evaluate_everywhere(model: nn.Module, args: argparse.Namespace, device: torc
     folder = args.data or args.val_data
     if folder is None:
         return {}
-    val = SegmentationDataset(folder, split="val", size=(args.size, args.size))
+    val = SegmentationDataset(folder, split="val", size=(args.size, args.size), num_classes=args.num_classes,
+                              ignore_index=args.ignore_index)
     mine = Subset(val, range(dist.get_rank(), len(val), dist.get_world_size()))
-    confusion = evaluate(model, DataLoader(mine, batch_size=1), device, len(CLASSES)).confusion
+    confusion = evaluate(model, DataLoader(mine, batch_size=1), device, args.num_classes,
+                         ignore_index=skipped_value(args)).confusion
     confusion, count = confusion.to(device), torch.tensor(len(mine), device=device)
     dist.all_reduce(confusion)
     dist.all_reduce(count)
@@ -288,7 +297,8 @@ def save_and_check(model: nn.Module, path: Path, device: torch.device) -> bool:
 
 
 def train_epoch(ddp: DistributedDataParallel, batches: Iterable, optimizer: torch.optim.Optimizer,
-                device: torch.device, steps: int = 0, stop_together: bool = False) -> tuple[list, list]:
+                device: torch.device, steps: int = 0, stop_together: bool = False,
+                ignore_index: int = IGNORE_INDEX) -> tuple[list, list]:
     """One epoch of this rank's batches (at most ``steps``; 0: all); returns sample names and losses.
 
     Ranks may have different numbers of batches. ``join`` lets a rank that has run out answer the
@@ -304,7 +314,7 @@ def train_epoch(ddp: DistributedDataParallel, batches: Iterable, optimizer: torc
                 if steps and len(losses) == steps:
                     break
                 images, masks = to_device(images, masks, device)
-                loss = segmentation_loss(ddp(images), masks)  # cross-entropy
+                loss = segmentation_loss(ddp(images), masks, ignore_index=ignore_index)  # cross-entropy
                 optimizer.zero_grad()
                 loss.backward()  # DDP averages the gradients over the ranks here
                 optimizer.step()
@@ -358,7 +368,7 @@ def run(args: argparse.Namespace) -> dict:
         if where["rank"] == 0 and (left := left_out_every_epoch(args, world_size)):
             warnings.warn(left, stacklevel=2)
         torch.manual_seed(args.seed)  # the same starting weights on every rank (DDP also broadcasts rank 0's)
-        model = build_model(args.norm)
+        model = build_model(args.norm, args.num_classes)
         if args.sync_bn:  # SyncBatchNorm: batch statistics over all ranks (CUDA only)
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device)
@@ -370,7 +380,8 @@ def run(args: argparse.Namespace) -> dict:
         for epoch in range(args.epochs):
             ddp.train()
             names, losses = train_epoch(ddp, train_loader(args, epoch, where["rank"]), optimizer, device,
-                                        steps=args.steps, stop_together=args.sync_bn)
+                                        steps=args.steps, stop_together=args.sync_bn,
+                                        ignore_index=skipped_value(args))
             log["epochs"].append({"names": names, "steps": len(losses), "loss": losses})
         log["seconds"] = time.perf_counter() - start
         args.out.mkdir(parents=True, exist_ok=True)  # saved first: a bad validation file loses no training
@@ -404,7 +415,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm over the ranks (CUDA)")
     parser.add_argument("--cpu", action="store_true", help="gloo on the CPU even where there are GPUs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-classes", type=int, default=len(CLASSES), metavar="N",
+                        help=f"mask values 0..N-1 are classes (default {len(CLASSES)}: the shapes')")
+    parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
+                        help="a mask value that means 'no label here', e.g. 255 (default: none)")
     args = parser.parse_args(argv)
+    if args.num_classes < 2:
+        parser.error("--num-classes must be at least 2 (background and one class)")
+    if args.ignore_index is not None and not args.num_classes <= args.ignore_index <= 255:
+        parser.error(f"--ignore-index must be a value {args.num_classes}..255, outside the classes "
+                     f"0..{args.num_classes - 1}")
     if args.val_data and not args.shards:
         parser.error("--val-data goes with --shards: with --data, val.txt is in that folder")
     return args

@@ -784,9 +784,11 @@ class NamedSample(NamedTuple):
     name: str
 
 
-def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None) -> NamedSample:
+def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
+                        ignore_index: int | None = None) -> NamedSample:
     """A sample as ``webdataset`` reads it from these shards (``{"__key__", "jpg", "png", ...}``), decoded:
-    uint8 image ``[3, H, W]``, uint8 mask ``[H, W]`` and the sample's name (07_distributed)."""
+    uint8 image ``[3, H, W]``, uint8 mask ``[H, W]`` (values checked as by ``SegmentationDataset``) and the
+    sample's name (07_distributed)."""
     where = f"{sample.get('__url__', 'a shard')}: sample {sample.get('__key__')!r}"
     found = sorted(key for key in sample if not key.startswith("__"))
     if any("." in key for key in found):  # img.1.jpg and img.2.jpg: both read into the sample "img"
@@ -799,7 +801,8 @@ def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None) -> Na
     key = sample.get("__key__")
     try:
         image, mask = read_pair(InMemoryFile(sample["jpg"], f"{key}.jpg"),
-                                InMemoryFile(sample["png"], f"{key}.png"), size, mask_dtype=torch.uint8)
+                                InMemoryFile(sample["png"], f"{key}.png"), size, num_classes, ignore_index,
+                                mask_dtype=torch.uint8)
     except (ValueError, OSError) as error:
         raise ValueError(f"{where}: {error}") from error
     return NamedSample(image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor), sample["__key__"])

@@ -110,12 +110,14 @@ def decodes(decode_jpeg: Callable, data: torch.Tensor, device: torch.device) -> 
     return True
 
 
-def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, int]) -> None:
-    """Decode every pair's mask once, checked and resized to ``size`` (height, width) by nearest neighbour,
-    into ``folder/masks.npy`` ([N, H, W] uint8), with each mask's own (height, width) in ``sizes.npy`` and
-    the masks' file names and a CRC-32 of each file's bytes in ``names.txt``: ``EncodedPairs(pairs,
-    masks=folder)`` then reads them instead of decoding a PNG per sample, which costs the workers more than
-    reading the JPEG, and refuses them once a mask file has changed (read, not decoded, to check)."""
+def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, int], *,
+                num_classes: int = len(CLASSES), ignore_index: int | None = None) -> None:
+    """Decode every pair's mask once, checked (values 0..num_classes-1 and ``ignore_index``) and resized
+    to ``size`` (height, width) by nearest neighbour, into ``folder/masks.npy`` ([N, H, W] uint8), with
+    each mask's own (height, width) in ``sizes.npy`` and the masks' file names and a CRC-32 of each file's
+    bytes in ``names.txt``: ``EncodedPairs(pairs, masks=folder)`` then reads them instead of decoding a PNG
+    per sample, which costs the workers more than reading the JPEG, and refuses them once a mask file has
+    changed (read, not decoded, to check)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("masks.npy", "sizes.npy", "names.txt"):  # an older copy must not pass for this one
@@ -125,7 +127,7 @@ def write_masks(pairs: list[tuple[Path, Path]], folder: Path, size: tuple[int, i
     sizes = np.zeros((len(pairs), 2), dtype=np.int64)
     try:
         for row, (_, path) in enumerate(pairs):
-            mask, sizes[row] = read_mask_with_size(Path(path), len(CLASSES), None, torch.uint8, size)
+            mask, sizes[row] = read_mask_with_size(Path(path), num_classes, ignore_index, torch.uint8, size)
             masks[row] = mask.numpy()
         masks.flush()
     except BaseException:  # a bad mask: its error names it, and no half-written file stays behind
@@ -146,7 +148,8 @@ def mask_crc(path: Path) -> str:
 
 class EncodedPairs(Dataset):
     """Pairs of (JPEG bytes as a 1-D uint8 tensor, mask decoded on the CPU as uint8 [H, W]) for
-    ``decode_jpegs``: the loader's workers read files and decode the masks, never the JPEGs. ``mask_size``
+    ``decode_jpegs``: the loader's workers read files and decode the masks, never the JPEGs. Mask values
+    are checked as ``SegmentationDataset`` checks them (``num_classes``, ``ignore_index``). ``mask_size``
     (height, width) resizes masks by nearest neighbour. ``masks``, a folder ``write_masks`` wrote for these
     pairs, gives the masks already decoded instead. Each JPEG's header is read (no pixels): its size, turned
     upright, must be its mask's. torchcodec turns a photo upright by its EXIF orientation, on the CPU and
@@ -155,11 +158,13 @@ class EncodedPairs(Dataset):
     only warns about decodes into wrong pixels, so check a folder first with ``python -m helpers.doctor``."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None,
-                 masks: Path | None = None):
+                 masks: Path | None = None, *, num_classes: int = len(CLASSES),
+                 ignore_index: int | None = None):
         # NumPy arrays, not lists: workers then share them instead of copying (notebook 05)
         self.images = np.array([str(image) for image, _ in pairs])
         self.masks = np.array([str(mask) for _, mask in pairs])
         self.mask_size, self.decoded, self.arrays = mask_size, masks, None
+        self.num_classes, self.ignore_index = num_classes, ignore_index  # as SegmentationDataset's
         if masks is not None:
             self.mask_size = self._check_decoded(Path(masks), mask_size)
 
@@ -205,7 +210,8 @@ class EncodedPairs(Dataset):
     def _mask(self, index: int, mask_path: Path) -> tuple[torch.Tensor, tuple[int, int]]:
         """The mask, at ``mask_size`` when given, and its own size: decoded now, or read as decoded."""
         if self.decoded is None:
-            mask, size = read_mask_with_size(mask_path, len(CLASSES), None, torch.uint8, self.mask_size)
+            mask, size = read_mask_with_size(mask_path, self.num_classes, self.ignore_index, torch.uint8,
+                                             self.mask_size)
             return mask.as_subclass(torch.Tensor), size
         if self.arrays is None:
             self.arrays = (np.load(Path(self.decoded) / "masks.npy", mmap_mode="r"),

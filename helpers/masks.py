@@ -49,11 +49,23 @@ def colour_to_index(colours: torch.Tensor, palette=PALETTE, *, name: str = "mask
 
 
 def index_to_colour(mask: torch.Tensor, palette=PALETTE) -> torch.Tensor:
-    """Turn an ``[H, W]`` class-index mask into a ``[3, H, W]`` uint8 colour picture (ignore: white)."""
+    """Turn an ``[H, W]`` class-index mask into a ``[3, H, W]`` uint8 colour picture (ignore: white).
+    Refuses a class that ``palette`` has no colour for, rather than draw it as background."""
+    check_palette_covers(mask, palette)
     table = torch.zeros(256, 3, dtype=torch.uint8)
     table[: len(palette)] = torch.tensor(palette, dtype=torch.uint8)
     table[IGNORE_INDEX] = torch.tensor(IGNORE_COLOUR, dtype=torch.uint8)
     return table[mask.long()].permute(2, 0, 1)
+
+
+def check_palette_covers(mask: torch.Tensor, palette) -> None:
+    """Raise unless ``palette`` has a colour for every class in ``mask`` (``IGNORE_INDEX`` aside): a mask
+    of another dataset, with more classes than the shapes' four, needs a palette of its own (02)."""
+    values = mask.unique().tolist()
+    beyond = [value for value in values if not 0 <= value < len(palette) and value != IGNORE_INDEX]
+    if beyond:
+        raise ValueError(f"The mask has classes {beyond[:8]}, but the palette has colours for 0.."
+                         f"{len(palette) - 1} only: pass palette=, a list with one (R, G, B) per class.")
 
 
 def foreground(mask: torch.Tensor) -> torch.Tensor:

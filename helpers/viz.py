@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import draw_segmentation_masks
 
-from helpers.masks import IGNORE_COLOUR, IGNORE_INDEX, PALETTE, index_to_colour
+from helpers.masks import IGNORE_COLOUR, IGNORE_INDEX, PALETTE, check_palette_covers, index_to_colour
 
 ImageLike = Image.Image | torch.Tensor | np.ndarray
 
@@ -67,6 +67,7 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5,
 
     Background (class 0) is left as it is; ``IGNORE_INDEX`` pixels are painted white.
     """
+    check_palette_covers(mask, palette)
     if image.is_floating_point():
         image = (image * 255).round().to(torch.uint8)
     labels = list(range(1, len(palette))) + [IGNORE_INDEX]
@@ -76,11 +77,12 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5,
 
 
 def show_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], titles: Sequence[str] | None = None,
-               size: float = 2.2) -> Figure:
-    """Draw one row per (image, mask) pair: the image, the mask in colour, and the overlay."""
+               size: float = 2.2, palette: Sequence[tuple[int, int, int]] = PALETTE) -> Figure:
+    """Draw one row per (image, mask) pair: the image, the mask in colour (``palette``: one colour per
+    class), and the overlay."""
     panels, names = [], []
     for i, (image, mask) in enumerate(pairs):
-        panels += [image, index_to_colour(mask), overlay(image, mask)]
+        panels += [image, index_to_colour(mask, palette), overlay(image, mask, palette=palette)]
         prefix = f"{titles[i]}: " if titles else ""
         names += [f"{prefix}image", f"{prefix}mask", f"{prefix}overlay"]
     return show_grid(panels, titles=names, ncols=3, size=size)

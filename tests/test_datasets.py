@@ -166,9 +166,11 @@ def test_a_0_255_mask_is_refused_unless_255_means_ignore(root):
     binary = np.zeros((8, 12), np.uint8)
     binary[:, 6:] = 255
     Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match=r"A mask saved as JPEG or resized with smooth interpolation invents "
-                       r"values; a 0/255 mask needs dividing by 255\. Save masks as PNG and resize them with "
-                       r"nearest-neighbour\.$"):
+    with pytest.raises(ValueError, match=r"If your dataset has these classes, say so: num_classes=N .* "
+                       r"ignore_index for a value that marks pixels to skip, such as 255 \(python -m "
+                       r"helpers.doctor FOLDER --num-classes N --ignore-index 255 checks every mask\)\. "
+                       r"Otherwise: .* a 0/255 mask needs dividing by 255; save masks as PNG and resize them "
+                       r"with nearest-neighbour\.$"):
         SegmentationDataset(root)[0]
     assert SegmentationDataset(root, ignore_index=255)[0].mask.max() == 255
 

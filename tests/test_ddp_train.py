@@ -25,6 +25,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_formats import write_voc_pair
 from torch.nn.parallel import DistributedDataParallel
 
 from helpers import ddp_train
@@ -429,6 +430,23 @@ def one_rank(monkeypatch):
         monkeypatch.setenv(name, value)
     for name in ("LOCAL_WORLD_SIZE", "OMP_NUM_THREADS"):  # run() would set this process's torch threads
         monkeypatch.delenv(name, raising=False)
+
+
+def test_another_datasets_classes_are_declared_by_options(one_rank, tmp_path, capsys):
+    """A Pascal VOC folder (classes 0..20, 255 on borders) is refused as the shapes' 0..3, and trains and
+    evaluates with --num-classes 21 --ignore-index 255: a 21-class model, 255 skipped by loss and metrics."""
+    write_voc_pair(tmp_path / "voc")
+    run = ["--data", str(tmp_path / "voc"), "--out", str(tmp_path / "run"), "--epochs", "1",
+           "--batch-size", "1", "--size", "16", "--cpu"]
+    with pytest.raises(ValueError, match=r"values \[15, 20, 255\] outside the classes 0\.\.3\. If your"):
+        main(run)
+    assert main([*run, "--num-classes", "21", "--ignore-index", "255"]) == 0
+    log = json.loads((tmp_path / "run" / "rank-0.json").read_text())
+    assert len(log["eval"]["confusion"]) == 21 and sum(map(sum, log["eval"]["confusion"])) < 16 * 16
+    for wrong in (["--num-classes", "1"], ["--ignore-index", "3"], ["--ignore-index", "256"]):
+        with pytest.raises(SystemExit):
+            main([*run, *wrong])
+    assert "--ignore-index must be a value 4..255, outside the classes 0..3" in capsys.readouterr().err
 
 
 def test_one_rank_trains_from_image_files_with_group_norm(one_rank, tmp_path, capsys):

@@ -119,14 +119,15 @@ def test_values_outside_the_classes_are_listed(root):
 def test_a_0_255_mask_says_divide_by_255_or_ignore_255(root):
     binary = np.zeros((8, 12), np.uint8)
     binary[:, 6:] = 255
-    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
-    message = found(diagnose(root))["masks/1.png"]
+    write_pair(root, "4", 1)
+    Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")
+    message = found(diagnose(root))["masks/4.png"]
     assert "only 0 and 255" in message and "divide it by 255" in message and "--ignore-index 255" in message
     report = diagnose(root, ignore_index=255)
     assert report.findings == [] and "ignore" in format_report(report)
     binary[0, 0] = 7  # 255 beside a class as well: not a 0/255 mask, so the general message
-    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
-    message = found(diagnose(root))["masks/1.png"]
+    Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")
+    message = found(diagnose(root))["masks/4.png"]
     assert "values [7, 255] outside the classes" in message and "divide it by 255" not in message
 
 
@@ -295,6 +296,18 @@ def test_every_finding_names_its_file_and_errors_come_first(root):
     assert "4 outside the classes" in format_report(report)
 
 
+def test_a_class_no_mask_holds_is_a_warning_once_every_mask_reads(root):
+    """Masks numbered from 1 (Oxford-IIIT Pet's trimaps: 1, 2, 3) pass every value check as classes 1..3
+    of 0..3; only the census shows that no mask holds class 0."""
+    for stem, label in [("1", 1), ("2", 2), ("3", 3)]:
+        Image.fromarray(np.full((8, 12), label, np.uint8), mode="L").save(root / "masks" / f"{stem}.png")
+    warning = found(diagnose(root), WARNING)["masks"]
+    assert warning.startswith("No mask holds class 0 of 0..3: the model would learn a class it never sees.")
+    assert "--num-classes, --ignore-index" in warning
+    Image.fromarray(np.full((8, 12), 9, np.uint8), mode="L").save(root / "masks" / "3.png")
+    assert found(diagnose(root), WARNING) == {}  # an error first: that mask's pixels are not counted
+
+
 def test_one_missing_folder_is_the_only_finding(root):
     import shutil
 
@@ -306,12 +319,13 @@ def test_one_missing_folder_is_the_only_finding(root):
 def test_the_report_lists_findings_under_their_counts_and_the_options_reach_the_check(root, capsys):
     binary = np.zeros((8, 12), np.uint8)
     binary[:, 6:] = 255
-    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")  # an error, unless 255 means ignore
+    write_pair(root, "4", 1)
+    Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")  # an error, unless 255 means ignore
     save_turned(root / "images" / "2.jpg", (8, 12))  # a warning
     (root / "images" / "2.png").unlink()
     assert main([str(root)]) == 1
     lines = capsys.readouterr().out.splitlines()
-    assert lines[lines.index("1 error(s), must be fixed:") + 1] == "  masks/1.png"
+    assert lines[lines.index("1 error(s), must be fixed:") + 1] == "  masks/4.png"
     assert lines[lines.index("1 warning(s), worth a look:") + 1] == "  images/2.jpg"
     assert lines[-1] == "1 error(s): fix them, then run this check again."
     assert main([str(root), "--ignore-index", "255"]) == 0  # as the error advises

@@ -836,3 +836,43 @@ def test_hidden_files_in_a_shard_are_named_with_the_fix(tmp_path, source_dataset
     with pytest.raises(ValueError, match=rf"bad.tar holds '{name}', a hidden file \(macOS adds ._NAME and "
                                          r"\.DS_Store\): write the shard again with COPYFILE_DISABLE=1"):
         list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=[(tarfile.TarInfo(name), b"x")])]))
+
+
+
+def write_voc_pair(root: Path) -> np.ndarray:
+    """One pair in Pascal VOC's coding under ``root`` (images/, masks/, train.txt and val.txt naming it):
+    classes 15 and 20 of 0..20, and 255 on an object's border. Returns the mask."""
+    from PIL import Image
+
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    mask = np.zeros((8, 12), np.uint8)
+    mask[:, 4:] = 15
+    mask[:, 8:] = 20
+    mask[:, 7] = 255
+    Image.new("RGB", (12, 8), (90, 60, 30)).save(root / "images" / "a.jpg")
+    Image.fromarray(mask, mode="L").save(root / "masks" / "a.png")
+    for split in ("train", "val"):
+        (root / f"{split}.txt").write_text("a\n")
+    return mask
+
+
+def test_another_datasets_classes_reach_the_readers_that_check_masks(tmp_path):
+    """A Pascal VOC mask is refused as the shapes' classes 0..3 and read as it is once declared: by the
+    shard reader and by 06's (c) readers (helpers.ddp_train's options: tests/test_ddp_train.py)."""
+    from helpers.gpu_decode import EncodedPairs, write_masks
+
+    mask = write_voc_pair(tmp_path / "voc")
+    pairs = [(tmp_path / "voc" / "images" / "a.jpg", tmp_path / "voc" / "masks" / "a.png")]
+    voc = {"num_classes": 21, "ignore_index": 255}
+    sample = {"__key__": "a", **{kind: path.read_bytes() for kind, path in zip(("jpg", "png"), pairs[0])}}
+    refused = r"a\.png has values \[15, 20, 255\] outside the classes 0\.\.3\. If your dataset has these"
+    for read in (lambda **declared: decode_shard_sample(sample, **declared)[1],
+                 lambda **declared: EncodedPairs(pairs, **declared)[0][1]):
+        with pytest.raises(ValueError, match=refused):
+            read()
+        assert torch.equal(read(**voc), torch.from_numpy(mask))
+    with pytest.raises(ValueError, match=refused):
+        write_masks(pairs, tmp_path / "stored", (8, 12))
+    write_masks(pairs, tmp_path / "stored", (8, 12), **voc)
+    assert torch.equal(EncodedPairs(pairs, masks=tmp_path / "stored")[0][1], torch.from_numpy(mask))

@@ -109,3 +109,21 @@ def test_pairs_show_image_mask_and_overlay_titled_by_pair():
                                                    for p in ("image", "mask", "overlay")]
     assert fig.get_size_inches().tolist() == [3.0, 2.0]
     assert [ax.get_title() for ax in show_pairs(pairs[:1]).axes] == ["image", "mask", "overlay"]
+
+
+def test_a_class_the_palette_has_no_colour_for_is_refused_not_drawn_as_background():
+    """Another dataset's mask (Pascal VOC: classes up to 20) needs a palette of its own."""
+    from helpers.masks import IGNORE_INDEX, index_to_colour
+    from helpers.viz import overlay, show_pairs
+
+    mask = torch.tensor([[0, 15], [20, IGNORE_INDEX]])
+    image = torch.zeros(3, 2, 2, dtype=torch.uint8)
+    for draw in (lambda **palette: index_to_colour(mask, **palette),
+                 lambda **palette: overlay(image, mask, **palette),
+                 lambda **palette: show_pairs([(image, mask)], **palette)):
+        with pytest.raises(ValueError, match=r"The mask has classes \[15, 20\], but the palette has colours "
+                                             r"for 0\.\.3 only: pass palette="):
+            draw()
+    palette = [(0, 0, 0)] * 15 + [(200, 0, 0)] * 6  # 21 classes: 15..20 red
+    assert index_to_colour(mask, palette)[:, 0, 1].tolist() == [200, 0, 0]
+    assert len(show_pairs([(image, mask)], palette=palette).axes) == 3
