@@ -19,7 +19,7 @@ pre-decoded pipeline can beat it). ``--json PATH`` writes every figure; ``--plot
 With ``--device cuda`` the memory map at 0 workers gathers into reused pinned buffers and flips on the
 GPU; *memmap, gpu gathers* reads the map once into RAM mapped for the GPU, which gathers each batch
 itself (the same at every worker count: it has none), held to the *link only* ceiling (uint8 batches at
-the measured speed to the GPU); and, when torchcodec is installed (requirements-gpu.txt), a *gpu decode*
+the measured speed to the GPU); and, where torchcodec can decode (requirements-gpu.txt), a *gpu decode*
 pipeline decodes the JPEGs on the GPU, measured against a third ceiling: *gpu decode only*. Two variants
 follow it: *gpu decode, masks stored*, whose workers read the masks decoded once (``write_masks``)
 instead of decoding PNGs, and *gpu decode, read ahead*, the same with each batch received from the
@@ -288,7 +288,7 @@ def gpu_decode_pipeline(root: Path, size: int, batch_size: int, device: torch.de
 def gpu_decode_pipelines(root: Path, size: int, batch_size: int, device: torch.device,
                          work: Path) -> dict[str, Pipeline]:
     """*gpu decode*, *gpu decode, masks stored* and *gpu decode, read ahead*, the masks stored decoded in
-    ``work`` (``write_masks``) first: what ``--device cuda`` adds when torchcodec is installed."""
+    ``work`` (``write_masks``) first: what ``--device cuda`` adds where torchcodec can decode."""
     start = time.perf_counter()  # the masks decoded once, for the workers to read, not decode
     write_masks(pair_files(root / "images", root / "masks"), work / "masks", (size, size))
     print(f"wrote  masks: {time.perf_counter() - start:5.1f} s, "

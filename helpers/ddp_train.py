@@ -420,8 +420,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                         help="a mask value that means 'no label here', e.g. 255 (default: none)")
     args = parser.parse_args(argv)
-    if args.num_classes < 2:
-        parser.error("--num-classes must be at least 2 (background and one class)")
+    if not 2 <= args.num_classes <= IGNORE_INDEX:  # 255 pads crops: it cannot be a class
+        parser.error(f"--num-classes must be 2 (background and one class) to {IGNORE_INDEX}")
     if args.ignore_index is not None and not args.num_classes <= args.ignore_index <= 255:
         parser.error(f"--ignore-index must be a value {args.num_classes}..255, outside the classes "
                      f"0..{args.num_classes - 1}")
@@ -487,12 +487,14 @@ RANKS_WRITE_OWN_LOGS = sys.platform == "win32"  # spawned there, ranks do not in
 RANKS_START = "fork" if sys.platform == "linux" else "spawn"  # how launch starts agents and ranks
 
 
-def ranks_start(argv: list[str], script: str | None) -> str:
+def ranks_start(argv: list[str], script: str | None, processes: int) -> str:
     """How ``launch`` starts agents and ranks (07_distributed): ``RANKS_START``, or spawn where a rank may
-    use CUDA. torchrun's agent asks CUDA whether there is a GPU (``LaunchConfig``) before it starts its
-    ranks, and a process forked after that cannot use CUDA ("Cannot re-initialize CUDA in forked
-    subprocess"). torchrun itself spawns its ranks."""
-    may_use_cuda = torch.cuda.is_available() and (script is not None or "--cpu" not in argv)
+    use CUDA: a script, or ``main`` without ``--cpu`` and with a GPU per process, as ``run`` decides.
+    torchrun's agent asks CUDA whether there is a GPU (``LaunchConfig``) before it starts its ranks, and
+    a process forked after that cannot use CUDA ("Cannot re-initialize CUDA in forked subprocess").
+    torchrun itself spawns its ranks. (``device_count`` asks NVML, which leaves this process forkable.)"""
+    gpus = torch.cuda.device_count()
+    may_use_cuda = gpus > 0 if script is not None else "--cpu" not in argv and gpus >= processes
     return "spawn" if may_use_cuda else RANKS_START
 
 
@@ -598,7 +600,7 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     # ignore_cleanup_errors: on Windows a rank that outlived its agent may hold its log open
     with tempfile.TemporaryDirectory(prefix="launch_", ignore_cleanup_errors=True) as logs:
         launcher = multiprocessing.get_context("spawn").Process(
-            target=run_agents, args=(argv, processes, nodes, port, logs, ranks_start(argv, script),
+            target=run_agents, args=(argv, processes, nodes, port, logs, ranks_start(argv, script, processes),
                                      None if script is None else str(Path(script).resolve()), own_logs))
         launcher.start()
         try:

@@ -241,15 +241,15 @@ def check_pair(image_path: Path, mask_path: Path, report: Report) -> None:
 def check_classes_seen(report: Report) -> None:
     """Warn about each class that no mask holds: masks numbered from 1 (Oxford-IIIT Pet's trimaps hold 1, 2
     and 3) or classes declared that this data does not have would otherwise pass unnoticed (02)."""
-    if report.errors or not report.pixels:  # a mask that could not be read counts no pixels: fix it first
+    if report.errors:  # a mask that could not be read counts no pixels: fix it first
         return
     absent = [value for value in range(report.num_classes) if not report.pixels[value]]
     if absent:
         report.add(WARNING, report.root / "masks", (
             f"No mask holds class {', '.join(map(str, absent[:8]))}{' ...' if len(absent) > 8 else ''} of "
             f"0..{report.num_classes - 1}: the model would learn a class it never sees. If the masks number "
-            "their classes from 1, or hold fewer classes, say what they hold (--num-classes, --ignore-index) "
-            "or remap their values; if the class is merely rare, add samples that show it."))
+            "their classes from 1, remap their values to start at 0; if they hold fewer classes, say so "
+            "(--num-classes); if the class is merely rare, add samples that show it."))
 
 
 def diagnose(root: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,

@@ -92,8 +92,10 @@ def worker_stderr() -> Iterator[list[str]]:
 def major_minor(version: str) -> tuple[int, int]:
     """The (major, minor) of a version such as torchvision's "0.29.1+cu130", to compare with a tuple:
     ``major_minor(torchvision.__version__) >= (0, 28)`` (00 checks the series' floor, 03 a behaviour)."""
-    major, minor = version.split(".")[:2]
-    return int(major), int(minor)
+    found = re.match(r"(\d+)\.(\d+)", version)  # "0.16rc1" and "0.16+cu128" too
+    if found is None:
+        raise ValueError(f"{version!r} is not a version such as 0.29.1")
+    return int(found[1]), int(found[2])
 
 
 def jpeg_decoder() -> str:
@@ -109,6 +111,18 @@ def optional_version(package: str, why: str) -> str:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return f"not installed ({why})"
+
+
+def torchcodec_version() -> str:
+    """torchcodec's version, or "not installed", and where it is too old for 06's JPEGs decoded by the GPU
+    (Colab comes with torchcodec 0.11), what they need."""
+    from helpers.gpu_decode import FIRST_WITH_DECODE_JPEG  # not above: helpers.gpu_decode imports this module
+
+    version = optional_version("torchcodec", "only 06's JPEGs decoded by the GPU need it")
+    if version[0].isdigit() and major_minor(version) < FIRST_WITH_DECODE_JPEG:
+        needed = ".".join(map(str, FIRST_WITH_DECODE_JPEG))
+        return f"{version} (too old for 06's JPEGs decoded by the GPU, which need {needed} or newer)"
+    return version
 
 
 def environment_report() -> dict[str, str]:
@@ -128,7 +142,7 @@ def environment_report() -> dict[str, str]:
         "cpu cores usable": str(usable_cores()),
         "worker start method": worker_start_method(),
         "jpeg decoder": jpeg_decoder(),
-        "torchcodec": optional_version("torchcodec", "only 06's JPEGs decoded by the GPU need it"),
+        "torchcodec": torchcodec_version(),
     }
 
 

@@ -61,8 +61,13 @@ def index_to_colour(mask: torch.Tensor, palette=PALETTE) -> torch.Tensor:
 def check_palette_covers(mask: torch.Tensor, palette) -> None:
     """Raise unless ``palette`` has a colour for every class in ``mask`` (``IGNORE_INDEX`` aside): a mask
     of another dataset, with more classes than the shapes' four, needs a palette of its own (02)."""
-    values = mask.unique().tolist()
-    beyond = [value for value in values if not 0 <= value < len(palette) and value != IGNORE_INDEX]
+    if mask.is_floating_point():
+        raise ValueError(f"The mask holds {mask.dtype} values: class indices are integers (a mask resized "
+                         "with smooth interpolation, or converted with ToDtype(scale=True)?)")
+    low, high = mask.aminmax() if mask.numel() else (0, 0)  # one cheap pass; the values only when wrong
+    if 0 <= low and high < len(palette):
+        return
+    beyond = [v for v in mask.unique().tolist() if not 0 <= v < len(palette) and v != IGNORE_INDEX]
     if beyond:
         raise ValueError(f"The mask has classes {beyond[:8]}, but the palette has colours for 0.."
                          f"{len(palette) - 1} only: pass palette=, a list with one (R, G, B) per class.")

@@ -1,6 +1,7 @@
 """Training: "overfit one batch" (01_two_images), loader timing (04), and a segmentation model's
 training loop, evaluation, losses and checkpoints (06_gpu_training)."""
 
+import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -150,13 +151,15 @@ class Evaluation(NamedTuple):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int, *,
-             loss_fn: LossFn = segmentation_loss, amp_dtype: torch.dtype | None = None,
+             loss_fn: LossFn | None = None, amp_dtype: torch.dtype | None = None,
              channels_last: bool = False, ignore_index: int = IGNORE_INDEX,
              mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> Evaluation:
     """Mean loss and confusion matrix of ``model`` over ``loader``, in eval mode
-    (BatchNorm uses its averages).
+    (BatchNorm uses its averages). Pixels of ``ignore_index`` count in neither; ``loss_fn`` (by default
+    ``segmentation_loss`` with that ``ignore_index``) must skip them too.
 
     Batches as ``train_one_epoch`` takes them (uint8 or float images)."""
+    loss_fn = loss_fn or functools.partial(segmentation_loss, ignore_index=ignore_index)
     model.eval()
     total, count = torch.zeros((), device=device), 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -65,7 +65,8 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5,
             palette: Sequence[tuple[int, int, int]] = PALETTE) -> torch.Tensor:
     """Return the uint8 image ``[3, H, W]`` with each object class painted in its palette colour.
 
-    Background (class 0) is left as it is; ``IGNORE_INDEX`` pixels are painted white.
+    Background (class 0) is left as it is; ``IGNORE_INDEX`` pixels are painted white. A class that
+    ``palette`` has no colour for is refused, not left unpainted.
     """
     check_palette_covers(mask, palette)
     if image.is_floating_point():

@@ -433,19 +433,26 @@ def one_rank(monkeypatch):
 
 
 def test_another_datasets_classes_are_declared_by_options(one_rank, tmp_path, capsys):
-    """A Pascal VOC folder (classes 0..20, 255 on borders) is refused as the shapes' 0..3, and trains and
-    evaluates with --num-classes 21 --ignore-index 255: a 21-class model, 255 skipped by loss and metrics."""
-    write_voc_pair(tmp_path / "voc")
-    run = ["--data", str(tmp_path / "voc"), "--out", str(tmp_path / "run"), "--epochs", "1",
-           "--batch-size", "1", "--size", "16", "--cpu"]
-    with pytest.raises(ValueError, match=r"values \[15, 20, 255\] outside the classes 0\.\.3\. If your"):
-        main(run)
-    assert main([*run, "--num-classes", "21", "--ignore-index", "255"]) == 0
-    log = json.loads((tmp_path / "run" / "rank-0.json").read_text())
-    assert len(log["eval"]["confusion"]) == 21 and sum(map(sum, log["eval"]["confusion"])) < 16 * 16
-    for wrong in (["--num-classes", "1"], ["--ignore-index", "3"], ["--ignore-index", "256"]):
+    """A VOC-like folder (classes 0..20; here 200, not VOC's 255, on borders, so that the default cannot
+    pass for it) is refused as the shapes' 0..3, and trains and evaluates with --num-classes 21
+    --ignore-index 200, from files and from shards: a 21-class model, 200 skipped by loss and metrics."""
+    write_voc_pair(tmp_path / "voc", void=200)
+    declared = {"num_classes": 21, "ignore_index": 200}
+    write_shards(SegmentationDataset(tmp_path / "voc", split="train", **declared), tmp_path / "shards")
+    val = SegmentationDataset(tmp_path / "voc", split="val", size=(16, 16), **declared)
+    labelled = int((val[0].mask != 200).sum())  # the pixels the metrics count
+    common = ["--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "1", "--size", "16", "--cpu"]
+    with pytest.raises(ValueError, match=r"values \[15, 20, 200\] outside the classes 0\.\.3\. If your"):
+        main(["--data", str(tmp_path / "voc"), *common])
+    for source in (["--data", str(tmp_path / "voc")],
+                   ["--shards", str(tmp_path / "shards"), "--val-data", str(tmp_path / "voc")]):
+        assert main([*source, *common, "--num-classes", "21", "--ignore-index", "200"]) == 0
+        confusion = json.loads((tmp_path / "run" / "rank-0.json").read_text())["eval"]["confusion"]
+        assert len(confusion) == 21 and sum(map(sum, confusion)) == labelled < 16 * 16
+    for wrong in (["--num-classes", "1"], ["--num-classes", "256"], ["--ignore-index", "3"],
+                  ["--ignore-index", "256"]):
         with pytest.raises(SystemExit):
-            main([*run, *wrong])
+            main(["--data", "d", *common, *wrong])
     assert "--ignore-index must be a value 4..255, outside the classes 0..3" in capsys.readouterr().err
 
 
@@ -520,12 +527,34 @@ def test_ranks_that_may_use_cuda_are_spawned_since_the_agent_has_started_cuda_be
     """torchrun's agent asks CUDA whether there is a GPU before it starts its ranks, and a rank forked after
     that cannot use CUDA: launch spawns them wherever one may (tests/test_cuda.py launches one there)."""
     monkeypatch.setattr(ddp_train, "RANKS_START", "fork")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert ddp_train.ranks_start(["--epochs", "1"], None) == "spawn"
-    assert ddp_train.ranks_start(["--epochs", "1", "--cpu"], None) == "fork"  # gloo on the CPU: no CUDA
-    assert ddp_train.ranks_start(["--cpu"], "script.py") == "spawn"  # a script may use CUDA all the same
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert ddp_train.ranks_start(["--epochs", "1"], None) == "fork"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert ddp_train.ranks_start(["--epochs", "1"], None, processes=2) == "spawn"  # nccl, a GPU each
+    assert ddp_train.ranks_start(["--epochs", "1"], None, processes=3) == "fork"  # gloo on the CPU
+    assert ddp_train.ranks_start(["--epochs", "1", "--cpu"], None, processes=1) == "fork"
+    assert ddp_train.ranks_start(["--cpu"], "script.py", processes=3) == "spawn"  # a script may use CUDA
+    started = []
+
+    class Launcher:  # what launch starts, recorded instead
+        exitcode = 0
+
+        def __init__(self, target, args):
+            started.append(args)
+
+        def start(self):
+            pass
+
+        def join(self):
+            pass
+
+        def is_alive(self):
+            return False
+
+    monkeypatch.setattr(ddp_train.multiprocessing, "get_context", lambda method: Namespace(Process=Launcher))
+    assert launch(["--epochs", "1"], processes=2) == ""
+    assert started[0][5] == "spawn"  # the start method run_agents is given
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert ddp_train.ranks_start(["--epochs", "1"], None, processes=1) == "fork"
+    assert ddp_train.ranks_start([], "script.py", processes=1) == "fork"
 
 
 def test_launch_runs_a_script_on_every_rank_with_its_arguments(tmp_path, quick_launcher, monkeypatch):

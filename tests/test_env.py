@@ -25,6 +25,15 @@ def test_report_names_versions_device_cores_and_start_method():
         assert report["device"].endswith(f", {torch.backends.cpu.get_cpu_capability()})")
 
 
+def test_the_report_says_when_torchcodec_is_too_old_for_06(monkeypatch):
+    from helpers.env import torchcodec_version
+
+    too_old = "0.11.0+cpu (too old for 06's JPEGs decoded by the GPU, which need 0.16 or newer)"
+    for version, said in [("0.11.0+cpu", too_old), ("0.16.0", "0.16.0")]:  # Colab's, then one new enough
+        monkeypatch.setattr("importlib.metadata.version", lambda name, version=version: version)
+        assert torchcodec_version() == said
+
+
 def test_usable_cores_are_those_this_process_may_run_on_not_all_the_machine_has(monkeypatch):
     monkeypatch.setattr("helpers.env.CPU_QUOTAS", ())  # no container quota
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3}, raising=False)  # taskset -c 3
@@ -106,3 +115,4 @@ def test_worker_stderr_catches_what_a_child_process_prints():
 def test_versions_compare_by_number_not_as_text():
     assert major_minor("0.29.1+cu130") == (0, 29) and major_minor("2.14.1") == (2, 14)
     assert major_minor("0.100.0") > (0, 28) > major_minor("0.9.0")  # as text, "0.100" < "0.28"
+    assert major_minor("0.16rc1") == major_minor("0.16+cu128") == (0, 16)

@@ -839,9 +839,9 @@ def test_hidden_files_in_a_shard_are_named_with_the_fix(tmp_path, source_dataset
 
 
 
-def write_voc_pair(root: Path) -> np.ndarray:
+def write_voc_pair(root: Path, void: int = 255) -> np.ndarray:
     """One pair in Pascal VOC's coding under ``root`` (images/, masks/, train.txt and val.txt naming it):
-    classes 15 and 20 of 0..20, and 255 on an object's border. Returns the mask."""
+    classes 15 and 20 of 0..20, and ``void`` (VOC's 255) on an object's border. Returns the mask."""
     from PIL import Image
 
     for folder in ("images", "masks"):
@@ -849,7 +849,7 @@ def write_voc_pair(root: Path) -> np.ndarray:
     mask = np.zeros((8, 12), np.uint8)
     mask[:, 4:] = 15
     mask[:, 8:] = 20
-    mask[:, 7] = 255
+    mask[:, 7] = void
     Image.new("RGB", (12, 8), (90, 60, 30)).save(root / "images" / "a.jpg")
     Image.fromarray(mask, mode="L").save(root / "masks" / "a.png")
     for split in ("train", "val"):

@@ -241,6 +241,8 @@ def test_decoding_says_why_torchcodec_cannot_decode_here_and_how_to_fix_it(monke
     monkeypatch.setattr(gpu_decode.importlib.metadata, "version", version)
     assert gpu_decode.why_unavailable() == ("torchcodec 0.11.0+cpu is installed, which cannot decode JPEGs "
                                             f"(decode_jpeg came in 0.16): {gpu_decode.install_command()}")
+    versions["torchcodec"] = "0.15.0"  # the last minor release without it
+    assert gpu_decode.why_unavailable().startswith("torchcodec 0.15.0 is installed, which cannot decode")
     versions["torchcodec"] = "0.16.0"  # new enough, but built for another torch: its library fails to load
 
     class BuiltForAnotherTorch(importlib.abc.MetaPathFinder):

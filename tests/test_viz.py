@@ -124,6 +124,10 @@ def test_a_class_the_palette_has_no_colour_for_is_refused_not_drawn_as_backgroun
         with pytest.raises(ValueError, match=r"The mask has classes \[15, 20\], but the palette has colours "
                                              r"for 0\.\.3 only: pass palette="):
             draw()
+    with pytest.raises(ValueError, match=r"classes \[4\], but the palette has colours for 0\.\.3"):
+        index_to_colour(torch.tensor([[0, 4]]))  # one past the shapes' palette
+    with pytest.raises(ValueError, match=r"holds torch.float32 values: class indices are integers"):
+        index_to_colour(torch.tensor([[0.0, 3.7]]))  # would be drawn as class 3
     palette = [(0, 0, 0)] * 15 + [(200, 0, 0)] * 6  # 21 classes: 15..20 red
     assert index_to_colour(mask, palette)[:, 0, 1].tolist() == [200, 0, 0]
     assert len(show_pairs([(image, mask)], palette=palette).axes) == 3
