@@ -589,9 +589,9 @@ def launch(argv: list[str], processes: int = 2, nodes: int = 1, script: str | Pa
     with a notebook's kernel, close to Binder's 2 GB. This starts one fresh process, which forks one
     agent per node (the function torchrun calls, ``elastic_launch``, with a static rendezvous on
     127.0.0.1), and each agent forks its ranks: they all share one import of torch, copied only where
-    they write to it (on Linux, and where the ranks train on the CPU; elsewhere they are spawned,
-    ``ranks_start``). The kernel itself is never forked: its
-    threads (OpenMP's among them) do not survive a fork, and a rank could hang in a torch operation.
+    they write to it (on Linux, where the ranks train on the CPU; elsewhere they are spawned, as
+    ``ranks_start`` decides). The kernel itself is never forked: its threads (OpenMP's among them) do not
+    survive a fork, and a rank could hang in a torch operation.
     ``own_logs`` (on Windows, where it must): each rank writes what it prints to files of its own.
     """
     with socket.socket() as free:  # node 0 listens here for the others

@@ -61,8 +61,9 @@ def why_unavailable() -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return f"torchcodec is not installed: {install_command()}"
     if major_minor(version) < FIRST_WITH_DECODE_JPEG:  # not imported: an upgrade works without a restart
+        first = ".".join(map(str, FIRST_WITH_DECODE_JPEG))
         return (f"torchcodec {version} is installed, which cannot decode JPEGs (decode_jpeg came in "
-                f"0.16): {install_command()}")
+                f"{first}): {install_command()}")
     try:
         from torchcodec.decoders import decode_jpeg  # noqa: F401  (loads torchcodec's compiled code)
     except Exception as error:  # built for another torch or CUDA than this one
