@@ -399,6 +399,20 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
             "resize them with nearest-neighbour.")
 
 
+def check_mask_array(masks: np.ndarray, path: Path | str, num_classes: int, ignore_index: int | None,
+                     rows: int = 256) -> None:
+    """Raise as ``check_mask_values`` does, naming ``path``, unless uint8 masks ``[N, H, W]`` stored
+    decoded (a memory map or an HDF5 dataset, read ``rows`` masks at a time) hold only 0..num_classes-1
+    and ``ignore_index``; one pass, when a dataset opens them (05_large_datasets, 06_gpu_training)."""
+    if masks.dtype != np.uint8 or len(masks) == 0:
+        found = f"{masks.dtype} masks, not uint8 ones" if len(masks) else "no masks"
+        raise ValueError(f"{path} holds {found}: write it again from a dataset with samples in it.")
+    counts = np.zeros(256, np.int64)
+    for start in range(0, len(masks), rows):
+        counts += np.bincount(np.asarray(masks[start:start + rows], np.uint8).ravel(), minlength=256)
+    check_mask_values(torch.from_numpy(np.flatnonzero(counts)), path, num_classes, ignore_index)
+
+
 def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,
               dtype: torch.dtype = torch.int64, size: tuple[int, int] | None = None) -> tv_tensors.Mask:
     """Read a PNG of class indices (``P``, ``L``, ``1``, or 16-bit: ``I;16``, ``I`` in older Pillow) as

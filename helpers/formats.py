@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from torchvision.transforms import v2
 
-from helpers.datasets import InMemoryFile, Sample, SegmentationDataset, read_pair
+from helpers.datasets import InMemoryFile, Sample, SegmentationDataset, check_mask_array, read_pair
 from helpers.device import upload
 from helpers.masks import CLASSES
 
@@ -164,13 +164,17 @@ class MemmapDataset(Dataset):
     A batch comes back in the order of the list, gathered from the map in one copy. The files are checked
     when the dataset is made and again when a process maps them: a file written again since, with
     other shapes, is refused, not read in part; one cut short while mapped is named at the next read,
-    instead of ending the process.
+    instead of ending the process. The mask values are checked once, when the dataset is made (one read
+    of ``masks.npy``), against ``num_classes`` and ``ignore_index`` as ``SegmentationDataset`` checks
+    them: arrays made by hand may hold 0/255 masks.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None):
         self.folder = Path(folder)
         self.shapes: tuple | None = None  # recorded by the first maps(): every later one must match
-        self.shapes = tuple(array.shape for array in self.maps())
+        images, masks = self.maps()
+        check_mask_array(masks, self.folder / "masks.npy", num_classes, ignore_index)
+        self.shapes = images.shape, masks.shape
         self.length = self.shapes[0][0]
         self.arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened on first use, per process
 
@@ -407,13 +411,14 @@ class HDF5Dataset(Dataset):
     which inherits the main process's, opens another, as HDF5 handles must not be shared across fork.
 
     Index with an int for a sample, a list for a batch: read chunk by chunk into one preallocated batch,
-    in the order asked.
+    in the order asked. Mask values are checked once, when the dataset is made, as in ``MemmapDataset``.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None):
         self.path = Path(path)
         self.shapes: tuple | None = None  # recorded by the first open(): every later one must match
         with self.open() as file:
+            check_mask_array(file["masks"], f"{self.path}:masks", num_classes, ignore_index)
             self.shapes = file["images"].shape, file["masks"].shape
         self.length = self.shapes[0][0]
         self.file: h5py.File | None = None  # an h5py handle cannot be pickled into workers
@@ -645,6 +650,75 @@ def _check_tar_end(tar: tarfile.TarFile, path: Path) -> None:
                          "or copy stopped part-way and the rest is missing. Copy or write the shard again.")
 
 
+def check_file_name(path: Path, name: str, seen: set[str]) -> None:
+    """Raise unless ``name``, a file in shard ``path``, can be one of a sample's files: not hidden, with an
+    extension and no dot before it, and not met before in the shard (``seen``, which this adds it to).
+    webdataset would pass over a hidden file or one with no extension without a word (05, 07)."""
+    base = name.rpartition("/")[2]
+    if base.startswith("."):
+        raise ValueError(f"{path} holds {name!r}, a hidden file (macOS adds ._NAME and .DS_Store): "
+                         "write the shard again with COPYFILE_DISABLE=1 tar ..., or with write_shards.")
+    if "." not in base:
+        raise ValueError(f"{path} holds {name!r}, which has no extension: "
+                         "a shard holds NAME.jpg and NAME.png only.")
+    if base.count(".") > 1:  # webdataset would read it as part of the sample named up to the first dot
+        raise ValueError(f"{path} holds {name!r}, with a dot before its extension: webdataset "
+                         "(notebook 07) ends a sample's name at its first dot and would read it into "
+                         "another sample. Rename it and its pair without the dot (img_1.jpg, img_1.png) "
+                         "and write the shard again.")
+    if name in seen:
+        raise ValueError(f"{path} holds {name!r} twice (tar -r and tar -A append, they do not replace): "
+                         "write the shard again with one file of each name.")
+    seen.add(name)
+
+
+def check_webdataset_order(path: Path, files: list[tuple[str, int]]) -> None:
+    """Raise unless webdataset reads every sample of shard ``path`` whole: ``files`` (as ``check_whole_tar``
+    lists them) named as ``check_file_name`` asks, and each NAME's NAME.jpg and NAME.png next to each
+    other, with nothing else. webdataset makes a sample of the files next to each other that share a
+    name, so ``tar cf shard.tar *.jpg *.png`` gives it half samples; ``ShardStream`` pairs them wherever
+    they are. Reads no image, so every rank checks every shard before training (07_distributed)."""
+    seen: set[str] = set()
+    samples: dict[str, list[str]] = {}
+    last = None
+    for name, _ in files:
+        check_file_name(path, name, seen)
+        stem, _, suffix = name.rpartition(".")
+        if stem != last and stem in samples:
+            raise ValueError(f"{path} holds {name!r} apart from the other files of {stem!r}: webdataset "
+                             "reads a sample from files next to each other, and would read two half samples. "
+                             "Write the shard again with each sample's files together, as write_shards "
+                             "writes them.")
+        samples.setdefault(stem, []).append(suffix)
+        last = stem
+    for stem, suffixes in samples.items():
+        if sorted(suffixes) != ["jpg", "png"]:
+            raise ValueError(f"{path}: sample {stem!r} has {sorted(suffixes)}: each NAME needs NAME.jpg and "
+                             "NAME.png in the same shard, and nothing else. Write the shard again with those "
+                             "two files per sample.")
+
+
+def copied_sample(shards: dict[Path, list[tuple[str, int]]]) -> str | None:
+    """A sample found in two shards with the same files of the same sizes, as in a copy of a shard saved
+    beside it ("shard-00001 (1).tar"): each epoch would train it twice. ``shards``: each shard's files, as
+    ``check_whole_tar`` lists them. A sample is named as webdataset names it, by its file names up to the
+    first dot; two different samples that share a name are not a copy, and both train (05, 07)."""
+    found: dict[tuple[str, frozenset], Path] = {}
+    for shard, files in shards.items():
+        samples: dict[str, set[tuple[str, int]]] = {}
+        for name, size in files:
+            folder, _, base = name.rpartition("/")
+            if "." in base and not base.startswith("."):  # the others are refused where they are read
+                stem, _, suffix = base.partition(".")
+                samples.setdefault(f"{folder}/{stem}" if folder else stem, set()).add((suffix.lower(), size))
+        for key, parts in samples.items():
+            first = found.setdefault((key, frozenset(parts)), shard)
+            if first != shard:
+                return (f"Sample {key!r} is in two shards, {first} and {shard}, the same files of the same "
+                        "sizes: a copy of a shard would train its samples twice each epoch. Remove the copy.")
+    return None
+
+
 def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
                     ignore_index: int | None = None, mask_dtype: torch.dtype = torch.int64
                     ) -> Iterator[Sample]:
@@ -654,23 +728,8 @@ def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes
     seen: set[str] = set()
     pairs = 0
     for name, data in _files_in_shard(path):
-        base = name.rpartition("/")[2]
-        if base.startswith("."):
-            raise ValueError(f"{path} holds {name!r}, a hidden file (macOS adds ._NAME and .DS_Store): "
-                             "write the shard again with COPYFILE_DISABLE=1 tar ..., or with write_shards.")
-        if "." not in base:
-            raise ValueError(f"{path} holds {name!r}, which has no extension: "
-                             "a shard holds NAME.jpg and NAME.png only.")
-        if base.count(".") > 1:  # webdataset would read it as part of the sample named up to the first dot
-            raise ValueError(f"{path} holds {name!r}, with a dot before its extension: webdataset "
-                             "(notebook 07) ends a sample's name at its first dot and would read it into "
-                             "another sample. Rename it and its pair without the dot (img_1.jpg, img_1.png) "
-                             "and write the shard again.")
+        check_file_name(path, name, seen)
         stem, _, suffix = name.rpartition(".")
-        if name in seen:
-            raise ValueError(f"{path} holds {name!r} twice (tar -r and tar -A append, they do not replace): "
-                             "write the shard again with one file of each name.")
-        seen.add(name)
         pending.setdefault(stem, {})[suffix] = data
         files = pending[stem]
         if "png" in files and len(files) == 2:
@@ -723,6 +782,9 @@ class ShardStream(IterableDataset):
             raise ValueError(f"{twice[0]} is listed {files[os.path.realpath(twice[0])]} times among the "
                              "shards: its samples would be read as many times each epoch. List each shard "
                              "once.")
+        # the headers only: a shard cut short, or a copy of another, is named now rather than mid-epoch
+        if problem := copied_sample({shard: check_whole_tar(shard) for shard in shards}):
+            raise ValueError(problem)
         # by name: every rank and worker splits the same list, whatever order each was given it in
         self.shards, self.shuffle, self.seed = sorted(shards, key=Path.as_posix), shuffle, seed
         self.transform, self.size, self.mask_dtype = transform, size, mask_dtype

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from helpers.datasets import (
     TOO_LARGE,
     UPRIGHT,
+    check_mask_array,
     check_pixels,
     check_same_size,
     exif_orientation,
@@ -152,11 +153,12 @@ class EncodedPairs(Dataset):
     ``decode_jpegs``: the loader's workers read files and decode the masks, never the JPEGs. Mask values
     are checked as ``SegmentationDataset`` checks them (``num_classes``, ``ignore_index``). ``mask_size``
     (height, width) resizes masks by nearest neighbour. ``masks``, a folder ``write_masks`` wrote for these
-    pairs, gives the masks already decoded instead. Each JPEG's header is read (no pixels): its size, turned
-    upright, must be its mask's. torchcodec turns a photo upright by its EXIF orientation, on the CPU and
-    the GPU alike, but does not read XMP metadata, so a photo turned by XMP alone is refused (PIL, and so
-    ``SegmentationDataset``, turns it). torchcodec has no strict mode: damaged compressed data that libjpeg
-    only warns about decodes into wrong pixels, so check a folder first with ``python -m helpers.doctor``."""
+    pairs, gives the masks already decoded instead, their values checked once, here. Each JPEG's header is
+    read (no pixels): its size, turned upright, must be its mask's. torchcodec turns a photo upright by its
+    EXIF orientation, on the CPU and the GPU alike, but does not read XMP metadata, so a photo turned by
+    XMP alone is refused (PIL, and so ``SegmentationDataset``, turns it). torchcodec has no strict mode:
+    damaged compressed data that libjpeg only warns about decodes into wrong pixels, so check a folder
+    first with ``python -m helpers.doctor``."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], mask_size: tuple[int, int] | None = None,
                  masks: Path | None = None, *, num_classes: int = len(CLASSES),
@@ -200,6 +202,8 @@ class EncodedPairs(Dataset):
         if changed is not None:
             raise ValueError(f"{changed} has changed since write_masks stored it in {folder}: write them "
                              "again with write_masks.")
+        # write_masks checked them against its own classes: these may be fewer, or have no ignore_index
+        check_mask_array(masks, folder / "masks.npy", self.num_classes, self.ignore_index)
         return stored
 
     def __getstate__(self) -> dict:

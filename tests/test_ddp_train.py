@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -48,7 +49,7 @@ from helpers.ddp_train import (
     train_loader,
     without_libuv_on_windows,
 )
-from helpers.formats import write_shards
+from helpers.formats import check_whole_tar, copied_sample, write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
 
@@ -132,13 +133,35 @@ def test_a_copy_of_a_shard_beside_it_is_named_before_its_samples_train_twice(tmp
                               "files of the same sizes: a copy of a shard would train its samples twice")
     copy.unlink()
     for shard in ("other-1.tar", "other-2.tar"):  # what webdataset reads as samples, and only that
-        with tarfile.open(tmp_path / shard, "w") as tar:
-            for name, data in ((f"0001.{shard[6]}.jpg", b"another image"), ("._0002.jpg", b"macOS"),
-                               ("README", b"no sample")):  # the last two in both: webdataset passes them
-                member = tarfile.TarInfo(name)
-                member.size = len(data)
-                tar.addfile(member, io.BytesIO(data))
-    assert data_problem(args, world_size=1) is None  # "0001": in three shards, three different samples
+        write_tar(tmp_path / shard, [(f"0001.{shard[6]}.jpg", b"another image"), ("._0002.jpg", b"macOS"),
+                                     ("README", b"no sample")])  # the last two in both: not samples
+    listed = {shard: check_whole_tar(shard) for shard in sorted(tmp_path.glob("*.tar"))}
+    assert copied_sample(listed) is None  # "0001": in three shards, three different samples
+    assert "other-1.tar holds '0001.1.jpg', with a dot before its extension" in data_problem(args, 1)
+
+
+def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
+    """A tar of ``files`` (name, bytes), in that order."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in files:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("names, message", [
+    (["a.jpg", "b.jpg", "a.png", "b.png"], "holds 'a.png' apart from the other files of 'a': webdataset"),
+    (["a.jpg", "a.png", "b.jpg", "b.png", "a.jpg", "a.png"], "holds 'a.jpg' twice"),
+    (["a.jpg", "a.png", "._b.jpg"], "holds '._b.jpg', a hidden file"),
+    (["a.jpg", "a.png", "README"], "holds 'README', which has no extension"),
+    (["a.jpg", "a.png", "b.jpg"], r"sample 'b' has \['jpg'\]: each NAME needs NAME.jpg and NAME.png"),
+], ids=["tar *.jpg *.png", "appended", "macOS", "stray", "unpaired"])
+def test_shards_webdataset_would_misread_are_refused_before_training(tmp_path, names, message):
+    """webdataset makes a sample of adjacent files that share a name and passes over hidden files and
+    files with no extension: each of these would train half samples, twice, or without a word, hours in."""
+    write_tar(tmp_path / "shard-00000.tar", [(name, f"{i}".encode()) for i, name in enumerate(names)])
+    args = Namespace(shards=tmp_path, data=None, val_data=None, workers=0)
+    assert re.search(message, data_problem(args, world_size=1))
 
 
 def test_split_lists_are_checked_before_training_and_every_rank_needs_a_sample(tmp_path):

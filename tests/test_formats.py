@@ -3,6 +3,7 @@
 import functools
 import io
 import pickle
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path, PureWindowsPath
@@ -314,6 +315,9 @@ def test_a_shard_listed_twice_is_refused_by_name(tmp_path, source_dataset, monke
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"shard-00001\.tar is listed 2 times"):
         ShardStream([*shards, Path("shards/../shards/shard-00001.tar")])  # another path to it
+    shutil.copy(shards[1], tmp_path / "shards" / "shard-00001 (1).tar")  # a download saved twice
+    with pytest.raises(ValueError, match=r"is in two shards, \S*shard-00001 \(1\)\.tar and \S*shard-00001"):
+        ShardStream(sorted((tmp_path / "shards").glob("*.tar")))
 
 
 def test_a_stream_sent_to_a_worker_keeps_its_rank_and_its_workers_split_the_rank_s_shards(
@@ -339,8 +343,11 @@ def test_an_empty_shard_is_named(tmp_path):
     import tarfile
 
     tarfile.open(tmp_path / "empty.tar", "w").close()
-    with pytest.raises(ValueError, match=r"empty.tar holds no samples: copy or write the shard again"):
-        list(ShardStream([tmp_path / "empty.tar"]))
+    with pytest.raises(ValueError, match=r"empty.tar is a tar file that holds no files: write the shard"):
+        ShardStream([tmp_path / "empty.tar"])  # named when the stream is made, from the headers
+    tarfile.open(tmp_path / "empty.tar.gz", "w:gz").close()  # compressed: named when it is read
+    with pytest.raises(ValueError, match=r"empty.tar.gz holds no samples: copy or write the shard again"):
+        list(ShardStream([tmp_path / "empty.tar.gz"]))
 
 
 def test_a_shard_sample_without_its_mask_is_named():
@@ -443,6 +450,29 @@ def test_arrays_other_than_what_the_writers_write_are_refused_by_name(tmp_path, 
         HDF5Dataset(tmp_path / "data.h5")
 
 
+def test_hand_made_masks_are_checked_against_the_classes_once(tmp_path):
+    """0/255 masks saved by hand would reach the loss with every object pixel ignored (255)."""
+    import h5py
+
+    (tmp_path / "mm").mkdir()
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[:, 2:5, 2:5] = 255
+    np.save(tmp_path / "mm" / "images.npy", np.zeros((4, 3, 8, 8), np.uint8))
+    np.save(tmp_path / "mm" / "masks.npy", masks)
+    with h5py.File(tmp_path / "data.h5", "w") as file:
+        file["images"], file["masks"] = np.zeros((4, 3, 8, 8), np.uint8), masks
+    for make, name in ((MemmapDataset, "mm/masks.npy"), (HDF5Dataset, "data.h5:masks")):
+        where = tmp_path / ("mm" if make is MemmapDataset else "data.h5")
+        with pytest.raises(ValueError, match=rf"^Mask \S*{name} has values \[255\] outside the classes "
+                                             r"0\.\.3\. .* a 0/255 mask needs dividing by 255"):
+            make(where)
+        assert int(make(where, ignore_index=255)[0].mask.max()) == 255  # declared: read as it is
+    np.save(tmp_path / "mm" / "images.npy", np.zeros((0, 3, 8, 8), np.uint8))
+    np.save(tmp_path / "mm" / "masks.npy", np.zeros((0, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"masks\.npy holds no masks: write it again"):
+        MemmapDataset(tmp_path / "mm")  # a loader over it would yield nothing, without a word
+
+
 def test_an_hdf5_file_that_holds_a_group_for_its_images_is_named(tmp_path):
     import h5py
 
@@ -538,7 +568,7 @@ def test_masks_with_classes_beyond_uint8_are_refused_not_wrapped(tmp_path):
         write_memmap(wide, tmp_path / "mm", 8)
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "masks" / "a.png")  # 255 fits
     write_memmap(SegmentationDataset(tmp_path, num_classes=256), tmp_path / "mm", 8)
-    mask = MemmapDataset(tmp_path / "mm")[0][1]
+    mask = MemmapDataset(tmp_path / "mm", num_classes=256)[0][1]
     assert mask.dtype == torch.uint8 and int(mask.min()) == 255
 
 
@@ -719,7 +749,7 @@ def test_shards_cut_inside_a_header_or_zero_filled_are_refused(tmp_path, source_
     for name, damaged, message in [
         ("cut", data[:cut + 100], "does not end as a tar file does: it was cut short"),
         ("zeros", data[:cut] + bytes(2**21), r"ends in [\d,]+ bytes of zeros, far more than tar's end"),
-        ("empty", bytes(10240), "holds no samples"),  # a download that never started, preallocated
+        ("empty", bytes(10240), "is a tar file that holds no files"),  # a download never started
     ]:
         (tmp_path / name).write_bytes(damaged)
         with pytest.raises(ValueError, match=rf"{name} {message}"):
@@ -875,4 +905,6 @@ def test_another_datasets_classes_reach_the_readers_that_check_masks(tmp_path):
     with pytest.raises(ValueError, match=refused):
         write_masks(pairs, tmp_path / "stored", (8, 12))
     write_masks(pairs, tmp_path / "stored", (8, 12), **voc)
-    assert torch.equal(EncodedPairs(pairs, masks=tmp_path / "stored")[0][1], torch.from_numpy(mask))
+    with pytest.raises(ValueError, match=refused.replace("a\\.png", "stored/masks\\.npy")):
+        EncodedPairs(pairs, masks=tmp_path / "stored")  # stored for 21 classes, read as the shapes' 4
+    assert torch.equal(EncodedPairs(pairs, masks=tmp_path / "stored", **voc)[0][1], torch.from_numpy(mask))
