@@ -399,18 +399,22 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
             "resize them with nearest-neighbour.")
 
 
-def check_mask_array(masks: np.ndarray, path: Path | str, num_classes: int, ignore_index: int | None,
-                     rows: int = 256) -> None:
+def check_mask_array(masks: np.ndarray, path: Path | str, num_classes: int, ignore_index: int | None) -> None:
     """Raise as ``check_mask_values`` does, naming ``path``, unless uint8 masks ``[N, H, W]`` stored
-    decoded (a memory map or an HDF5 dataset, read ``rows`` masks at a time) hold only 0..num_classes-1
-    and ``ignore_index``; one pass, when a dataset opens them (05_large_datasets, 06_gpu_training)."""
-    if masks.dtype != np.uint8 or len(masks) == 0:
-        found = f"{masks.dtype} masks, not uint8 ones" if len(masks) else "no masks"
-        raise ValueError(f"{path} holds {found}: write it again from a dataset with samples in it.")
+    decoded (a memory map or an HDF5 dataset, read 64 MiB at a time) hold only 0..num_classes-1 and
+    ``ignore_index``; one pass, when a dataset opens them (05_large_datasets, 06_gpu_training)."""
+    if masks.dtype != np.uint8:
+        raise ValueError(f"{path} holds {masks.dtype} masks, not uint8 class indices: write it again.")
+    if len(masks) == 0:
+        raise ValueError(f"{path} holds no masks: write it again from a dataset with samples in it.")
+    rows = max(1, 2**26 // max(1, masks[0].size))
     counts = np.zeros(256, np.int64)
     for start in range(0, len(masks), rows):
-        counts += np.bincount(np.asarray(masks[start:start + rows], np.uint8).ravel(), minlength=256)
-    check_mask_values(torch.from_numpy(np.flatnonzero(counts)), path, num_classes, ignore_index)
+        chunk = np.asarray(masks[start:start + rows])
+        if chunk.max() >= num_classes:  # rare: count the values only where one is out of range
+            counts += np.bincount(chunk.ravel(), minlength=256)
+    if counts.any():
+        check_mask_values(torch.from_numpy(np.flatnonzero(counts)), path, num_classes, ignore_index)
 
 
 def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,

@@ -8,6 +8,7 @@ memory maps do not survive pickling into workers.
 import lzma
 import operator
 import os
+import re
 import sys
 import tarfile
 import weakref
@@ -655,6 +656,9 @@ def check_file_name(path: Path, name: str, seen: set[str]) -> None:
     extension and no dot before it, and not met before in the shard (``seen``, which this adds it to).
     webdataset would pass over a hidden file or one with no extension without a word (05, 07)."""
     base = name.rpartition("/")[2]
+    if re.match(r"__[^/]*__($|/)", name):  # webdataset's skip_meta: read as its own metadata, not a sample
+        raise ValueError(f"{path} holds {name!r}, in a folder named as webdataset names its metadata "
+                         "(__NAME__), which it passes over: rename the folder and write the shard again.")
     if base.startswith("."):
         raise ValueError(f"{path} holds {name!r}, a hidden file (macOS adds ._NAME and .DS_Store): "
                          "write the shard again with COPYFILE_DISABLE=1 tar ..., or with write_shards.")
@@ -677,13 +681,19 @@ def check_webdataset_order(path: Path, files: list[tuple[str, int]]) -> None:
     lists them) named as ``check_file_name`` asks, and each NAME's NAME.jpg and NAME.png next to each
     other, with nothing else. webdataset makes a sample of the files next to each other that share a
     name, so ``tar cf shard.tar *.jpg *.png`` gives it half samples; ``ShardStream`` pairs them wherever
-    they are. Reads no image, so every rank checks every shard before training (07_distributed)."""
+    they are. Reads no image, so every rank checks every shard before training (07_distributed); a
+    compressed shard, for which ``check_whole_tar`` lists nothing, is checked as it is read
+    (``decode_shard_sample``)."""
     seen: set[str] = set()
     samples: dict[str, list[str]] = {}
     last = None
     for name, _ in files:
         check_file_name(path, name, seen)
         stem, _, suffix = name.rpartition(".")
+        suffix = suffix.lower()  # as webdataset reads it: a.JPG is a.jpg, and a.JPG beside a.jpg is twice
+        if suffix in samples.get(stem, ()):
+            raise ValueError(f"{path} holds {name!r} and another {stem}.{suffix} (webdataset reads suffixes "
+                             "in lower case): write the shard again with one image and one mask per name.")
         if stem != last and stem in samples:
             raise ValueError(f"{path} holds {name!r} apart from the other files of {stem!r}: webdataset "
                              "reads a sample from files next to each other, and would read two half samples. "
@@ -696,6 +706,24 @@ def check_webdataset_order(path: Path, files: list[tuple[str, int]]) -> None:
             raise ValueError(f"{path}: sample {stem!r} has {sorted(suffixes)}: each NAME needs NAME.jpg and "
                              "NAME.png in the same shard, and nothing else. Write the shard again with those "
                              "two files per sample.")
+
+
+def copied_shard(shards: list[Path]) -> str | None:
+    """Two shards of the same size that begin with the same block (a tar's first header: the same first
+    file, of the same size and time; compressed, the same bytes), as a copy of a shard saved beside it
+    ("shard-00001 (1).tar") does: each epoch would train its samples twice. One ``stat`` and one 512-byte
+    read per shard, so that a stream of many shards on slow storage is checked at once (05)."""
+    first: dict[tuple[int, bytes], Path] = {}
+    for shard in shards:
+        with open(shard, "rb") as file:
+            key = os.fstat(file.fileno()).st_size, file.read(tarfile.BLOCKSIZE)
+        if len(key[1]) < tarfile.BLOCKSIZE or not key[1].strip(b"\0"):  # empty: refused when it is read
+            continue
+        other = first.setdefault(key, shard)
+        if other != shard:
+            return (f"{other} and {shard} are the same size and begin with the same bytes: a copy of a shard "
+                    "would train its samples twice each epoch. Remove the copy.")
+    return None
 
 
 def copied_sample(shards: dict[Path, list[tuple[str, int]]]) -> str | None:
@@ -782,8 +810,7 @@ class ShardStream(IterableDataset):
             raise ValueError(f"{twice[0]} is listed {files[os.path.realpath(twice[0])]} times among the "
                              "shards: its samples would be read as many times each epoch. List each shard "
                              "once.")
-        # the headers only: a shard cut short, or a copy of another, is named now rather than mid-epoch
-        if problem := copied_sample({shard: check_whole_tar(shard) for shard in shards}):
+        if problem := copied_shard(shards):  # named now, rather than trained twice
             raise ValueError(problem)
         # by name: every rank and worker splits the same list, whatever order each was given it in
         self.shards, self.shuffle, self.seed = sorted(shards, key=Path.as_posix), shuffle, seed
@@ -858,8 +885,9 @@ def decode_shard_sample(sample: dict, size: tuple[int, int] | None = None, num_c
                          "named with a dot before the extension were read into this sample. Rename them "
                          "without the dot (img_1.jpg, img_1.png) and write the shard again.")
     if found != ["jpg", "png"]:  # missing, or a stray file webdataset read into the sample
-        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png in the same shard, "
-                         "and nothing else. Write the shard again with those two files per sample.")
+        raise ValueError(f"{where} has {found}: each NAME needs NAME.jpg and NAME.png next to each other "
+                         "in the same shard, and nothing else. Write the shard again with those two files "
+                         "per sample, side by side, as write_shards writes them.")
     key = sample.get("__key__")
     try:
         image, mask = read_pair(InMemoryFile(sample["jpg"], f"{key}.jpg"),
