@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import default_collate
 
-from helpers.datasets import Sample
+from helpers.datasets import Sample, check_mask_fits
 from helpers.device import upload
 from helpers.masks import IGNORE_INDEX
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
@@ -27,6 +27,8 @@ class PaddedBatch(NamedTuple):
 def pad_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
     """``collate_fn`` for samples of different sizes: pad bottom and right; images with 0, masks
     with ignore."""
+    for i, (image, mask) in enumerate(samples):  # a smaller mask would be padded with ignore, silently
+        check_mask_fits(image, mask, f"Sample {i} of the batch")
     height = max(image.shape[-2] for image, _ in samples)
     width = max(image.shape[-1] for image, _ in samples)
     images = torch.zeros(len(samples), 3, height, width, dtype=samples[0][0].dtype)
@@ -89,6 +91,8 @@ def flip_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Sample
     The recommended pipeline of 04_dataloader_batching: uint8 images and masks, one random
     horizontal flip per sample, whole batches at a time.
     """
+    for i, (image, mask) in enumerate(samples):  # a transposed mask would be flipped on the other axis
+        check_mask_fits(image, mask, f"Sample {i} of the batch")
     sizes = sorted({tuple(image.shape[-2:]) for image, _ in samples})
     if len(sizes) > 1:  # in a worker, stacking them may fail with "Trying to resize storage", no sizes named
         raise ValueError(f"flip_collate stacks samples of one size, but this batch holds {sizes[:4]} (HxW): "

@@ -67,6 +67,8 @@ def prefetch(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device,
     time, since Metal can crash a process whose two threads run tensor operations at once
     (pytorch/pytorch#197805, torch 2.14).
     """
+    if depth < 1:  # queue.Queue(maxsize=0) has no limit: every batch would be made ahead, in memory
+        raise ValueError(f"prefetch keeps depth batches ahead: at least 1, not {depth}.")
     if device.type == "mps":
         yield from batches
         return

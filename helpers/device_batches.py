@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import torch
 
-from helpers.datasets import InMemoryDataset, check_mask_fits
+from helpers.datasets import InMemoryDataset, check_stored_sample
 from helpers.device import upload
 from helpers.masks import IGNORE_INDEX
 
@@ -101,6 +101,21 @@ def source_points(placed: torch.Tensor, size: int, exact: bool) -> tuple[torch.T
     return (placed[:, :, 3] + (crop + 0.5) * (placed[:, :, 4] / size) - 0.5).unbind(1)
 
 
+def check_options(size: int, batch_size: int, scale: tuple[float, float] | None, hflip_prob: float,
+                  vflip_prob: float) -> None:
+    """Raise, naming the option, unless each is in its range: batches that are all padding, or flips
+    drawn at a probability of 1.5, would train without a word."""
+    for name, value in (("size", size), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}.")
+    for name, value in (("hflip_prob", hflip_prob), ("vflip_prob", vflip_prob)):
+        if not 0 <= value <= 1:  # NaN fails too
+            raise ValueError(f"{name} is a probability, from 0 to 1, not {value!r}.")
+    if scale is not None and not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+        raise ValueError(f"scale is (smallest, largest) share of the image's area, 0 < smallest <= largest "
+                         f"<= 1, not {scale!r}.")
+
+
 class DeviceBatches:
     """The decoded samples of an ``InMemoryDataset``, moved to ``device`` once, served as augmented uint8
     batches made there: ``for images, masks in DeviceBatches(...).epoch(generator)``."""
@@ -111,6 +126,7 @@ class DeviceBatches:
                  quarter_turns: bool = False, drop_last: bool = True):
         if data.shapes[:, 0].ne(3).any():
             raise ValueError("DeviceBatches needs RGB images (3 channels); convert the dataset first.")
+        check_options(size, batch_size, scale, hflip_prob, vflip_prob)
         if len(data.shapes) < (batch_size if drop_last else 1):  # checked before the upload
             fix = " with drop_last=True: use a smaller batch_size, or drop_last=False" if drop_last else ""
             raise ValueError(f"{len(data.shapes)} samples make no batch of {batch_size}{fix}.")
@@ -192,8 +208,10 @@ def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: i
     """Crop, flip and turn one batch of images ``[3, H, W]`` and masks ``[H, W]`` of any sizes that are
     already on their device (just decoded by the GPU, for example: ``helpers.gpu_decode``), as
     ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 batches."""
+    if not images:
+        raise ValueError("augment_batch was given no images: a batch needs at least one sample.")
     for position, (image, mask) in enumerate(zip(images, masks, strict=True)):
-        check_mask_fits(image, mask, f"Sample {position} of the batch")
+        check_stored_sample(image, mask, f"Sample {position} of the batch", 3)
     shapes = torch.tensor([tuple(image.shape) for image in images])
     packed = SimpleNamespace(images=torch.cat([image.permute(1, 2, 0).flatten() for image in images]),
                              masks=torch.cat([mask.flatten() for mask in masks]), shapes=shapes,

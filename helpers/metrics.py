@@ -19,10 +19,16 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
     if predicted.shape != target.shape:
         raise ValueError(f"Predicted mask {tuple(predicted.shape)} and target {tuple(target.shape)} "
                          "differ in shape.")
+    if predicted.is_floating_point() or target.is_floating_point():
+        raise ValueError(f"Masks of class indices are integers, not {predicted.dtype} and {target.dtype}: "
+                         "predicted = logits.argmax(dim=1), and a target read as a mask.")
     keep = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
     target, predicted = target[keep].long(), predicted[keep].long()
-    if target.numel() and (target.max() >= num_classes or target.min() < 0):
-        raise ValueError(f"Target has class {int(target.max())}, outside 0..{num_classes - 1}.")
+    for name, mask in (("Target", target), ("Prediction", predicted)):  # else counted in another cell
+        if mask.numel() and (mask.max() >= num_classes or mask.min() < 0):
+            value = int(mask.max()) if mask.max() >= num_classes else int(mask.min())
+            hint = f": does the model output {num_classes} channels?" if name == "Prediction" else "."
+            raise ValueError(f"{name} has class {value}, outside 0..{num_classes - 1}{hint}")
     counts = torch.bincount(target * num_classes + predicted, minlength=num_classes**2)
     return counts.reshape(num_classes, num_classes).cpu()
 
@@ -42,5 +48,10 @@ def dice_per_class(confusion: torch.Tensor) -> torch.Tensor:
 
 
 def mean_iou(confusion: torch.Tensor, classes: slice = slice(1, None)) -> float:
-    """Mean IoU over ``classes`` (default: every class but 0, the background), skipping NaN."""
-    return iou_per_class(confusion)[classes].nanmean().item()
+    """Mean IoU over ``classes`` (default: every class but 0, the background), skipping NaN; refused when
+    none of them has a pixel, true or predicted (every pixel ignored?), rather than a silent NaN."""
+    iou = iou_per_class(confusion)[classes]
+    if iou.isnan().all():
+        raise ValueError(f"No pixel, true or predicted, of classes {classes.start or 0}..: the confusion "
+                         "matrix has nothing to score (were all pixels ignored, or the loader empty?).")
+    return iou.nanmean().item()

@@ -139,7 +139,10 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             scheduler.step()
         # no .item(): no sync per step
         total, count = total + loss.detach() * len(images), count + len(images)
-    return (total / max(count, 1)).item()
+    if not count:
+        raise ValueError("The loader gave no batch to train on (drop_last=True with fewer samples than "
+                         "batch_size, or an empty split?).")
+    return (total / count).item()
 
 
 class Evaluation(NamedTuple):
@@ -163,12 +166,21 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
     model.eval()
     total, count = torch.zeros((), device=device), 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    batches = 0
     for images, masks, *_ in loader:
         images, masks = to_device(images, masks, device, channels_last, mean, std)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
-        total, count = total + loss_fn(logits, masks) * len(images), count + len(images)
+        if logits.shape[1] != num_classes:
+            raise ValueError(f"The model outputs {logits.shape[1]} channels for num_classes={num_classes}: "
+                             "give the model one output channel per class.")
+        if (masks != ignore_index).any():  # a batch with every pixel ignored has no loss (0 / 0 = NaN)
+            total, count = total + loss_fn(logits, masks) * len(images), count + len(images)
         confusion += confusion_matrix(logits.argmax(dim=1), masks, num_classes, ignore_index)
+        batches += 1
+    if not batches:
+        raise ValueError("The loader gave no batch to evaluate (drop_last=True with fewer samples than "
+                         "batch_size, or an empty split?).")
     return Evaluation((total / max(count, 1)).item(), confusion)
 
 

@@ -209,3 +209,13 @@ def test_milliseconds_is_the_mean_per_call_of_the_best_round(monkeypatch):
     calls = []
     assert bench.milliseconds(lambda: calls.append(1), repeats=2, rounds=2) == pytest.approx(100)
     assert len(calls) == 4
+
+
+@pytest.mark.parametrize("collate", [pad_collate, flip_collate])
+def test_collates_refuse_a_mask_of_another_size_than_its_image(collate):
+    """pad_collate padded a smaller mask with ignore; flip_collate flipped a transposed one on the other
+    axis than its image."""
+    image = torch.zeros(3, 8, 6, dtype=torch.uint8)
+    for mask in (torch.zeros(4, 4, dtype=torch.int64), torch.zeros(6, 8, dtype=torch.int64)):
+        with pytest.raises(ValueError, match=r"^Sample 1 of the batch has a mask of \(\d, \d\) for an image"):
+            collate([(image, torch.zeros(8, 6, dtype=torch.int64)), (image, mask)])

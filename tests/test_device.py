@@ -101,3 +101,10 @@ def test_pin_memory_without_an_accelerator_is_ignored_with_a_warning():
     with pytest.warns(UserWarning, match="'pin_memory' argument is set as true but no accelerator"):
         (batch,) = next(iter(loader))
     assert not batch.is_pinned()
+
+
+def test_prefetch_refuses_a_depth_that_would_make_every_batch_ahead():
+    for depth in (0, -1):  # queue.Queue(maxsize=0) has no limit
+        refused = rf"^prefetch keeps depth batches ahead: at least 1, not {depth}\."
+        with pytest.raises(ValueError, match=refused):
+            next(prefetch(iter([(torch.zeros(1),)]), CPU, depth=depth))

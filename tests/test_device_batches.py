@@ -251,7 +251,8 @@ def test_defaults_are_those_of_train_transforms_and_grey_images_are_refused():
     theirs = inspect.signature(train_transforms).parameters
     names = ("hflip_prob", "vflip_prob", "quarter_turns")  # the same names, and the same defaults
     assert [ours[name] for name in names] == [theirs[name].default for name in names]
-    grey = [(tv_tensors.Image(torch.zeros(1, 8, 8, dtype=torch.uint8)), tv_tensors.Mask(torch.zeros(8, 8)))]
+    grey = [(tv_tensors.Image(torch.zeros(1, 8, 8, dtype=torch.uint8)),
+             tv_tensors.Mask(torch.zeros(8, 8, dtype=torch.uint8)))]
     with pytest.raises(ValueError, match=r"^DeviceBatches needs RGB images \(3 channels\); convert the "
                                          r"dataset first\.$"):
         DeviceBatches(InMemoryDataset(grey), CPU, size=8, batch_size=1)
@@ -279,3 +280,35 @@ def test_fewer_samples_than_a_batch_with_drop_last_are_refused_rather_than_an_em
     assert len(DeviceBatches(InMemoryDataset(samples), CPU, 32, batch_size=8, drop_last=False)) == 1
     with pytest.raises(ValueError, match=r"^0 samples make no batch of 8\.$"):
         DeviceBatches(SimpleNamespace(shapes=torch.zeros(0, 3)), CPU, 32, batch_size=8, drop_last=False)
+
+
+def test_samples_that_cannot_be_stored_flat_and_options_out_of_range_are_refused():
+    """Mixed channel counts read other samples' pixels; float masks and images were rounded or passed
+    through; options out of range gave batches of padding, or flips at a probability of 1.5."""
+    from helpers.device_batches import augment_batch
+
+    grey, rgb = torch.full((1, 4, 4), 10, dtype=torch.uint8), torch.full((3, 4, 4), 20, dtype=torch.uint8)
+    mask = torch.zeros(4, 4, dtype=torch.uint8)
+    for samples, refused in [
+        ([(grey, mask), (rgb, mask)], r"^Sample 1 of the dataset has an image of \(3, 4, 4\), where"),
+        ([(rgb, mask.float() + 0.5)], r"^Sample 0 of the dataset has a torch\.float32 mask: class indices"),
+        ([(rgb.float() / 255, mask)], r"^Sample 0 of the dataset has a torch\.float32 image: samples"),
+        ([], r"^InMemoryDataset was given a dataset with no samples"),
+    ]:
+        with pytest.raises(ValueError, match=refused):
+            InMemoryDataset(samples)
+    with pytest.raises(ValueError, match=r"^Sample 0 of the batch has a torch\.float32 image"):
+        augment_batch([rgb.float()], [mask], 4, torch.Generator())
+    with pytest.raises(ValueError, match=r"^augment_batch was given no images"):
+        augment_batch([], [], 4, torch.Generator())
+    data = InMemoryDataset([(rgb, mask)] * 2)
+    for options, refused in [
+        ({"hflip_prob": 1.5}, r"^hflip_prob is a probability, from 0 to 1, not 1\.5"),
+        ({"vflip_prob": float("nan")}, r"^vflip_prob is a probability, from 0 to 1, not nan"),
+        ({"scale": (-0.5, 0.5)}, r"^scale is \(smallest, largest\) share of the image's area"),
+        ({"scale": (1.0, 0.5)}, r"^scale is \(smallest, largest\)"),
+        ({"batch_size": 0}, r"^batch_size must be a whole number of at least 1, not 0"),
+        ({"size": 32.0}, r"^size must be a whole number of at least 1, not 32\.0"),
+    ]:
+        with pytest.raises(ValueError, match=refused):
+            DeviceBatches(data, CPU, **{"size": 4, "batch_size": 2, **options})

@@ -61,3 +61,18 @@ def test_without_an_ignore_index_every_pixel_counts():
     assert confusion.sum() == 8 and confusion[2, 2] == 2  # the last pixel, 2 now, counts
     with pytest.raises(ValueError, match="class 255"):
         confusion_matrix(PREDICTED, TARGET, num_classes=3, ignore_index=None)
+
+
+def test_predictions_outside_the_classes_float_masks_and_nothing_to_score_are_refused():
+    """A prediction of class 3 with 3 classes was counted in another cell (true 1, predicted 0)."""
+    target = torch.tensor([[0, 0], [1, 2]])
+    with pytest.raises(ValueError, match=r"^Prediction has class 3, outside 0\.\.2: does the model output 3"):
+        confusion_matrix(torch.tensor([[3, 0], [1, 2]]), target, 3)
+    with pytest.raises(ValueError, match=r"^Prediction has class -1, outside 0\.\.2"):
+        confusion_matrix(torch.tensor([[-1, 0], [1, 2]]), target, 3)
+    with pytest.raises(ValueError, match=r"^Masks of class indices are integers, not torch\.int64 and "
+                                         r"torch\.float32"):
+        confusion_matrix(target, target.float() + 0.6, 3)  # 0.6 would count as class 0
+    nothing = confusion_matrix(target, torch.full_like(target, 255), 3)  # every pixel ignored
+    with pytest.raises(ValueError, match=r"^No pixel, true or predicted, of classes 1\.\.: the confusion"):
+        mean_iou(nothing)

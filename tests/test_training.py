@@ -357,3 +357,25 @@ def test_dice_loss_matches_the_one_hot_formula_exactly():
         ours, reference = dice_loss(logits, masks, ignore_index), with_one_hot(logits, masks, ignore_index)
         assert ours.item() == reference.item()
         assert torch.equal(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(reference, logits)[0])
+
+
+def test_evaluate_refuses_a_model_of_other_classes_and_an_empty_loader_and_skips_unlabelled_batches():
+    """A 4-channel model scored with num_classes=3 counted every pixel in the wrong cell; an empty loader
+    scored a perfect loss of 0; one batch with every pixel ignored made the whole loss NaN."""
+    torch.manual_seed(0)
+    dataset = tiny_task(count=4)
+    with pytest.raises(ValueError, match=r"^The model outputs 4 channels for num_classes=3: give the model"):
+        evaluate(UNet(num_classes=4, widths=(8, 16)), DataLoader(dataset, batch_size=2), CPU, num_classes=3)
+    model = UNet(num_classes=3, widths=(8, 16))
+    empty = DataLoader(dataset, batch_size=8, drop_last=True)
+    with pytest.raises(ValueError, match=r"^The loader gave no batch to evaluate \(drop_last=True"):
+        evaluate(model, empty, CPU, num_classes=3)
+    with pytest.raises(ValueError, match=r"^The loader gave no batch to train on \(drop_last=True"):
+        train_one_epoch(model, empty, torch.optim.SGD(model.parameters(), lr=0.1), CPU)
+    images, masks = dataset.tensors
+    masks = masks.clone()
+    masks[2:] = 255  # the second batch: nothing labelled
+    split = evaluate(model, DataLoader(TensorDataset(images, masks), batch_size=2), CPU, num_classes=3)
+    first = evaluate(model, DataLoader(TensorDataset(images[:2], masks[:2]), batch_size=2), CPU, 3)
+    assert math.isclose(split.loss, first.loss, rel_tol=1e-5)
+    assert torch.equal(split.confusion, first.confusion)
