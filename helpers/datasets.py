@@ -541,19 +541,19 @@ def check_mask_fits(image: torch.Tensor, mask: torch.Tensor, where: str) -> None
                          "(height, width): give each image a mask of its own size, [H, W].")
     if mask.is_floating_point():  # stored as integers, 1.7 would become class 1 without a word
         raise ValueError(f"{where} has a {mask.dtype} mask: class indices are integers (a mask resized "
-                         "with smooth interpolation, or converted with ToDtype(scale=True)?)")
+                         "with smooth interpolation, or converted to float along with its image?)")
 
 
 def check_stored_sample(image: torch.Tensor, mask: torch.Tensor, where: str, channels: int) -> None:
     """Raise unless a sample can be stored flat, end to end with the others (06_gpu_training): a uint8
     image of ``channels`` channels, as decoded, and an integer mask of its size (``check_mask_fits``)."""
+    if image.ndim != 3 or image.shape[0] != channels:
+        raise ValueError(f"{where} has an image of {tuple(image.shape)}, not [{channels}, H, W]: convert "
+                         "every image to one mode (RGB) first.")
     check_mask_fits(image, mask, where)
     if image.dtype != torch.uint8:
         raise ValueError(f"{where} has a {image.dtype} image: samples are kept as decoded, uint8 0..255. "
                          "Give the dataset without ToDtype or Normalize; batches are normalised later.")
-    if image.ndim != 3 or image.shape[0] != channels:
-        raise ValueError(f"{where} has an image of {tuple(image.shape)}, where the first had {channels} "
-                         "channels [C, H, W]: convert every image to the same mode (RGB) first.")
 
 
 class InMemoryDataset(Dataset):
@@ -575,8 +575,10 @@ class InMemoryDataset(Dataset):
         if not samples:
             raise ValueError("InMemoryDataset was given a dataset with no samples: check its folder and "
                              "split.")
+        first = samples[0][0]  # every sample as many channels as the first: they are stored end to end
+        channels = first.shape[0] if first.ndim == 3 else 3
         for index, (image, mask) in enumerate(samples):
-            check_stored_sample(image, mask, f"Sample {index} of the dataset", samples[0][0].shape[0])
+            check_stored_sample(image, mask, f"Sample {index} of the dataset", channels)
         self.shapes = torch.tensor([image.shape for image, _ in samples])  # [N, 3]: channels, height, width
         self.starts = torch.cat([torch.zeros(1, dtype=torch.int64), self.shapes[:, 1:].prod(1).cumsum(0)])
         # uint8, all pixels of all images, channels last as PIL decodes them: each image comes back in the

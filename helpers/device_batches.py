@@ -11,6 +11,7 @@ larger than the image) are 0 in the image and ``IGNORE_INDEX`` in the mask, as `
 them.
 """
 
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -106,7 +107,11 @@ def check_options(size: int, batch_size: int, scale: tuple[float, float] | None,
     """Raise, naming the option, unless each is in its range: batches that are all padding, or flips
     drawn at a probability of 1.5, would train without a word."""
     for name, value in (("size", size), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        try:
+            whole = not isinstance(value, bool) and operator.index(value) >= 1  # numpy and torch ints too
+        except TypeError:
+            whole = False
+        if not whole:
             raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}.")
     for name, value in (("hflip_prob", hflip_prob), ("vflip_prob", vflip_prob)):
         if not 0 <= value <= 1:  # NaN fails too

@@ -3,6 +3,7 @@ training loop, evaluation, losses and checkpoints (06_gpu_training)."""
 
 import functools
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -161,12 +162,12 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
     (BatchNorm uses its averages). Pixels of ``ignore_index`` count in neither; ``loss_fn`` (by default
     ``segmentation_loss`` with that ``ignore_index``) must skip them too.
 
-    Batches as ``train_one_epoch`` takes them (uint8 or float images)."""
+    Batches as ``train_one_epoch`` takes them (uint8 or float images). The loss is NaN when no pixel was
+    labelled; an empty loader gives that and a confusion matrix of zeros, which ranks can add up (07)."""
     loss_fn = loss_fn or functools.partial(segmentation_loss, ignore_index=ignore_index)
     model.eval()
     total, count = torch.zeros((), device=device), 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    batches = 0
     for images, masks, *_ in loader:
         images, masks = to_device(images, masks, device, channels_last, mean, std)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -177,11 +178,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, num_class
         if (masks != ignore_index).any():  # a batch with every pixel ignored has no loss (0 / 0 = NaN)
             total, count = total + loss_fn(logits, masks) * len(images), count + len(images)
         confusion += confusion_matrix(logits.argmax(dim=1), masks, num_classes, ignore_index)
-        batches += 1
-    if not batches:
-        raise ValueError("The loader gave no batch to evaluate (drop_last=True with fewer samples than "
-                         "batch_size, or an empty split?).")
-    return Evaluation((total / max(count, 1)).item(), confusion)
+    # no labelled pixel (an empty loader too: a rank with no validation image, 07): no loss, not 0
+    return Evaluation((total / count).item() if count else math.nan, confusion)
 
 
 # --- Checkpoints ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ probabilities, reproducible, and the same pixels as the per-sample v2 pipeline t
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -290,7 +291,7 @@ def test_samples_that_cannot_be_stored_flat_and_options_out_of_range_are_refused
     grey, rgb = torch.full((1, 4, 4), 10, dtype=torch.uint8), torch.full((3, 4, 4), 20, dtype=torch.uint8)
     mask = torch.zeros(4, 4, dtype=torch.uint8)
     for samples, refused in [
-        ([(grey, mask), (rgb, mask)], r"^Sample 1 of the dataset has an image of \(3, 4, 4\), where"),
+        ([(grey, mask), (rgb, mask)], r"^Sample 1 of the dataset has an image of \(3, 4, 4\), not \[1, H"),
         ([(rgb, mask.float() + 0.5)], r"^Sample 0 of the dataset has a torch\.float32 mask: class indices"),
         ([(rgb.float() / 255, mask)], r"^Sample 0 of the dataset has a torch\.float32 image: samples"),
         ([], r"^InMemoryDataset was given a dataset with no samples"),
@@ -312,3 +313,4 @@ def test_samples_that_cannot_be_stored_flat_and_options_out_of_range_are_refused
     ]:
         with pytest.raises(ValueError, match=refused):
             DeviceBatches(data, CPU, **{"size": 4, "batch_size": 2, **options})
+    assert len(DeviceBatches(data, CPU, size=torch.tensor(4), batch_size=np.int64(2))) == 1  # ints, all
