@@ -51,7 +51,6 @@ from helpers.formats import (
     NamedSample,
     check_webdataset_order,
     check_whole_tar,
-    copied_sample,
     decode_shard_sample,
     shard_url,
 )
@@ -164,6 +163,26 @@ def left_out_every_epoch(args: argparse.Namespace, world_size: int) -> str | Non
     return (f"--no-shuffle: {len(stems)} training samples do not divide over {world_size} processes, so "
             f"no epoch trains the last {len(left)} in file order ({', '.join(left)}). Shuffle, or give "
             f"train.txt a multiple of {world_size} samples.")
+
+
+def copied_sample(shards: dict[Path, list[tuple[str, int]]]) -> str | None:
+    """A sample found in two shards with the same files of the same sizes, as in a copy of a shard saved
+    beside it ("shard-00001 (1).tar"): each epoch would train it twice. ``shards``: each shard's files, as
+    ``check_whole_tar`` lists them. A sample is named as webdataset names it, by its file names up to the
+    first dot; two different samples that share a name are not a copy, and both train (07_distributed)."""
+    found: dict[tuple[str, frozenset], Path] = {}
+    for shard, files in shards.items():
+        samples: dict[str, set[tuple[str, int]]] = {}
+        for name, size in files:
+            key, suffix = wds.tariterators.base_plus_ext(name)
+            if key is not None:  # webdataset passes over a file with no extension, as it reads
+                samples.setdefault(key, set()).add((suffix.lower(), size))
+        for key, parts in samples.items():
+            first = found.setdefault((key, frozenset(parts)), shard)
+            if first != shard:
+                return (f"Sample {key!r} is in two shards, {first} and {shard}, the same files of the same "
+                        "sizes: a copy of a shard would train its samples twice each epoch. Remove the copy.")
+    return None
 
 
 def data_seen(args: argparse.Namespace) -> str:

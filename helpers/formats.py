@@ -726,27 +726,6 @@ def copied_shard(shards: list[Path]) -> str | None:
     return None
 
 
-def copied_sample(shards: dict[Path, list[tuple[str, int]]]) -> str | None:
-    """A sample found in two shards with the same files of the same sizes, as in a copy of a shard saved
-    beside it ("shard-00001 (1).tar"): each epoch would train it twice. ``shards``: each shard's files, as
-    ``check_whole_tar`` lists them. A sample is named as webdataset names it, by its file names up to the
-    first dot; two different samples that share a name are not a copy, and both train (05, 07)."""
-    found: dict[tuple[str, frozenset], Path] = {}
-    for shard, files in shards.items():
-        samples: dict[str, set[tuple[str, int]]] = {}
-        for name, size in files:
-            folder, _, base = name.rpartition("/")
-            if "." in base and not base.startswith("."):  # the others are refused where they are read
-                stem, _, suffix = base.partition(".")
-                samples.setdefault(f"{folder}/{stem}" if folder else stem, set()).add((suffix.lower(), size))
-        for key, parts in samples.items():
-            first = found.setdefault((key, frozenset(parts)), shard)
-            if first != shard:
-                return (f"Sample {key!r} is in two shards, {first} and {shard}, the same files of the same "
-                        "sizes: a copy of a shard would train its samples twice each epoch. Remove the copy.")
-    return None
-
-
 def _pairs_in_shard(path: Path, size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
                     ignore_index: int | None = None, mask_dtype: torch.dtype = torch.int64
                     ) -> Iterator[Sample]:

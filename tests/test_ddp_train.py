@@ -35,6 +35,7 @@ from helpers.ddp_train import (
     LaunchError,
     agree_on_device,
     check_everywhere,
+    copied_sample,
     data_problem,
     is_url,
     launch,
@@ -49,7 +50,7 @@ from helpers.ddp_train import (
     train_loader,
     without_libuv_on_windows,
 )
-from helpers.formats import check_whole_tar, copied_sample, write_shards
+from helpers.formats import check_whole_tar, write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
 
