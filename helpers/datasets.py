@@ -30,6 +30,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".png",)  # lossless only: JPEG compression invents mask values
 CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints"}  # made by tools, not data
 ORIENTATION = 0x0112  # the EXIF tag that says how to turn a photo upright
+MASK_CHECK_BYTES = 2**26  # check_mask_array reads stored masks this many bytes at a time (64 MiB)
 
 
 class Sample(NamedTuple):
@@ -407,7 +408,7 @@ def check_mask_array(masks: np.ndarray, path: Path | str, num_classes: int, igno
         raise ValueError(f"{path} holds {masks.dtype} masks, not uint8 class indices: write it again.")
     if len(masks) == 0:
         raise ValueError(f"{path} holds no masks: write it again from a dataset with samples in it.")
-    rows = max(1, 2**26 // max(1, masks[0].size))
+    rows = max(1, MASK_CHECK_BYTES // max(1, masks[0].size))
     counts = np.zeros(256, np.int64)
     for start in range(0, len(masks), rows):
         chunk = np.asarray(masks[start:start + rows])

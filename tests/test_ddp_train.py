@@ -159,7 +159,10 @@ def write_tar(path: Path, files: list[tuple[str, bytes]]) -> None:
     (["a.jpg", "a.JPG", "a.png"], r"holds 'a.JPG' and another a.jpg \(webdataset reads suffixes in lower"),
     (["__x__/a.jpg", "__x__/a.png", "b.jpg", "b.png"], "in a folder named as webdataset names its metadata"),
     (["a.JPG", "a.png"], None),  # webdataset reads a.JPG as the sample's jpg
-], ids=["tar *.jpg *.png", "appended", "macOS", "stray", "unpaired", "JPG twice", "__x__", "JPG"])
+    (["v1.0/a.jpg", "v1.0/a.png"], None),  # a sample's name ends at the first dot after the last /
+    (["v1/a.jpg", "v1/a.png", "v1/._a.jpg"], r"holds 'v1/._a.jpg', a hidden file"),
+], ids=["tar *.jpg *.png", "appended", "macOS", "stray", "unpaired", "JPG twice", "__x__", "JPG", "v1.0/",
+        "v1/._a"])
 def test_shards_webdataset_would_misread_are_refused_before_training(tmp_path, names, message):
     """webdataset makes a sample of adjacent files that share a name and passes over hidden files and
     files with no extension: each of these would train half samples, twice, or without a word, hours in."""

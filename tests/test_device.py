@@ -75,7 +75,7 @@ def test_an_error_in_the_thread_is_raised_where_the_batches_are_used_naming_the_
 
 def test_the_thread_makes_at_most_depth_batches_ahead_and_stops_with_the_loop():
     made = []
-    batches = prefetch(numbered(100, made), CPU, depth=2)
+    batches = prefetch(numbered(100, made), CPU)  # depth=2, the default
     next(batches)
     time.sleep(0.2)  # time enough to run far ahead, if nothing held it back
     assert len(made) <= 1 + 2 + 1  # the one in use, two queued, and one waiting to be queued
@@ -108,3 +108,9 @@ def test_prefetch_refuses_a_depth_that_would_make_every_batch_ahead():
         refused = rf"^prefetch keeps depth batches ahead: at least 1, not {depth}\."
         with pytest.raises(ValueError, match=refused):
             next(prefetch(iter([(torch.zeros(1),)]), CPU, depth=depth))
+    made = []
+    batches = prefetch(numbered(10, made), CPU, depth=1)  # one ahead: the least there is
+    assert int(next(batches)[0][0]) == 0
+    time.sleep(0.1)
+    assert len(made) <= 1 + 1 + 1  # the one in use, one queued, and one waiting to be queued
+    assert [int(batch[0][0]) for batch in batches] == list(range(1, 10))

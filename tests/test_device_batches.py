@@ -308,9 +308,12 @@ def test_samples_that_cannot_be_stored_flat_and_options_out_of_range_are_refused
         ({"vflip_prob": float("nan")}, r"^vflip_prob is a probability, from 0 to 1, not nan"),
         ({"scale": (-0.5, 0.5)}, r"^scale is \(smallest, largest\) share of the image's area"),
         ({"scale": (1.0, 0.5)}, r"^scale is \(smallest, largest\)"),
+        ({"scale": (0.0, 0.5)}, r"^scale is .* 0 < smallest <= largest <= 1, not \(0\.0, 0\.5\)"),
+        ({"scale": (0.5, 1.5)}, r"^scale is \(smallest, largest\)"),
         ({"batch_size": 0}, r"^batch_size must be a whole number of at least 1, not 0"),
         ({"size": 32.0}, r"^size must be a whole number of at least 1, not 32\.0"),
     ]:
         with pytest.raises(ValueError, match=refused):
             DeviceBatches(data, CPU, **{"size": 4, "batch_size": 2, **options})
     assert len(DeviceBatches(data, CPU, size=torch.tensor(4), batch_size=np.int64(2))) == 1  # ints, all
+    assert len(DeviceBatches(data, CPU, size=4, batch_size=2, scale=(0.5, 0.5))) == 1  # one scale, always

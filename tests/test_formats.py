@@ -22,6 +22,7 @@ from helpers.formats import (
     PinnedMemmapBatches,
     ShardStream,
     check_whole_tar,
+    copied_shard,
     decode_shard_sample,
     shard_url,
     write_hdf5,
@@ -326,6 +327,19 @@ def test_a_shard_listed_twice_is_refused_by_name(tmp_path, source_dataset, monke
             ShardStream(sorted(folder.glob(f"*{suffix}")))
 
 
+def test_a_copied_shard_is_found_past_empty_and_damaged_ones(tmp_path, source_dataset):
+    """Shards too short to be a tar, or of zeros only, are refused when read, not taken for copies of
+    each other; the check goes on past them."""
+    (shard,) = write_shards(source_dataset, tmp_path, per_shard=20)
+    for name, data in [("a-empty.tar", bytes(10240)), ("b-empty.tar", bytes(10240)),
+                       ("c-cut.tar", b"not a tar"), ("d-cut.tar", b"not a tar"),
+                       ("shard-00000 (1).tar", shard.read_bytes())]:
+        (tmp_path / name).write_bytes(data)
+    shards = sorted(tmp_path.glob("*.tar"))  # the copy before its shard: " (1)" sorts before ".tar"
+    assert copied_shard(shards).startswith(f"{tmp_path / 'shard-00000 (1).tar'} and {shard} are the same")
+    assert copied_shard(shards[:-1]) is None
+
+
 def test_a_stream_sent_to_a_worker_keeps_its_rank_and_its_workers_split_the_rank_s_shards(
         tmp_path, source_dataset, monkeypatch):
     """A worker reads the rank the stream was pickled under (a forkserver's environment may predate the
@@ -453,7 +467,7 @@ def test_arrays_other_than_what_the_writers_write_are_refused_by_name(tmp_path, 
         HDF5Dataset(tmp_path / "data.h5")
 
 
-def test_hand_made_masks_are_checked_against_the_classes_once(tmp_path):
+def test_hand_made_masks_are_checked_against_the_classes_once(tmp_path, monkeypatch):
     """0/255 masks saved by hand would reach the loss with every object pixel ignored (255)."""
     import h5py
 
@@ -470,6 +484,12 @@ def test_hand_made_masks_are_checked_against_the_classes_once(tmp_path):
                                              r"0\.\.3\. .* a 0/255 mask needs dividing by 255"):
             make(where)
         assert int(make(where, ignore_index=255)[0].mask.max()) == 255  # declared: read as it is
+    masks = np.zeros((4, 8, 8), np.uint8)
+    masks[0, 0, 0], masks[2, 0, 0] = 4, 9  # class 4 of 0..3 in the first chunk read, 9 in the last
+    np.save(tmp_path / "mm" / "masks.npy", masks)
+    monkeypatch.setattr("helpers.datasets.MASK_CHECK_BYTES", 2 * 8 * 8)  # two masks per chunk
+    with pytest.raises(ValueError, match=r"masks\.npy has values \[4, 9\] outside the classes 0\.\.3"):
+        MemmapDataset(tmp_path / "mm")
     np.save(tmp_path / "mm" / "images.npy", np.zeros((0, 3, 8, 8), np.uint8))
     np.save(tmp_path / "mm" / "masks.npy", np.zeros((0, 8, 8), np.uint8))
     with pytest.raises(ValueError, match=r"masks\.npy holds no masks: write it again"):
