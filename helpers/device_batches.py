@@ -215,6 +215,9 @@ def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: i
     ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 batches."""
     if not images:
         raise ValueError("augment_batch was given no images: a batch needs at least one sample.")
+    if len(images) != len(masks):
+        raise ValueError(f"augment_batch was given {len(images)} images and {len(masks)} masks: one mask "
+                         "per image, in the same order.")
     for position, (image, mask) in enumerate(zip(images, masks, strict=True)):
         check_stored_sample(image, mask, f"Sample {position} of the batch", 3)
     shapes = torch.tensor([tuple(image.shape) for image in images])

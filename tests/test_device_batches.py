@@ -271,6 +271,8 @@ def test_masks_of_another_size_than_their_images_are_refused_not_read_as_other_p
                                          r"\(6, 8\) \(height, width\): give each image a mask of its own"):
         InMemoryDataset([(tv_tensors.Image(image), tv_tensors.Mask(mask))])
     assert len(InMemoryDataset([(tv_tensors.Image(image), tv_tensors.Mask(mask.mT[None]))])) == 1  # [1, H, W]
+    with pytest.raises(ValueError, match=r"^augment_batch was given 2 images and 1 masks: one mask per"):
+        augment_batch([image, image], [mask.mT], 4, torch.Generator())
 
 
 def test_fewer_samples_than_a_batch_with_drop_last_are_refused_rather_than_an_empty_epoch():

@@ -277,6 +277,20 @@ def test_a_stray_file_in_a_shard_is_named_not_skipped(tmp_path, source_dataset):
         list(ShardStream([repack(shard, tmp_path / "bad.tar", extra=[(info, b"notes")])]))
 
 
+def test_a_shard_of_files_in_a_dotted_folder_is_read_as_webdataset_reads_it(tmp_path, source_dataset):
+    """webdataset ends a sample's name at the first dot after the last /: v1.0/0001.jpg is v1.0/0001."""
+    import tarfile
+
+    (shard,) = write_shards(first_pair(source_dataset), tmp_path / "shards")
+    with tarfile.open(shard) as tar, tarfile.open(tmp_path / "foldered.tar", "w") as out:
+        for member in tar:
+            data = tar.extractfile(member)
+            member.name = f"v1.0/{member.name}"
+            out.addfile(member, data)
+    (expected,), (sample,) = ShardStream([shard]), ShardStream([tmp_path / "foldered.tar"])
+    assert torch.equal(sample.image, expected.image) and torch.equal(sample.mask, expected.mask)
+
+
 def test_distributed_ranks_read_disjoint_shards_that_cover_all(tmp_path, source_dataset, monkeypatch):
     shards = write_shards(source_dataset, tmp_path / "shards", per_shard=3)  # 7 shards
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
