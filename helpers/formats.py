@@ -327,6 +327,9 @@ class PinnedMemmapBatches:
         self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.ready: list[torch.cuda.Event | None] = [None, None]
         self.mapped: tuple[torch.Tensor, torch.Tensor] | None = None  # for gather_on_device, made once
+        # mapped at the first epoch and kept, as MemmapDataset keeps its maps: a map made afresh each epoch
+        # takes a page fault for each page it touches again (tools/feed_stages.py times the gather both ways)
+        self.arrays: tuple[np.memmap, np.memmap] | None = None
         if len(self) == 0:
             raise ValueError(f"{len(dataset)} samples in {dataset.folder} make no whole batch of "
                              f"{batch_size}: use a smaller batch_size.")
@@ -380,7 +383,9 @@ class PinnedMemmapBatches:
                         for mapped, array in zip(self.mapped, maps, strict=True))
 
     def __iter__(self) -> Iterator[Sample]:
-        maps = self.dataset.maps("c")  # copy-on-write, so that torch may view them (nothing writes to them)
+        if self.arrays is None:  # copy-on-write, so that torch may view them (nothing writes to them)
+            self.arrays = self.dataset.maps("c")
+        maps = self.arrays
         order = torch.randperm(len(self.dataset), generator=self.generator)
         flips = upload(torch.rand(len(order), generator=self.generator) < self.hflip_prob, self.device)
         gather = self._gathered_on_device if self.gather_on_device else self._gathered_on_host

@@ -86,7 +86,8 @@ def test_feed_stages_times_each_stage_of_both_pipelines(tmp_path, capsys, monkey
     assert recorded["machine"]["date"] and recorded["batch_size"] == 32
     printed = capsys.readouterr().out
     assert list(recorded["ms_per_batch"])[-1].startswith("device gathers")  # measured last
-    for stage in ("gather into pinned, 1 threads", "gather, copy and flip", "the same and to_device",
+    for stage in ("gather into pinned, 1 threads", "threads, mapped each epoch", "gather, copy and flip",
+                  "the same and to_device",
                   "device gathers: gather and flip", "device gathers: the same and to_device",
                   "gpu decode: loader alone, 0 workers", "gpu decode: loader and decode_jpegs, 0 workers",
                   "gpu decode: whole pipeline, 0 workers", "masks stored: loader alone, 0 workers",

@@ -104,3 +104,14 @@ def test_fewer_samples_than_a_batch_are_refused_rather_than_an_empty_epoch(memma
     with pytest.raises(ValueError, match=rf"^{len(memmap)} samples in .* make no whole batch of "
                                          rf"{len(memmap) + 1}: use a smaller batch_size\.$"):
         PinnedMemmapBatches(memmap, len(memmap) + 1, torch.device("cpu"))
+
+
+def test_the_files_are_mapped_once_not_each_epoch(memmap, monkeypatch):
+    """A map made afresh each epoch takes a page fault for each page it touches again; the epochs are
+    still different orders."""
+    maps = []
+    monkeypatch.setattr(memmap, "maps",
+                        lambda mode="r": maps.append(mode) or MemmapDataset.maps(memmap, mode))
+    batches = PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0))
+    epochs = [torch.cat([masks for _, masks in batches]) for _ in range(3)]
+    assert maps == ["c"] and not torch.equal(epochs[0], epochs[1])

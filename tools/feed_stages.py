@@ -3,7 +3,8 @@
     python tools/feed_stages.py [--device cuda] [--count 2000] [--side 256] [--size 224] [--workers 4 12]
 
 For the memory map at 0 workers (``PinnedMemmapBatches``): the gather alone, from the map into a pinned
-buffer, at 1, 4 and all of torch's threads; then the whole iterator (gather, copy to the device, flip);
+buffer, at 1, 4 and all of torch's threads, and from a map made afresh each epoch (the page faults of
+touching its pages again); then the whole iterator (gather, copy to the device, flip);
 then with ``to_device``'s conversion; then the same two with each batch gathered by the device from the
 map read into RAM mapped for it (``gather_on_device=True``). For the GPU-decoding pipeline
 (``helpers.bench``'s *gpu decode*): the loader alone (workers reading the JPEG bytes and decoding the
@@ -58,24 +59,30 @@ def memmap_stages(root: Path, size: int, device: torch.device, work: Path) -> di
     """The memory map's stages, at 0 workers: milliseconds per batch, by stage."""
     times = {}
     write_memmap(SegmentationDataset(root), work, size)
-    images, masks = (torch.from_numpy(np.load(work / name, mmap_mode="c"))
+
+    def mapped() -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.from_numpy(np.load(work / name, mmap_mode="c"))
                      for name in ("images.npy", "masks.npy"))
-    buffers = [torch.empty(BATCH, *array.shape[1:], dtype=torch.uint8) for array in (images, masks)]
+
+    kept = mapped()
+    buffers = [torch.empty(BATCH, *array.shape[1:], dtype=torch.uint8) for array in kept]
     if device.type == "cuda":
         buffers = [buffer.pin_memory() for buffer in buffers]
-    order = torch.randperm(len(images))
+    order = torch.randperm(len(kept[0]))
 
-    def gather() -> Iterable[int]:
+    def gather(arrays: tuple[torch.Tensor, torch.Tensor]) -> Iterable[int]:
         for first in range(0, len(order) - BATCH + 1, BATCH):
-            for array, buffer in zip((images, masks), buffers, strict=True):
+            for array, buffer in zip(arrays, buffers, strict=True):
                 torch.index_select(array, 0, order[first:first + BATCH], out=buffer)
             yield first
 
     threads = torch.get_num_threads()
     for count in sorted({1, min(4, threads), threads}):
         torch.set_num_threads(count)
-        per_batch(times, f"memmap: gather into pinned, {count} threads", gather, device)
-    torch.set_num_threads(threads)
+        per_batch(times, f"memmap: gather into pinned, {count} threads", lambda: gather(kept), device)
+    torch.set_num_threads(threads)  # the same from a map made each epoch: its pages fault in again
+    per_batch(times, f"memmap: gather into pinned, {threads} threads, mapped each epoch",
+              lambda: gather(mapped()), device)
     batches = PinnedMemmapBatches(MemmapDataset(work), BATCH, device)
     per_batch(times, "memmap: gather, copy and flip", lambda: iter(batches), device)
     per_batch(times, "memmap: the same and to_device",
