@@ -102,6 +102,26 @@ def source_points(placed: torch.Tensor, size: int, exact: bool) -> tuple[torch.T
     return (placed[:, :, 3] + (crop + 0.5) * (placed[:, :, 4] / size) - 0.5).unbind(1)
 
 
+def pixel_indices(placed: torch.Tensor, start: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
+    """``source_points``' exact case as indices among all stored pixels ([B, size, size] int64), for boxes
+    inside their images that start at ``start`` and are ``width`` wide ([B] each). A point is affine in
+    the output pixel (i, j): the index is worked out per sample and spread over the batch in one addition,
+    one pass over the batch where the points and their index take about ten."""
+    placed = placed.view(-1, 2, 5)
+    first = placed[:, :, 3] + placed[:, :, 2] * (size - 1)  # [B, 2]: where output pixel (0, 0) comes from
+    base = start + first[:, 0] * width + first[:, 1]
+    down = placed[:, 0, 0] * width + placed[:, 1, 0]  # one output row down, in stored pixels
+    right = placed[:, 0, 1] * width + placed[:, 1, 1]  # one output column right
+    i = torch.arange(size, device=placed.device)
+    return (base.view(-1, 1) + down.view(-1, 1) * i).view(-1, size, 1) + (right.view(-1, 1) * i).unsqueeze(1)
+
+
+def rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for an int64 ``index`` of any shape: the rows of ``table`` it names, gathered by
+    ``index_select``, which on a CPU is about three times as fast as indexing with a tensor (06)."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
+
+
 def check_options(size: int, batch_size: int, scale: tuple[float, float] | None, hflip_prob: float,
                   vflip_prob: float) -> None:
     """Raise, naming the option, unless each is in its range: batches that are all padding, or flips
@@ -181,21 +201,21 @@ class DeviceBatches:
     def make(self, plan: torch.Tensor, exact: bool, within: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch of a slice of ``plan`` (see ``plan``), made on the device."""
         index = plan[:, 0].view(-1, 1, 1)
-        rows, cols = source_points(plan[:, 1:], self.size, exact)
         height, width, start = self.shapes[index, 1], self.shapes[index, 2], self.starts[index]
         pixels = self.images.view(-1, 3)  # one row of three channels per pixel
         if within and exact:  # the common case, and the cheapest: one gather each
-            near = start + rows * width + cols
-            return pixels[near].permute(0, 3, 1, 2), self.masks[near]
+            near = pixel_indices(plan[:, 1:], start.view(-1), width.view(-1), self.size)
+            return rows_at(pixels, near).permute(0, 3, 1, 2), rows_at(self.masks, near)
+        rows, cols = source_points(plan[:, 1:], self.size, exact)
 
         def pixel(r: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
             return start + (r.clamp(min=0) * width + c.clamp(min=0)).clamp(max=height * width - 1), inside
 
         near, inside = pixel(rows.round().long(), cols.round().long())  # nearest: for the mask
-        masks = torch.where(inside, self.masks[near], IGNORE_INDEX).to(self.masks.dtype)
+        masks = torch.where(inside, rows_at(self.masks, near), IGNORE_INDEX).to(self.masks.dtype)
         if exact:  # each point is a pixel
-            return (pixels[near] * inside.unsqueeze(-1)).permute(0, 3, 1, 2), masks
+            return (rows_at(pixels, near) * inside.unsqueeze(-1)).permute(0, 3, 1, 2), masks
         # bilinear: the four neighbours, weighted; points within half a pixel of the edge take the edge
         rows = torch.minimum(rows.clamp(min=0), height - 1.0)
         cols = torch.minimum(cols.clamp(min=0), width - 1.0)
@@ -204,7 +224,7 @@ class DeviceBatches:
         for dr, dc in ((0, 0), (0, 1), (1, 0), (1, 1)):
             weight = (1 - (rows - top - dr).abs()) * (1 - (cols - left - dc).abs())
             where, ok = pixel(top.long() + dr, left.long() + dc)
-            images += (weight * ok * inside).unsqueeze(-1) * pixels[where].float()
+            images += (weight * ok * inside).unsqueeze(-1) * rows_at(pixels, where).float()
         return images.round().clamp(0, 255).to(torch.uint8).permute(0, 3, 1, 2), masks
 
 
