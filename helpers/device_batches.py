@@ -117,8 +117,9 @@ def pixel_indices(placed: torch.Tensor, start: torch.Tensor, width: torch.Tensor
 
 
 def rows_at(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` for an int64 ``index`` of any shape: the rows of ``table`` it names, gathered by
-    ``index_select``, which on a CPU is about three times as fast as indexing with a tensor (06)."""
+    """``table[index]`` for an int64 ``index`` of non-negative row numbers, of any shape but 0-d: the rows
+    of ``table`` it names, gathered by ``index_select``, which on a CPU is about three times as fast as
+    indexing with a tensor."""
     return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
 
 
@@ -236,8 +237,8 @@ def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: i
     if not images:
         raise ValueError("augment_batch was given no images: a batch needs at least one sample.")
     if len(images) != len(masks):
-        raise ValueError(f"augment_batch was given {len(images)} images and {len(masks)} masks: one mask "
-                         "per image, in the same order.")
+        raise ValueError(f"augment_batch was given images and masks of different counts ({len(images)} and "
+                         f"{len(masks)}): one mask per image, in the same order.")
     for position, (image, mask) in enumerate(zip(images, masks, strict=True)):
         check_stored_sample(image, mask, f"Sample {position} of the batch", 3)
     shapes = torch.tensor([tuple(image.shape) for image in images])

@@ -328,14 +328,31 @@ class PinnedMemmapBatches:
         self.ready: list[torch.cuda.Event | None] = [None, None]
         self.mapped: tuple[torch.Tensor, torch.Tensor] | None = None  # for gather_on_device, made once
         # mapped at the first epoch and kept, as MemmapDataset keeps its maps: a map made afresh each epoch
-        # takes a page fault for each page it touches again (tools/feed_stages.py times the gather both ways)
+        # takes a page fault for each page it touches again (tools/feed_stages.py times the gather both ways);
+        # mapped again, and checked, at the start of an epoch after the files were written again
         self.arrays: tuple[np.memmap, np.memmap] | None = None
+        self.files: tuple | None = None  # the mapped files' inode, size and time of change
         if len(self) == 0:
             raise ValueError(f"{len(dataset)} samples in {dataset.folder} make no whole batch of "
                              f"{batch_size}: use a smaller batch_size.")
 
     def __len__(self) -> int:
         return len(self.dataset) // self.batch_size  # whole batches only
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "arrays": None, "files": None}  # a copy maps the files itself
+
+    def _maps(self) -> tuple[np.memmap, np.memmap]:
+        """The maps kept from the epoch before, unless the files were written again since (a stat each):
+        then they are mapped again, which refuses files of other shapes, and read again for the device."""
+        paths = (self.dataset.folder / "images.npy", self.dataset.folder / "masks.npy")
+        try:
+            files = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, paths))
+        except OSError:  # gone: maps() names the file and says what to do
+            files = None
+        if self.arrays is None or files != self.files:  # copy-on-write, so that torch may view them
+            self.arrays, self.files, self.mapped = self.dataset.maps("c"), files, None
+        return self.arrays
 
     def _buffer(self, slot: int, images: torch.Tensor,
                 masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,9 +400,7 @@ class PinnedMemmapBatches:
                         for mapped, array in zip(self.mapped, maps, strict=True))
 
     def __iter__(self) -> Iterator[Sample]:
-        if self.arrays is None:  # copy-on-write, so that torch may view them (nothing writes to them)
-            self.arrays = self.dataset.maps("c")
-        maps = self.arrays
+        maps = self._maps()
         order = torch.randperm(len(self.dataset), generator=self.generator)
         flips = upload(torch.rand(len(order), generator=self.generator) < self.hflip_prob, self.device)
         gather = self._gathered_on_device if self.gather_on_device else self._gathered_on_host

@@ -56,10 +56,13 @@ def test_crops_flips_and_turns_are_the_pixels_v2_gives_sample_by_sample():
             assert torch.equal(images[n], expected[0]) and torch.equal(masks[n], expected[1]), n
 
 
-def test_each_batch_takes_the_fast_path_unless_one_of_its_own_boxes_leaves_its_image(monkeypatch):
+@pytest.mark.parametrize("classes", [4, 400])  # 400: masks kept as int64, not uint8
+def test_each_batch_takes_the_fast_path_unless_one_of_its_own_boxes_leaves_its_image(monkeypatch, classes):
     """The last scene is 38 wide, narrower than the 40 x 40 crop: only the batch holding it pads, and the
     batches that take the fast path give the pixels the general path gives."""
-    batches = DeviceBatches(InMemoryDataset(scenes()), CPU, size=40, batch_size=2)
+    samples = [(image, tv_tensors.Mask(mask.long() * (classes // 4))) for image, mask in scenes()]
+    batches = DeviceBatches(InMemoryDataset(samples), CPU, size=40, batch_size=2)
+    assert batches.masks.dtype == (torch.uint8 if classes == 4 else torch.int64)
     made, make = [], batches.make
 
     def spy(plan: torch.Tensor, exact: bool, within: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +274,8 @@ def test_masks_of_another_size_than_their_images_are_refused_not_read_as_other_p
                                          r"\(6, 8\) \(height, width\): give each image a mask of its own"):
         InMemoryDataset([(tv_tensors.Image(image), tv_tensors.Mask(mask))])
     assert len(InMemoryDataset([(tv_tensors.Image(image), tv_tensors.Mask(mask.mT[None]))])) == 1  # [1, H, W]
-    with pytest.raises(ValueError, match=r"^augment_batch was given 2 images and 1 masks: one mask per"):
+    with pytest.raises(ValueError, match=r"^augment_batch was given images and masks of different counts "
+                                         r"\(2 and 1\)"):
         augment_batch([image, image], [mask.mT], 4, torch.Generator())
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from torchvision.transforms import v2
 
-from helpers.datasets import SegmentationDataset
+from helpers.datasets import SegmentationDataset, check_mask_array
 from helpers.formats import (
     HDF5Dataset,
     MemmapDataset,
@@ -504,6 +504,21 @@ def test_hand_made_masks_are_checked_against_the_classes_once(tmp_path, monkeypa
     monkeypatch.setattr("helpers.datasets.MASK_CHECK_BYTES", 2 * 8 * 8)  # two masks per chunk
     with pytest.raises(ValueError, match=r"masks\.npy has values \[4, 9\] outside the classes 0\.\.3"):
         MemmapDataset(tmp_path / "mm")
+    reads = []
+
+    class Noted:  # the same masks, noting each part read
+        dtype = masks.dtype
+
+        def __len__(self) -> int:
+            return len(masks)
+
+        def __getitem__(self, part):
+            reads.append(part)
+            return masks[part]
+
+    with pytest.raises(ValueError, match=r"^Mask m has values \[4, 9\]"):
+        check_mask_array(Noted(), "m", 4, None)
+    assert reads[1:] == [slice(0, 2), slice(2, 4)]  # after a look at the first: two masks at a time
     np.save(tmp_path / "mm" / "images.npy", np.zeros((0, 3, 8, 8), np.uint8))
     np.save(tmp_path / "mm" / "masks.npy", np.zeros((0, 8, 8), np.uint8))
     with pytest.raises(ValueError, match=r"masks\.npy holds no masks: write it again"):

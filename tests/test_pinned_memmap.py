@@ -115,3 +115,26 @@ def test_the_files_are_mapped_once_not_each_epoch(memmap, monkeypatch):
     batches = PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0))
     epochs = [torch.cat([masks for _, masks in batches]) for _ in range(3)]
     assert maps == ["c"] and not torch.equal(epochs[0], epochs[1])
+
+
+def test_files_written_again_between_epochs_are_mapped_again_and_checked(tmp_path):
+    """Kept maps would go on reading the old files, or the first samples of longer ones, without a word."""
+    import pickle
+
+    import numpy as np
+
+    write_memmap(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, 16)
+    memmap = MemmapDataset(tmp_path)
+    batches = PinnedMemmapBatches(memmap, 8, CPU, torch.Generator().manual_seed(0))
+    assert sum(int(masks.sum()) for _, masks in batches) > 0
+    assert len(pickle.dumps(batches)) < 20_000  # the maps stay behind: a copy maps the files itself
+    masks = np.load(tmp_path / "masks.npy")
+    np.save(tmp_path / "masks.npy", np.zeros_like(masks))  # the same shapes: read as they are now
+    assert sum(int(masks.sum()) for _, masks in batches) == 0
+    for name in ("images.npy", "masks.npy"):  # twice the samples, in place
+        np.save(tmp_path / name, np.concatenate([np.load(tmp_path / name)] * 2))
+    with pytest.raises(ValueError, match=r"changed after the dataset read it"):
+        next(iter(batches))
+    (tmp_path / "masks.npy").unlink()
+    with pytest.raises(ValueError, match=r"^Cannot map .*masks\.npy: .*Write the folder again"):
+        next(iter(batches))
