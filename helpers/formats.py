@@ -163,9 +163,10 @@ class MemmapDataset(Dataset):
     """Pre-decoded arrays read through a memory map: index with an int for a sample, a list for a batch.
 
     A batch comes back in the order of the list, gathered from the map in one copy. The files are checked
-    when the dataset is made and again when a process maps them: a file written again since, with
-    other shapes, is refused, not read in part; one cut short while mapped is named at the next read,
-    instead of ending the process. The mask values are checked once, when the dataset is made (one read
+    when the dataset is made and again when a process maps them, and a process maps them again at its next
+    read once they are written again (a ``stat`` per file and read): a file written again with other
+    shapes is refused, not read in part; one cut short while mapped is named at the next read, instead of
+    ending the process. The mask values are checked once, when the dataset is made (one read
     of ``masks.npy``), against ``num_classes`` and ``ignore_index`` as ``SegmentationDataset`` checks
     them: arrays made by hand may hold 0/255 masks.
     """
@@ -178,6 +179,7 @@ class MemmapDataset(Dataset):
         self.shapes = images.shape, masks.shape
         self.length = self.shapes[0][0]
         self.arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened on first use, per process
+        self.files: tuple | None = None  # their inode, size and time of change, when mapped
 
     def maps(self, mode: str = "r") -> tuple[np.memmap, np.memmap]:
         """The images and masks mapped in this process (``mode`` as ``np.load``'s ``mmap_mode``), refused
@@ -188,16 +190,16 @@ class MemmapDataset(Dataset):
         return arrays
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "arrays": None}  # a worker maps the files itself
+        return {**self.__dict__, "arrays": None, "files": None}  # a worker maps the files itself
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int | list[int]) -> Sample:
-        if self.arrays is None:
-            self.arrays = self.maps()
+        if self.arrays is None or check_not_cut_short(self.arrays) != self.files:  # or written again since:
+            self.arrays = self.maps()  # mapped again, which refuses other shapes
+            self.files = check_not_cut_short(self.arrays)
         images, masks = self.arrays
-        check_not_cut_short(self.arrays)
         rows = sample_rows(index)
         if isinstance(rows, int):
             return Sample(torch.from_numpy(np.array(images[rows])), torch.from_numpy(np.array(masks[rows])))
@@ -205,15 +207,24 @@ class MemmapDataset(Dataset):
         return Sample(torch.from_numpy(images[rows]), torch.from_numpy(masks[rows]))
 
 
-def check_not_cut_short(arrays: tuple[np.memmap, ...]) -> None:
-    """Refuse, naming the file, to read a map whose file is now shorter than when it was mapped (05): a
-    read past its end ends the process (SIGBUS; in a worker, "Bus error", which reads as a shared-memory
-    problem). One ``stat`` per file, before each read."""
+def check_not_cut_short(arrays: tuple[np.memmap, ...]) -> tuple[tuple[int, int, int], ...]:
+    """Refuse, naming the file, to read a map whose file is now shorter than when it was mapped, or gone
+    (05): a read past its end ends the process (SIGBUS; in a worker, "Bus error", which reads as a
+    shared-memory problem). One ``stat`` per file, before each read; returns each file's inode, size and
+    time of change, which differ once it is written again."""
+    again = "Write it again with write_memmap (it replaces the file whole), then make the dataset again."
+    files = []
     for array in arrays:
-        if os.stat(array.filename).st_size < array.offset + array.nbytes:
+        try:
+            now = os.stat(array.filename)
+        except FileNotFoundError:
+            raise ValueError(f"{array.filename} is gone since this process mapped it: it was moved or "
+                             f"deleted while in use. {again}") from None
+        if now.st_size < array.offset + array.nbytes:
             raise ValueError(f"{array.filename} is shorter than when this process mapped it: it was "
-                             "overwritten or cut short while in use. Write it again with write_memmap "
-                             "(it replaces the file whole), then make the dataset again.")
+                             f"overwritten or cut short while in use. {again}")
+        files.append((now.st_ino, now.st_size, now.st_mtime_ns))
+    return tuple(files)
 
 
 class _MappedBytes:
@@ -345,13 +356,9 @@ class PinnedMemmapBatches:
     def _maps(self) -> tuple[np.memmap, np.memmap]:
         """The maps kept from the epoch before, unless the files were written again since (a stat each):
         then they are mapped again, which refuses files of other shapes, and read again for the device."""
-        paths = (self.dataset.folder / "images.npy", self.dataset.folder / "masks.npy")
-        try:
-            files = tuple((s.st_ino, s.st_size, s.st_mtime_ns) for s in map(os.stat, paths))
-        except OSError:  # gone: maps() names the file and says what to do
-            files = None
-        if self.arrays is None or files != self.files:  # copy-on-write, so that torch may view them
-            self.arrays, self.files, self.mapped = self.dataset.maps("c"), files, None
+        if self.arrays is None or check_not_cut_short(self.arrays) != self.files:
+            self.arrays = self.dataset.maps("c")  # copy-on-write, so that torch may view them
+            self.files, self.mapped = check_not_cut_short(self.arrays), None
         return self.arrays
 
     def _buffer(self, slot: int, images: torch.Tensor,

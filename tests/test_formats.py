@@ -575,6 +575,21 @@ def test_a_file_cut_short_while_mapped_is_named_instead_of_ending_the_process(tm
         read_again()
 
 
+def test_files_written_again_while_mapped_are_mapped_again_at_the_next_read(tmp_path, source_dataset):
+    """A process keeps its map: without a look at the files before each read it would go on reading the
+    old ones, or the first samples of longer ones written in place, without a word."""
+    write_memmap(source_dataset, tmp_path / "mm", SIZE)
+    memmap = MemmapDataset(tmp_path / "mm")
+    first = memmap[0].mask  # mapped in this process
+    masks = np.load(tmp_path / "mm" / "masks.npy")
+    np.save(tmp_path / "mm" / "masks.npy", (masks + 1) % 4)  # the same shapes, other classes
+    assert torch.equal(memmap[0].mask, (first + 1) % 4)
+    for name in ("images.npy", "masks.npy"):  # twice the samples, written in place
+        np.save(tmp_path / "mm" / name, np.concatenate([np.load(tmp_path / "mm" / name)] * 2))
+    with pytest.raises(ValueError, match=r"mm changed after the dataset read it: images \(40, 3, 32, 32\)"):
+        memmap[0]
+
+
 def test_files_written_again_with_other_shapes_after_the_dataset_was_made_are_refused(tmp_path,
                                                                                     source_dataset):
     """A cell that writes the files again, on fewer samples: the old dataset would read them in part."""
