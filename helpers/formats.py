@@ -196,9 +196,9 @@ class MemmapDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int | list[int]) -> Sample:
-        if self.arrays is None or check_not_cut_short(self.arrays) != self.files:  # or written again since:
+        if self.arrays is None or check_mapped_files(self.arrays) != self.files:  # or written again since:
             self.arrays = self.maps()  # mapped again, which refuses other shapes
-            self.files = check_not_cut_short(self.arrays)
+            self.files = check_mapped_files(self.arrays)
         images, masks = self.arrays
         rows = sample_rows(index)
         if isinstance(rows, int):
@@ -207,7 +207,7 @@ class MemmapDataset(Dataset):
         return Sample(torch.from_numpy(images[rows]), torch.from_numpy(masks[rows]))
 
 
-def check_not_cut_short(arrays: tuple[np.memmap, ...]) -> tuple[tuple[int, int, int], ...]:
+def check_mapped_files(arrays: tuple[np.memmap, ...]) -> tuple[tuple[int, int, int], ...]:
     """Refuse, naming the file, to read a map whose file is now shorter than when it was mapped, or gone
     (05): a read past its end ends the process (SIGBUS; in a worker, "Bus error", which reads as a
     shared-memory problem). One ``stat`` per file, before each read; returns each file's inode, size and
@@ -356,9 +356,9 @@ class PinnedMemmapBatches:
     def _maps(self) -> tuple[np.memmap, np.memmap]:
         """The maps kept from the epoch before, unless the files were written again since (a stat each):
         then they are mapped again, which refuses files of other shapes, and read again for the device."""
-        if self.arrays is None or check_not_cut_short(self.arrays) != self.files:
+        if self.arrays is None or check_mapped_files(self.arrays) != self.files:
             self.arrays = self.dataset.maps("c")  # copy-on-write, so that torch may view them
-            self.files, self.mapped = check_not_cut_short(self.arrays), None
+            self.files, self.mapped = check_mapped_files(self.arrays), None
         return self.arrays
 
     def _buffer(self, slot: int, images: torch.Tensor,
@@ -379,7 +379,7 @@ class PinnedMemmapBatches:
         """Each batch gathered by the CPU from the maps into a buffer and copied to the device."""
         images, masks = (torch.from_numpy(array) for array in maps)
         for number in range(len(self)):
-            check_not_cut_short(maps)
+            check_mapped_files(maps)
             slot, rows = number % 2, order[number * self.batch_size:(number + 1) * self.batch_size]
             image_buffer, mask_buffer = self._buffer(slot, images, masks)
             # the one copy, from the map into the buffer (each sample's split over torch's threads)
@@ -396,12 +396,12 @@ class PinnedMemmapBatches:
                             order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch gathered by the device from the RAM mapped for it (or, on a CPU, from the maps)."""
         if self.mapped is None:
-            check_not_cut_short(maps)  # read whole, once
+            check_mapped_files(maps)  # read whole, once
             self.mapped = host_mapped(maps, self.device, self.dataset.folder)
         order = upload(order, self.device)
         for number in range(len(self)):
             if self.device.type != "cuda":  # the rows are read from the maps themselves
-                check_not_cut_short(maps)
+                check_mapped_files(maps)
             rows = order[number * self.batch_size:(number + 1) * self.batch_size]
             yield tuple(mapped.index_select(0, rows).view(torch.uint8).view(len(rows), *array.shape[1:])
                         for mapped, array in zip(self.mapped, maps, strict=True))
