@@ -64,18 +64,23 @@ def test_normalize_batch_equals_the_per_sample_eval_pipeline():
         normalize_batch(images / 255)  # scaled to 0..1 already: it would come out near-constant
 
 
+STRIPE = 3  # the stripe's class: a mask resized by anything but nearest neighbour invents 1 and 2 at its edge
+
+
 @pytest.fixture
 def striped(tmp_path):
-    """JPEG pairs whose image is red exactly where the mask says 1 (left third), so flips must match."""
+    """JPEG pairs whose image is red exactly where the mask says STRIPE (left third), so flips must match.
+    Half the masks are palette PNGs, half greyscale ("L"), which Pillow resizes bicubic unless told."""
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
-    for stem in ["a", "b", "c", "d", "e", "f"]:
+    for number, stem in enumerate(["a", "b", "c", "d", "e", "f"]):
         mask = np.zeros((40, 60), np.uint8)
-        mask[:, :20] = 1
+        mask[:, :20] = STRIPE
         image = np.zeros((40, 60, 3), np.uint8)
-        image[mask == 1] = (255, 0, 0)
+        image[mask == STRIPE] = (255, 0, 0)
         Image.fromarray(image).save(tmp_path / "images" / f"{stem}.jpg", quality=95)
-        to_palette_image(mask).save(tmp_path / "masks" / f"{stem}.png")
+        stored = to_palette_image(mask) if number % 2 else Image.fromarray(mask)
+        stored.save(tmp_path / "masks" / f"{stem}.png")
     return tmp_path
 
 
@@ -93,11 +98,11 @@ def test_every_benchmark_pipeline_delivers_normalised_images_with_aligned_masks(
         for images, masks in batches:
             assert images.shape[1:] == (3, 32, 32) and images.dtype == torch.float32, name
             assert masks.shape[1:] == (32, 32) and masks.dtype == torch.int64, name
-            assert set(masks.unique().tolist()) == {0, 1}, name
+            assert set(masks.unique().tolist()) == {0, STRIPE}, name  # no class invented at the edge
             red = images[:, 0] > images[:, 1] + 1  # normalised: red is far above green only in the stripe
-            assert (red == (masks == 1)).float().mean() > 0.95, name  # the flip hit image and mask alike
-            flipped |= set(masks[:, 0, -1].tolist())  # 1 in the right column: a flipped sample
-        assert flipped == {0, 1}, name  # in every pipeline, some samples flipped and some not
+            assert (red == (masks == STRIPE)).float().mean() > 0.95, name  # the flip hit image and mask alike
+            flipped |= set(masks[:, 0, -1].tolist())  # STRIPE in the right column: a flipped sample
+        assert flipped == {0, STRIPE}, name  # in every pipeline, some samples flipped and some not
 
 
 def test_flip_collate_stacks_and_flips_uint8_pairs_alike():
