@@ -6,6 +6,7 @@ ceiling. Its figures (images per second, the ceilings, timings) are the arithmet
 state, checked against a made-up clock: the README's speeds and shares rest on them."""
 
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import torch
 
 from helpers import bench
 from helpers.datasets import decode_image, pair_files
+from helpers.env import usable_cores
 from helpers.formats import PageLockRefused
-from helpers.paths import data_dir
+from helpers.paths import data_dir, repo_root
 
 
 def test_the_decode_ceiling_on_one_core_decodes_in_this_process(monkeypatch):
@@ -225,3 +227,21 @@ def test_the_table_and_last_line_report_each_pipeline_against_its_own_ceiling(tm
                     ["gpu", "decode", "150", "50", "50%", "of", "the", "gpu", "decode", "ceiling"]]
     assert table[-1] == ("best speed-up: 2.00x (memmap, gpu gathers with 0 workers over naive with 2 "
                          "workers)")
+
+
+def test_the_defaults_are_those_the_usage_line_and_the_readme_name(capsys):
+    args = bench.parse_args([])
+    usage = dict(re.findall(r"\[--([a-z-]+) (\d+)\]", bench.__doc__))  # "[--count 2000]", ...
+    assert set(usage) == {"count", "side", "size", "batch-size", "epochs"}
+    assert {name: getattr(args, name.replace("-", "_")) for name in usage} == {
+        name: int(value) for name, value in usage.items()}
+    assert args.workers == bench.worker_counts(usable_cores()) and args.device == torch.device("cpu")
+    readme = " ".join((repo_root() / "README.md").read_text(encoding="utf-8").split())
+    assert f"{args.count:,} JPEG images of {args.side} x {args.side}" in readme
+    assert (f"batches of {args.batch_size}, each delivering normalised float 3 x {args.size} x {args.size} "
+            f"images and int64 {args.size} x {args.size} masks") in readme
+    assert "then times three whole epochs" in readme and args.epochs == 3
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert bench.__doc__.splitlines()[0] in printed  # the description --help prints
