@@ -99,11 +99,30 @@ def is_url(spec: str) -> bool:
     return spec.startswith("pipe:") or "://" in spec
 
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")  # what webdataset's tarfile reads
+
+
+def local_shards(folder: str | Path) -> list[Path]:
+    """The shards in a local folder, by name: its tar files, compressed ones too (``SHARD_SUFFIXES``, in
+    any case). Another file there is refused, named: a shard left out of the list would be skipped
+    without a word (07_distributed). Hidden files (``.DS_Store``, macOS's ``._NAME``) are passed over."""
+    shards, others = [], []
+    for path in sorted(Path(folder).iterdir()):
+        if not path.name.startswith("."):
+            (shards if path.is_file() and path.name.lower().endswith(SHARD_SUFFIXES) else others).append(path)
+    if others:
+        raise ValueError(f"{folder} holds {[path.name for path in others[:4]]}, which are no shards "
+                         f"({', '.join(SHARD_SUFFIXES)}): move them out of the shards folder, or write "
+                         "them as shards (helpers.formats.write_shards).")
+    return shards
+
+
 def shard_urls(spec: str) -> list[str]:
-    """The shards to read: the .tar files of a local folder, or URLs with {000..099} ranges expanded."""
+    """The shards to read: those of a local folder (``local_shards``), or URLs with {000..099} ranges
+    expanded."""
     if is_url(spec):
         return wds.shardlists.expand_urls(spec)
-    return [shard_url(path) for path in sorted(Path(spec).glob("*.tar"))]
+    return [shard_url(path) for path in local_shards(spec)]
 
 
 def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
@@ -115,12 +134,15 @@ def data_problem(args: argparse.Namespace, world_size: int) -> str | None:
     if args.val_data and not args.val_data.is_dir():
         return f"{args.val_data} is missing on this node: --val-data must be at the same path on every node"
     if args.shards:
-        shards, workers = shard_urls(source), max(1, args.workers)
+        try:
+            shards, workers = shard_urls(source), max(1, args.workers)
+        except ValueError as error:  # a file there that is no shard
+            return str(error)
         if len(shards) < world_size * workers:
             return (f"{len(shards)} shards in {source} for {world_size} processes x {workers} workers: "
                     f"every reader needs a shard of its own; write at least {world_size * workers} "
                     "(helpers.formats.write_shards(per_shard=...)) or start fewer")
-        local, files = [] if is_url(source) else sorted(Path(source).glob("*.tar")), {}
+        local, files = [] if is_url(source) else local_shards(source), {}
         for shard in local:  # a shard cut short reads without an error
             try:
                 files[shard] = check_whole_tar(shard)
@@ -191,9 +213,9 @@ def data_seen(args: argparse.Namespace) -> str:
     ``--data``, and ``--val-data``'s, listed as ``SegmentationDataset`` lists them (clutter left out), a
     split list by the stems it lists, in order: their order is the samples' order (07_distributed)."""
     files: list[Path] = []  # shards given as URLs: the same URLs on every node, the same shards
-    if args.shards and not is_url(str(args.shards)):
-        files = sorted(Path(args.shards).glob("*.tar"))
     try:
+        if args.shards and not is_url(str(args.shards)):
+            files = local_shards(args.shards)
         for folder in (folder for folder in (args.data, getattr(args, "val_data", None)) if folder):
             splits = (folder / f"{split}.txt" for split in ("train", "val"))
             files += [*scan_folder(folder / "images", IMAGE_SUFFIXES)[0].values(),

@@ -1,6 +1,7 @@
 """helpers.ddp_train: a real two-process gloo launch on tiny data, and clear errors for bad launches."""
 
 import gc
+import gzip
 import importlib
 import inspect
 import io
@@ -37,6 +38,7 @@ from helpers.ddp_train import (
     check_everywhere,
     copied_sample,
     data_problem,
+    data_seen,
     is_url,
     launch,
     left_out_every_epoch,
@@ -364,6 +366,33 @@ def test_shards_given_as_urls_are_expanded_counted_and_streamed(tmp_path, monkey
     names = [name for _, _, batch_names in train_loader(args, epoch=0, rank=0) for name in batch_names]
     assert sorted(names) == sorted(Path(path).stem for path in SegmentationDataset(data_dir("shapes"),
                                                                                      split="val").image_paths)
+
+
+def test_compressed_shards_are_read_and_a_file_that_is_no_shard_is_named(tmp_path, monkeypatch):
+    """--shards FOLDER takes .tar.gz and upper-case .TAR shards as webdataset reads them: once it took
+    *.tar alone, and trained on half these samples without a word. Hidden files are passed over; any other
+    file is named before training."""
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=16)  # 4 shards
+    shard = tmp_path / "shard-00001.tar"
+    (tmp_path / "shard-00001.tar.gz").write_bytes(gzip.compress(shard.read_bytes()))
+    shard.unlink()
+    (tmp_path / "shard-00002.tar").rename(tmp_path / "shard-00002.TAR")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    assert [Path(url).name for url in shard_urls(str(tmp_path))] == [
+        "shard-00000.tar", "shard-00001.tar.gz", "shard-00002.TAR", "shard-00003.tar"]
+    args = parse_args(["--shards", str(tmp_path), "--out", str(tmp_path / "run"), "--size", "16"])
+    assert data_problem(args, world_size=1) is None and data_seen(args).startswith("4 files")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    names = [name for _, _, batch_names in train_loader(args, epoch=0, rank=0) for name in batch_names]
+    assert sorted(names) == sorted(Path(path).stem for path in SegmentationDataset(data_dir("shapes"),
+                                                                                     split="val").image_paths)
+    (tmp_path / "shard-00004.tar.zst").write_bytes(b"(\xb5/\xfd")  # compressed as tarfile cannot read
+    (tmp_path / "notes.txt").write_text("written by hand")
+    assert data_problem(args, world_size=1) == (
+        f"{tmp_path} holds ['notes.txt', 'shard-00004.tar.zst'], which are no shards (.tar, .tar.gz, .tgz, "
+        ".tar.bz2, .tar.xz): move them out of the shards folder, or write them as shards "
+        "(helpers.formats.write_shards).")
 
 
 def test_shards_are_read_in_another_order_each_epoch_not_only_shuffled_in_the_buffer(tmp_path, monkeypatch):
