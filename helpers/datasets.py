@@ -369,18 +369,24 @@ def read_image(path: Path | BinaryIO) -> tv_tensors.Image:
 
 
 MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-, 1-, 16-bit (I: 16-bit in older Pillow)
+# Pillow spreads 2- and 4-bit grey levels over 0..255 as it reads them (level x 85, x 17): a mask of
+# classes 0..3 that an optimiser (oxipng, pngcrush) stored in 2 bits would read as 0, 85, 170 and 255
+LOW_BIT_GREY = {"L;2": 85, "L;4": 17}
 
 
 def mask_array(file: Image.Image, path: Path) -> np.ndarray:
-    """The class indices of an opened mask file: uint8 for 8- and 1-bit modes, int32 for 16-bit ones
-    (and mode ``I``)."""
+    """The class indices of an opened (not yet loaded) mask file: uint8 for 8-, 4-, 2- and 1-bit modes,
+    int32 for 16-bit ones (and mode ``I``)."""
     if file.mode not in MASK_MODES:
         fix = ("If its grey levels are the classes, save it without the alpha channel (mode L)"
                if file.mode in ("LA", "La") else
                "If its classes are colours, convert it with helpers.masks.colour_to_index")
         raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
                          f"mode). {fix}.")
+    spread = LOW_BIT_GREY.get(file.tile[0][3]) if file.mode == "L" and len(file.tile) == 1 else None
     array = np.array(file)
+    if spread:  # the levels as stored
+        return (array // spread).astype(np.uint8)
     return array.astype(np.uint8 if array.dtype.itemsize == 1 else np.int32, copy=False)
 
 

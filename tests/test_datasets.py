@@ -1,7 +1,9 @@
 """Every way a folder of image+mask pairs can be wrong gets an error naming the file and the fix."""
 
 import io
+import struct
 import warnings
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -317,6 +319,34 @@ def test_16_bit_masks_are_class_indices_with_the_same_checks(root):
     assert mask.dtype == torch.int64 and mask.unique().tolist() == [0, 300]
     with pytest.raises(ValueError, match=r"1.png has values \[300\] outside the classes 0..3"):
         SegmentationDataset(root)[0]
+
+
+def grey_png(levels: np.ndarray, bits: int) -> bytes:
+    """A greyscale PNG of ``bits`` bits per pixel (Pillow writes no 2- or 4-bit grey), as image optimisers
+    such as oxipng store a mask of a few classes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    packed = np.packbits(np.unpackbits(levels.astype(np.uint8)[..., None], axis=-1)[..., -bits:]
+                         .reshape(len(levels), -1), axis=-1)  # each row's levels, bits by bits, padded
+    rows = b"".join(b"\0" + row.tobytes() for row in packed)  # filter type 0 before each row
+    header = struct.pack(">IIBBBBB", levels.shape[1], levels.shape[0], bits, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_2_and_4_bit_grey_masks_are_read_as_the_levels_they_store(tmp_path, bits):
+    """Pillow reads them spread over 0..255 (class 2 in 2 bits as 170): refused, with a value no file had."""
+    from helpers.datasets import read_mask
+
+    levels = np.array([[0, 1, 2, 3, 2], [3, 2, 1, 0, 1]])
+    (tmp_path / "m.png").write_bytes(grey_png(levels, bits))
+    assert Image.open(tmp_path / "m.png").mode == "L" and np.array(Image.open(tmp_path / "m.png")).max() > 3
+    mask = read_mask(tmp_path / "m.png")
+    assert mask.tolist() == levels.tolist() and mask.dtype == torch.int64
+    with pytest.raises(ValueError, match=r"m\.png has values \[3\] outside the classes 0\.\.2"):
+        read_mask(tmp_path / "m.png", num_classes=3)
 
 
 def test_32_bit_mask_images_are_read_and_negative_values_refused():
