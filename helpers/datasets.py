@@ -5,6 +5,7 @@ Taught in 02_segmentation_masks; used by every later notebook and by DataLoader 
 
 import io
 import threading
+import unicodedata
 import warnings
 import zlib
 from collections import Counter
@@ -84,6 +85,16 @@ def unpaired(images: dict[str, Path], masks: dict[str, Path]) -> tuple[list[Path
             [masks[stem] for stem in sorted(masks.keys() - images.keys())])
 
 
+def spelled_apart(names: list[str], others: list[str]) -> str:
+    """A hint where some of ``names`` differ from some of ``others`` only in how Unicode spells them (an
+    accent as a character of its own or within its letter), or "" (02_segmentation_masks)."""
+    same = {unicodedata.normalize("NFC", name) for name in names} & {
+        unicodedata.normalize("NFC", name) for name in others}
+    return (f" {sorted(same)[:3]} look alike but are spelled apart in Unicode (an accent as its own "
+            "character, as macOS writes names, or within the letter): rename them so that both are "
+            "written alike." if same else "")
+
+
 def pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     """Pair ``image_dir/NAME.jpg`` with ``mask_dir/NAME.png`` by NAME, never by list order."""
     images, masks = list_files(image_dir, IMAGE_SUFFIXES), list_files(mask_dir, MASK_SUFFIXES)
@@ -94,7 +105,8 @@ def pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
         raise ValueError(
             f"Unpaired files: {len(no_mask)} image(s) in {image_dir} have no mask "
             f"{[path.name for path in no_mask][:5]}, {len(no_image)} mask(s) in {mask_dir} have no "
-            f"image {[path.name for path in no_image][:5]}. {PAIR_FIX}")
+            f"image {[path.name for path in no_image][:5]}. {PAIR_FIX}"
+            + spelled_apart([path.stem for path in no_mask], [path.stem for path in no_image]))
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 
@@ -118,7 +130,8 @@ def read_split(pairs: list[tuple[Path, Path]], split_file: Path) -> list[tuple[P
     unknown = [stem for stem in stems if stem not in by_stem]
     if unknown:
         raise ValueError(f"{split_file} lists {unknown[:5]}, which have no image+mask pair: list each pair's "
-                         "file name stem (0001, not 0001.jpg), or add the files.")
+                         "file name stem (0001, not 0001.jpg), or add the files."
+                         + spelled_apart(unknown, list(by_stem)))
     twice = sorted(stem for stem, count in Counter(stems).items() if count > 1)
     if twice or not stems:
         problem = f"lists {twice[:5]} more than once" if twice else "lists no file"

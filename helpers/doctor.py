@@ -39,6 +39,7 @@ from helpers.datasets import (
     read_mask,
     read_split,
     scan_folder,
+    spelled_apart,
     unpaired,
 )
 from helpers.masks import CLASSES
@@ -146,6 +147,8 @@ def find_pairs(report: Report) -> list[tuple[Path, Path]]:
     for path in no_image:
         report.add(ERROR, path, f"Mask {path} has no image {image_dir / path.stem}.jpg (or .jpeg, .png). "
                    + PAIR_FIX)
+    if apart := spelled_apart([path.stem for path in no_mask], [path.stem for path in no_image]):
+        report.add(ERROR, image_dir, f"Of the unpaired images and masks,{apart}")
     paired = sorted(images.keys() & masks.keys())
     for stem in (stem for stem in paired if "." in stem):
         report.add(WARNING, images[stem], DOTTED.format(path=images[stem], stem=stem,

@@ -79,6 +79,23 @@ def test_mask_without_image_is_named(root):
         SegmentationDataset(root)
 
 
+def test_names_spelled_apart_in_unicode_are_unpaired_and_said_to_be(root):
+    """café from a Mac (e + a combining accent) and café typed elsewhere (é): one name to the eye, two to
+    the file system. The message says why the two it lists look alike, for the pair and for a split list."""
+    decomposed, composed = "cafe\u0301", "caf\u00e9"
+    (root / "images" / "1.png").rename(root / "images" / f"{decomposed}.png")
+    (root / "masks" / "1.png").rename(root / "masks" / f"{composed}.png")
+    with pytest.raises(ValueError, match=rf"\['{composed}'\] look alike but are spelled apart in Unicode"):
+        SegmentationDataset(root)
+    (root / "masks" / f"{composed}.png").rename(root / "masks" / f"{decomposed}.png")
+    (root / "train.txt").write_text(f"{composed}\n2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"no image\+mask pair.* look alike but are spelled apart"):
+        SegmentationDataset(root, split="train")
+    (root / "train.txt").write_text("x\n2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"or add the files\.$"):  # no such hint where none applies
+        SegmentationDataset(root, split="train")
+
+
 def test_long_lists_of_unpaired_files_and_bad_values_are_cut_short(root):
     """The message names the first five unpaired files of each side and the first eight bad values."""
     for stem in "abcdefg":

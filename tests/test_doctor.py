@@ -41,6 +41,9 @@ def test_every_unpaired_file_is_named(root):
     (root / "images" / "3.png").unlink()
     assert found(diagnose(root)).keys() == {"images/2.png", "masks/3.png"}
     assert "no mask" in found(diagnose(root))["images/2.png"]
+    (root / "images" / "1.png").rename(root / "images" / "cafe\u0301.png")  # é as e + accent (macOS)
+    (root / "masks" / "1.png").rename(root / "masks" / "caf\u00e9.png")  # é as one character
+    assert "spelled apart in Unicode" in found(diagnose(root))["images"]  # why they look alike
 
 
 def test_stray_files_are_named_and_clutter_is_ignored(root):
