@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 import textwrap
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -233,12 +234,20 @@ def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_p
 
 
 def check_pair(image_path: Path, mask_path: Path, report: Report) -> None:
-    """Check an image, its mask, then whether their sizes agree."""
-    image_head, mask_head = read_header(image_path), read_header(mask_path)
-    upright = check_image(image_path, image_head, report)
-    check_mask(mask_path, mask_head, report)
+    """Check an image, its mask, then whether their sizes agree. What reading them warned of (a JPEG's
+    EXIF cut short, its orientation perhaps lost with it) is a warning of the report, not only a line on
+    stderr; Pillow's own, which names no file, is left out: ``read_image`` warns again, naming it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image_head, mask_head = read_header(image_path), read_header(mask_path)
+        upright = check_image(image_path, image_head, report)
+        check_mask(mask_path, mask_head, report)
     if upright is not None and image_head is not None and mask_head is not None:
         check_sizes(image_path, upright, image_head, mask_path, mask_head.size, report)
+    said = {(path, str(warning.message)) for warning in caught for path in (image_path, mask_path)
+            if f"({path})" in str(warning.message)}
+    for path, message in sorted(said):
+        report.add(WARNING, path, message)
 
 
 def check_classes_seen(report: Report) -> None:

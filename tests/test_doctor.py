@@ -1,5 +1,6 @@
 """The folder check finds every problem at once, each with its file and fix, and changes nothing."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,22 @@ def test_every_unpaired_file_is_named(root):
     (root / "images" / "1.png").rename(root / "images" / "cafe\u0301.png")  # é as e + accent (macOS)
     (root / "masks" / "1.png").rename(root / "masks" / "caf\u00e9.png")  # é as one character
     assert "spelled apart in Unicode" in found(diagnose(root))["images"]  # why they look alike
+
+
+def test_what_reading_a_file_warned_of_is_in_the_report_once_with_the_file(root, recwarn):
+    """A JPEG whose EXIF block was cut short reads (Pillow warns, and reads what is left): the check said
+    "No errors" and left the warning to stderr, where Pillow's own names no file."""
+    (root / "images" / "1.png").unlink()
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 8)).save(buffer, "JPEG")
+    cut = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01"  # five tags promised, one begun
+    data, segment = buffer.getvalue(), b"\xff\xe1" + (len(cut) + 2).to_bytes(2, "big") + cut  # an APP1
+    (root / "images" / "1.jpg").write_bytes(data[:2] + segment + data[2:])
+    report = diagnose(root)
+    assert found(report) == {} and list(found(report, WARNING)) == ["images/1.jpg"]
+    assert found(report, WARNING)["images/1.jpg"].startswith("Corrupt EXIF data")
+    assert "The orientation may be lost" in found(report, WARNING)["images/1.jpg"]
+    assert not recwarn.list  # nothing left to stderr
 
 
 def test_stray_files_are_named_and_clutter_is_ignored(root):
