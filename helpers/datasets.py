@@ -396,7 +396,8 @@ def mask_array(file: Image.Image, path: Path) -> np.ndarray:
                "If its classes are colours, convert it with helpers.masks.colour_to_index")
         raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
                          f"mode). {fix}.")
-    spread = LOW_BIT_GREY.get(file.tile[0][3]) if file.mode == "L" and len(file.tile) == 1 else None
+    tiles = getattr(file, "tile", [])  # how a file's pixels are to be read (an image made in memory has none)
+    spread = LOW_BIT_GREY.get(tiles[0][3]) if file.mode == "L" and len(tiles) == 1 else None
     array = np.array(file)
     if spread:  # the levels as stored
         return (array // spread).astype(np.uint8)

@@ -13,6 +13,7 @@ fixed, else 0. Taught in 02_segmentation_masks.
 """
 
 import argparse
+import hashlib
 import os
 import sys
 import textwrap
@@ -81,6 +82,7 @@ class Report:
     sizes: Counter = field(default_factory=Counter)              # (height, width) upright -> images
     mask_modes: Counter = field(default_factory=Counter)         # PIL mode -> masks
     pixels: Counter = field(default_factory=Counter)             # mask value -> pixels, over all masks
+    images: dict[str, Path] = field(default_factory=dict)        # SHA-256 of an image file -> its path
 
     def add(self, severity: str, path: Path, message: str) -> None:
         """Record one finding."""
@@ -188,6 +190,10 @@ def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, i
                    f"(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), as photo viewers do. "
                    "Check that its mask was drawn on the upright photo (helpers.viz.overlay shows "
                    "both)." + xmp)
+    if (first := report.images.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), path)) != path:
+        report.add(WARNING, path, f"Image {path} holds the same bytes as {first}: a copy (a Finder 'copy', "
+                   "an Explorer '- Copy') trains its sample twice each epoch, and in two splits leaks from "
+                   "one into the other. Remove the copy and its mask, unless the picture is meant twice.")
     size = (image.shape[-2], image.shape[-1])
     report.sizes[size] += 1
     return size

@@ -20,13 +20,14 @@ from helpers.paths import data_dir
 
 
 def write_pair(root: Path, stem: str, label: int, size=(12, 8), image_suffix=".png") -> None:
-    """An image whose red channel encodes its label and whose green channel rises from left to right
-    (so a flip shows), and a mask with that label in its left half."""
+    """An image whose red channel encodes its label, whose green channel rises from left to right (so a
+    flip shows) and whose blue one comes from its name, and a mask with that label in its left half."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     pixels = np.zeros((size[1], size[0], 3), np.uint8)
     pixels[..., 0] = 40 * label
     pixels[..., 1] = np.linspace(0, 200, size[0], dtype=np.uint8)
+    pixels[..., 2] = zlib.crc32(stem.encode()) % 251  # each image its own bytes, as photos have
     Image.fromarray(pixels).save(root / "images" / f"{stem}{image_suffix}")
     mask = np.zeros(size[::-1], np.uint8)
     mask[:, : size[0] // 2] = label

@@ -63,6 +63,16 @@ def test_what_reading_a_file_warned_of_is_in_the_report_once_with_the_file(root,
     assert not recwarn.list  # nothing left to stderr
 
 
+def test_a_copy_of_an_image_is_named_with_the_file_it_copies(root):
+    """A Finder copy of a pair ("1 copy.png", beside 1.png) pairs, reads and trains twice: a warning."""
+    for folder in ("images", "masks"):
+        (root / folder / "1 copy.png").write_bytes((root / folder / "1.png").read_bytes())
+    report = diagnose(root)
+    assert found(report) == {} and list(found(report, WARNING)) == ["images/1 copy.png"]
+    assert found(report, WARNING)["images/1 copy.png"].startswith(
+        f"Image {root / 'images' / '1 copy.png'} holds the same bytes as {root / 'images' / '1.png'}: a copy")
+
+
 def test_stray_files_are_named_and_clutter_is_ignored(root):
     (root / "images" / "notes.txt").write_text("hello")
     Image.new("L", (12, 8)).save(root / "masks" / "1.jpg")  # a JPEG mask beside the PNG one
