@@ -89,7 +89,8 @@ def remove_old(path: Path) -> None:
 
 
 def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:
-    """Decode every pair once into ``folder/images.npy`` ``[N, 3, size, size]`` and ``masks.npy`` (uint8)."""
+    """Decode every pair once into ``folder/images.npy`` ``[N, 3, size, size]`` and ``masks.npy`` (uint8):
+    a copy, to write again when the files change (05_large_datasets)."""
     folder.mkdir(parents=True, exist_ok=True)
     shape = (len(dataset), size, size)
     paths = [folder / "images.npy", folder / "masks.npy"]
@@ -418,7 +419,8 @@ class PinnedMemmapBatches:
 
 
 def write_hdf5(dataset: SegmentationDataset, path: Path, size: int) -> None:
-    """Decode every pair once into one HDF5 file, one chunk per image and per mask."""
+    """Decode every pair once into one HDF5 file, one chunk per image and per mask: a copy, to write again
+    when the files change."""
     remove_old(Path(path))  # an older copy must not pass for this one if writing stops half-way
     try:
         with h5py.File(partial_path(Path(path)), "w") as file:
