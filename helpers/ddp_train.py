@@ -46,8 +46,16 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from helpers.datasets import IMAGE_SUFFIXES, MASK_SUFFIXES, SegmentationDataset, scan_folder, split_stems
+from helpers.datasets import (
+    CLUTTER,
+    IMAGE_SUFFIXES,
+    MASK_SUFFIXES,
+    SegmentationDataset,
+    scan_folder,
+    split_stems,
+)
 from helpers.formats import (
+    SHARD_SUFFIXES,
     NamedSample,
     check_webdataset_order,
     check_whole_tar,
@@ -99,17 +107,17 @@ def is_url(spec: str) -> bool:
     return spec.startswith("pipe:") or "://" in spec
 
 
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")  # what webdataset's tarfile reads
-
-
 def local_shards(folder: str | Path) -> list[Path]:
     """The shards in a local folder, by name: its tar files, compressed ones too (``SHARD_SUFFIXES``, in
     any case). Another file there is refused, named: a shard left out of the list would be skipped
-    without a word (07_distributed). Hidden files (``.DS_Store``, macOS's ``._NAME``) are passed over."""
+    without a word (07_distributed). Hidden files, the clutter tools leave (``Thumbs.db``) and folders
+    (such as a run's ``--out``) are passed over."""
     shards, others = [], []
     for path in sorted(Path(folder).iterdir()):
-        if not path.name.startswith("."):
-            (shards if path.is_file() and path.name.lower().endswith(SHARD_SUFFIXES) else others).append(path)
+        shard = path.name.lower().endswith(SHARD_SUFFIXES)
+        if path.name.startswith(".") or path.name in CLUTTER or (path.is_dir() and not shard):
+            continue
+        (shards if shard and path.is_file() else others).append(path)
     if others:
         raise ValueError(f"{folder} holds {[path.name for path in others[:4]]}, which are no shards "
                          f"({', '.join(SHARD_SUFFIXES)}): move them out of the shards folder, or write "

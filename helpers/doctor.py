@@ -13,7 +13,7 @@ fixed, else 0. Taught in 02_segmentation_masks.
 """
 
 import argparse
-import hashlib
+import filecmp
 import os
 import sys
 import textwrap
@@ -82,7 +82,7 @@ class Report:
     sizes: Counter = field(default_factory=Counter)              # (height, width) upright -> images
     mask_modes: Counter = field(default_factory=Counter)         # PIL mode -> masks
     pixels: Counter = field(default_factory=Counter)             # mask value -> pixels, over all masks
-    images: dict[str, Path] = field(default_factory=dict)        # SHA-256 of an image file -> its path
+    images: dict[int, list[Path]] = field(default_factory=dict)  # image files by their size in bytes
 
     def add(self, severity: str, path: Path, message: str) -> None:
         """Record one finding."""
@@ -190,10 +190,12 @@ def check_image(path: Path, head: Header | None, report: Report) -> tuple[int, i
                    f"(Image.Transpose.{TURN_UPRIGHT[head.orientation]}), as photo viewers do. "
                    "Check that its mask was drawn on the upright photo (helpers.viz.overlay shows "
                    "both)." + xmp)
-    if (first := report.images.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), path)) != path:
+    same_size = report.images.setdefault(path.stat().st_size, [])
+    if first := next((other for other in same_size if filecmp.cmp(other, path, shallow=False)), None):
         report.add(WARNING, path, f"Image {path} holds the same bytes as {first}: a copy (a Finder 'copy', "
                    "an Explorer '- Copy') trains its sample twice each epoch, and in two splits leaks from "
                    "one into the other. Remove the copy and its mask, unless the picture is meant twice.")
+    same_size.append(path)  # compared byte by byte only with files of its size: few, if any
     size = (image.shape[-2], image.shape[-1])
     report.sizes[size] += 1
     return size
@@ -239,21 +241,41 @@ def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_p
         report.add(ERROR, mask_path, str(error))
 
 
-def check_pair(image_path: Path, mask_path: Path, report: Report) -> None:
-    """Check an image, its mask, then whether their sizes agree. What reading them warned of (a JPEG's
-    EXIF cut short, its orientation perhaps lost with it) is a warning of the report, not only a line on
-    stderr; Pillow's own, which names no file, is left out: ``read_image`` warns again, naming it."""
+def warned_of(path: Path, report: Report, read: Callable[[], T]) -> T:
+    """``read()``, with what it warned of (an EXIF block cut short, the orientation perhaps lost with it) as
+    warnings of the report naming ``path``, each once, rather than lines on stderr: Pillow's own name no
+    file, and ``read_image`` warns again of some, naming it. (Pillow's DecompressionBombWarning is left
+    out: ``check_pixels`` refuses such a file, naming it.)"""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        image_head, mask_head = read_header(image_path), read_header(mask_path)
-        upright = check_image(image_path, image_head, report)
-        check_mask(mask_path, mask_head, report)
+        result = read()
+    said = [str(warning.message).strip() for warning in caught
+            if not issubclass(warning.category, Image.DecompressionBombWarning)]
+    named = [message for message in said if f"({path})" in message]
+    for message in dict.fromkeys(said):  # in order, once each
+        if f"({path})" not in message:
+            if any(again.startswith(message) for again in named):
+                continue
+            message = f"{message} ({path})"
+        report.add(WARNING, path, message)
+    return result
+
+
+def check_pair(image_path: Path, mask_path: Path, report: Report) -> None:
+    """Check an image, its mask, then whether their sizes agree; what reading each warned of, named."""
+    def image() -> tuple[Header | None, tuple[int, int] | None]:
+        head = read_header(image_path)
+        return head, check_image(image_path, head, report)
+
+    def mask() -> Header | None:
+        head = read_header(mask_path)
+        check_mask(mask_path, head, report)
+        return head
+
+    image_head, upright = warned_of(image_path, report, image)
+    mask_head = warned_of(mask_path, report, mask)
     if upright is not None and image_head is not None and mask_head is not None:
         check_sizes(image_path, upright, image_head, mask_path, mask_head.size, report)
-    said = {(path, str(warning.message)) for warning in caught for path in (image_path, mask_path)
-            if f"({path})" in str(warning.message)}
-    for path, message in sorted(said):
-        report.add(WARNING, path, message)
 
 
 def check_classes_seen(report: Report) -> None:

@@ -522,8 +522,9 @@ def write_shards(dataset: SegmentationDataset, folder: Path | str, per_shard: in
                          "SegmentationDataset.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("shard-*.tar"):  # an earlier, longer write's would be read as duplicates
-        remove_old(old)
+    for old in folder.glob("shard-*"):  # an earlier write's shards (compressed since, or not): read as
+        if old.name.lower().endswith(SHARD_SUFFIXES):  # duplicates of this one's
+            remove_old(old)
     count = len(dataset)
     if shards and count:
         shards = min(shards, count)  # no empty shard
@@ -569,6 +570,8 @@ def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
+# a shard's names: tar files, compressed or not, as webdataset reads them (tarfile.open(mode="r|*"))
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x5d\x00\x00": "lzma",
               b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"LZIP": "lzip",
               b"\x89LZO": "lzop"}  # each format's first bytes
@@ -590,8 +593,9 @@ def check_whole_tar(path: Path) -> list[tuple[str, int]]:
     header reads without any error, its later samples missing. Reads the headers, not the files' bytes, so
     every rank can check every shard before training (07_distributed). Returns its files' (name, size).
 
-    A compressed shard passes here unread (no files returned); reading it with ``ShardStream`` checks it
-    whole."""
+    A compressed shard has no headers to read apart from its files: it is decompressed whole, with the
+    same checks (store shards as plain .tar, as JPEGs and PNGs are compressed already, to check them in a
+    moment)."""
     with open(path, "rb") as file:
         head = file.read(tarfile.BLOCKSIZE)
         size = file.seek(0, os.SEEK_END)
@@ -601,7 +605,7 @@ def check_whole_tar(path: Path) -> list[tuple[str, int]]:
         tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")  # a valid first header, checksum and all
     except tarfile.HeaderError:
         if compression(head):
-            return []
+            return [(name, len(data)) for name, data in _files_in_shard(path)]
         if len(head) == tarfile.BLOCKSIZE and head.count(0) == len(head):  # tar's end block, first
             raise ValueError(f"{path} is a tar file that holds no files: write the shard again.") from None
         if len(head) == tarfile.BLOCKSIZE:
@@ -641,7 +645,8 @@ def _files_in_shard(path: Path) -> Iterator[tuple[str, bytes]]:
         if kind in NOT_READ_BY_TARFILE:
             raise ValueError(f"{path} is compressed with {kind}, which Python's tarfile cannot read: "
                              f"decompress it ({kind} -d), or write shards as .tar or .tar.gz.") from None
-        if str(error) == "unexpected end of data":  # tarfile's words for a file cut short
+        # cut short: gzip, bz2 and lzma raise EOFError; tarfile says "unexpected end of data"
+        if isinstance(error, EOFError) or str(error) == "unexpected end of data":
             raise ValueError(f"{path} {CUT_SHORT}") from None
         raise ValueError(f"Cannot read {path} as a tar file: {error}. Copy or write the shard again."
                          ) from None

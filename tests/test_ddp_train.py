@@ -52,7 +52,7 @@ from helpers.ddp_train import (
     train_loader,
     without_libuv_on_windows,
 )
-from helpers.formats import check_whole_tar, write_shards
+from helpers.formats import CUT_SHORT, check_whole_tar, write_shards
 from helpers.models import UNet
 from helpers.paths import data_dir
 
@@ -370,14 +370,16 @@ def test_shards_given_as_urls_are_expanded_counted_and_streamed(tmp_path, monkey
 
 def test_compressed_shards_are_read_and_a_file_that_is_no_shard_is_named(tmp_path, monkeypatch):
     """--shards FOLDER takes .tar.gz and upper-case .TAR shards as webdataset reads them: once it took
-    *.tar alone, and trained on half these samples without a word. Hidden files are passed over; any other
-    file is named before training."""
+    *.tar alone, and trained on half these samples without a word. Hidden files, tools' clutter and
+    folders (a run's --out) are passed over; any other file is named before training."""
     write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=16)  # 4 shards
     shard = tmp_path / "shard-00001.tar"
     (tmp_path / "shard-00001.tar.gz").write_bytes(gzip.compress(shard.read_bytes()))
     shard.unlink()
     (tmp_path / "shard-00002.tar").rename(tmp_path / "shard-00002.TAR")
-    (tmp_path / ".DS_Store").write_bytes(b"\0")
+    for clutter in (".DS_Store", "Thumbs.db"):
+        (tmp_path / clutter).write_bytes(b"\0")
+    (tmp_path / "run").mkdir()
     assert [Path(url).name for url in shard_urls(str(tmp_path))] == [
         "shard-00000.tar", "shard-00001.tar.gz", "shard-00002.TAR", "shard-00003.tar"]
     args = parse_args(["--shards", str(tmp_path), "--out", str(tmp_path / "run"), "--size", "16"])
@@ -387,12 +389,32 @@ def test_compressed_shards_are_read_and_a_file_that_is_no_shard_is_named(tmp_pat
     names = [name for _, _, batch_names in train_loader(args, epoch=0, rank=0) for name in batch_names]
     assert sorted(names) == sorted(Path(path).stem for path in SegmentationDataset(data_dir("shapes"),
                                                                                      split="val").image_paths)
-    (tmp_path / "shard-00004.tar.zst").write_bytes(b"(\xb5/\xfd")  # compressed as tarfile cannot read
     (tmp_path / "notes.txt").write_text("written by hand")
+    (tmp_path / "more.tar").mkdir()
     assert data_problem(args, world_size=1) == (
-        f"{tmp_path} holds ['notes.txt', 'shard-00004.tar.zst'], which are no shards (.tar, .tar.gz, .tgz, "
-        ".tar.bz2, .tar.xz): move them out of the shards folder, or write them as shards "
+        f"{tmp_path} holds ['more.tar', 'notes.txt'], which are no shards (.tar, .tar.gz, .tgz, .tar.bz2, "
+        ".tar.xz, .tar.zst): move them out of the shards folder, or write them as shards "
         "(helpers.formats.write_shards).")
+
+
+def test_a_compressed_shard_is_checked_as_a_plain_one_is(tmp_path):
+    """Cut short, kept beside the shard it was compressed from (gzip -k), or compressed as tarfile cannot
+    read: named before training, as a plain shard would be, not found by a rank in the middle of an epoch."""
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=32)  # 2 shards
+    args = Namespace(shards=tmp_path, data=None, val_data=None, workers=0)
+    shard, packed = tmp_path / "shard-00001.tar", tmp_path / "shard-00001.tar.gz"
+    packed.write_bytes(gzip.compress(shard.read_bytes()))
+    assert "is in two shards" in data_problem(args, world_size=1)  # gzip -k keeps the .tar
+    shard.unlink()
+    assert data_problem(args, world_size=1) is None
+    packed.write_bytes(packed.read_bytes()[:-4000])  # an interrupted download
+    assert data_problem(args, world_size=1) == f"{packed} {CUT_SHORT}"
+    packed.unlink()
+    if sys.version_info < (3, 14):  # Python 3.14's tarfile reads zstd
+        (tmp_path / "shard-00001.tar.zst").write_bytes(b"(\xb5/\xfd" + bytes(100))
+        assert "is compressed with zstd, which Python's tarfile cannot read" in data_problem(args, 1)
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=64)  # 1 shard
+    assert [path.name for path in tmp_path.iterdir()] == ["shard-00000.tar"]  # the old ones, all gone
 
 
 def test_shards_are_read_in_another_order_each_epoch_not_only_shuffled_in_the_buffer(tmp_path, monkeypatch):

@@ -48,18 +48,22 @@ def test_every_unpaired_file_is_named(root):
 
 
 def test_what_reading_a_file_warned_of_is_in_the_report_once_with_the_file(root, recwarn):
-    """A JPEG whose EXIF block was cut short reads (Pillow warns, and reads what is left): the check said
-    "No errors" and left the warning to stderr, where Pillow's own names no file."""
+    """A JPEG and a PNG whose EXIF blocks were cut short read (Pillow warns, and reads what is left): the
+    check said "No errors" and left the warnings to stderr, where Pillow's own name no file."""
     (root / "images" / "1.png").unlink()
     buffer = io.BytesIO()
     Image.new("RGB", (12, 8)).save(buffer, "JPEG")
     cut = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01"  # five tags promised, one begun
     data, segment = buffer.getvalue(), b"\xff\xe1" + (len(cut) + 2).to_bytes(2, "big") + cut  # an APP1
     (root / "images" / "1.jpg").write_bytes(data[:2] + segment + data[2:])
+    Image.new("RGB", (12, 8)).save(root / "images" / "2.png", exif=cut[6:])  # a PNG's eXIf chunk, cut
     report = diagnose(root)
-    assert found(report) == {} and list(found(report, WARNING)) == ["images/1.jpg"]
+    assert found(report) == {} and list(found(report, WARNING)) == ["images/1.jpg", "images/2.png"]
     assert found(report, WARNING)["images/1.jpg"].startswith("Corrupt EXIF data")
-    assert "The orientation may be lost" in found(report, WARNING)["images/1.jpg"]
+    assert "The orientation may be lost" in found(report, WARNING)["images/1.jpg"]  # read_image's, named
+    assert found(report, WARNING)["images/2.png"].startswith("Corrupt EXIF data")  # Pillow's, named here
+    assert found(report, WARNING)["images/2.png"].endswith(f"({root / 'images' / '2.png'})")
+    assert len([finding for finding in report.findings if finding.severity == WARNING]) == 2  # once each
     assert not recwarn.list  # nothing left to stderr
 
 

@@ -784,7 +784,9 @@ def test_compressed_shards_are_read_whole_and_damaged_ones_are_named(tmp_path, s
     assert len(unpacked) == len(plain) == len(source_dataset) and all(map(torch.equal, plain, unpacked))
     data = packed.read_bytes()
     (tmp_path / "cut").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"(?s)^Cannot read .*cut as a tar file: .*Copy or write the shard"):
+    said = ("cut as a tar file: file could not be opened" if mode == "bz2" else  # its first block, cut
+            "cut does not end as a tar file does: it was cut short")  # the decompressor's EOFError
+    with pytest.raises(ValueError, match=rf"(?s){said}.*Copy or write the shard"):
         list(ShardStream([tmp_path / "cut"]))
     if mode == "gz":  # the checksum at the end, which tarfile alone never reads
         (tmp_path / "crc").write_bytes(data[:-8] + bytes([data[-8] ^ 1]) + data[-7:])
