@@ -180,7 +180,7 @@ class MemmapDataset(Dataset):
         self.shapes = images.shape, masks.shape
         self.length = self.shapes[0][0]
         self.arrays: tuple[np.ndarray, np.ndarray] | None = None  # opened on first use, per process
-        self.files: tuple | None = None  # their inode, size and time of change, when mapped
+        self.files: tuple | None = None  # their inode, size and time of last write, when mapped
 
     def maps(self, mode: str = "r") -> tuple[np.memmap, np.memmap]:
         """The images and masks mapped in this process (``mode`` as ``np.load``'s ``mmap_mode``), refused
@@ -212,7 +212,7 @@ def check_mapped_files(arrays: tuple[np.memmap, ...]) -> tuple[tuple[int, int, i
     """Refuse, naming the file, to read a map whose file is now shorter than when it was mapped, or gone
     (05): a read past its end ends the process (SIGBUS; in a worker, "Bus error", which reads as a
     shared-memory problem). One ``stat`` per file, before each read; returns each file's inode, size and
-    time of change, which differ once it is written again."""
+    time of last write, which differ once it is written again."""
     again = "Write it again with write_memmap (it replaces the file whole), then make the dataset again."
     files = []
     for array in arrays:
@@ -343,7 +343,7 @@ class PinnedMemmapBatches:
         # takes a page fault for each page it touches again (tools/feed_stages.py times the gather both ways);
         # mapped again, and checked, at the start of an epoch after the files were written again
         self.arrays: tuple[np.memmap, np.memmap] | None = None
-        self.files: tuple | None = None  # the mapped files' inode, size and time of change
+        self.files: tuple | None = None  # the mapped files' inode, size and time of last write
         if len(self) == 0:
             raise ValueError(f"{len(dataset)} samples in {dataset.folder} make no whole batch of "
                              f"{batch_size}: use a smaller batch_size.")
@@ -496,6 +496,10 @@ class HDF5Dataset(Dataset):
         return Sample(torch.from_numpy(batch[0]), torch.from_numpy(batch[1]))
 
 
+# a shard's names: tar files, compressed or not, as webdataset reads them (tarfile.open(mode="r|*"))
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+
 def write_shards(dataset: SegmentationDataset, folder: Path | str, per_shard: int = 64,
                  shards: int | None = None) -> list[Path]:
     """Write pairs into tar shards in the WebDataset layout: ``NAME.jpg`` and ``NAME.png`` side by side.
@@ -522,8 +526,8 @@ def write_shards(dataset: SegmentationDataset, folder: Path | str, per_shard: in
                          "SegmentationDataset.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("shard-*"):  # an earlier write's shards (compressed since, or not): read as
-        if old.name.lower().endswith(SHARD_SUFFIXES):  # duplicates of this one's
+    for old in folder.glob("shard-*"):  # an earlier write's shards, compressed since or not, would be read
+        if old.name.lower().endswith(SHARD_SUFFIXES):  # as duplicates of this one's
             remove_old(old)
     count = len(dataset)
     if shards and count:
@@ -570,8 +574,6 @@ def _whole_seconds(info: tarfile.TarInfo) -> tarfile.TarInfo:
     return info
 
 
-# a shard's names: tar files, compressed or not, as webdataset reads them (tarfile.open(mode="r|*"))
-SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x5d\x00\x00": "lzma",
               b"\x28\xb5\x2f\xfd": "zstd", b"\x04\x22\x4d\x18": "lz4", b"LZIP": "lzip",
               b"\x89LZO": "lzop"}  # each format's first bytes
@@ -594,8 +596,8 @@ def check_whole_tar(path: Path) -> list[tuple[str, int]]:
     every rank can check every shard before training (07_distributed). Returns its files' (name, size).
 
     A compressed shard has no headers to read apart from its files: it is decompressed whole, with the
-    same checks (store shards as plain .tar, as JPEGs and PNGs are compressed already, to check them in a
-    moment)."""
+    same checks. Plain .tar shards, checked from their headers alone, are quicker, and JPEGs and PNGs are
+    compressed already."""
     with open(path, "rb") as file:
         head = file.read(tarfile.BLOCKSIZE)
         size = file.seek(0, os.SEEK_END)
