@@ -5,6 +5,7 @@ to ``classroom/`` (not in git). From the repository's folder:
 
     nbgrader generate_assignment notebooks  # student copies, solutions removed: classroom/release/notebooks/
     nbgrader autograde notebooks            # grades classroom/submitted/<student>/notebooks/*.ipynb
+    nbgrader export                         # the scores: classroom/grades.csv
 """
 
 from pathlib import Path
@@ -20,6 +21,9 @@ c.CourseDirectory.submitted_directory = "classroom/submitted"
 c.CourseDirectory.autograded_directory = "classroom/autograded"
 c.CourseDirectory.feedback_directory = "classroom/feedback"
 c.CourseDirectory.db_url = "sqlite:///classroom/gradebook.db"
+c.CsvExportPlugin.to = "classroom/grades.csv"  # students' grades stay out of git with the rest
+# notebooks/ruff.toml is the series' lint settings, not a file for students
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "ruff.toml"]
 
 # A student copy runs top to bottom without errors: where the hidden solution was, a comment; each
 # self-check then says "Not solved yet". Autograding restores the hidden `assert solved` lines.

@@ -80,8 +80,8 @@ def decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torc
     the CPU, and the images are copied there. Photos are turned upright by their EXIF orientation. On CUDA
     it first waits on the host for the work already queued on the current stream: nvJPEG's batched
     hardware decoder has been seen writing into memory that queued kernels were still reading (on H100;
-    pytorch/vision#9606). torchcodec 0.17 waits itself (meta-pytorch/torchcodec#1634); this extra wait
-    costs little and keeps older versions safe.
+    pytorch/vision#9606). torchcodec 0.17 waits for its own decode to finish before it returns; whether
+    it orders the decode after work queued before it is not documented, and this wait costs little.
     """
     try:
         from torchcodec.decoders import decode_jpeg

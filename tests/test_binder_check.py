@@ -60,19 +60,20 @@ def test_a_notebook_that_fails_stops_the_run_and_is_named(binder_check, tmp_path
 
 def test_readme_gets_the_recorded_figures_and_a_row_for_a_new_notebook(binder_check):
     """``--readme`` writes what the README's notebook table quotes, and nothing else: the recorded run
-    leaves it as it is; a new run changes its figures, date and versions; a new notebook gets a row in
-    its place, its lesson left to write."""
+    leaves it as it is; a new run changes its figures, machine, date and versions; a new notebook gets a
+    row in its place, its lesson left to write."""
     readme = (binder_check.ROOT / "README.md").read_text()
     recorded = json.loads((binder_check.ROOT / "results" / "binder.json").read_text())
     assert binder_check.write_readme_table(recorded, readme) == readme
-    recorded["machine"] |= {"date": "2031-02-03", "python": "3.13.9", "torch": "3.0.1+cpu"}
+    recorded["machine"] |= {"date": "2031-02-03", "python": "3.13.9", "torch": "3.0.1+cpu",
+                            "cpu": "Intel Xeon", "gpu": "Tesla T4", "cores_on_machine": 4}
     recorded["notebooks"][1] |= {"seconds": 98.6, "peak_pss_gb": 1.234}
     recorded["notebooks"].insert(2, {"notebook": "01b_more_images", "seconds": 5.0, "peak_pss_gb": 0.5})
     written = binder_check.write_readme_table(recorded, readme).splitlines()
     changed = [line for line in written if line not in readme.splitlines()]
-    assert len(changed) == 4 and len(written) == len(readme.splitlines()) + 1, changed
-    intro = " ".join(changed[:-2])
-    assert "Python 3.13.9" in intro and "torch 3.0.1+cpu" in intro and "2031-02-03" in intro
+    assert len(changed) == 3 and len(written) == len(readme.splitlines()) + 1, changed
+    assert changed[0].startswith("on a 4-core machine (Intel Xeon, Tesla T4; Python 3.13.9, "
+                                 "torch 3.0.1+cpu), 2031-02-03 (`results/binder.json`)")
     assert changed[-2].startswith(f"| [{recorded['notebooks'][1]['notebook']}](")
     assert changed[-2].endswith("| 99 s | 1.23 GB |")
     row = written.index(changed[-1])

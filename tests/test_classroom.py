@@ -34,6 +34,7 @@ def course(tmp_path_factory) -> Path:
     for path in NOTEBOOKS:  # the notebooks alone: no other file makes classroom/ before the gradebook
         shutil.copy(path, course / "notebooks")
     shutil.copy(ROOT / "nbgrader_config.py", course)
+    shutil.copy(ROOT / "notebooks" / "ruff.toml", course / "notebooks")  # no file for students
     nbgrader(course, "generate_assignment", "notebooks")
     return course
 
@@ -65,6 +66,7 @@ def test_student_versions_keep_the_exercises_and_lose_the_solutions(course, path
         own = [line.strip() for line in solution_lines(cell) if line.strip() not in elsewhere]
         assert own and not [line for line in own if line in text], f"{path.name}: a solution is left"
     assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text and "assert solved" not in text
+    assert not (course / "classroom" / "release" / "notebooks" / "ruff.toml").exists()
     kept = [cell.source for cell in teacher.cells if "nbgrader" not in cell.metadata]
     assert all(source in text for source in kept), "every other cell, the stubs too, stays unchanged"
 
@@ -98,6 +100,9 @@ def test_autograding_scores_the_solved_exercise_and_fails_the_hidden_check_of_th
     # each exercise checks twice: under its self-check heading, on the stub (the solution cell comes
     # after it), then in the graded cell, after the solution: solved there for Exercise 1 only
     assert outputs.count("Not solved yet") == 3 and outputs.count("Correct") == 1
+    nbgrader(course, "export")  # into classroom/, which git ignores: never grades.csv beside README.md
+    assert (course / "classroom" / "grades.csv").read_text().count("\nnotebooks,") == 1
+    assert not (course / "grades.csv").exists()
 
 
 def names(sources: list[str]) -> tuple[set[str], set[str]]:

@@ -64,6 +64,15 @@ def test_it_rewrites_the_results_file_as_it_is_kept(tmp_path):
     assert run.returncode == 1 and "nothing to record" in run.stderr
 
 
+def test_a_run_cut_short_after_its_benchmark_keeps_the_benchmark(tmp_path):
+    """06 and the launch did not finish: the benchmark is recorded, and no run of 06 is made up."""
+    out, results = tmp_path / "out", tmp_path / "results"
+    out.mkdir(), results.mkdir()
+    (out / "bench_cuda.json").write_text('{"pipelines": {}}')
+    assert record_gpu_run.record("h200_2", [out], results) == {}
+    assert (results / "bench_h200_2.json").read_text() == '{"pipelines": {}}'
+
+
 def test_a_name_already_recorded_is_refused_unless_replaced(tmp_path):
     """A new H100 run called h100 would change the run that 06 and the README's table check."""
     out = tmp_path / "out"

@@ -68,7 +68,8 @@ def test_notebooks_open_on_their_title_then_the_same_short_collapsed_colab_cell(
         assert title["cell_type"] == "markdown" and source(title).startswith("# "), path.name
         assert setup["metadata"]["jupyter"]["source_hidden"] is True, path.name
     colab_cells = {source(notebook(p)["cells"][1]) for p in NOTEBOOKS}
-    assert len(colab_cells) == 1
+    assert len(colab_cells) == 1, ("the second cell of every notebook is the same Colab cell: copy 00's "
+                                   "(tools/new_notebook.py writes it)")
     cell = colab_cells.pop()
     assert '"google.colab" in sys.modules' in cell and len(cell.splitlines()) <= 14
     assert cell.startswith("# On Colab only") and "does nothing" in cell.splitlines()[0]
@@ -200,7 +201,12 @@ def test_stored_outputs_come_from_one_clean_run(path):
 def test_lessons_have_two_exercises_with_collapsed_solutions(path):
     hidden = [c for c in notebook(path)["cells"] if c["metadata"].get("jupyter", {}).get("source_hidden")]
     solutions = [c for c in hidden if source(c).startswith("### BEGIN SOLUTION")]
-    assert len(solutions) == 2 and all(c["cell_type"] == "code" for c in hidden)
+    opened = [c["id"] for c in notebook(path)["cells"]
+              if source(c).startswith("### BEGIN SOLUTION") and c not in solutions]
+    assert not opened, (f"{path.name}: solution cells {opened} are open: collapse them again (in JupyterLab, "
+                        "click the blue bar left of the cell), as learners meet them")
+    assert len(solutions) == 2, f"{path.name}: two exercises, each with a cell that opens ### BEGIN SOLUTION"
+    assert all(c["cell_type"] == "code" for c in hidden), f"{path.name}: only solution cells are collapsed"
 
 
 def test_two_photographs_are_small_rgb_and_documented():
@@ -392,8 +398,11 @@ def test_every_name_a_cell_reads_is_defined_by_a_cell_above_it(path):
 def test_each_notebook_opens_with_objectives_and_prerequisites_and_ends_with_a_link(path):
     cells = notebook(path)["cells"]
     intro = source(cells[0])
+    assert "**You will be able to:**" in intro and "**Prerequisites:**" in intro, (
+        f"{path.name}: keep the first cell's lines **You will be able to:** and **Prerequisites:**")
     goals = intro.split("**You will be able to:**")[1].split("**Prerequisites:**")[0]
-    assert 3 <= len(re.findall(r"^- ", goals, re.MULTILINE)) <= 5 and "**Prerequisites:**" in intro
+    count = len(re.findall(r"^- ", goals, re.MULTILINE))
+    assert 3 <= count <= 5, f"{path.name}: 3 to 5 objectives under **You will be able to:**, not {count}"
     stems = [p.stem for p in sorted(path.parent.glob("[0-9][0-9]_*.ipynb"))]
     following = stems[stems.index(path.stem) + 1:] or stems[:1]  # the last one leads back to 00
     link = f"[{following[0]}]({following[0]}.ipynb)"
@@ -422,8 +431,11 @@ def test_the_teachers_guide_is_linked_and_lists_every_exercise():
                                  f"| {path.name[:2]} | {' | '.join(names)} | for {path.stem}'s exercises")
 
 
-def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
+def test_readme_notebook_table_quotes_the_recorded_one_cpu_run(monkeypatch):
     """The 1-CPU time and peak memory of each notebook come from tools/binder_check.py's results file."""
+    monkeypatch.syspath_prepend(str(ROOT / "tools"))
+    from binder_check import machine_clause
+
     recorded = json.loads((ROOT / "results" / "binder.json").read_text())
     measure = ("measure every notebook again (python tools/binder_check.py --json results/binder.json "
                "--readme, which writes its figures into the README's notebook table), and run 00 again")
@@ -432,9 +444,10 @@ def test_readme_notebook_table_quotes_the_recorded_one_cpu_run():
         f"results/binder.json does not hold the notebooks of notebooks/: {measure}")
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## The notebooks")[1].split("| notebook |")[0]  # the sentence above the table
-    machine = recorded["machine"]
-    said = [f"Python {machine['python']}", f"torch {machine['torch']}", machine["date"], machine["cpu"]]
-    assert all(fact in table for fact in said), f"README, above the notebook table: {said}; {measure}"
+    clause = machine_clause(recorded["machine"])  # the machine, its versions and the date
+    assert clause in " ".join(table.split()), (
+        f"README, above the notebook table, must say {clause!r} (results/binder.json): "
+        "write it there, as tools/binder_check.py --readme does")
     lines = readme.splitlines()
     for row in recorded["notebooks"]:
         figures = f"| {row['seconds']:.0f} s | {row['peak_pss_gb']:.2f} GB |"

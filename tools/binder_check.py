@@ -84,17 +84,22 @@ def run_notebook(path: Path, cpus: int, out: Path) -> dict:
             "peak_pss_gb": round(peak / 1e9, 2), "processes_at_peak": peak_processes}
 
 
+def machine_clause(machine: dict) -> str:
+    """The README's words for the machine of a run (``--json``'s "machine"), above its notebook table."""
+    gpu = machine["gpu"] or "no GPU"
+    return (f"on a {machine['cores_on_machine']}-core machine ({machine['cpu']}, {gpu}; Python "
+            f"{machine['python']}, torch {machine['torch']}), {machine['date']} (`results/binder.json`)")
+
+
 def write_readme_table(recorded: dict, readme: str) -> str:
     """``readme`` with ``recorded`` (a ``--json`` file's figures) in its notebook table: each row's time
-    and peak memory, the date, Python and torch in the sentence above the table, and a row for a notebook
-    that has none, after the row before it, its lesson marked "(..." to write."""
+    and peak memory, the machine, date and versions in the sentence above the table, and a row for a
+    notebook that has none, after the row before it, its lesson marked "(..." to write."""
     head, table = readme.split("| notebook |", 1)
-    machine = recorded["machine"]
     head, _, intro = head.rpartition("## The notebooks")
-    intro = re.sub(r"Python \d[^\s,;)]*", f"Python {machine['python']}", intro, count=1)
-    intro = re.sub(r"torch \d[^\s,;)]*", f"torch {machine['torch']}", intro, count=1)
-    intro = re.sub(r"\d{4}-\d\d-\d\d \(`results/binder.json`\)", f"{machine['date']} (`results/binder.json`)",
-                   intro, count=1)
+    clause = machine_clause(recorded["machine"])
+    intro = re.sub(r"on an? \d+-core .*?\(`results/binder\.json`\)", lambda _: clause, intro, count=1,
+                   flags=re.S)  # the machine's clause, across line breaks
     table, blank, rest = table.partition("\n\n")  # the table ends at its first blank line
     lines = table.split("\n")
     for row in recorded["notebooks"]:
@@ -135,6 +140,7 @@ def main() -> None:
         import torch  # the versions measured, read after the runs so they do not count
         machine = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
                    "torch": torch.__version__, "cpu": cpu_name(),
+                   "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                    "cores_on_machine": os.cpu_count(), "cpus_used": args.cpus,
                    "command": "python tools/binder_check.py " + " ".join(sys.argv[1:])}
         args.json.write_text(json.dumps({"machine": machine, "notebooks": rows}, indent=1) + "\n")

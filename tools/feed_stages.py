@@ -159,11 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     command = " ".join(["python tools/feed_stages.py", *(sys.argv[1:] if argv is None else argv)])
 
     def write(times: dict[str, float]) -> None:  # a results file: what ran, where, each stage's ms per batch
-        if args.json:
-            args.json.write_text(json.dumps({
+        if args.json:  # replaced whole: a run killed keeps the stages it measured
+            part = args.json.with_name(args.json.name + ".part")
+            part.write_text(json.dumps({
                 "command": command, "machine": machine(device),
                 "settings": {k: str(v) for k, v in vars(args).items()}, "batch_size": BATCH,
                 "ms_per_batch": times}, indent=2))
+            part.replace(args.json)
 
     with tempfile.TemporaryDirectory(prefix="pixels_to_batches_stages_") as work:
         times = memmap_stages(root, args.size, device, Path(work) / "memmap")

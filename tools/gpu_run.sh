@@ -7,7 +7,7 @@
 # worker counts and epochs ("--workers 0 4 12 --epochs 2" unless set). To run the steps in two calls:
 #
 #     bash tools/gpu_run.sh OUT [STEP ...]           # steps: tests bench 06 ddp 01 (default: all, in order)
-#     bash tools/gpu_run.sh "$OUT" tests bench        # then: bash tools/gpu_run.sh "$OUT" 06 ddp
+#     bash tools/gpu_run.sh "$OUT" tests bench        # then, into another OUT: ... "$OUT" 06 ddp 01
 #
 # One more step runs only where named, as it does not fit in the 590 s: compile (150 s), what torch.compile
 # costs and saves for 06's model (tools/compile_check.py), e.g. bash tools/gpu_run.sh "$OUT" compile.
@@ -17,8 +17,10 @@
 # the benchmark reads the dataset generated beside them.
 # Elsewhere install requirements-gpu.txt first. Every step runs even if one before it failed; the exit
 # status says whether all passed. Where only a few files come back from the machine (OUT holds about a
-# dozen), write elsewhere and pack it into the folder that comes back (here RETURNED), then unpack it:
-#     bash tools/gpu_run.sh /tmp/gpu; tar -czf RETURNED/gpu.tgz -C /tmp gpu
+# dozen), write elsewhere and name in GPU_RUN_PACK a tarball in the folder that comes back (here
+# RETURNED): it is packed again after every step, so a run stopped by a time limit still returns what
+# its finished steps wrote. Then unpack it (tar -xzf gpu.tgz):
+#     GPU_RUN_PACK=RETURNED/gpu.tgz bash tools/gpu_run.sh /tmp/gpu
 # It writes into the folder OUT:
 #   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
@@ -35,6 +37,7 @@
 set -uo pipefail
 out=${1:?name a folder for the results}
 shift
+pack=${GPU_RUN_PACK:-}
 steps=" ${*:-tests bench 06 ddp 01} "
 python=${PYTHON:-python3}
 mkdir -p "$out"
@@ -54,7 +57,11 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, go o
     local name=$1 seconds=$2; shift 2
     [[ $steps == *" ${name%%_*} "* ]] || return 0
     echo "== $name: $*"
-    timeout "$seconds" "$@" 2>&1 | tee "$out/$name.log" || failed+=("$name")
+    timeout -k 5 "$seconds" "$@" 2>&1 | tee "$out/$name.log" || failed+=("$name")
+    packed
+}
+packed() {  # OUT as a tarball at GPU_RUN_PACK, where set, replaced whole
+    [[ -z $pack ]] || { tar -czf "$pack.part" -C "$(dirname "$out")" "$(basename "$out")" && mv "$pack.part" "$pack"; }
 }
 {
     date -u +"date: %Y-%m-%dT%H:%M:%SZ"
@@ -65,10 +72,11 @@ print('python', platform.python_version(), '| torch', torch.__version__, '| torc
       torchvision.__version__, '| torchcodec', torchcodec.__version__, '| cuda', torch.version.cuda)"
 } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
+packed
 gpus=$(nvidia-smi --list-gpus | wc -l)
 # test_cuda.py last, and its GPU gather from mapped RAM last in it: never run on a GPU yet, and a fault there
 # would fail every test after it in the process
-step tests 80 "$python" -m pytest -q -p no:cacheprovider -o addopts= tests/test_device.py \
+step tests 80 "$python" -m pytest -v --tb=short -p no:cacheprovider -o addopts= tests/test_device.py \
     tests/test_gpu_decode.py tests/test_device_batches.py tests/test_pinned_memmap.py \
     tests/test_bench_gpu.py tests/test_cuda.py
 # shellcheck disable=SC2086
@@ -81,7 +89,7 @@ step 06_gpu_training 120 "$python" tools/notebook_script.py notebooks/06_gpu_tra
 [[ $steps == *" ddp "* ]] && rm -rf /tmp/gpu_run_ddp  # no ranks' files from an earlier run
 step ddp_nccl 30 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
-cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null || true
+cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null && packed
 step 01_two_images 30 "$python" tools/notebook_script.py notebooks/01_two_images.ipynb
 step compile_check 150 "$python" tools/compile_check.py --device cuda --json "$out/compile_check.json"
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi

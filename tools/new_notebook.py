@@ -174,7 +174,8 @@ def main() -> None:
                  "the notebooks after it and their nbgrader ids")
     notebook = new_notebook(args.number, args.name, args.title, args.folder)
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(NEXT.format(path=path, previous=f"{int(args.number) - 1:02d}"))
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path  # as typed
+    print(NEXT.format(path=shown, previous=f"{int(args.number) - 1:02d}"))
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def main(notebook: str, *options: str) -> None:
         if figures:
             values = {name: plain(value) for name, value in namespace.items() if not name.startswith("_")}
             values = {name: value for name, value in values.items() if value is not Ellipsis}
-            figures.write_text(json.dumps({"after cell": number, **values}, indent=1) + "\n")
+            part = figures.with_name(figures.name + ".part")  # replaced whole: a run killed keeps the last
+            part.write_text(json.dumps({"after cell": number, **values}, indent=1) + "\n")
+            part.replace(figures)
 
 
 if __name__ == "__main__":

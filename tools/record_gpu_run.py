@@ -118,11 +118,12 @@ def record(name: str, folders: list[Path], results: Path = RESULTS, replace: boo
                          f"the tests read: record this one under a new name (such as {name}_2), or pass "
                          "--replace to overwrite it, then update what reads it.")
     run: dict = {"figures": {}}
-    compiled = False
+    compiled = copied = False
     for folder in folders:
         for written, kept in COPIED.items():
             if (folder / written).is_file():  # already results files: command, date, machine
                 shutil.copyfile(folder / written, results / kept.format(name))
+                copied = True
         if (folder / "machine.txt").is_file():
             run = {**machine(folder), **run}
         if (folder / "06_figures.json").is_file():
@@ -135,10 +136,10 @@ def record(name: str, folders: list[Path], results: Path = RESULTS, replace: boo
             add_run(results / "compile_runs.json", name, measured)
             compiled = True
     if not run["figures"]:
-        if compiled:
+        if compiled or copied:  # a run whose 06 and launch did not finish: its benchmark, recorded
             return {}
-        raise SystemExit(f"No 06_figures.json, rank-*.json or compile_check.json in "
-                         f"{' '.join(map(str, folders))}: nothing to record.")
+        raise SystemExit(f"No bench_cuda.json, bench_stages.json, 06_figures.json, rank-*.json or "
+                         f"compile_check.json in {' '.join(map(str, folders))}: nothing to record.")
     run["command"] = ("bash tools/gpu_run.sh OUT: 06 as tools/notebook_script.py "
                       "notebooks/06_gpu_training.ipynb --figures, and torch.distributed.run -m "
                       "helpers.ddp_train --sync-bn on nccl")
