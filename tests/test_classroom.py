@@ -34,7 +34,8 @@ def course(tmp_path_factory) -> Path:
     for path in NOTEBOOKS:  # the notebooks alone: no other file makes classroom/ before the gradebook
         shutil.copy(path, course / "notebooks")
     shutil.copy(ROOT / "nbgrader_config.py", course)
-    shutil.copy(ROOT / "notebooks" / "ruff.toml", course / "notebooks")  # no file for students
+    shutil.copy(ROOT / "notebooks" / "ruff.toml", course / "notebooks")  # lint files: none for students
+    (course / "notebooks" / ".ruff_cache").mkdir()
     nbgrader(course, "generate_assignment", "notebooks")
     return course
 
@@ -66,7 +67,8 @@ def test_student_versions_keep_the_exercises_and_lose_the_solutions(course, path
         own = [line.strip() for line in solution_lines(cell) if line.strip() not in elsewhere]
         assert own and not [line for line in own if line in text], f"{path.name}: a solution is left"
     assert "BEGIN SOLUTION" not in text and "HIDDEN TESTS" not in text and "assert solved" not in text
-    assert not (course / "classroom" / "release" / "notebooks" / "ruff.toml").exists()
+    released = {p.name for p in (course / "classroom" / "release" / "notebooks").iterdir()}
+    assert not {"ruff.toml", ".ruff_cache"} & released, "lint settings are no files for students"
     kept = [cell.source for cell in teacher.cells if "nbgrader" not in cell.metadata]
     assert all(source in text for source in kept), "every other cell, the stubs too, stays unchanged"
 
