@@ -224,6 +224,14 @@ def test_ranks_that_see_different_files_all_stop_naming_what_each_sees(tmp_path,
     assert ddp_train.data_seen(as_data) == seen
     (copy / "train.txt").write_text("\n".join(reversed(stems)) + "\n")  # same size, another order
     assert ddp_train.data_seen(as_data) != seen  # index i would be another sample on this node
+    with_val = Namespace(shards=None, data=copy, val_data=data_dir("shapes"))
+    seen = ddp_train.data_seen(with_val)
+    assert seen != ddp_train.data_seen(Namespace(shards=None, data=copy, val_data=copy))  # --val-data too
+    with open(copy / "images" / "0001.jpg", "ab") as image:  # the same name, other bytes
+        image.write(b"\0")
+    assert ddp_train.data_seen(with_val) != seen
+    urls = Namespace(shards="https://example.org/shard-{00000..00003}.tar", data=None)
+    assert ddp_train.data_seen(urls).startswith("0 files, ")  # the same URLs on every node: no listing
 
     def gather(reports, mine):  # rank 0 sees `here`, rank 1 `there`
         reports[:] = [("a", None, here), ("b", None, there)]
@@ -377,7 +385,7 @@ def test_compressed_shards_are_read_and_a_file_that_is_no_shard_is_named(tmp_pat
     (tmp_path / "shard-00001.tar.gz").write_bytes(gzip.compress(shard.read_bytes()))
     shard.unlink()
     (tmp_path / "shard-00002.tar").rename(tmp_path / "shard-00002.TAR")
-    for clutter in (".DS_Store", "Thumbs.db"):
+    for clutter in (".DS_Store", "Thumbs.db", "._shard-00000.tar"):  # the last: a Mac's, on a USB disk
         (tmp_path / clutter).write_bytes(b"\0")
     (tmp_path / "run").mkdir()
     assert [Path(url).name for url in shard_urls(str(tmp_path))] == [
@@ -614,6 +622,9 @@ def test_ranks_that_may_use_cuda_are_spawned_since_the_agent_has_started_cuda_be
     assert ddp_train.ranks_start(["--epochs", "1"], None, processes=3) == "fork"  # gloo on the CPU
     assert ddp_train.ranks_start(["--epochs", "1", "--cpu"], None, processes=1) == "fork"
     assert ddp_train.ranks_start(["--cpu"], "script.py", processes=3) == "spawn"  # a script may use CUDA
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert ddp_train.ranks_start([], "script.py", processes=2) == "spawn"  # one GPU is enough for a script
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     started = []
 
     class Launcher:  # what launch starts, recorded instead
