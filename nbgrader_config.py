@@ -23,8 +23,7 @@ c.CourseDirectory.feedback_directory = "classroom/feedback"
 c.CourseDirectory.db_url = "sqlite:///classroom/gradebook.db"
 c.CsvExportPlugin.to = "classroom/grades.csv"  # students' grades stay out of git with the rest
 # notebooks/ruff.toml (and ruff's cache) are the series' lint settings, not files for students
-c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback",  # nbgrader's own
-                            "ruff.toml", ".ruff_cache"]
+c.CourseDirectory.ignore.extend(["ruff.toml", ".ruff_cache"])  # to nbgrader's own (.ipynb_checkpoints, ...)
 
 # A student copy runs top to bottom without errors: where the hidden solution was, a comment; each
 # self-check then says "Not solved yet". Autograding restores the hidden `assert solved` lines.

@@ -74,14 +74,13 @@ def normalize_batch(images: torch.Tensor, mean: Sequence[float] = SHAPES_MEAN,
     return images.to(torch.float32).mul_(scale).add_(shift)
 
 
-def flip_batch(images: torch.Tensor, masks: torch.Tensor,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def flip_batch(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip each sample of a batch left-right with probability 0.5, image and mask alike, in place.
 
     Per-sample randomness at batch speed, for data that arrives as whole batches (04, 05_large_datasets).
-    The draws come from ``generator``, or from torch's global one, which the loader seeds in each worker.
+    The draws come from torch's global generator, which the loader seeds in each worker (03).
     """
-    for i in (torch.rand(len(images), generator=generator) < 0.5).nonzero().flatten().tolist():
+    for i in (torch.rand(len(images)) < 0.5).nonzero().flatten().tolist():
         images[i] = images[i].flip(-1)  # sample by sample: no gathered copy of the flipped ones
         masks[i] = masks[i].flip(-1)
     return images, masks

@@ -65,6 +65,9 @@ def test_readme_gets_the_recorded_figures_and_a_row_for_a_new_notebook(binder_ch
     readme = (binder_check.ROOT / "README.md").read_text()
     recorded = json.loads((binder_check.ROOT / "results" / "binder.json").read_text())
     assert binder_check.write_readme_table(recorded, readme) == readme
+    for cores, said in ((2, "on a 2-core"), (8, "on an 8-core"), (18, "on an 18-core"), (16, "on a 16")):
+        clause = binder_check.machine_clause({**recorded["machine"], "cores_on_machine": cores})
+        assert clause.startswith(said)
     recorded["machine"] |= {"date": "2031-02-03", "python": "3.13.9", "torch": "3.0.1+cpu",
                             "cpu": "Intel Xeon", "gpu": "Tesla T4", "cores_on_machine": 4}
     recorded["notebooks"][1] |= {"seconds": 98.6, "peak_pss_gb": 1.234}

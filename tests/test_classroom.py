@@ -36,6 +36,7 @@ def course(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "nbgrader_config.py", course)
     shutil.copy(ROOT / "notebooks" / "ruff.toml", course / "notebooks")  # lint files: none for students
     (course / "notebooks" / ".ruff_cache").mkdir()
+    (course / "notebooks" / ".ruff_cache" / "CACHEDIR.TAG").write_text("ruff's")  # nbgrader copies files
     nbgrader(course, "generate_assignment", "notebooks")
     return course
 

@@ -65,12 +65,21 @@ def test_it_rewrites_the_results_file_as_it_is_kept(tmp_path):
 
 
 def test_a_run_cut_short_after_its_benchmark_keeps_the_benchmark(tmp_path):
-    """06 and the launch did not finish: the benchmark is recorded, and no run of 06 is made up."""
+    """06 and the launch did not finish: the benchmark is recorded, and no run of 06 is made up; a run of
+    06 stopped part way is recorded as far as it went, and says so."""
     out, results = tmp_path / "out", tmp_path / "results"
     out.mkdir(), results.mkdir()
     (out / "bench_cuda.json").write_text('{"pipelines": {}}')
     assert record_gpu_run.record("h200_2", [out], results) == {}
     assert (results / "bench_h200_2.json").read_text() == '{"pipelines": {}}'
+    (out / "06_figures.json").write_text('{"after cell": 12, "EPOCHS": 25, "train_seconds": 6.04}')
+    (out / "machine.txt").write_text("date: 2026-12-04T10:00:00Z\ngpu: NVIDIA H200\ncpu: 16 cores\n"
+                                     "python 3.12.3\n")
+    (results / "gpu_training_runs.json").write_text('{"about": "runs", "runs": {}}\n')
+    figures = record_gpu_run.record("h200_2", [out], results, replace=True)["figures"]
+    cells = len(record_gpu_run.code_cells(record_gpu_run.LESSON))
+    assert figures == {"25 epochs, validation included (s)": 6.0,
+                       "06 stopped after code cell": f"12 of {cells}"}
 
 
 def test_a_name_already_recorded_is_refused_unless_replaced(tmp_path):

@@ -86,8 +86,9 @@ def run_notebook(path: Path, cpus: int, out: Path) -> dict:
 
 def machine_clause(machine: dict) -> str:
     """The README's words for the machine of a run (``--json``'s "machine"), above its notebook table."""
-    gpu = machine["gpu"] or "no GPU"
-    return (f"on a {machine['cores_on_machine']}-core machine ({machine['cpu']}, {gpu}; Python "
+    gpu, cores = machine.get("gpu") or "no GPU", machine["cores_on_machine"]  # no "gpu" before 2026-12-07
+    article = "an" if re.match(r"8|1[18]$", str(cores)) else "a"  # an 8-core, an 11-core, an 18-core
+    return (f"on {article} {cores}-core machine ({machine['cpu']}, {gpu}; Python "
             f"{machine['python']}, torch {machine['torch']}), {machine['date']} (`results/binder.json`)")
 
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The GPU check of "Feed the GPU", prepared to run on a machine with an NVIDIA GPU, from the repository
-# root. On an H200 an earlier version (06, the benchmark and the launch) took about 5.5 minutes. Each
-# step has a time limit, 590 s in all, and the steps run in the order of what is still unmeasured:
-# a run cut short by a 10-minute limit on the whole loses the last ones (the benchmark measures its
-# ceilings first, and its JSON keeps each pipeline as it ends). BENCH_ARGS replaces the benchmark's
-# worker counts and epochs ("--workers 0 4 12 --epochs 2" unless set). To run the steps in two calls:
+# root. On an H200 an earlier version (06, the benchmark and the launch) took about 5.5 minutes. Each step
+# has a time limit, 590 s in all (and 5 s more each to stop one that ignores it), and the steps run in the
+# order of what is still unmeasured: a run cut short by a 10-minute limit on the whole loses the last ones
+# (the benchmark measures its ceilings first, and its JSON keeps each pipeline as it ends). BENCH_ARGS
+# replaces the benchmark's worker counts and epochs ("--workers 0 4 12 --epochs 2" unless set). To run the
+# steps in two calls:
 #
 #     bash tools/gpu_run.sh OUT [STEP ...]           # steps: tests bench 06 ddp 01 (default: all, in order)
-#     bash tools/gpu_run.sh "$OUT" tests bench        # then, into another OUT: ... "$OUT" 06 ddp 01
+#     bash tools/gpu_run.sh "$OUT" tests bench        # then: bash tools/gpu_run.sh "$OUT2" 06 ddp 01
 #
 # One more step runs only where named, as it does not fit in the 590 s: compile (150 s), what torch.compile
 # costs and saves for 06's model (tools/compile_check.py), e.g. bash tools/gpu_run.sh "$OUT" compile.
@@ -23,6 +24,7 @@
 #     GPU_RUN_PACK=RETURNED/gpu.tgz bash tools/gpu_run.sh /tmp/gpu
 # It writes into the folder OUT:
 #   machine.txt              the GPU (nvidia-smi), the CPU, the date, Python and package versions
+#   status.txt               each step: passed, failed, or stopped by its time limit
 #   tests.log                the unit tests of the GPU paths (tests/test_cuda.py and the CPU tests beside)
 #   bench_cuda.json, .log    python -m helpers.bench --formats --device cuda (gpu decode, pinned memmap)
 #   bench_stages.json, .log  tools/feed_stages.py: the memory map's and gpu decode's stages, the first
@@ -38,6 +40,13 @@ set -uo pipefail
 out=${1:?name a folder for the results}
 shift
 pack=${GPU_RUN_PACK:-}
+if [[ -n $pack ]]; then  # a tarball inside OUT would pack itself; OUT holding the repository, .whl/ too
+    out_path=$(realpath -m "$out")
+    if [[ $(realpath -m "$pack") == "$out_path"/* || $PWD == "$out_path" || $PWD == "$out_path"/* ]]; then
+        echo "GPU_RUN_PACK goes outside OUT, and OUT outside the repository: /tmp/gpu, say"
+        exit 1
+    fi
+fi
 steps=" ${*:-tests bench 06 ddp 01} "
 python=${PYTHON:-python3}
 mkdir -p "$out"
@@ -57,11 +66,19 @@ step() {  # step NAME SECONDS COMMAND...: run it with a time limit, log it, go o
     local name=$1 seconds=$2; shift 2
     [[ $steps == *" ${name%%_*} "* ]] || return 0
     echo "== $name: $*"
-    timeout -k 5 "$seconds" "$@" 2>&1 | tee "$out/$name.log" || failed+=("$name")
+    timeout -k 5 "$seconds" "$@" 2>&1 | tee "$out/$name.log"
+    local status=${PIPESTATUS[0]}
+    case $status in  # in OUT too, as the log of a step stopped by its limit ends without a word
+        0) echo "$name: passed" ;;
+        124 | 137) echo "$name: stopped by its limit of $seconds s" ;;
+        *) echo "$name: failed (exit status $status)" ;;
+    esac >> "$out/status.txt"
+    [[ $status == 0 ]] || failed+=("$name")
     packed
 }
 packed() {  # OUT as a tarball at GPU_RUN_PACK, where set, replaced whole
-    [[ -z $pack ]] || { tar -czf "$pack.part" -C "$(dirname "$out")" "$(basename "$out")" && mv "$pack.part" "$pack"; }
+    [[ -z $pack ]] && return 0
+    tar -czf "$pack.part" -C "$(dirname "$out")" "$(basename "$out")" && mv "$pack.part" "$pack"
 }
 {
     date -u +"date: %Y-%m-%dT%H:%M:%SZ"
@@ -89,7 +106,7 @@ step 06_gpu_training 120 "$python" tools/notebook_script.py notebooks/06_gpu_tra
 [[ $steps == *" ddp "* ]] && rm -rf /tmp/gpu_run_ddp  # no ranks' files from an earlier run
 step ddp_nccl 30 "$python" -m torch.distributed.run --standalone --nproc-per-node "$gpus" \
     -m helpers.ddp_train --data data/shapes --out /tmp/gpu_run_ddp --epochs 2 --sync-bn --workers 2
-cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null && packed
+[[ $steps == *" ddp "* ]] && cp /tmp/gpu_run_ddp/rank-*.json "$out/" 2>/dev/null && packed
 step 01_two_images 30 "$python" tools/notebook_script.py notebooks/01_two_images.ipynb
 step compile_check 150 "$python" tools/compile_check.py --device cuda --json "$out/compile_check.json"
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi

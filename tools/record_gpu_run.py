@@ -11,7 +11,8 @@ From the folders OUT (whichever of these files they hold):
   machine.txt         the machine, date and versions of the run
   06_figures.json     06's values (tools/notebook_script.py --figures): the run NAME in
                       results/gpu_training_runs.json, with its step times, what it kept, the waiting
-                      shares and the three ways to feed the device
+                      shares and the three ways to feed the device (and the cell it stopped after,
+                      where a time limit stopped it)
   rank-*.json         the nccl launch of helpers.ddp_train, added to the same run
   compile_check.json  tools/compile_check.py's run (gpu_run.sh's step compile): the run NAME in
                       results/compile_runs.json
@@ -24,7 +25,10 @@ import re
 import shutil
 from pathlib import Path
 
+from notebook_script import code_cells
+
 RESULTS = Path(__file__).resolve().parent.parent / "results"
+LESSON = RESULTS.parent / "notebooks" / "06_gpu_training.ipynb"
 COPIED = {"bench_cuda.json": "bench_{}.json", "bench_stages.json": "stages_{}.json"}  # OUT's, as results'
 RUNS = ("gpu_training_runs.json", "compile_runs.json")  # results files of runs by name
 
@@ -127,7 +131,11 @@ def record(name: str, folders: list[Path], results: Path = RESULTS, replace: boo
         if (folder / "machine.txt").is_file():
             run = {**machine(folder), **run}
         if (folder / "06_figures.json").is_file():
-            run["figures"] |= lesson_figures(json.loads((folder / "06_figures.json").read_text()))
+            values = json.loads((folder / "06_figures.json").read_text())
+            run["figures"] |= lesson_figures(values)
+            cells = len(code_cells(LESSON))
+            if values.get("after cell", cells) < cells:  # stopped by its time limit: said beside its figures
+                run["figures"]["06 stopped after code cell"] = f"{values['after cell']} of {cells}"
         run["figures"] |= launch_figures(folder)
         if (folder / "compile_check.json").is_file():  # tools/compile_check.py --json: one run
             measured = json.loads((folder / "compile_check.json").read_text())
