@@ -407,6 +407,8 @@ def test_each_notebook_opens_with_objectives_and_prerequisites_and_ends_with_a_l
     following = stems[stems.index(path.stem) + 1:] or stems[:1]  # the last one leads back to 00
     link = f"[{following[0]}]({following[0]}.ipynb)"
     assert link in source(cells[-1]), f"{path.name} ends with a link to the next notebook, {link}"
+    assert ("end of the series" in source(cells[-1])) == (path.stem == stems[-1]), (
+        f"{path.name}: only the last notebook ends the series; the others lead on to the next")
 
 
 def test_the_route_in_00_names_every_notebook_in_order():

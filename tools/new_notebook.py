@@ -123,9 +123,9 @@ def exercise_cells(number: str, exercise: int, heading: str, task: str, stub: st
 
 NEXT = """wrote {path}
 next, as README.md says ("For teachers and contributors", Adding a notebook): write the lesson in place of
-every "(..." note; link it from {previous}'s last cell, 00's table and TEACHING.md; measure every notebook
-(tools/binder_check.py --json results/binder.json --readme: it adds the README's row); run 00 and it from a
-fresh kernel; then test:
+every "(..." note; link it from {previous}'s last cell (in place of its end of the series), 00's table and
+TEACHING.md; measure every notebook (tools/binder_check.py --json results/binder.json --readme: it adds the
+README's row); run 00 and it from a fresh kernel; then test:
   .venv/bin/python -m pytest tests/test_repository.py tests/test_prose.py tests/test_classroom.py \\
       notebooks/00_start_here.ipynb {path}"""
 
