@@ -1,9 +1,12 @@
 """tools/record_gpu_run.py: what tools/gpu_run.sh wrote on a GPU machine becomes results files, no figure
-retyped."""
+retyped; and gpu_run.sh itself, its commands stood in for, as no GPU is here."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,29 @@ def test_a_compile_check_on_the_gpu_becomes_a_run_of_compile_runs(tmp_path):
                             "date": "2026-12-07", "versions": "python 3.12.3, torch 2.11.0+cu130",
                             "command": "python tools/compile_check.py --device cuda",
                             "figures": {"compiled training step (ms)": 5.0}}
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or sys.platform != "linux", reason="the GPU machine's shell")
+def test_gpu_run_packs_what_each_step_left_and_says_which_was_stopped(tmp_path):
+    """Only a few files come back from the lent machine, and none that a command stopped by the call's
+    limit had yet to pack: gpu_run.sh packs OUT after every step, each step's end in status.txt."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    (stubs / "python").write_text('#!/bin/sh\ncase "$*" in *helpers.bench*) exit 124;; esac\n')
+    (stubs / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: a stand-in'\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(stubs / "python"),
+           "GPU_RUN_PACK": str(tmp_path / "back" / "gpu.tgz")}
+    (tmp_path / "back").mkdir()
+    command = ["bash", "tools/gpu_run.sh", str(tmp_path / "gpu"), "tests", "bench", "06"]
+    run = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "failed: bench_cuda" in run.stdout, run.stdout + run.stderr
+    assert (tmp_path / "gpu" / "status.txt").read_text().splitlines() == [
+        "tests: passed", "bench_cuda: stopped by its limit of 255 s", "bench_stages: passed",
+        "06_gpu_training: passed"]
+    with tarfile.open(tmp_path / "back" / "gpu.tgz") as packed:
+        assert {"gpu/machine.txt", "gpu/status.txt", "gpu/06_gpu_training.log"} <= set(packed.getnames())
+    inside = {**env, "GPU_RUN_PACK": str(tmp_path / "gpu" / "gpu.tgz")}  # it would pack itself
+    run = subprocess.run(command, cwd=ROOT, env=inside, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "GPU_RUN_PACK goes outside OUT" in run.stdout
