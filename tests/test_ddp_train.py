@@ -244,6 +244,25 @@ def test_ranks_that_see_different_files_all_stop_naming_what_each_sees(tmp_path,
     monkeypatch.setattr(dist, "all_gather_object",
                         lambda reports, mine: reports.__setitem__(slice(None), [("a", None, here)] * 2))
     check_everywhere(None, here)  # the same everywhere: no error
+    monkeypatch.setattr(dist, "all_gather_object", lambda reports, mine: reports.__setitem__(
+        slice(None), [("a", None, here), ("b", "no train.txt in /data", here)]))
+    with pytest.raises(LaunchError, match=r"^rank 1 on b: no train\.txt in /data$"):  # the same on every rank
+        check_everywhere(None, here)
+
+
+def test_shards_are_shuffled_the_same_on_a_rerun_and_otherwise_each_epoch(tmp_path, monkeypatch):
+    """train_loader seeds webdataset's shard and sample shuffles from --seed and the epoch, as set_epoch
+    does for a DistributedSampler: a run can be repeated, and no two epochs read in the same order."""
+    write_shards(SegmentationDataset(data_dir("shapes"), split="val"), tmp_path, per_shard=16)
+    args = parse_args(["--shards", str(tmp_path), "--out", str(tmp_path / "run"), "--size", "16",
+                       "--workers", "0"])
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+
+    def order(epoch):
+        return [name for _, _, names in train_loader(args, epoch=epoch, rank=0) for name in names]
+
+    assert order(0) == order(0) != order(1) and sorted(order(0)) == sorted(order(1))
 
 
 def test_val_data_goes_with_shards(capsys):
