@@ -38,7 +38,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -250,7 +250,7 @@ class ReadAhead:
     def __init__(self, loader: DataLoader, device: torch.device):
         self.loader, self.device = loader, device
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return prefetch(self.loader, self.device)
 
     def __len__(self) -> int:

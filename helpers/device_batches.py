@@ -230,7 +230,8 @@ class DeviceBatches:
 
 
 def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: int,
-                  generator: torch.Generator, **options) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator,
+                  **options: tuple[float, float] | float | bool | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop, flip and turn one batch of images ``[3, H, W]`` and masks ``[H, W]`` of any sizes that are
     already on their device (just decoded by the GPU, for example: ``helpers.gpu_decode``), as
     ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 batches."""

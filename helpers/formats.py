@@ -14,7 +14,7 @@ import tarfile
 import weakref
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePath
 from typing import NamedTuple
 
@@ -815,7 +815,8 @@ class ShardStream(IterableDataset):
     ``SegmentationDataset``.
     """
 
-    def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0, transform=None,
+    def __init__(self, shards: list[Path], shuffle: int = 0, seed: int = 0,
+                 transform: Callable | None = None,
                  size: tuple[int, int] | None = None, num_classes: int = len(CLASSES),
                  ignore_index: int | None = None, mask_dtype: torch.dtype = torch.int64):
         shards = [Path(shard) for shard in shards]
@@ -837,6 +838,7 @@ class ShardStream(IterableDataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch ``set_epoch`` set last, as every worker sees it."""
         return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:

@@ -3,12 +3,15 @@
 This module is the one place where class names, class indices and display colours are defined.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
 
 CLASSES = ("background", "disc", "square", "triangle")  # mask value i means CLASSES[i]
+Palette = Sequence[tuple[int, int, int]]  # one (red, green, blue) per class, class 0 first
 PALETTE = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))  # display colour of each class
 IGNORE_INDEX = 255  # "no label here": padding, rotation corners, cut-outs; losses and metrics skip it
 IGNORE_COLOUR = (255, 255, 255)
@@ -31,7 +34,8 @@ def to_palette_image(mask: torch.Tensor | np.ndarray) -> Image.Image:
     return image
 
 
-def colour_to_index(colours: torch.Tensor, palette=PALETTE, *, name: str = "mask") -> tv_tensors.Mask:
+def colour_to_index(colours: torch.Tensor, palette: Palette = PALETTE, *,
+                    name: str = "mask") -> tv_tensors.Mask:
     """Turn a colour-coded ``[3, H, W]`` uint8 mask into class indices ``[H, W]`` (int64).
 
     Every pixel must have exactly one palette colour; anything else (anti-aliased edges, JPEG noise)
@@ -48,7 +52,7 @@ def colour_to_index(colours: torch.Tensor, palette=PALETTE, *, name: str = "mask
     return tv_tensors.Mask(hits.to(torch.uint8).argmax(dim=-1))
 
 
-def index_to_colour(mask: torch.Tensor, palette=PALETTE) -> torch.Tensor:
+def index_to_colour(mask: torch.Tensor, palette: Palette = PALETTE) -> torch.Tensor:
     """Turn an ``[H, W]`` class-index mask into a ``[3, H, W]`` uint8 colour picture (ignore: white).
     Refuses a class that ``palette`` has no colour for, rather than draw it as background."""
     check_palette_covers(mask, palette)
@@ -58,7 +62,7 @@ def index_to_colour(mask: torch.Tensor, palette=PALETTE) -> torch.Tensor:
     return table[mask.long()].permute(2, 0, 1)
 
 
-def check_palette_covers(mask: torch.Tensor, palette) -> None:
+def check_palette_covers(mask: torch.Tensor, palette: Palette) -> None:
     """Raise unless ``palette`` has a colour for every class in ``mask`` (``IGNORE_INDEX`` aside): a mask
     of another dataset, with more classes than the shapes' four, needs a palette of its own (02)."""
     if mask.is_floating_point():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import psutil
 from torch.utils.data import Dataset
 
@@ -24,7 +25,7 @@ class NameTable(Dataset):
     NaN; use ``batch_size=every`` so each batch starts with a reading.
     """
 
-    def __init__(self, names, every: int = 1000):
+    def __init__(self, names: list[str] | np.ndarray, every: int = 1000):
         self.names, self.every = names, every
 
     def __len__(self) -> int:

@@ -58,6 +58,8 @@ class UNet(nn.Module):
         self.factor = downscale * 2 ** (len(widths) - 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores (logits) ``[B, num_classes, H, W]`` for normalised images ``[B, 3, H, W]`` whose
+        height and width ``self.factor`` divides (06_gpu_training pads them in its Exercise 2)."""
         if images.shape[-2] % self.factor or images.shape[-1] % self.factor:
             raise ValueError(f"UNet input is {images.shape[-2]}x{images.shape[-1]} (HxW); both must be "
                              f"divisible by {self.factor}. Crop or pad the images "

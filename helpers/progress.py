@@ -35,6 +35,7 @@ class NotebookBar(notebook_tqdm):
         self.displayed = True
 
     def close(self) -> None:
+        """End the bar: in JupyterLab the widget gives way to its last line as text (or to nothing)."""
         leave = self.leave and not self.disable and self.handle is not None
         final = self.format_meter(**self.format_dict) if leave else ""
         super().close()

@@ -33,6 +33,8 @@ class RandomCutout(v2.Transform):
         self.size, self.p, self.ignore_index = size, p, ignore_index
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """The random draw, made once per call and shared by image and mask: the square to blank, or
+        ``None`` (with probability ``1 - p``) to leave both as they are."""
         height, width = v2.query_size(flat_inputs)
         if torch.rand(()) >= self.p:
             return {"box": None}
@@ -41,6 +43,7 @@ class RandomCutout(v2.Transform):
         return {"box": (slice(top, top + self.size), slice(left, left + self.size))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Apply the draw to one input: 0 in the image, ``ignore_index`` in the mask."""
         # v2 hands over a plain tensor only as the image: the first one, in a call that holds no Image
         if isinstance(inpt, tv_tensors.Mask):
             fill = self.ignore_index

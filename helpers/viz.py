@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torchvision.utils import draw_segmentation_masks
 
-from helpers.masks import IGNORE_COLOUR, IGNORE_INDEX, PALETTE, check_palette_covers, index_to_colour
+from helpers.masks import IGNORE_COLOUR, IGNORE_INDEX, PALETTE, Palette, check_palette_covers, index_to_colour
 
 ImageLike = Image.Image | torch.Tensor | np.ndarray
 
@@ -62,7 +62,7 @@ def show_grid(images: Sequence[ImageLike] | torch.Tensor, titles: Sequence[str] 
 
 
 def overlay(image: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5,
-            palette: Sequence[tuple[int, int, int]] = PALETTE) -> torch.Tensor:
+            palette: Palette = PALETTE) -> torch.Tensor:
     """Return the uint8 image ``[3, H, W]`` with each object class painted in its palette colour.
 
     Background (class 0) is left as it is; ``IGNORE_INDEX`` pixels are painted white. A class that
@@ -78,7 +78,7 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, *, alpha: float = 0.5,
 
 
 def show_pairs(pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], titles: Sequence[str] | None = None,
-               size: float = 2.2, palette: Sequence[tuple[int, int, int]] = PALETTE) -> Figure:
+               size: float = 2.2, palette: Palette = PALETTE) -> Figure:
     """Draw one row per (image, mask) pair: the image, the mask in colour (``palette``: one colour per
     class), and the overlay."""
     panels, names = [], []
