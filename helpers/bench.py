@@ -612,4 +612,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
 
 
 if __name__ == "__main__":
+    # a path the console's code page cannot show (Windows, output to a file) is printed escaped
+    sys.stdout.reconfigure(errors="backslashreplace")
     main()

@@ -29,7 +29,7 @@ except ImportError:  # not installed (e.g. Colab before `pip install -r requirem
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MASK_SUFFIXES = (".png",)  # lossless only: JPEG compression invents mask values
-CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints"}  # made by tools, not data
+CLUTTER = {".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints", "Icon\r"}  # made by tools, not data
 ORIENTATION = 0x0112  # the EXIF tag that says how to turn a photo upright
 MASK_CHECK_BYTES = 2**26  # check_mask_array reads stored masks this many bytes at a time (64 MiB)
 
@@ -42,13 +42,16 @@ class Sample(NamedTuple):
 
 
 def scan_folder(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], list[tuple[Path, str]]]:
-    """Map file stem -> path for ``folder``, skipping clutter; also every unexpected file, with what to do."""
+    """Map file stem -> path for ``folder``, skipping clutter (``CLUTTER``, and hidden files not named like
+    an image); also every unexpected file, with what to do."""
     if not folder.is_dir():
         raise FileNotFoundError(f"No folder {folder}: expected image+mask pairs in images/ and masks/.")
     files: dict[str, Path] = {}
     problems: list[tuple[Path, str]] = []
     for path in sorted(folder.iterdir()):
-        if path.name in CLUTTER or path.name.startswith("._"):  # ._name: macOS resource forks
+        # ._name: macOS resource forks; other hidden files (.localized, .gitkeep) unless named like data
+        hidden = path.name.startswith(".") and path.suffix.lower() not in suffixes
+        if path.name in CLUTTER or path.name.startswith("._") or hidden:
             continue
         named = path.suffix.lower() in suffixes  # named like an image (or a mask) this folder holds
         if named and path.is_dir():
@@ -87,12 +90,20 @@ def unpaired(images: dict[str, Path], masks: dict[str, Path]) -> tuple[list[Path
 
 def spelled_apart(names: list[str], others: list[str]) -> str:
     """A hint where some of ``names`` differ from some of ``others`` only in how Unicode spells them (an
-    accent as a character of its own or within its letter), or "" (02_segmentation_masks)."""
+    accent as a character of its own or within its letter) or in upper and lower case, or ""
+    (02_segmentation_masks)."""
     same = {unicodedata.normalize("NFC", name) for name in names} & {
         unicodedata.normalize("NFC", name) for name in others}
-    return (f" {sorted(same)[:3]} look alike but are spelled apart in Unicode (an accent as its own "
-            "character, as macOS writes names, or within the letter): rename them so that both are "
-            "written alike." if same else "")
+    if same:
+        return (f" {sorted(same)[:3]} look alike but are spelled apart in Unicode (an accent as its own "
+                "character, as macOS writes names, or within the letter): rename them so that both are "
+                "written alike.")
+    folded = {unicodedata.normalize("NFC", other).casefold(): other for other in others}
+    cased = sorted((name, folded[key]) for name in names
+                   if (key := unicodedata.normalize("NFC", name).casefold()) in folded)
+    return (f" {', '.join(f'{a!r} and {b!r}' for a, b in cased[:3])} differ only in upper and lower case, "
+            "which Windows and macOS overlook in a file name and the pairing does not: rename them so "
+            "that both are written alike." if cased else "")
 
 
 def pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:

@@ -391,4 +391,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # a file name the console's code page cannot show (Windows, output to a file) is printed escaped
+    sys.stdout.reconfigure(errors="backslashreplace")
     sys.exit(main())

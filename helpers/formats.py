@@ -84,8 +84,9 @@ def remove_old(path: Path) -> None:
         path.unlink(missing_ok=True)
     except PermissionError as error:
         raise PermissionError(f"Cannot replace {path}: it is still open ({error.strerror}), probably by a "
-                              "dataset that read it. Let go of it (dataset = None, then gc.collect()) and "
-                              "write it again.") from None
+                              "dataset that read it. Let go of it: set every name that holds the dataset "
+                              "to None (the dataset, its DataLoader and sampler, a dict of pipelines), "
+                              "then gc.collect(), or restart the kernel; then write it again.") from None
 
 
 def write_memmap(dataset: SegmentationDataset, folder: Path, size: int) -> None:

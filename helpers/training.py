@@ -200,7 +200,17 @@ def save_checkpoint(path: Path, *, epoch: int, history: dict[str, list[float]],
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, temporary)
-    temporary.replace(path)
+    for wait in (0.1, 0.5, 2.0, None):  # Windows refuses while another program has the old file open
+        try:
+            temporary.replace(path)
+            return
+        except PermissionError as error:
+            if wait is None:
+                raise PermissionError(
+                    f"Cannot replace {path}: another program holds it ({error.strerror}), such as a sync "
+                    "client (OneDrive) or a virus scanner. Save checkpoints to a folder it does not watch; "
+                    f"this epoch's checkpoint is in {temporary}.") from None
+            time.sleep(wait)  # most let go within a moment
 
 
 def load_checkpoint(path: Path, *, generator: torch.Generator | None = None, map_location: Any = "cpu",

@@ -97,6 +97,20 @@ def test_names_spelled_apart_in_unicode_are_unpaired_and_said_to_be(root):
         SegmentationDataset(root, split="train")
 
 
+def test_names_apart_only_in_case_are_unpaired_and_said_to_be(root):
+    """IMG_1.JPG from a camera and img_1.png from an annotation tool: one name to Windows and macOS, whose
+    file browsers open either spelling, and two to the pairing. The message says so, for a split list too."""
+    (root / "images" / "1.png").rename(root / "images" / "IMG_1.png")
+    (root / "masks" / "1.png").rename(root / "masks" / "img_1.png")
+    with pytest.raises(ValueError, match=r"'IMG_1' and 'img_1' differ only in upper and lower case, which "
+                       r"Windows and macOS overlook in a file name and the pairing does not: rename them"):
+        SegmentationDataset(root)
+    (root / "masks" / "img_1.png").rename(root / "masks" / "IMG_1.png")
+    (root / "train.txt").write_text("img_1\n2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"no image\+mask pair.* 'img_1' and 'IMG_1' differ only in upper"):
+        SegmentationDataset(root, split="train")
+
+
 def test_long_lists_of_unpaired_files_and_bad_values_are_cut_short(root):
     """The message names the first five unpaired files of each side and the first eight bad values."""
     for stem in "abcdefg":
@@ -131,7 +145,12 @@ def test_clutter_is_ignored(root):
     (root / "images" / ".ipynb_checkpoints").mkdir()
     (root / "images" / ".ipynb_checkpoints" / "1-checkpoint.png").write_bytes(b"\0")
     (root / "masks" / "._1.png").write_bytes(b"\0")
+    (root / "images" / ".localized").write_bytes(b"")  # hidden by Finder, as .gitkeep is by ls
+    (root / "masks" / "Icon\r").write_bytes(b"")  # a custom folder icon (macOS)
     assert len(SegmentationDataset(root)) == 3
+    (root / "images" / ".4.png").write_bytes(b"\0")  # hidden, but named like an image: not skipped
+    with pytest.raises(ValueError, match=r"1 image\(s\) in .*images have no mask \['.4.png'\]"):
+        SegmentationDataset(root)
 
 
 def test_other_stray_files_are_refused(root):

@@ -1,6 +1,9 @@
 """The folder check finds every problem at once, each with its file and fix, and changes nothing."""
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +304,17 @@ def test_the_command_refuses_a_folder_that_does_not_exist(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:
         main([str(tmp_path / "nowhere")])
     assert exit.value.code == 2 and "no folder" in capsys.readouterr().err
+
+
+def test_the_command_prints_a_name_the_console_cannot_encode_escaped(root):
+    """On Windows, output sent to a file is written in the code page (cp1252), which has no Chinese: an
+    image named so is printed escaped, and the exit status still says what the report found."""
+    (root / "images" / "1.png").rename(root / "images" / "\u732b.png")
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    run = subprocess.run([sys.executable, "-m", "helpers.doctor", str(root)], capture_output=True, env=env,
+                         cwd=Path(doctor.__file__).parents[1], timeout=120)
+    assert run.returncode == 1, run.stderr.decode()
+    assert b"images/\\u732b.png has no mask" in run.stdout
 
 
 def test_every_finding_names_its_file_and_errors_come_first(root):

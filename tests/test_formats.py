@@ -211,7 +211,8 @@ def test_writing_over_a_file_still_open_says_to_let_go_of_it(tmp_path, source_da
         raise PermissionError(13, "The process cannot access the file")
 
     monkeypatch.setattr(Path, "unlink", refuse)
-    with pytest.raises(PermissionError, match=r"images\.npy: it is still open .*gc\.collect"):
+    with pytest.raises(PermissionError, match=r"images\.npy: it is still open .*its DataLoader and sampler"
+                       r".*gc\.collect\(\), or restart the kernel"):
         write_memmap(source_dataset, tmp_path, 32)
     with pytest.raises(PermissionError, match=r"data\.h5: it is still open"):
         write_hdf5(source_dataset, tmp_path / "data.h5", 32)

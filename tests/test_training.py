@@ -64,6 +64,7 @@ def test_time_loader_and_step_splits_waiting_from_working(monkeypatch):
 
 import math  # noqa: E402
 import pickle  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -210,6 +211,29 @@ def test_save_checkpoint_leaves_no_temporary_file(tmp_path):
     model = UNet(widths=(4, 8))
     save_checkpoint(tmp_path / "model.pt", epoch=0, history={}, model=model)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_save_checkpoint_waits_for_a_program_that_holds_the_old_file(tmp_path, monkeypatch):
+    """Windows refuses to replace a file another program has open (OneDrive, a virus scanner), mostly for
+    a moment: the save tries again, and names the program's kind and the saved copy if it never can."""
+    from helpers import training
+
+    refusals, replace = [2], Path.replace
+
+    def busy(self, target):
+        if refusals[0]:
+            refusals[0] -= 1
+            raise PermissionError(13, "The process cannot access the file")
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", busy)
+    monkeypatch.setattr(training.time, "sleep", lambda seconds: None)
+    save_checkpoint(tmp_path / "model.pt", epoch=3, history={}, model=UNet(widths=(4, 8)))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"] and refusals == [0]
+    refusals[0] = 4  # never let go
+    with pytest.raises(PermissionError, match=r"Cannot replace .*model.pt: another program holds it .*"
+                       r"OneDrive.* in .*model.pt.tmp\.$"):
+        save_checkpoint(tmp_path / "model.pt", epoch=4, history={}, model=UNet(widths=(4, 8)))
 
 
 def test_to_device_normalises_uint8_batches_and_makes_masks_int64():

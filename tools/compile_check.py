@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     cpu = f"{about['cores']}-core {cpu_name()} ({about['processor']}, {about['cpu capability']})"
     where = f"one {about['gpu']}, {cpu} host" if "gpu" in about else f"{cpu} CPU, no GPU"
     print(f"06's model on {device}: {where}, torch {torch.__version__}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="compile_check_") as cache, mock.patch.dict(
-            os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": cache}):
+    # ignore_cleanup_errors: Windows refuses to delete the compiled kernels this process has loaded
+    with (tempfile.TemporaryDirectory(prefix="compile_check_", ignore_cleanup_errors=True) as cache,
+          mock.patch.dict(os.environ, {"TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": cache})):
         figures = measure(device)  # from an empty cache, as a first compile on a machine is
         from_cache = compiling_in_a_new_process(device)
     figures["compiling in a new process, from the cache of the first (s)"] = round(from_cache, 1)
