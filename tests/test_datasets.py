@@ -162,7 +162,8 @@ def test_other_stray_files_are_refused(root):
 
 def test_a_folder_or_a_broken_link_with_an_image_name_is_refused_as_what_it_is(root):
     (root / "images" / "4.jpg").mkdir()
-    with pytest.raises(ValueError, match=r"images/4.jpg is a folder, not an image: move it out of .*images"):
+    with pytest.raises(ValueError, match=r"images[/\\]4.jpg is a folder, not an image: move it out of "
+                       r".*images"):
         SegmentationDataset(root)
     (root / "images" / "4.jpg").rmdir()
     (root / "images" / "4.jpg").symlink_to(root / "elsewhere" / "4.jpg")
