@@ -30,6 +30,7 @@ Taught in 04_dataloader_batching, 05_large_datasets and 06_gpu_training.
 
 import argparse
 import gc
+import io
 import json
 import multiprocessing
 import platform
@@ -119,7 +120,7 @@ class Pipeline(NamedTuple):
 
 def milliseconds(call: Callable[[], object], repeats: int = 10, rounds: int = 3,
                  device: torch.device | None = None) -> float:
-    """Milliseconds per ``call()``: the mean over ``repeats`` calls, best of ``rounds`` (03, 04, 05).
+    """Milliseconds per ``call()``: the mean over ``repeats`` calls, best of ``rounds`` (03 to 06).
 
     The best round is the least disturbed by whatever else the machine was doing. Work queued on a GPU
     (CUDA or MPS) runs after the call that queued it returns: name the ``device``, and each round starts
@@ -612,6 +613,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, float]]:
 
 
 if __name__ == "__main__":
-    # a path the console's code page cannot show (Windows, output to a file) is printed escaped
-    sys.stdout.reconfigure(errors="backslashreplace")
+    if isinstance(sys.stdout, io.TextIOWrapper):  # not in Jupyter's %run, nor under pythonw
+        # a path the console's code page cannot show (Windows, output to a file) is printed escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     main()

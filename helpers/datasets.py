@@ -42,19 +42,24 @@ class Sample(NamedTuple):
 
 
 def scan_folder(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path], list[tuple[Path, str]]]:
-    """Map file stem -> path for ``folder``, skipping clutter (``CLUTTER``, and hidden files not named like
-    an image); also every unexpected file, with what to do."""
+    """Map file stem -> path for ``folder``, skipping clutter (``CLUTTER``, and hidden files with no image
+    suffix in their name); also every unexpected file, with what to do."""
     if not folder.is_dir():
         raise FileNotFoundError(f"No folder {folder}: expected image+mask pairs in images/ and masks/.")
     files: dict[str, Path] = {}
     problems: list[tuple[Path, str]] = []
     for path in sorted(folder.iterdir()):
         # ._name: macOS resource forks; other hidden files (.localized, .gitkeep) unless named like data
-        hidden = path.name.startswith(".") and path.suffix.lower() not in suffixes
+        lower = path.name.lower()
+        hidden = lower.startswith(".") and not any(suffix in lower for suffix in IMAGE_SUFFIXES)
         if path.name in CLUTTER or path.name.startswith("._") or hidden:
             continue
         named = path.suffix.lower() in suffixes  # named like an image (or a mask) this folder holds
-        if named and path.is_dir():
+        if lower.endswith(".icloud"):  # .NAME.jpg.icloud: iCloud Drive kept only the name
+            problems.append((path, f"{path} stands for {path.name[:-7].lstrip('.')!r}, which iCloud Drive "
+                             "has not downloaded to this Mac: download it (Finder: Download Now), or move it "
+                             "out."))
+        elif named and path.is_dir():
             problems.append((path, f"{path} is a folder, not an image: move it out of {folder}."))
         elif named and not path.exists():
             problems.append((path, f"{path} is a link to {path.readlink()}, which does not exist: copy the "
@@ -92,18 +97,24 @@ def spelled_apart(names: list[str], others: list[str]) -> str:
     """A hint where some of ``names`` differ from some of ``others`` only in how Unicode spells them (an
     accent as a character of its own or within its letter) or in upper and lower case, or ""
     (02_segmentation_masks)."""
-    same = {unicodedata.normalize("NFC", name) for name in names} & {
-        unicodedata.normalize("NFC", name) for name in others}
-    if same:
-        return (f" {sorted(same)[:3]} look alike but are spelled apart in Unicode (an accent as its own "
-                "character, as macOS writes names, or within the letter): rename them so that both are "
-                "written alike.")
-    folded = {unicodedata.normalize("NFC", other).casefold(): other for other in others}
-    cased = sorted((name, folded[key]) for name in names
-                   if (key := unicodedata.normalize("NFC", name).casefold()) in folded)
-    return (f" {', '.join(f'{a!r} and {b!r}' for a, b in cased[:3])} differ only in upper and lower case, "
-            "which Windows and macOS overlook in a file name and the pairing does not: rename them so "
-            "that both are written alike." if cased else "")
+    def nfc(name: str) -> str:
+        return unicodedata.normalize("NFC", name)
+
+    hints = []
+    if same := {nfc(name) for name in names} & {nfc(other) for other in others}:
+        hints.append(f" {sorted(same)[:3]} look alike but are spelled apart in Unicode (an accent as its own "
+                     "character, as macOS writes names, or within the letter): rename them so that both "
+                     "are written alike.")
+    by_lower: dict[str, list[str]] = {}
+    for other in others:
+        by_lower.setdefault(nfc(other).lower(), []).append(other)
+    cased = sorted((name, other) for name in names for other in by_lower.get(nfc(name).lower(), [])
+                   if nfc(name) != nfc(other))
+    if cased:
+        hints.append(f" {', '.join(f'{a!r} and {b!r}' for a, b in cased[:3])} differ only in upper and lower "
+                     "case, which Windows and macOS overlook in a file name and the pairing does not: rename "
+                     "them so that both are written alike.")
+    return "".join(hints)
 
 
 def pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:

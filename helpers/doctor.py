@@ -14,6 +14,7 @@ fixed, else 0. Taught in 02_segmentation_masks.
 
 import argparse
 import filecmp
+import io
 import os
 import sys
 import textwrap
@@ -391,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # a file name the console's code page cannot show (Windows, output to a file) is printed escaped
-    sys.stdout.reconfigure(errors="backslashreplace")
+    if isinstance(sys.stdout, io.TextIOWrapper):  # not in Jupyter's %run, nor under pythonw
+        # a file name the console's code page cannot show (Windows, output to a file) is printed escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     sys.exit(main())

@@ -1,4 +1,5 @@
-"""Figures measured on other machines, read from the results files in results/ (taught in 06_gpu_training).
+"""Figures measured on other machines, read from the results files in results/ (04_dataloader_batching,
+06_gpu_training, 07_distributed).
 
 A run the reader cannot repeat here (a GPU, another CPU) is kept as data: a JSON file naming its machine,
 date, versions and command. Notebooks print from these files; prose talks about what is printed.

@@ -2,7 +2,8 @@
 
 Deterministic: sample ``i`` of seed ``s`` is the same bytes on every machine with the pinned Pillow,
 so ``python -m helpers.scenes`` regenerates ``data/shapes`` exactly, and makes thousands more the same way
-(``helpers.bench`` does, for its 2,000). Taught in 02_segmentation_masks.
+(``helpers.bench`` does, for its 2,000). 02_segmentation_masks introduces the dataset; 06_gpu_training
+says how to make more.
 """
 
 import argparse

@@ -4,6 +4,7 @@ training loop, evaluation, losses and checkpoints (06_gpu_training)."""
 import functools
 import itertools
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ from helpers.progress import progress_bar
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+WINDOWS = sys.platform == "win32"  # where a file another program has open cannot be replaced
 
 
 def overfit_batch(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
@@ -200,17 +202,19 @@ def save_checkpoint(path: Path, *, epoch: int, history: dict[str, list[float]],
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     torch.save(checkpoint, temporary)
-    for wait in (0.1, 0.5, 2.0, None):  # Windows refuses while another program has the old file open
+    for wait in (0.1, 0.5, 2.0, None) if WINDOWS else (None,):
         try:
             temporary.replace(path)
             return
-        except PermissionError as error:
+        except PermissionError as error:  # on Windows, also while another program has the old file open
             if wait is None:
+                held = (", or another program holds it, such as a sync client (OneDrive) or a virus "
+                        "scanner: save checkpoints to a folder it does not watch" if WINDOWS else "")
                 raise PermissionError(
-                    f"Cannot replace {path}: another program holds it ({error.strerror}), such as a sync "
-                    "client (OneDrive) or a virus scanner. Save checkpoints to a folder it does not watch; "
-                    f"this epoch's checkpoint is in {temporary}.") from None
-            time.sleep(wait)  # most let go within a moment
+                    f"Cannot replace {path} ({error.strerror}): check that you may write it{held}. This "
+                    f"epoch's checkpoint is in {temporary}: rename it to {path.name} to resume from it."
+                ) from None
+            time.sleep(wait)  # most programs let go within a moment
 
 
 def load_checkpoint(path: Path, *, generator: torch.Generator | None = None, map_location: Any = "cpu",

@@ -2,6 +2,7 @@
 
 import io
 import struct
+import sys
 import warnings
 import zlib
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from helpers.datasets import ORIENTATION, Sample, SegmentationDataset, pair_files
+from helpers.datasets import ORIENTATION, Sample, SegmentationDataset, pair_files, spelled_apart
 from helpers.masks import CLASSES, to_palette_image
 from helpers.paths import data_dir
 
@@ -111,6 +112,16 @@ def test_names_apart_only_in_case_are_unpaired_and_said_to_be(root):
         SegmentationDataset(root, split="train")
 
 
+def test_spelled_apart_gives_every_hint_that_applies_and_no_other():
+    decomposed = "cafe\u0301"  # café as macOS writes it
+    both = spelled_apart(["caf\u00e9", "IMG_1"], [decomposed, "img_1"])
+    assert "['caf\u00e9'] look alike but are spelled apart in Unicode" in both
+    assert "'IMG_1' and 'img_1' differ only in upper and lower case" in both
+    assert "differ only in upper and lower case" in spelled_apart(["Caf\u00e9"], [decomposed])
+    assert spelled_apart(["Stra\u00dfe"], ["STRASSE"]) == ""  # casefold would pair them; file systems do not
+    assert "'Ab' and 'AB', 'Ab' and 'ab' differ" in spelled_apart(["Ab"], ["ab", "AB"])
+
+
 def test_long_lists_of_unpaired_files_and_bad_values_are_cut_short(root):
     """The message names the first five unpaired files of each side and the first eight bad values."""
     for stem in "abcdefg":
@@ -146,10 +157,22 @@ def test_clutter_is_ignored(root):
     (root / "images" / ".ipynb_checkpoints" / "1-checkpoint.png").write_bytes(b"\0")
     (root / "masks" / "._1.png").write_bytes(b"\0")
     (root / "images" / ".localized").write_bytes(b"")  # hidden by Finder, as .gitkeep is by ls
-    (root / "masks" / "Icon\r").write_bytes(b"")  # a custom folder icon (macOS)
+    if sys.platform != "win32":  # a custom folder icon (macOS); Windows allows no \r in a name
+        (root / "masks" / "Icon\r").write_bytes(b"")
     assert len(SegmentationDataset(root)) == 3
-    (root / "images" / ".4.png").write_bytes(b"\0")  # hidden, but named like an image: not skipped
-    with pytest.raises(ValueError, match=r"1 image\(s\) in .*images have no mask \['.4.png'\]"):
+
+
+@pytest.mark.parametrize(("folder", "name", "message"), [
+    ("images", ".4.png", r"1 image\(s\) in .*images have no mask \['.4.png'\]"),  # hidden, named like data
+    ("masks", ".4.jpg", r"Unexpected '.4.jpg' in .*masks: only .png files belong here"),
+    ("images", ".3.jpg.icloud", r"\.3\.jpg\.icloud stands for '3.jpg', which iCloud Drive has not downloaded "
+                                r"to this Mac: download it \(Finder: Download Now\), or move it out\.$"),
+])
+def test_hidden_files_named_like_data_are_not_passed_over(root, folder, name, message):
+    """A hidden file is clutter unless an image's suffix is in its name: a hidden image is data (or a
+    stray), and iCloud Drive's .NAME.jpg.icloud is a photo not on this Mac."""
+    (root / folder / name).write_bytes(b"\0")
+    with pytest.raises(ValueError, match=message):
         SegmentationDataset(root)
 
 

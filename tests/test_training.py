@@ -215,25 +215,33 @@ def test_save_checkpoint_leaves_no_temporary_file(tmp_path):
 
 def test_save_checkpoint_waits_for_a_program_that_holds_the_old_file(tmp_path, monkeypatch):
     """Windows refuses to replace a file another program has open (OneDrive, a virus scanner), mostly for
-    a moment: the save tries again, and names the program's kind and the saved copy if it never can."""
+    a moment: the save tries again there, and names the program's kind and the saved copy if it never
+    can. Elsewhere an open file never blocks a rename: the first refusal is the answer."""
     from helpers import training
 
-    refusals, replace = [2], Path.replace
+    refusals, replace, waits = [2], Path.replace, []
 
     def busy(self, target):
         if refusals[0]:
             refusals[0] -= 1
-            raise PermissionError(13, "The process cannot access the file")
+            raise PermissionError(13, "Permission denied")
         return replace(self, target)
 
     monkeypatch.setattr(Path, "replace", busy)
-    monkeypatch.setattr(training.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(training.time, "sleep", waits.append)
+    monkeypatch.setattr(training, "WINDOWS", True)
     save_checkpoint(tmp_path / "model.pt", epoch=3, history={}, model=UNet(widths=(4, 8)))
-    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"] and refusals == [0]
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"] and refusals == [0] and len(waits) == 2
     refusals[0] = 4  # never let go
-    with pytest.raises(PermissionError, match=r"Cannot replace .*model.pt: another program holds it .*"
-                       r"OneDrive.* in .*model.pt.tmp\.$"):
+    with pytest.raises(PermissionError, match=r"Cannot replace .*model.pt \(Permission denied\): check that "
+                       r"you may write it, or another program holds it, such as a sync client \(OneDrive\).* "
+                       r"in .*model.pt.tmp: rename it to model.pt to resume from it\.$"):
         save_checkpoint(tmp_path / "model.pt", epoch=4, history={}, model=UNet(widths=(4, 8)))
+    monkeypatch.setattr(training, "WINDOWS", False)
+    refusals[0], waits[:] = 1, []
+    with pytest.raises(PermissionError, match=r"check that you may write it\. This epoch's"):
+        save_checkpoint(tmp_path / "model.pt", epoch=5, history={}, model=UNet(widths=(4, 8)))
+    assert not waits
 
 
 def test_to_device_normalises_uint8_batches_and_makes_masks_int64():
