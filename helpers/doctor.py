@@ -356,8 +356,8 @@ def format_report(report: Report) -> str:
     Paths are relative to the folder, so the report reads the same on every machine.
     Taught in 02_segmentation_masks.
     """
-    def relative(text: object) -> str:
-        return str(text).replace(str(report.root) + os.sep, "")
+    def relative(text: object) -> str:  # and "/" between folders, as on Linux and macOS, also on Windows
+        return str(text).replace(str(report.root) + os.sep, "").replace(os.sep, "/")
 
     lines = [f"Checked {report.root.absolute().name}/: {report.pairs} image+mask pairs"]
     for severity, meaning in ((ERROR, "must be fixed"), (WARNING, "worth a look")):

@@ -111,8 +111,9 @@ def write_dataset(root: Path, *, count: int = 320, val_count: int = 64, seed: in
         image, mask = render_scene(i, seed=seed, size=size)
         image.save(root / "images" / f"{stem}.jpg", quality=90)
         mask.save(root / "masks" / f"{stem}.png", optimize=True)
-    (root / "train.txt").write_text("\n".join(stems[: count - val_count]) + "\n")
-    (root / "val.txt").write_text("\n".join(stems[count - val_count:]) + "\n")
+    # newline="\n": the same bytes on Windows, which would write \r\n
+    (root / "train.txt").write_text("\n".join(stems[: count - val_count]) + "\n", newline="\n")
+    (root / "val.txt").write_text("\n".join(stems[count - val_count:]) + "\n", newline="\n")
 
 
 def main() -> None:

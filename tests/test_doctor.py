@@ -306,6 +306,17 @@ def test_the_command_refuses_a_folder_that_does_not_exist(tmp_path, capsys):
     assert exit.value.code == 2 and "no folder" in capsys.readouterr().err
 
 
+def test_the_report_reads_the_same_on_windows(monkeypatch):
+    """Paths relative to the folder, with / between folders, whatever the system writes between them."""
+    from helpers.doctor import Finding, Report
+
+    monkeypatch.setattr(doctor.os, "sep", "\\")
+    report = Report(root=Path("C:\\data"))
+    report.findings.append(Finding(ERROR, "C:\\data\\masks\\4.png", "Mask C:\\data\\masks\\4.png is 8 x 12."))
+    lines = format_report(report).splitlines()
+    assert lines[3:5] == ["  masks/4.png", "      Mask masks/4.png is 8 x 12."]
+
+
 def test_the_command_prints_a_name_the_console_cannot_encode_escaped(root):
     """On Windows, output sent to a file is written in the code page (cp1252), which has no Chinese: an
     image named so is printed escaped, and the exit status still says what the report found."""

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -23,5 +24,6 @@ def test_environment_variable_points_elsewhere(tmp_path, monkeypatch):
 
 def test_a_root_without_data_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv(ROOT_ENV_VAR, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=f"No data/ folder in {tmp_path}.*{ROOT_ENV_VAR}"):
+    folder = re.escape(str(tmp_path))  # a Windows path: C:\Users\... holds what re reads as escapes
+    with pytest.raises(FileNotFoundError, match=f"No data/ folder in {folder}.*{ROOT_ENV_VAR}"):
         repo_root()

@@ -3,6 +3,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from helpers.datasets import CLUTTER
 from helpers.masks import CLASSES
 from helpers.paths import data_dir
 from helpers.scenes import SIDES, render_scene, write_dataset
@@ -10,7 +11,7 @@ from helpers.scenes import SIDES, render_scene, write_dataset
 
 def digests(folder):
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in CLUTTER}  # .DS_Store, ...
 
 
 def test_regenerating_gives_byte_identical_files(tmp_path):
