@@ -4,7 +4,7 @@
 import contextlib
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -125,3 +125,46 @@ def _to_stream(batch: tuple[torch.Tensor, ...], ready: torch.cuda.Event, stream:
     for tensor in batch:
         if isinstance(tensor, torch.Tensor) and tensor.is_cuda:
             tensor.record_stream(stream)
+
+
+class OnMeta(torch.nn.Module):
+    """A stand-in for a segmentation model on PyTorch's meta device (shapes, no values), which notes the
+    device of what it is given (``seen``): on any machine, even a CPU-only one, it tells whether code
+    moved an image to the model's device. 06_gpu_training's Exercise 2."""
+
+    def __init__(self, factor: int, num_classes: int):
+        super().__init__()
+        self.factor, self.num_classes, self.seen = factor, num_classes, None
+        self.weight = torch.nn.Parameter(torch.empty(1, device="meta"))
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.seen = batch.device
+        return torch.empty(len(batch), self.num_classes, *batch.shape[-2:], device="meta")
+
+
+def check_devices(predict: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor | None], factor: int,
+                  num_classes: int) -> bool:
+    """False where ``predict(model, image)`` returns None (not solved yet); an AssertionError, saying
+    what to fix, unless it calls the model it is given, moves the image to the model's device and the
+    mask back to the CPU. It calls ``predict`` with an ``OnMeta``: copying a meta tensor to the CPU fails
+    with "Cannot copy out of meta tensor", which is how it knows the mask went there (06_gpu_training)."""
+    model, copied, failed = OnMeta(factor, num_classes), False, None
+    try:
+        if predict(model, torch.zeros(3, 100, 115)) is None:
+            return False
+    except NotImplementedError as error:  # "Cannot copy out of meta tensor": sent to the CPU
+        if "meta tensor" not in str(error):
+            raise
+        assert "to_empty" not in str(error), "leave the model where it is, and move the image to it"
+        copied = True  # the mask, as predict should
+    except RuntimeError as error:  # .item() and torch.autocast("meta") refuse the stand-in
+        if "meta" not in str(error) and "scalarType" not in str(error):
+            raise
+        failed = error
+    assert failed is None, (f"predict failed on a model on the meta device ({failed}): call the "
+                            "model it is given, as it is, with no .item() or autocast")
+    assert model.seen is not None, "call the model predict is given (its first argument)"
+    assert model.seen == torch.device("meta"), (
+        f"the model got the image on {model.seen}: move it to next(model.parameters()).device")
+    assert copied, "return the mask on the CPU (.cpu())"
+    return True

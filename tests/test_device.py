@@ -114,3 +114,25 @@ def test_prefetch_refuses_a_depth_that_would_make_every_batch_ahead():
     time.sleep(0.1)
     assert len(made) <= 1 + 1 + 1  # the one in use, one queued, and one waiting to be queued
     assert [int(batch[0][0]) for batch in batches] == list(range(1, 10))
+
+
+def test_check_devices_tells_on_a_cpu_where_predict_moved_the_image_and_the_mask():
+    """06's Exercise 2: on a CPU the model and the mask are where they should be already, so only the
+    meta stand-in can tell an answer that moves nothing from one that does."""
+    from helpers.device import check_devices
+
+    def answer(move: bool = True, back: bool = True, call=None):
+        def predict(model, image):
+            device = next(model.parameters()).device
+            with torch.no_grad():
+                mask = (call or model)((image.to(device) if move else image)[None]).argmax(dim=1)[0]
+            return mask.cpu() if back else mask
+        return predict
+
+    assert check_devices(answer(), 16, 4) is True
+    assert check_devices(lambda model, image: None, 16, 4) is False  # the stub
+    for wrong, message in [(answer(move=False), "got the image on cpu: move it"),
+                           (answer(back=False), r"return the mask on the CPU \(.cpu\(\)\)"),
+                           (answer(call=lambda batch: torch.zeros(1, 4, 100, 115)), "call the model")]:
+        with pytest.raises(AssertionError, match=message):
+            check_devices(wrong, 16, 4)
