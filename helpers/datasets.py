@@ -64,6 +64,16 @@ def scan_folder(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path
         elif named and not path.exists():
             problems.append((path, f"{path} is a link to {path.readlink()}, which does not exist: copy the "
                              "file there, or remove the link."))
+        elif path.is_dir():  # splits kept in folders: images/train/, masks/train/
+            problems.append((path, f"{path} is a folder: the helpers read the files in {folder} itself, not "
+                             "in folders below it. For splits kept in folders (images/train, masks/train), "
+                             "give each split a folder of its own holding images/ and masks/, or move the "
+                             "files up and list each split's names in a split list (train.txt, val.txt) "
+                             "beside images/ and masks/."))
+        elif path.suffix.lower() in IMAGE_SUFFIXES and not named:  # a mask saved as JPEG
+            problems.append((path, f"Mask {path} is a JPEG file: masks must be PNG, since JPEG changes "
+                             "their values at every edge. Export it again as PNG from the original class "
+                             "indices, then move this file out."))
         elif not named or not path.is_file():
             problems.append((path, f"Unexpected {path.name!r} in {folder}: only {', '.join(suffixes)} files "
                              "belong here (masks must be PNG: JPEG would change their values). Move it out."))
@@ -409,13 +419,27 @@ MASK_MODES = ("P", "L", "1", "I;16", "I;16L", "I;16B", "I")  # 8-, 1-, 16-bit (I
 LOW_BIT_GREY = {"L;2": 85, "L;4": 17}
 
 
+def is_grey(file: Image.Image) -> bool:
+    """Whether every pixel of an opened colour image has red, green and blue alike (grey saved as RGB)."""
+    try:
+        pixels = np.asarray(file.convert("RGB"))
+    except (OSError, ValueError):  # damaged: the reader that follows says so
+        return False
+    return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
+
+
 def mask_array(file: Image.Image, path: Path) -> np.ndarray:
     """The class indices of an opened (not yet loaded) mask file: uint8 for 8-, 4-, 2- and 1-bit modes,
     int32 for 16-bit ones (and mode ``I``)."""
     if file.mode not in MASK_MODES:
-        fix = ("If its grey levels are the classes, save it without the alpha channel (mode L)"
-               if file.mode in ("LA", "La") else
-               "If its classes are colours, convert it with helpers.masks.colour_to_index")
+        if file.mode in ("LA", "La"):
+            fix = "If its grey levels are the classes, save it without the alpha channel (mode L)"
+        elif is_grey(file):
+            fix = ("Its pixels are grey (red, green and blue alike): if the grey levels are the classes, "
+                   "save it with one channel, Image.open(path).convert('L').save(path)")
+        else:
+            fix = ("If its classes are colours, convert it with helpers.masks.colour_to_index(pil_to_tensor("
+                   "Image.open(path).convert('RGB')), palette=...), one (R, G, B) per class, in class order")
         raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
                          f"mode). {fix}.")
     tiles = getattr(file, "tile", [])  # how a file's pixels are to be read (an image made in memory has none)
@@ -426,20 +450,66 @@ def mask_array(file: Image.Image, path: Path) -> np.ndarray:
     return array.astype(np.uint8 if array.dtype.itemsize == 1 else np.int32, copy=False)
 
 
+BLACK_AND_WHITE = ("Mask {path} holds only 0 and 255: a black-and-white mask, whose 255 most likely marks the"
+                   " objects. Make them class 1 in this mask and every one like it, and save it again as PNG:"
+                   " Image.fromarray((np.array(Image.open(path)) >= 128).astype(np.uint8)).save(path); then "
+                   "count 2 classes (num_classes=2; python -m helpers.doctor FOLDER --num-classes 2). Only if"
+                   " 255 means 'no label here' is it an ignore index (ignore_index=255), and then this mask "
+                   "has no object at all.")
+BLURRED = ("Mask {path} has values {listed} outside the classes 0..{last}, yet nearly all of its pixels are "
+           "close to 0 or to 255: a black-and-white mask saved as JPEG, or resized smoothly, at some point, "
+           "which blurred its edges. Export it again as PNG from the original if you can; otherwise make "
+           "255's objects class 1 by a threshold, Image.fromarray((np.array(Image.open(path)) >= "
+           "128).astype(np.uint8)).save(path) (the edges stay approximate), and count 2 classes "
+           "(num_classes=2).")
+STORED_BLACK_AND_WHITE = ("{path} holds masks with values {listed} outside the classes 0..{last}, and nearly "
+                          "all of their pixels are close to 0 or to 255: black-and-white masks, whose 255 "
+                          "most likely marks the objects. Make the objects class 1 in the mask files "
+                          "(python -m helpers.doctor FOLDER says how), count 2 classes (num_classes=2), and "
+                          "write it again.")
+
+
 def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int | None) -> None:
     """Raise, listing the values, if ``mask`` holds anything but 0..num_classes-1 and ``ignore_index``."""
-    low, high = mask.aminmax()  # one cheap pass; the values are listed only when wrong
+    low, high = mask.aminmax()  # one cheap pass; the values are counted only when wrong
     if high < num_classes and low >= 0:
         return
-    bad = [v for v in mask.unique().tolist() if not 0 <= v < num_classes and v != ignore_index]
-    if bad:
-        raise ValueError(
-            f"Mask {path} has values {bad[:8]} outside the classes 0..{num_classes - 1}. If your dataset has "
-            "these classes, say so: num_classes=N (mask values 0..N-1) and ignore_index for a value that "
-            "marks pixels to skip, such as 255 (python -m helpers.doctor FOLDER --num-classes N "
-            "--ignore-index 255 checks every mask). Otherwise: a mask saved as JPEG or resized with smooth "
-            "interpolation invents values, and a 0/255 mask needs dividing by 255; save masks as PNG and "
-            "resize them with nearest-neighbour.")
+    values, counts = mask.unique(return_counts=True)
+    check_value_counts(dict(zip(values.tolist(), counts.tolist())), path, num_classes, ignore_index)
+
+
+def check_value_counts(pixels: dict[int, int], path: Path | str, num_classes: int, ignore_index: int | None,
+                       stored: bool = False) -> None:
+    """Raise as ``check_mask_values`` does, from a mask's pixels per value; the message says what the values
+    look like: a black-and-white mask (only 0 and 255), one blurred by JPEG or smooth resizing (nearly every
+    pixel near 0 or 255), or another dataset's classes (02_segmentation_masks). ``stored``: the pixels of
+    many masks stored decoded in ``path`` (a memory map, an HDF5 dataset), fixed in their files."""
+    bad = sorted(v for v in pixels if not 0 <= v < num_classes and v != ignore_index)
+    if not bad:
+        return
+    listed = f"{bad[:8]}{f' and {len(bad) - 8} more' if len(bad) > 8 else ''}"
+    black_and_white = set(pixels) <= {0, 255}
+    if stored and (black_and_white or looks_blurred(pixels, ignore_index)):
+        raise ValueError(STORED_BLACK_AND_WHITE.format(path=path, listed=listed, last=num_classes - 1))
+    if black_and_white:
+        raise ValueError(BLACK_AND_WHITE.format(path=path))
+    if looks_blurred(pixels, ignore_index):
+        raise ValueError(BLURRED.format(path=path, listed=listed, last=num_classes - 1))
+    raise ValueError(
+        f"Mask {path} has values {listed} outside the classes 0..{num_classes - 1}. If your dataset has "
+        "these classes, say so: num_classes=N (mask values 0..N-1) and ignore_index for a value that "
+        "marks pixels to skip, such as 255 (python -m helpers.doctor FOLDER --num-classes N "
+        "--ignore-index 255 checks every mask). Otherwise: a mask saved as JPEG or resized with smooth "
+        "interpolation invents values; save masks as PNG and resize them with nearest-neighbour.")
+
+
+def looks_blurred(pixels: dict[int, int], ignore_index: int | None) -> bool:
+    """Whether a mask's pixels per value look like a black-and-white mask gone through JPEG or smooth
+    resizing: several values near white (not just an ignore index of 255), and few pixels in between."""
+    total = sum(pixels.values())
+    white = {v: n for v, n in pixels.items() if 224 <= v <= 255 and v != ignore_index}
+    between = sum(n for v, n in pixels.items() if 32 <= v < 224)
+    return len(white) >= 2 and sum(white.values()) >= 0.01 * total and between <= 0.05 * total
 
 
 def check_mask_array(masks: np.ndarray, path: Path | str, num_classes: int, ignore_index: int | None) -> None:
@@ -456,8 +526,9 @@ def check_mask_array(masks: np.ndarray, path: Path | str, num_classes: int, igno
         chunk = np.asarray(masks[start:start + rows])
         if chunk.max() >= num_classes:  # rare: count the values only where one is out of range
             counts += np.bincount(chunk.ravel(), minlength=256)
-    if counts.any():
-        check_mask_values(torch.from_numpy(np.flatnonzero(counts)), path, num_classes, ignore_index)
+    if counts.any():  # pixels per value of the chunks that hold a value out of range
+        pixels = {int(value): int(counts[value]) for value in np.flatnonzero(counts)}
+        check_value_counts(pixels, path, num_classes, ignore_index, stored=True)
 
 
 def read_mask(path: Path | BinaryIO, num_classes: int = len(CLASSES), ignore_index: int | None = None,

@@ -1,6 +1,7 @@
 """Every way a folder of image+mask pairs can be wrong gets an error naming the file and the fix."""
 
 import io
+import re
 import struct
 import sys
 import warnings
@@ -15,7 +16,15 @@ from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from helpers.datasets import ORIENTATION, Sample, SegmentationDataset, pair_files, spelled_apart
+from helpers.datasets import (
+    ORIENTATION,
+    Sample,
+    SegmentationDataset,
+    check_value_counts,
+    looks_blurred,
+    pair_files,
+    spelled_apart,
+)
 from helpers.masks import CLASSES, to_palette_image
 from helpers.paths import data_dir
 
@@ -137,7 +146,7 @@ def test_long_lists_of_unpaired_files_and_bad_values_are_cut_short(root):
     noisy = np.arange(96, dtype=np.uint8).reshape(8, 12)  # 0..3 are classes, 4..95 are not
     Image.fromarray(noisy, mode="L").save(root / "masks" / "1.png")
     dataset = SegmentationDataset(root)
-    with pytest.raises(ValueError, match=r"values \[4, 5, 6, 7, 8, 9, 10, 11\] outside"):
+    with pytest.raises(ValueError, match=r"values \[4, 5, 6, 7, 8, 9, 10, 11\] and 84 more outside"):
         dataset[[Path(p).stem for p in dataset.image_paths].index("1")]
 
 
@@ -165,7 +174,7 @@ def test_clutter_is_ignored(root):
 
 @pytest.mark.parametrize(("folder", "name", "message"), [
     ("images", ".4.png", r"1 image\(s\) in .*images have no mask \['.4.png'\]"),  # hidden, named like data
-    ("masks", ".4.jpg", r"Unexpected '.4.jpg' in .*masks: only .png files belong here"),
+    ("masks", ".4.jpg", r"Mask .*masks[/\\]\.4\.jpg is a JPEG file: masks must be PNG"),
     ("images", ".3.jpg.icloud", r"\.3\.jpg\.icloud stands for '3.jpg', which iCloud Drive has not downloaded "
                                 r"to this Mac: download it \(Finder: Download Now\), or move it out\.$"),
 ])
@@ -201,7 +210,19 @@ def test_a_folder_or_a_broken_link_with_an_image_name_is_refused_as_what_it_is(r
 
 def test_jpeg_masks_are_refused(root):
     Image.new("L", (12, 8)).save(root / "masks" / "3.jpg")
-    with pytest.raises(ValueError, match="Unexpected '3.jpg'.*masks must be PNG"):
+    with pytest.raises(ValueError, match=r"Mask .*masks[/\\]3\.jpg is a JPEG file: masks must be PNG, since "
+                       r"JPEG changes their values at every edge\. Export it again as PNG from the original "
+                       r"class indices, then move this file out\.$"):
+        SegmentationDataset(root)
+
+
+def test_split_folders_are_refused_with_the_two_ways_out(root):
+    """images/train/ and masks/train/, as many datasets keep splits: the folder is named, with what to do."""
+    (root / "images" / "train").mkdir()
+    with pytest.raises(ValueError, match=r"images[/\\]train is a folder: the helpers read the files in "
+                       r".*images itself, not in folders below it\. For splits kept in folders .* a folder "
+                       r"of its own holding images/ and masks/, or move the files up and list each split's "
+                       r"names in a split list \(train.txt, val.txt\) beside images/ and masks/\.$"):
         SegmentationDataset(root)
 
 
@@ -229,24 +250,66 @@ def test_values_outside_the_classes_are_refused(root):
         dataset[0]
 
 
-def test_a_0_255_mask_is_refused_unless_255_means_ignore(root):
+def test_a_0_255_mask_is_refused_with_a_fix_that_works(root):
+    """A black-and-white mask: its 255 marks the objects, and the fix the message gives makes them class 1."""
     binary = np.zeros((8, 12), np.uint8)
     binary[:, 6:] = 255
     Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match=r"If your dataset has these classes, say so: num_classes=N .* "
-                       r"ignore_index for a value that marks pixels to skip, such as 255 \(python -m "
-                       r"helpers.doctor FOLDER --num-classes N --ignore-index 255 checks every mask\)\. "
-                       r"Otherwise: .* a 0/255 mask needs dividing by 255; save masks as PNG and resize them "
-                       r"with nearest-neighbour\.$"):
+    with pytest.raises(ValueError, match=r"1\.png holds only 0 and 255: a black-and-white mask, whose 255 "
+                                         r"most likely marks the objects\. .* then count 2 classes "
+                                         r"\(num_classes=2; .*\)\. Only if 255 means 'no label here' is it "
+                                         r"an ignore index \(ignore_index=255\), and then this mask has no "
+                                         r"object at all\.$") as refused:
         SegmentationDataset(root)[0]
     assert SegmentationDataset(root, ignore_index=255)[0].mask.max() == 255
+    fix = re.search(r"Image\.fromarray\(.*\)\.save\(path\)", str(refused.value)).group()
+    exec(fix, {"Image": Image, "np": np, "path": root / "masks" / "1.png"})
+    assert SegmentationDataset(root, num_classes=2)[0].mask.unique().tolist() == [0, 1]
+
+
+def test_a_blurred_black_and_white_mask_is_named_as_such(root):
+    """JPEG noise around 0 and 255 (a mask saved as JPEG once, then as PNG): the message says so; other
+    values outside the classes get the general message."""
+    blurred = np.zeros((20, 20), np.uint8)
+    blurred[:, 10:] = 255
+    blurred[:, 9:12] = [[3, 250, 238]]  # the edge, as JPEG leaves it
+    Image.fromarray(blurred, mode="L").save(root / "masks" / "1.png")
+    with pytest.raises(ValueError, match=r"1\.png has values \[238, 250, 255\] outside the classes 0\.\.3, "
+                                         r"yet nearly all of its pixels are close to 0 or to 255: a "
+                                         r"black-and-white mask saved as JPEG, or resized smoothly"):
+        SegmentationDataset(root)[0]
+    blurred[0, :3] = [15, 20, 200]  # a few values, none near white but 255: another dataset's classes?
+    blurred[:, 10:] = 0
+    Image.fromarray(blurred, mode="L").save(root / "masks" / "1.png")
+    with pytest.raises(ValueError, match=r"1\.png has values \[15, 20, 200\] outside the classes 0\.\.3\. If "
+                                         r"your dataset has these classes, say so: num_classes=N .* "
+                                         r"ignore_index for a value that marks pixels to skip, such as 255 "
+                                         r"\(python -m helpers.doctor FOLDER --num-classes N --ignore-index "
+                                         r"255 checks every mask\)\. Otherwise: a mask saved as JPEG or "
+                                         r"resized with smooth interpolation invents values; save masks as "
+                                         r"PNG and resize them with nearest-neighbour\.$"):
+        SegmentationDataset(root)[0]
+
+
+def test_pixels_per_value_tell_a_black_and_white_mask_from_a_blurred_one_and_from_classes():
+    assert looks_blurred({0: 900, 240: 30, 255: 70}, None)       # noise near white, little in between
+    assert not looks_blurred({0: 900, 240: 30, 255: 70}, 240)    # one value near white besides the ignore
+    assert not looks_blurred({0: 991, 240: 4, 255: 5}, None)     # under 1 % near white
+    assert not looks_blurred({0: 800, 100: 100, 250: 50, 255: 50}, None)  # 10 % in between
+    assert looks_blurred({0: 850, 100: 50, 250: 50, 255: 50}, None)       # 5 % in between
+    with pytest.raises(ValueError, match=r"^masks\.npy holds masks with values \[255\] outside the classes "
+                       r"0\.\.3, and nearly all of their pixels are close to 0 or to 255: black-and-white "
+                       r"masks"):
+        check_value_counts({0: 10, 255: 5}, "masks.npy", 4, None, stored=True)
+    check_value_counts({0: 10, 255: 5}, "masks.npy", 4, 255, stored=True)  # 255 declared: nothing to say
 
 
 def test_rgb_masks_point_to_colour_conversion(root):
-    Image.new("RGB", (12, 8)).save(root / "masks" / "1.png")
+    Image.new("RGB", (12, 8), (0, 128, 0)).save(root / "masks" / "1.png")
     with pytest.raises(ValueError, match=r"Mask .*1.png has mode RGB, not class indices \(P, L, 1, I;16, "
                        r"I;16L, I;16B, I mode\)\. If its classes are colours, convert it with "
-                       r"helpers.masks.colour_to_index\.$"):
+                       r"helpers.masks.colour_to_index\(pil_to_tensor\(Image.open\(path\)"
+                       r".convert\('RGB'\)\), palette=...\), one \(R, G, B\) per class, in class order\.$"):
         SegmentationDataset(root)[0]
 
 

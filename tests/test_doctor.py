@@ -134,11 +134,16 @@ def test_size_mismatch_names_both_files(root):
     assert "EXIF" not in found(diagnose(root))["masks/2.png"]  # the doctor says sideways only where it is
 
 
-@pytest.mark.parametrize(("mode", "fix"), [("RGB", "helpers.masks.colour_to_index"),
-                                         ("RGBA", "helpers.masks.colour_to_index"),
-                                         ("LA", "without the alpha channel (mode L)")])
-def test_colour_masks_point_to_colour_conversion_and_grey_ones_to_dropping_alpha(root, mode, fix):
-    Image.new(mode, (12, 8)).save(root / "masks" / "1.png")
+@pytest.mark.parametrize(("mode", "colour", "fix"), [
+    ("RGB", (200, 0, 0), "helpers.masks.colour_to_index(pil_to_tensor("),
+    ("RGBA", (0, 0, 200, 255), "helpers.masks.colour_to_index(pil_to_tensor("),
+    ("RGB", (255, 255, 255), "grey (red, green and blue alike): if the grey levels are the classes, save it "
+                             "with one channel, Image.open(path).convert('L')"),
+    ("LA", (0, 255), "without the alpha channel (mode L)")])
+def test_colour_masks_point_to_colour_conversion_and_grey_ones_to_one_channel(root, mode, colour, fix):
+    mask = Image.new(mode, (12, 8))
+    mask.paste(colour, (0, 0, 6, 8))  # half black, half the colour
+    mask.save(root / "masks" / "1.png")
     report = diagnose(root)
     assert fix in found(report)["masks/1.png"] and report.mask_modes[mode] == 1
 
