@@ -5,8 +5,10 @@
 FOLDER holds images/NAME.jpg (or .jpeg, .png) and masks/NAME.png, the layout SegmentationDataset reads.
 The Dataset stops at the first problem; this check reads every file once, changes none, and lists them
 all: unpaired, stray and duplicate files, damaged or too large images and masks, masks that are not
-class indices or hold values outside the classes, masks of another size than their image, photos
-turned upright by their EXIF orientation, names with a dot, which shards (05) refuse, and split lists
+class indices or hold values outside the classes (black-and-white ones, and ones blurred by JPEG, named
+as such), an ignore index that covers more pixels than the objects, palette masks that colour a class
+unlike the others (renumbered by an editor?), masks of another size than their image, photos turned
+upright by their EXIF orientation, names with a dot, which shards (05) refuse, and split lists
 (train.txt, val.txt, ...) naming pairs that are not there, or twice, or in two splits. A summary
 follows: pairs, image sizes, mask modes and pixels per class. Exit status 1 when something must be
 fixed, else 0. Taught in 02_segmentation_masks.
@@ -34,8 +36,8 @@ from helpers.datasets import (
     NO_IMAGES,
     PAIR_FIX,
     UPRIGHT,
-    check_mask_values,
     check_same_size,
+    check_value_counts,
     exif_orientation,
     orientation_metadata,
     read_image,
@@ -50,11 +52,10 @@ from helpers.progress import progress_bar
 
 ERROR, WARNING = "error", "warning"  # an error stops SegmentationDataset; a warning is worth a look
 PROGRESS_FROM = 200  # pairs: smaller folders are checked in moments, without a progress bar
+GROUP_NAMES = 20     # files named after a finding that is the same for many, before "and N more"
 ANY_VALUE = 2**31    # read masks as if there were this many classes: every value comes back, to be counted
 TURN_UPRIGHT = {orientation: turn.name for orientation, turn in UPRIGHT.items()}  # per EXIF orientation
-BLACK_AND_WHITE = ("Mask {path} holds only 0 and 255, a black-and-white mask. If 255 marks the objects, "
-                   "divide it by 255 (np.array(mask) // 255) and save it again as PNG; if 255 means "
-                   "'no label here', run again with --ignore-index 255.")
+NAMED = " (the shapes data's classes, as no number of classes was given: --num-classes N for yours)"
 DOTTED = ("Image {path} and its mask are named {stem!r}, with a dot: SegmentationDataset reads them, but "
           "helpers.formats.write_shards (notebook 05) refuses them, since webdataset ends a sample's name at "
           "its first dot. To write shards, rename both without the dot ({underscored}.jpg, "
@@ -77,6 +78,7 @@ class Report:
 
     root: Path
     num_classes: int = len(CLASSES)
+    names: tuple[str, ...] | None = None  # the classes' names where known: the shapes data's, by default
     ignore_index: int | None = None
     findings: list[Finding] = field(default_factory=list)
     pairs: int = 0                                               # images and masks paired by name
@@ -84,6 +86,8 @@ class Report:
     mask_modes: Counter = field(default_factory=Counter)         # PIL mode -> masks
     pixels: Counter = field(default_factory=Counter)             # mask value -> pixels, over all masks
     images: dict[int, list[Path]] = field(default_factory=dict)  # image files by their size in bytes
+    ignore_only: list[Path] = field(default_factory=list)         # masks of background and ignore alone
+    palettes: dict[Path, dict[int, tuple[int, int, int]]] = field(default_factory=dict)  # P masks' colours
 
     def add(self, severity: str, path: Path, message: str) -> None:
         """Record one finding."""
@@ -102,6 +106,7 @@ class Header(NamedTuple):
     size: tuple[int, int]  # (height, width) as stored
     orientation: int       # EXIF orientation; 1 is upright
     written_in: str | None  # "EXIF", "XMP" where XMP alone holds the orientation, or None: neither
+    palette: list[int] | None = None  # a P-mode file's colours, R, G, B for index 0, 1, ...
 
 
 def read_header(path: Path) -> Header | None:
@@ -109,7 +114,9 @@ def read_header(path: Path) -> Header | None:
     try:
         with Image.open(path) as file:
             orientation = exif_orientation(file, path)  # as read_image reads it
-            return Header(file.mode, (file.height, file.width), orientation, orientation_metadata(file))
+            palette = file.getpalette("RGB") if file.mode == "P" else None
+            return Header(file.mode, (file.height, file.width), orientation, orientation_metadata(file),
+                          palette)
     except Exception:  # whatever it is, the reader that follows reports it with the file's name
         return None
 
@@ -146,8 +153,12 @@ def find_pairs(report: Report) -> list[tuple[Path, Path]]:
     if not images:
         report.add(ERROR, image_dir, NO_IMAGES.format(image_dir=image_dir, masks=mask_dir.name))
     no_mask, no_image = unpaired(images, masks)
+    if no_mask:  # a mask of another kind with the image's name (a JPEG) is an error of its own: point to it
+        elsewhere = {path.stem: path for path in mask_dir.iterdir() if path.suffix.lower() != ".png"}
     for path in no_mask:
-        report.add(ERROR, path, f"Image {path} has no mask {mask_dir / path.stem}.png. {PAIR_FIX}")
+        other = (f" ({elsewhere[path.stem].name} in {mask_dir.name}/ has its name, but is no PNG: see that "
+                 "file's error)" if path.stem in elsewhere else "")
+        report.add(ERROR, path, f"Image {path} has no mask {mask_dir / path.stem}.png{other}. {PAIR_FIX}")
     for path in no_image:
         report.add(ERROR, path, f"Mask {path} has no image {image_dir / path.stem}.jpg (or .jpeg, .png). "
                    + PAIR_FIX)
@@ -217,11 +228,15 @@ def check_mask(path: Path, head: Header | None, report: Report) -> None:
         return
     counts = value_counts(mask)
     report.pixels.update(counts)
+    if report.ignore_index in counts and set(counts) <= {0, report.ignore_index}:
+        report.ignore_only.append(path)
+    if head is not None and head.palette:  # the colour of each index this mask uses
+        report.palettes[path] = {value: tuple(head.palette[3 * value:3 * value + 3]) for value in counts
+                                 if 3 * value + 3 <= len(head.palette)}
     try:
-        check_mask_values(mask, path, report.num_classes, report.ignore_index)
+        check_value_counts(counts, path, report.num_classes, report.ignore_index)
     except ValueError as error:
-        black_and_white = set(counts) <= {0, 255}
-        report.add(ERROR, path, BLACK_AND_WHITE.format(path=path) if black_and_white else str(error))
+        report.add(ERROR, path, str(error))
 
 
 def check_sizes(image_path: Path, upright: tuple[int, int], head: Header, mask_path: Path,
@@ -293,13 +308,56 @@ def check_classes_seen(report: Report) -> None:
             "(--num-classes); if the class is merely rare, add samples that show it."))
 
 
-def diagnose(root: Path, num_classes: int = len(CLASSES), ignore_index: int | None = None,
+def check_ignore_share(report: Report) -> None:
+    """Warn where the ignore index covers more pixels than every class but background together: in a
+    black-and-white mask 255 marks the objects, and declaring 255 the ignore index throws them all away."""
+    ignore = report.ignore_index
+    if ignore is None or not report.pixels[ignore]:
+        return
+    objects = sum(report.pixels[value] for value in range(1, report.num_classes))
+    if report.pixels[ignore] <= objects:
+        return
+    total = sum(report.pixels.values())
+    alone = (f", and {len(report.ignore_only)} mask(s) hold 0 and {ignore} alone" if report.ignore_only
+             else "")
+    report.add(WARNING, report.root / "masks", (
+        f"The ignore index {ignore} covers more mask pixels ({report.pixels[ignore] / total:.1%}) than "
+        f"every class but 0 together ({objects / total:.1%}){alone}: the model would learn from little but "
+        "background. In a black-and-white mask, 255 marks the objects, and --ignore-index 255 throws every "
+        "one of them away: run this check again without --ignore-index, which says how to make them class "
+        f"1. Only if {ignore} truly means 'no label here' this often, leave it."))
+
+
+def check_palettes(report: Report) -> None:
+    """Warn about each palette mask (mode P) that colours an index unlike most masks do: an image editor
+    that saved it with a palette of its own may have renumbered its classes, which no check of the values
+    can see."""
+    colours: dict[int, Counter] = {}
+    for used in report.palettes.values():
+        for value, colour in used.items():
+            colours.setdefault(value, Counter())[colour] += 1
+    for path, used in report.palettes.items():
+        for value, colour in sorted(used.items()):
+            usual, count = colours[value].most_common(1)[0]
+            if count > colours[value][colour] and count >= 2:
+                report.add(WARNING, path, (
+                    f"Mask {path} colours index {value} {colour}, where {count} other masks colour it "
+                    f"{usual}: an image editor that saved it with a palette of its own may have renumbered "
+                    "its classes. Compare it with its image (helpers.viz.overlay); if its classes have other "
+                    "numbers than in the other masks, number them as there and save it again as PNG. If "
+                    "only the colours differ, leave it."))
+                break
+
+
+def diagnose(root: Path, num_classes: int | None = None, ignore_index: int | None = None,
              progress: bool = True) -> Report:
     """Read every pair under ``root`` once, collecting every problem. Taught in 02_segmentation_masks.
 
-    Changes no file; shows a progress bar (on stderr) for folders of more than PROGRESS_FROM pairs.
+    ``num_classes``: the shapes data's four, named, unless given. Changes no file; shows a progress bar
+    (on stderr) for folders of more than PROGRESS_FROM pairs.
     """
-    report = Report(Path(root), num_classes, ignore_index)
+    names = CLASSES if num_classes is None else None
+    report = Report(Path(root), num_classes or len(CLASSES), names=names, ignore_index=ignore_index)
     pairs = find_pairs(report)
     report.pairs = len(pairs)
     check_splits(pairs, report)
@@ -308,6 +366,8 @@ def diagnose(root: Path, num_classes: int = len(CLASSES), ignore_index: int | No
     for image_path, mask_path in bar:
         check_pair(image_path, mask_path, report)
     check_classes_seen(report)
+    check_ignore_share(report)
+    check_palettes(report)
     report.findings.sort(key=lambda finding: (finding.severity != ERROR, finding.path))
     return report
 
@@ -327,15 +387,24 @@ def class_name(value: int, report: Report) -> str:
         return "ignore"
     if value >= report.num_classes:
         return "outside the classes"
-    return CLASSES[value] if report.num_classes == len(CLASSES) else f"class {value}"
+    return report.names[value] if report.names else f"class {value}"
 
 
 def format_pixels(report: Report) -> list[str]:
     """One line per mask value: pixels and share of all mask pixels; every class listed, even if absent."""
     total = sum(report.pixels.values()) or 1
     classes = range(report.num_classes) if report.num_classes <= 32 else []
-    return [f"    {value:>3} {class_name(value, report):<20} {report.pixels[value]:>12,} "
-            f"{report.pixels[value] / total:7.1%}" for value in sorted(set(classes) | set(report.pixels))]
+    values = sorted(set(classes) | set(report.pixels))
+    outside = [value for value in values if class_name(value, report) == "outside the classes"]
+    if len(outside) > 8:  # JPEG noise: one line for them all, not one per value
+        values = [value for value in values if value not in outside]
+    lines = [f"    {value:>3} {class_name(value, report):<20} {report.pixels[value]:>12,} "
+             f"{report.pixels[value] / total:7.1%}" for value in values]
+    if len(outside) > 8:
+        pixels = sum(report.pixels[value] for value in outside)
+        lines.append(f"    {len(outside)} values outside the classes, {outside[0]} to {outside[-1]}: "
+                     f"{pixels:,} pixels, {pixels / total:.1%}")
+    return lines
 
 
 def format_summary(report: Report) -> list[str]:
@@ -347,7 +416,7 @@ def format_summary(report: Report) -> list[str]:
                "SegmentationDataset reads it.")
     return ["", "Summary:", f"  pairs: {report.pairs}",
             f"  image sizes (height, width): {format_sizes(report.sizes)}", f"  mask modes: {modes}",
-            "  mask pixels per value:", *format_pixels(report), "", verdict]
+            f"  mask pixels per value{NAMED if report.names else ''}:", *format_pixels(report), "", verdict]
 
 
 def format_report(report: Report) -> str:
@@ -359,15 +428,33 @@ def format_report(report: Report) -> str:
     def relative(text: object) -> str:  # and "/" between folders, as on Linux and macOS, also on Windows
         return str(text).replace(str(report.root) + os.sep, "").replace(os.sep, "/")
 
+    def wrap(text: str) -> list[str]:
+        return textwrap.wrap(text, 100, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                             break_long_words=False, break_on_hyphens=False)
+
     lines = [f"Checked {report.root.absolute().name}/: {report.pairs} image+mask pairs"]
     for severity, meaning in ((ERROR, "must be fixed"), (WARNING, "worth a look")):
         found = [finding for finding in report.findings if finding.severity == severity]
         lines += ["", f"{len(found)} {severity}(s), {meaning}:"] if found else []
-        for finding in found:
-            lines.append(f"  {relative(finding.path)}")
-            lines += textwrap.wrap(relative(finding.message), 100, initial_indent=" " * 6,
-                                   subsequent_indent=" " * 6, break_long_words=False, break_on_hyphens=False)
+        for group in alike(found):
+            lines.append(f"  {relative(group[0].path)}")
+            lines += wrap(relative(group[0].message))
+            if len(group) > 1:  # the same finding for other files: their names, not the message again
+                names = ", ".join(relative(finding.path) for finding in group[1:GROUP_NAMES + 1])
+                more = f", and {len(group) - 1 - GROUP_NAMES} more" if len(group) > GROUP_NAMES + 1 else ""
+                lines += wrap(f"The same for {len(group) - 1} more: {names}{more}.")
     return "\n".join(lines + format_summary(report))
+
+
+def alike(findings: list[Finding]) -> list[list[Finding]]:
+    """The findings in groups that say the same of different files, each group in the order of its first:
+    a folder of 25 images without masks reads as one finding and 24 names."""
+    groups: dict[str, list[Finding]] = {}
+    for finding in findings:
+        stem = f"{os.sep}{Path(finding.path).stem}."  # its name in a path the message derives: its mask
+        said = finding.message.replace(str(finding.path), "\0").replace(stem, f"{os.sep}\1.")
+        groups.setdefault(said, []).append(finding)
+    return list(groups.values())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,12 +464,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, metavar="FOLDER",
                         help="the folder that holds images/ and masks/, e.g. data/shapes")
-    parser.add_argument("--num-classes", type=int, default=len(CLASSES), metavar="N",
+    parser.add_argument("--num-classes", type=int, default=None, metavar="N",
                         help=f"mask values 0..N-1 are classes (default {len(CLASSES)}: {', '.join(CLASSES)})")
     parser.add_argument("--ignore-index", type=int, default=None, metavar="VALUE",
                         help="a mask value that means 'no label here', e.g. 255 (default: none)")
     args = parser.parse_args(argv)
-    if args.num_classes < 1:
+    if args.num_classes is not None and args.num_classes < 1:
         parser.error("--num-classes must be at least 1")
     if not args.folder.is_dir():
         parser.error(f"no folder {args.folder}: name the folder that holds images/ and masks/")

@@ -38,6 +38,9 @@ def test_a_clean_folder_has_no_findings_and_a_summary(root):
     assert "pairs: 3" in text and "(8, 12) x3" in text and "P x3" in text
     assert text.endswith("\n\nNo errors: every pair reads as SegmentationDataset reads it.")
     assert "background" in text and "    1 disc" in text and "16.7%" in text
+    assert "per value (the shapes data's classes, as no number of classes was given" in text
+    text = format_report(diagnose(root, num_classes=4))  # another dataset's four classes: numbers only
+    assert "    1 class 1 " in text and "disc" not in text and "shapes" not in text
 
 
 def test_every_unpaired_file_is_named(root):
@@ -48,6 +51,23 @@ def test_every_unpaired_file_is_named(root):
     (root / "images" / "1.png").rename(root / "images" / "cafe\u0301.png")  # é as e + accent (macOS)
     (root / "masks" / "1.png").rename(root / "masks" / "caf\u00e9.png")  # é as one character
     assert "spelled apart in Unicode" in found(diagnose(root))["images"]  # why they look alike
+
+
+def test_a_finding_the_same_for_many_files_is_told_once_with_their_names(root, monkeypatch):
+    """Pascal VOC's images without masks: one message, then the other files' names, cut short."""
+    for stem in ("4", "5", "6", "7"):
+        Image.new("RGB", (12, 8)).save(root / "images" / f"{stem}.png")
+    Image.new("L", (12, 8)).save(root / "masks" / "7.jpg")  # a mask saved as JPEG: named where it is missing
+    report = diagnose(root)
+    assert "has no mask" in found(report)["images/4.png"] and "no PNG" not in found(report)["images/4.png"]
+    assert found(report)["images/7.png"].endswith(
+        f"has no mask {root / 'masks' / '7'}.png (7.jpg in masks/ has its name, but is no PNG: see that "
+        f"file's error). {PAIR_FIX}")
+    monkeypatch.setattr(doctor, "GROUP_NAMES", 1)
+    text = format_report(report)
+    assert text.count("has no mask") == 2  # 4, 5 and 6 alike; 7 with its pointer to the JPEG
+    assert "  images/4.png\n      Image images/4.png has no mask masks/4.png. Each image" in text
+    assert "      The same for 2 more: images/5.png, and 1 more.\n" in text
 
 
 def test_what_reading_a_file_warned_of_is_in_the_report_once_with_the_file(root, recwarn):
@@ -156,21 +176,65 @@ def test_values_outside_the_classes_are_listed(root):
     assert "values [5, 7] outside the classes 0..3" in found(report)["masks/1.png"]
     assert report.pixels[5] == report.pixels[7] == 1 and "outside the classes" in format_report(report)
     assert found(diagnose(root, num_classes=8)) == {}
+    noisy[1, :10] = range(10, 20)  # more than 8 values outside: one line in the summary for them all
+    Image.fromarray(noisy, mode="L").save(root / "masks" / "1.png")
+    text = format_report(diagnose(root))
+    assert "    12 values outside the classes, 5 to 19: 12 pixels, 4.2%\n" in text  # of 3 x 96
+    assert "    5 outside the classes" not in text and "      1 disc " in text
 
 
-def test_a_0_255_mask_says_divide_by_255_or_ignore_255(root):
+def test_a_0_255_mask_says_make_255_class_1_or_ignore_255(root):
     binary = np.zeros((8, 12), np.uint8)
     binary[:, 6:] = 255
     write_pair(root, "4", 1)
     Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")
     message = found(diagnose(root))["masks/4.png"]
-    assert "only 0 and 255" in message and "divide it by 255" in message and "--ignore-index 255" in message
+    assert "only 0 and 255" in message and "class 1" in message and "--num-classes 2" in message
+    assert "ignore_index=255" in message
     report = diagnose(root, ignore_index=255)
     assert report.findings == [] and "ignore" in format_report(report)
     binary[0, 0] = 7  # 255 beside a class as well: not a 0/255 mask, so the general message
     Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")
     message = found(diagnose(root))["masks/4.png"]
-    assert "values [7, 255] outside the classes" in message and "divide it by 255" not in message
+    assert "values [7, 255] outside the classes" in message and "class 1" not in message
+
+
+def test_an_ignore_index_that_covers_more_than_the_objects_is_named(tmp_path):
+    """0/255 masks checked with --ignore-index 255 pass every value check, and train on background alone:
+    a warning where the ignore value outweighs every class but background, with the masks of 0 and 255."""
+    binary = np.zeros((8, 12), np.uint8)
+    binary[2:6, 3:9] = 255
+    for stem in "123":
+        write_pair(tmp_path, stem, 1)
+        Image.fromarray(binary, mode="L").save(tmp_path / "masks" / f"{stem}.png")
+    report = diagnose(tmp_path, num_classes=2, ignore_index=255)
+    assert found(report) == {}
+    assert found(report, WARNING)["masks"].startswith(
+        "The ignore index 255 covers more mask pixels (25.0%) than every class but 0 together (0.0%), and 3 "
+        "mask(s) hold 0 and 255 alone: the model would learn from little but background.")
+    for stem in "12":  # two masks with objects as large as the ignored pixels: as Pascal VOC's borders
+        write_pair(tmp_path, stem, 1)
+    assert found(diagnose(tmp_path, num_classes=2, ignore_index=255), WARNING) == {}
+
+
+def test_a_palette_mask_that_colours_its_classes_unlike_the_others_is_named(root):
+    """An editor that saves a palette mask with a palette of its own may renumber the classes: the values
+    still pass, the colours tell."""
+    assert found(diagnose(root), WARNING) == {}
+    with Image.open(root / "masks" / "2.png") as mask:
+        palette = mask.getpalette()
+        mask.load()
+    palette[6:9] = [9, 9, 9]  # index 2 coloured as no other mask colours it
+    mask.putpalette(palette)
+    mask.save(root / "masks" / "2.png")
+    assert found(diagnose(root), WARNING) == {}  # no other mask uses index 2: nothing to compare with
+    write_pair(root, "4", 2)
+    assert found(diagnose(root), WARNING) == {}  # one against one: no usual colour to hold it to
+    write_pair(root, "5", 2)
+    assert list(found(diagnose(root), WARNING)) == ["masks/2.png"]
+    assert found(diagnose(root), WARNING)["masks/2.png"].startswith(
+        f"Mask {root / 'masks' / '2.png'} colours index 2 (9, 9, 9), where 2 other masks colour it "
+        "(60, 180, 75)")
 
 
 def save_turned(path: Path, size: tuple[int, int], orientation: int = 6) -> None:
