@@ -70,7 +70,8 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
                      hflip_prob: float = 0.5, vflip_prob: float = 0.0, quarter_turns: bool = False,
                      degrees: float = 15.0, jitter: float = 0.2, blur_prob: float = 0.0,
                      cutout_prob: float = 0.0, mean: Sequence[float] = SHAPES_MEAN,
-                     std: Sequence[float] = SHAPES_STD, normalize: bool = True) -> v2.Compose:
+                     std: Sequence[float] = SHAPES_STD, normalize: bool = True,
+                     ignore_index: int = IGNORE_INDEX) -> v2.Compose:
     """Random crop, flips, quarter turns, rotation (corners marked ignore), colour jitter, blur and cutout.
 
     ``normalize=False`` stops at uint8: the loader then carries bytes, and ``helpers.training.to_device``
@@ -78,8 +79,11 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
     ``scale=None`` crops at the images' own scale (no resizing; smaller images padded with ignore).
     ``quarter_turns`` turns each crop by 0, 90, 180 or 270 degrees: exact, no interpolation, no corners.
     A step whose setting is 0 (or False) is left out: it would cost time and change nothing.
+    ``ignore_index``: the mask value of pixels that padding, rotation and cutout invent (255, as the loss
+    skips; another dataset may skip another value).
     """
-    crop = (v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
+    crop = (v2.RandomCrop(size, pad_if_needed=True, fill=fill)
             if scale is None else v2.RandomResizedCrop(size, scale=scale, antialias=True))  # masks: nearest
     steps = [crop]
     if hflip_prob:
@@ -89,14 +93,13 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
     if quarter_turns:  # v2 rotates by multiples of 90 degrees with torch.rot90: exact
         steps.append(v2.RandomChoice([v2.RandomRotation((angle, angle)) for angle in (0, 90, 180, 270)]))
     if degrees:
-        steps.append(v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR,
-                                       fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
+        steps.append(v2.RandomRotation(degrees, interpolation=v2.InterpolationMode.BILINEAR, fill=fill))
     if jitter:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 4))
     if blur_prob:
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 1.5))], p=blur_prob))
     if cutout_prob:
-        steps.append(RandomCutout(size=size // 4, p=cutout_prob))
+        steps.append(RandomCutout(size=size // 4, p=cutout_prob, ignore_index=ignore_index))
     return v2.Compose(steps + ([to_model_input(mean, std)] if normalize else []))
 
 

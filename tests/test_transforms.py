@@ -235,6 +235,18 @@ def test_rotation_marks_the_corners_it_brings_in_as_ignore():
     assert sum(bool((rotated == 0).all(0).any()) for rotated in images) >= 3  # its corners filled black
 
 
+def test_another_ignore_index_fills_what_padding_rotation_and_cutout_invent():
+    """A dataset that skips 99 rather than 255: every invented mask pixel is 99, and no 255 appears."""
+    image, mask = blocky_sample(side=48)
+    pipeline = train_transforms(64, scale=None, hflip_prob=0.0, degrees=45, jitter=0, cutout_prob=1.0,
+                                normalize=False, ignore_index=99)
+    torch.manual_seed(0)
+    masks = [pipeline(image, mask)[1] for _ in range(5)]
+    allowed = set(range(len(PALETTE))) | {99}  # the classes, and the ignore index asked for
+    assert all(set(mask.unique().tolist()) <= allowed for mask in masks)
+    assert all(bool((mask == 99).any()) for mask in masks)  # 48 px padded to 64: every crop has some
+
+
 def test_blur_is_drawn_with_the_probability_asked():
     """blur_prob=1.0 blurs every sample, blur_prob=0.3 about a third of them. A blur with one of the smallest
     sigmas changes no uint8 value, so somewhat fewer samples differ from the original."""
