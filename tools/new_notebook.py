@@ -117,7 +117,8 @@ def exercise_cells(number: str, exercise: int, heading: str, task: str, stub: st
             cell("markdown", "Solution:"),
             cell("code", f"### BEGIN SOLUTION\n{solution}\n### END SOLUTION",
                  jupyter={"source_hidden": True}, nbgrader=grading(number, exercise, "solution")),
-            cell("code", f'{call}\n### BEGIN HIDDEN TESTS\nassert solved, "not solved"\n### END HIDDEN TESTS',
+            cell("code", f"{call}  # (... renamed as above)\n"
+                         '### BEGIN HIDDEN TESTS\nassert solved, "not solved"\n### END HIDDEN TESTS',
                  nbgrader=grading(number, exercise, "check"))]
 
 
