@@ -55,7 +55,7 @@ PROGRESS_FROM = 200  # pairs: smaller folders are checked in moments, without a 
 GROUP_NAMES = 20     # files named after a finding that is the same for many, before "and N more"
 ANY_VALUE = 2**31    # read masks as if there were this many classes: every value comes back, to be counted
 TURN_UPRIGHT = {orientation: turn.name for orientation, turn in UPRIGHT.items()}  # per EXIF orientation
-NAMED = " (the shapes data's classes, as no number of classes was given: --num-classes N for yours)"
+NAMED = " (classes named as the shapes data's, the default; --num-classes N for yours)"
 DOTTED = ("Image {path} and its mask are named {stem!r}, with a dot: SegmentationDataset reads them, but "
           "helpers.formats.write_shards (notebook 05) refuses them, since webdataset ends a sample's name at "
           "its first dot. To write shards, rename both without the dot ({underscored}.jpg, "

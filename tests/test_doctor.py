@@ -38,7 +38,7 @@ def test_a_clean_folder_has_no_findings_and_a_summary(root):
     assert "pairs: 3" in text and "(8, 12) x3" in text and "P x3" in text
     assert text.endswith("\n\nNo errors: every pair reads as SegmentationDataset reads it.")
     assert "background" in text and "    1 disc" in text and "16.7%" in text
-    assert "per value (the shapes data's classes, as no number of classes was given" in text
+    assert "per value (classes named as the shapes data's, the default; --num-classes N for yours)" in text
     text = format_report(diagnose(root, num_classes=4))  # another dataset's four classes: numbers only
     assert "    1 class 1 " in text and "disc" not in text and "shapes" not in text
 
