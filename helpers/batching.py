@@ -24,15 +24,16 @@ class PaddedBatch(NamedTuple):
     size: torch.Tensor
 
 
-def pad_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> PaddedBatch:
-    """``collate_fn`` for samples of different sizes: pad bottom and right; images with 0, masks
-    with ignore."""
+def pad_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                ignore_index: int = IGNORE_INDEX) -> PaddedBatch:
+    """``collate_fn`` for samples of different sizes: pad bottom and right; images with 0, masks with
+    ``ignore_index`` (another than 255: ``functools.partial(pad_collate, ignore_index=...)``)."""
     for i, (image, mask) in enumerate(samples):  # a smaller mask would be padded with ignore, silently
         check_mask_fits(image, mask, f"Sample {i} of the batch")
     height = max(image.shape[-2] for image, _ in samples)
     width = max(image.shape[-1] for image, _ in samples)
     images = torch.zeros(len(samples), 3, height, width, dtype=samples[0][0].dtype)
-    masks = torch.full((len(samples), height, width), IGNORE_INDEX, dtype=samples[0][1].dtype)
+    masks = torch.full((len(samples), height, width), ignore_index, dtype=samples[0][1].dtype)
     for i, (image, mask) in enumerate(samples):
         images[i, :, : image.shape[-2], : image.shape[-1]] = image
         masks[i, : mask.shape[-2], : mask.shape[-1]] = mask

@@ -420,7 +420,8 @@ LOW_BIT_GREY = {"L;2": 85, "L;4": 17}
 
 
 def is_grey(file: Image.Image) -> bool:
-    """Whether every pixel of an opened colour image has red, green and blue alike (grey saved as RGB)."""
+    """Whether every pixel of an opened colour image has red, green and blue alike: a grey mask saved as
+    RGB (02_segmentation_masks)."""
     try:
         pixels = np.asarray(file.convert("RGB"))
     except (OSError, ValueError):  # damaged: the reader that follows says so
@@ -438,8 +439,11 @@ def mask_array(file: Image.Image, path: Path) -> np.ndarray:
             fix = ("Its pixels are grey (red, green and blue alike): if the grey levels are the classes, "
                    "save it with one channel, Image.open(path).convert('L').save(path)")
         else:
-            fix = ("If its classes are colours, convert it with helpers.masks.colour_to_index(pil_to_tensor("
-                   "Image.open(path).convert('RGB')), palette=...), one (R, G, B) per class, in class order")
+            fix = ("If its classes are colours, turn them into class indices and save those as PNG: mask "
+                   "= helpers.masks.colour_to_index(pil_to_tensor(Image.open(path).convert('RGB')), "
+                   "palette=[one (R, G, B) per class, in class order]), with pil_to_tensor from "
+                   "torchvision.transforms.v2.functional; then Image.fromarray(mask.numpy().astype(np.uint8))"
+                   ".save(path) (keep the original)")
         raise ValueError(f"Mask {path} has mode {file.mode}, not class indices ({', '.join(MASK_MODES)} "
                          f"mode). {fix}.")
     tiles = getattr(file, "tile", [])  # how a file's pixels are to be read (an image made in memory has none)
@@ -450,23 +454,29 @@ def mask_array(file: Image.Image, path: Path) -> np.ndarray:
     return array.astype(np.uint8 if array.dtype.itemsize == 1 else np.int32, copy=False)
 
 
-BLACK_AND_WHITE = ("Mask {path} holds only 0 and 255: a black-and-white mask, whose 255 most likely marks the"
-                   " objects. Make them class 1 in this mask and every one like it, and save it again as PNG:"
-                   " Image.fromarray((np.array(Image.open(path)) >= 128).astype(np.uint8)).save(path); then "
-                   "count 2 classes (num_classes=2; python -m helpers.doctor FOLDER --num-classes 2). Only if"
-                   " 255 means 'no label here' is it an ignore index (ignore_index=255), and then this mask "
-                   "has no object at all.")
+LISTED = 8  # values outside the classes named in a message; the rest are counted
+THRESHOLD = "Image.fromarray((np.array(Image.open(path)) >= 128).astype(np.uint8)).save(path)"
+BLACK_AND_WHITE = ("Mask {path} holds only {values}: a black-and-white mask, whose white most likely marks "
+                   "the objects. Give them their class index instead, 1 where the objects have one class, "
+                   f"and save it again as PNG: {THRESHOLD} (it overwrites the file: keep the original). The "
+                   "classes then count background too (num_classes=2 where every mask is black-and-white; "
+                   "python -m helpers.doctor FOLDER checks them all). Only if white means 'no label here' "
+                   "is it an ignore index (ignore_index={white}), and then this mask has no object at all.")
 BLURRED = ("Mask {path} has values {listed} outside the classes 0..{last}, yet nearly all of its pixels are "
            "close to 0 or to 255: a black-and-white mask saved as JPEG, or resized smoothly, at some point, "
-           "which blurred its edges. Export it again as PNG from the original if you can; otherwise make "
-           "255's objects class 1 by a threshold, Image.fromarray((np.array(Image.open(path)) >= "
-           "128).astype(np.uint8)).save(path) (the edges stay approximate), and count 2 classes "
-           "(num_classes=2).")
+           "which blurred its edges. Export it again as PNG from the original if you can; otherwise give "
+           f"the objects class 1 by a threshold, {THRESHOLD} (the edges stay approximate; keep the "
+           "original).")
 STORED_BLACK_AND_WHITE = ("{path} holds masks with values {listed} outside the classes 0..{last}, and nearly "
                           "all of their pixels are close to 0 or to 255: black-and-white masks, whose 255 "
-                          "most likely marks the objects. Make the objects class 1 in the mask files "
-                          "(python -m helpers.doctor FOLDER says how), count 2 classes (num_classes=2), and "
-                          "write it again.")
+                          "most likely marks the objects. Give the objects their class index in the mask "
+                          "files (python -m helpers.doctor FOLDER says how), and write it again.")
+OTHER_CLASSES = ("Mask {path} has values {listed} outside the classes 0..{last}. If your dataset has these "
+                 "classes, say so: num_classes=N (mask values 0..N-1) and ignore_index for a value that "
+                 "marks pixels to skip, such as 255 (python -m helpers.doctor FOLDER --num-classes N "
+                 "--ignore-index 255 checks every mask). Otherwise: a mask saved as JPEG or resized with "
+                 "smooth interpolation invents values; save masks as PNG and resize them with "
+                 "nearest-neighbour.")
 
 
 def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int | None) -> None:
@@ -481,35 +491,37 @@ def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_i
 def check_value_counts(pixels: dict[int, int], path: Path | str, num_classes: int, ignore_index: int | None,
                        stored: bool = False) -> None:
     """Raise as ``check_mask_values`` does, from a mask's pixels per value; the message says what the values
-    look like: a black-and-white mask (only 0 and 255), one blurred by JPEG or smooth resizing (nearly every
-    pixel near 0 or 255), or another dataset's classes (02_segmentation_masks). ``stored``: the pixels of
-    many masks stored decoded in ``path`` (a memory map, an HDF5 dataset), fixed in their files."""
+    look like: a black-and-white mask (only 0 and 255, or 65535 in 16 bits), one blurred by JPEG or smooth
+    resizing, or another dataset's classes (02_segmentation_masks). ``stored``: the pixels of many masks
+    stored decoded in ``path`` (a memory map, an HDF5 dataset), to be fixed in their files."""
     bad = sorted(v for v in pixels if not 0 <= v < num_classes and v != ignore_index)
     if not bad:
         return
-    listed = f"{bad[:8]}{f' and {len(bad) - 8} more' if len(bad) > 8 else ''}"
-    black_and_white = set(pixels) <= {0, 255}
-    if stored and (black_and_white or looks_blurred(pixels, ignore_index)):
-        raise ValueError(STORED_BLACK_AND_WHITE.format(path=path, listed=listed, last=num_classes - 1))
-    if black_and_white:
-        raise ValueError(BLACK_AND_WHITE.format(path=path))
-    if looks_blurred(pixels, ignore_index):
-        raise ValueError(BLURRED.format(path=path, listed=listed, last=num_classes - 1))
-    raise ValueError(
-        f"Mask {path} has values {listed} outside the classes 0..{num_classes - 1}. If your dataset has "
-        "these classes, say so: num_classes=N (mask values 0..N-1) and ignore_index for a value that "
-        "marks pixels to skip, such as 255 (python -m helpers.doctor FOLDER --num-classes N "
-        "--ignore-index 255 checks every mask). Otherwise: a mask saved as JPEG or resized with smooth "
-        "interpolation invents values; save masks as PNG and resize them with nearest-neighbour.")
+    listed = f"{bad[:LISTED]}{f' and {len(bad) - LISTED} more' if len(bad) > LISTED else ''}"
+    white = max(pixels)
+    black_and_white = white in (255, 65535) and set(pixels) <= {0, white}
+    if stored and (black_and_white or looks_blurred(pixels, num_classes, ignore_index)):
+        message = STORED_BLACK_AND_WHITE
+    elif black_and_white:
+        message = BLACK_AND_WHITE
+    elif looks_blurred(pixels, num_classes, ignore_index):
+        message = BLURRED
+    else:
+        message = OTHER_CLASSES
+    raise ValueError(message.format(path=path, listed=listed, last=num_classes - 1, white=white,
+                                    values=" and ".join(map(str, sorted(pixels)))))
 
 
-def looks_blurred(pixels: dict[int, int], ignore_index: int | None) -> bool:
+def looks_blurred(pixels: dict[int, int], num_classes: int, ignore_index: int | None) -> bool:
     """Whether a mask's pixels per value look like a black-and-white mask gone through JPEG or smooth
-    resizing: several values near white (not just an ignore index of 255), and few pixels in between."""
+    resizing: a flat white (one value holds most of the pixels near white) with a rim of other values
+    near it, outside the classes, and few pixels in between (02_segmentation_masks)."""
     total = sum(pixels.values())
-    white = {v: n for v, n in pixels.items() if 224 <= v <= 255 and v != ignore_index}
+    near_white = [n for v, n in pixels.items() if 224 <= v <= 255 and v >= num_classes and v != ignore_index]
+    white = sorted(near_white, reverse=True)
     between = sum(n for v, n in pixels.items() if 32 <= v < 224)
-    return len(white) >= 2 and sum(white.values()) >= 0.01 * total and between <= 0.05 * total
+    return (len(white) >= 2 and white[0] >= 0.8 * sum(white) and sum(white) >= 0.01 * total
+            and between <= 0.05 * total)
 
 
 def check_mask_array(masks: np.ndarray, path: Path | str, num_classes: int, ignore_index: int | None) -> None:

@@ -7,8 +7,8 @@ the CPU. ``DeviceBatches`` does the same work for a whole batch with a few tenso
 that trains: one random draw per sample, the same for its image and its mask. Each output pixel is looked
 up in the stored pixels, so a crop at the images' own scale, a flip and a quarter turn are exact; a scaled
 crop samples the image bilinearly and the mask by nearest neighbour. Pixels outside an image (a crop
-larger than the image) are 0 in the image and ``IGNORE_INDEX`` in the mask, as ``train_transforms`` pads
-them.
+larger than the image) are 0 in the image and ``ignore_index`` (255 unless given) in the mask, as
+``train_transforms`` pads them.
 """
 
 import operator
@@ -149,7 +149,7 @@ class DeviceBatches:
     def __init__(self, data: InMemoryDataset | SimpleNamespace, device: torch.device, size: int,
                  batch_size: int, *,
                  scale: tuple[float, float] | None = None, hflip_prob: float = 0.5, vflip_prob: float = 0.0,
-                 quarter_turns: bool = False, drop_last: bool = True):
+                 quarter_turns: bool = False, drop_last: bool = True, ignore_index: int = IGNORE_INDEX):
         if data.shapes[:, 0].ne(3).any():
             raise ValueError("DeviceBatches needs RGB images (3 channels); convert the dataset first.")
         check_options(size, batch_size, scale, hflip_prob, vflip_prob)
@@ -161,6 +161,7 @@ class DeviceBatches:
         self.shapes, self.starts = upload(data.shapes, device), upload(data.starts, device)  # no wait
         self.sizes = data.shapes[:, 1:]  # on the CPU, for the draws
         self.device, self.size, self.batch_size, self.drop_last = device, size, batch_size, drop_last
+        self.ignore_index = ignore_index  # the mask value outside an image
         self.options = {"scale": scale, "hflip_prob": hflip_prob, "vflip_prob": vflip_prob,
                         "quarter_turns": quarter_turns}
 
@@ -184,7 +185,7 @@ class DeviceBatches:
 
     def batch(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch these draws describe: image pixels bilinear (exact at the images' own scale), mask
-        pixels nearest, 0 and ``IGNORE_INDEX`` outside the image."""
+        pixels nearest, 0 and ``ignore_index`` outside the image."""
         plan, exact, within = self.plan(draws)
         return self.make(plan, bool(exact.all()), bool(within.all()))
 
@@ -214,7 +215,7 @@ class DeviceBatches:
             return start + (r.clamp(min=0) * width + c.clamp(min=0)).clamp(max=height * width - 1), inside
 
         near, inside = pixel(rows.round().long(), cols.round().long())  # nearest: for the mask
-        masks = torch.where(inside, rows_at(self.masks, near), IGNORE_INDEX).to(self.masks.dtype)
+        masks = torch.where(inside, rows_at(self.masks, near), self.ignore_index).to(self.masks.dtype)
         if exact:  # each point is a pixel
             return (rows_at(pixels, near) * inside.unsqueeze(-1)).permute(0, 3, 1, 2), masks
         # bilinear: the four neighbours, weighted; points within half a pixel of the edge take the edge

@@ -32,6 +32,7 @@ from PIL import Image
 
 from helpers.datasets import (
     IMAGE_SUFFIXES,
+    LISTED,
     MASK_SUFFIXES,
     NO_IMAGES,
     PAIR_FIX,
@@ -86,7 +87,7 @@ class Report:
     mask_modes: Counter = field(default_factory=Counter)         # PIL mode -> masks
     pixels: Counter = field(default_factory=Counter)             # mask value -> pixels, over all masks
     images: dict[int, list[Path]] = field(default_factory=dict)  # image files by their size in bytes
-    ignore_only: list[Path] = field(default_factory=list)         # masks of background and ignore alone
+    ignore_only: int = 0                                         # masks of background and ignore alone
     palettes: dict[Path, dict[int, tuple[int, int, int]]] = field(default_factory=dict)  # P masks' colours
 
     def add(self, severity: str, path: Path, message: str) -> None:
@@ -229,7 +230,7 @@ def check_mask(path: Path, head: Header | None, report: Report) -> None:
     counts = value_counts(mask)
     report.pixels.update(counts)
     if report.ignore_index in counts and set(counts) <= {0, report.ignore_index}:
-        report.ignore_only.append(path)
+        report.ignore_only += 1
     if head is not None and head.palette:  # the colour of each index this mask uses
         report.palettes[path] = {value: tuple(head.palette[3 * value:3 * value + 3]) for value in counts
                                  if 3 * value + 3 <= len(head.palette)}
@@ -309,17 +310,17 @@ def check_classes_seen(report: Report) -> None:
 
 
 def check_ignore_share(report: Report) -> None:
-    """Warn where the ignore index covers more pixels than every class but background together: in a
-    black-and-white mask 255 marks the objects, and declaring 255 the ignore index throws them all away."""
+    """Warn where the ignore index covers more pixels than the classes but 0 together: in a black-and-white
+    mask 255 marks the objects, and declaring 255 the ignore index throws them all away
+    (02_segmentation_masks)."""
     ignore = report.ignore_index
-    if ignore is None or not report.pixels[ignore]:
+    if ignore is None or ignore < report.num_classes or not report.pixels[ignore]:  # (none, or a class)
         return
     objects = sum(report.pixels[value] for value in range(1, report.num_classes))
     if report.pixels[ignore] <= objects:
         return
     total = sum(report.pixels.values())
-    alone = (f", and {len(report.ignore_only)} mask(s) hold 0 and {ignore} alone" if report.ignore_only
-             else "")
+    alone = f", and {report.ignore_only} mask(s) hold 0 and {ignore} alone" if report.ignore_only else ""
     report.add(WARNING, report.root / "masks", (
         f"The ignore index {ignore} covers more mask pixels ({report.pixels[ignore] / total:.1%}) than "
         f"every class but 0 together ({objects / total:.1%}){alone}: the model would learn from little but "
@@ -331,7 +332,7 @@ def check_ignore_share(report: Report) -> None:
 def check_palettes(report: Report) -> None:
     """Warn about each palette mask (mode P) that colours an index unlike most masks do: an image editor
     that saved it with a palette of its own may have renumbered its classes, which no check of the values
-    can see."""
+    can see (02_segmentation_masks)."""
     colours: dict[int, Counter] = {}
     for used in report.palettes.values():
         for value, colour in used.items():
@@ -357,7 +358,8 @@ def diagnose(root: Path, num_classes: int | None = None, ignore_index: int | Non
     (on stderr) for folders of more than PROGRESS_FROM pairs.
     """
     names = CLASSES if num_classes is None else None
-    report = Report(Path(root), num_classes or len(CLASSES), names=names, ignore_index=ignore_index)
+    report = Report(Path(root), len(CLASSES) if num_classes is None else num_classes, names=names,
+                    ignore_index=ignore_index)
     pairs = find_pairs(report)
     report.pairs = len(pairs)
     check_splits(pairs, report)
@@ -395,12 +397,12 @@ def format_pixels(report: Report) -> list[str]:
     total = sum(report.pixels.values()) or 1
     classes = range(report.num_classes) if report.num_classes <= 32 else []
     values = sorted(set(classes) | set(report.pixels))
-    outside = [value for value in values if class_name(value, report) == "outside the classes"]
-    if len(outside) > 8:  # JPEG noise: one line for them all, not one per value
+    outside = [value for value in values if value >= report.num_classes and value != report.ignore_index]
+    if len(outside) > LISTED:  # JPEG noise: one line for them all, not one per value
         values = [value for value in values if value not in outside]
     lines = [f"    {value:>3} {class_name(value, report):<20} {report.pixels[value]:>12,} "
              f"{report.pixels[value] / total:7.1%}" for value in values]
-    if len(outside) > 8:
+    if len(outside) > LISTED:
         pixels = sum(report.pixels[value] for value in outside)
         lines.append(f"    {len(outside)} values outside the classes, {outside[0]} to {outside[-1]}: "
                      f"{pixels:,} pixels, {pixels / total:.1%}")
@@ -448,11 +450,11 @@ def format_report(report: Report) -> str:
 
 def alike(findings: list[Finding]) -> list[list[Finding]]:
     """The findings in groups that say the same of different files, each group in the order of its first:
-    a folder of 25 images without masks reads as one finding and 24 names."""
+    a folder of 25 images without masks reads as one finding and 24 names (02_segmentation_masks)."""
     groups: dict[str, list[Finding]] = {}
     for finding in findings:
         stem = f"{os.sep}{Path(finding.path).stem}."  # its name in a path the message derives: its mask
-        said = finding.message.replace(str(finding.path), "\0").replace(stem, f"{os.sep}\1.")
+        said = finding.message.replace(str(finding.path), "{path}").replace(stem, f"{os.sep}{{name}}.")
         groups.setdefault(said, []).append(finding)
     return list(groups.values())
 

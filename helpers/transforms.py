@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from helpers.masks import IGNORE_INDEX
 
@@ -61,6 +62,24 @@ class RandomCutout(v2.Transform):
         return out
 
 
+class PadToAtLeast(v2.Transform):
+    """Pad to at least ``size`` x ``size``, evenly on both sides as ``v2.CenterCrop`` pads, but the mask
+    with ``ignore_index`` rather than 0: a centre crop larger than a sample then invents no background to
+    be scored (06_gpu_training)."""
+
+    def __init__(self, size: int, ignore_index: int = IGNORE_INDEX):
+        super().__init__()
+        self.size, self.ignore_index = size, ignore_index
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Pad one input where it is smaller than ``size``: an image with 0, a mask with the ignore index."""
+        height, width = F.get_size(inpt)
+        across, down = max(0, self.size - width), max(0, self.size - height)
+        padding = [across // 2, down // 2, across - across // 2, down - down // 2]  # left, top, right, bottom
+        fill = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
+        return F.pad(inpt, padding, fill=fill) if any(padding) else inpt
+
+
 def to_model_input(mean: Sequence[float] = SHAPES_MEAN, std: Sequence[float] = SHAPES_STD) -> v2.Compose:
     """The last steps of every pipeline: image to float in [0, 1], then normalised; the mask untouched."""
     return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))])
@@ -82,6 +101,9 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
     ``ignore_index``: the mask value of pixels that padding, rotation and cutout invent (255, as the loss
     skips; another dataset may skip another value).
     """
+    if ignore_index is None:  # as a Dataset without one says
+        raise ValueError("train_transforms needs a mask value for the pixels padding, rotation and cutout "
+                         "invent: the ignore index the loss skips (255 unless your masks use another).")
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
     crop = (v2.RandomCrop(size, pad_if_needed=True, fill=fill)
             if scale is None else v2.RandomResizedCrop(size, scale=scale, antialias=True))  # masks: nearest
@@ -104,10 +126,11 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
 
 
 def eval_transforms(crop: int | None = None, *, mean: Sequence[float] = SHAPES_MEAN,
-                    std: Sequence[float] = SHAPES_STD, normalize: bool = True) -> v2.Compose:
-    """Deterministic: an optional centre crop, then float conversion and normalisation
-    (unless ``normalize=False``)."""
-    steps = [v2.CenterCrop(crop)] if crop else []
+                    std: Sequence[float] = SHAPES_STD, normalize: bool = True,
+                    ignore_index: int = IGNORE_INDEX) -> v2.Compose:
+    """Deterministic: an optional centre crop (a smaller sample padded first, its mask with
+    ``ignore_index``), then float conversion and normalisation (unless ``normalize=False``)."""
+    steps = [PadToAtLeast(crop, ignore_index), v2.CenterCrop(crop)] if crop else []
     if normalize:
         steps.append(to_model_input(mean, std))
     return v2.Compose(steps or [v2.Identity()])  # neither step: Compose refuses an empty list

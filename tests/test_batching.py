@@ -26,6 +26,7 @@ def test_pad_collate_pads_images_with_zero_masks_with_ignore_and_keeps_sizes():
     assert batch.image[0, :, :2, :3].eq(1).all() and batch.image[0, :, 2:].eq(0).all()
     assert batch.mask[0, :2, :3].eq(1).all() and batch.mask[0, 2:].eq(IGNORE_INDEX).all()
     assert torch.equal(batch.image[1], large[0]) and torch.equal(batch.mask[1], large[1])
+    assert pad_collate([small, large], ignore_index=99).mask[0, 2:].eq(99).all()  # another dataset's value
 
 
 def test_default_collate_fails_on_mixed_sizes_and_pad_collate_does_not():

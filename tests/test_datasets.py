@@ -15,7 +15,9 @@ import torch
 from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
+import helpers.masks
 from helpers.datasets import (
     ORIENTATION,
     Sample,
@@ -25,7 +27,7 @@ from helpers.datasets import (
     pair_files,
     spelled_apart,
 )
-from helpers.masks import CLASSES, to_palette_image
+from helpers.masks import CLASSES, PALETTE, index_to_colour, to_palette_image
 from helpers.paths import data_dir
 
 
@@ -250,53 +252,71 @@ def test_values_outside_the_classes_are_refused(root):
         dataset[0]
 
 
-def test_a_0_255_mask_is_refused_with_a_fix_that_works(root):
-    """A black-and-white mask: its 255 marks the objects, and the fix the message gives makes them class 1."""
-    binary = np.zeros((8, 12), np.uint8)
-    binary[:, 6:] = 255
-    Image.fromarray(binary, mode="L").save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match=r"1\.png holds only 0 and 255: a black-and-white mask, whose 255 "
-                                         r"most likely marks the objects\. .* then count 2 classes "
-                                         r"\(num_classes=2; .*\)\. Only if 255 means 'no label here' is it "
-                                         r"an ignore index \(ignore_index=255\), and then this mask has no "
-                                         r"object at all\.$") as refused:
+def fix_in(error: pytest.ExceptionInfo, path: Path) -> None:
+    """Run the fix a message gives, as a learner would paste it."""
+    exec(re.search(r"Image\.fromarray\(.*\)\.save\(path\)", str(error.value)).group(),
+         {"Image": Image, "np": np, "path": path})
+
+
+@pytest.mark.parametrize("white", [255, 65535])  # 8 bits, and 16 (mode I;16)
+def test_a_black_and_white_mask_is_refused_with_a_fix_that_works(root, white):
+    """A black-and-white mask: its white marks the objects, and the fix the message gives makes them 1."""
+    binary = np.zeros((8, 12), np.uint8 if white == 255 else np.uint16)
+    binary[:, 6:] = white
+    Image.fromarray(binary).save(root / "masks" / "1.png")
+    with pytest.raises(ValueError, match=rf"1\.png holds only 0 and {white}: a black-and-white mask, whose "
+                                         r"white most likely marks the objects\. Give them their class index "
+                                         r"instead, 1 where the objects have one class, .* keep the "
+                                         r"original\)\. The classes then count background too "
+                                         r"\(num_classes=2 where every mask is black-and-white; .*\)\. Only "
+                                         r"if white means "
+                                         rf"'no label here' is it an ignore index \(ignore_index={white}\), "
+                                         r"and then this mask has no object at all\.$") as refused:
         SegmentationDataset(root)[0]
-    assert SegmentationDataset(root, ignore_index=255)[0].mask.max() == 255
-    fix = re.search(r"Image\.fromarray\(.*\)\.save\(path\)", str(refused.value)).group()
-    exec(fix, {"Image": Image, "np": np, "path": root / "masks" / "1.png"})
+    assert SegmentationDataset(root, ignore_index=white)[0].mask.max() == white
+    fix_in(refused, root / "masks" / "1.png")
     assert SegmentationDataset(root, num_classes=2)[0].mask.unique().tolist() == [0, 1]
+    Image.fromarray(np.full((8, 12), 255, np.uint8)).save(root / "masks" / "1.png")  # all white
+    with pytest.raises(ValueError, match=r"1\.png holds only 255: a black-and-white mask"):
+        SegmentationDataset(root)[0]
 
 
 def test_a_blurred_black_and_white_mask_is_named_as_such(root):
-    """JPEG noise around 0 and 255 (a mask saved as JPEG once, then as PNG): the message says so; other
-    values outside the classes get the general message."""
-    blurred = np.zeros((20, 20), np.uint8)
-    blurred[:, 10:] = 255
-    blurred[:, 9:12] = [[3, 250, 238]]  # the edge, as JPEG leaves it
+    """JPEG noise around 0 and 255 (a mask saved as JPEG once, then as PNG): the message says so, and its
+    threshold makes the objects class 1; other values outside the classes get the general message."""
+    blurred = np.zeros((8, 12), np.uint8)
+    blurred[:, 4:] = 255
+    blurred[0, 3:6] = [2, 250, 238]  # the edge, as JPEG leaves it
     Image.fromarray(blurred, mode="L").save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match=r"1\.png has values \[238, 250, 255\] outside the classes 0\.\.3, "
-                                         r"yet nearly all of its pixels are close to 0 or to 255: a "
-                                         r"black-and-white mask saved as JPEG, or resized smoothly"):
+    with pytest.raises(ValueError, match=r"1\.png has values \[238, 250, 255\] outside the classes "
+                                         r"0\.\.3, yet nearly all of its pixels are close to 0 or to 255: "
+                                         r"a black-and-white mask saved as JPEG") as refused:
         SegmentationDataset(root)[0]
-    blurred[0, :3] = [15, 20, 200]  # a few values, none near white but 255: another dataset's classes?
-    blurred[:, 10:] = 0
+    fix_in(refused, root / "masks" / "1.png")
+    assert SegmentationDataset(root, num_classes=2)[0].mask.sum() == 8 * 8  # 250 and 238 thresholded too
+    blurred[0, :3] = [15, 20, 200]  # a few values outside the classes, none near white
+    blurred[:, 3:] = 0
     Image.fromarray(blurred, mode="L").save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match=r"1\.png has values \[15, 20, 200\] outside the classes 0\.\.3\. If "
-                                         r"your dataset has these classes, say so: num_classes=N .* "
-                                         r"ignore_index for a value that marks pixels to skip, such as 255 "
-                                         r"\(python -m helpers.doctor FOLDER --num-classes N --ignore-index "
-                                         r"255 checks every mask\)\. Otherwise: a mask saved as JPEG or "
-                                         r"resized with smooth interpolation invents values; save masks as "
-                                         r"PNG and resize them with nearest-neighbour\.$"):
+    with pytest.raises(ValueError, match=r"1\.png has values \[15, 20, 200\] outside the classes "
+                                         r"0\.\.3\. If your dataset has these classes, say so: "
+                                         r"num_classes=N .* ignore_index for a value that marks pixels to "
+                                         r"skip, such as 255 \(python -m helpers.doctor FOLDER --num-classes "
+                                         r"N --ignore-index 255 checks every mask\)\. Otherwise: a mask "
+                                         r"saved as JPEG or resized with smooth interpolation invents "
+                                         r"values; save masks as PNG and resize them with "
+                                         r"nearest-neighbour\.$"):
         SegmentationDataset(root)[0]
 
 
 def test_pixels_per_value_tell_a_black_and_white_mask_from_a_blurred_one_and_from_classes():
-    assert looks_blurred({0: 900, 240: 30, 255: 70}, None)       # noise near white, little in between
-    assert not looks_blurred({0: 900, 240: 30, 255: 70}, 240)    # one value near white besides the ignore
-    assert not looks_blurred({0: 991, 240: 4, 255: 5}, None)     # under 1 % near white
-    assert not looks_blurred({0: 800, 100: 100, 250: 50, 255: 50}, None)  # 10 % in between
-    assert looks_blurred({0: 850, 100: 50, 250: 50, 255: 50}, None)       # 5 % in between
+    assert looks_blurred({0: 900, 240: 10, 255: 90}, 4, None)      # a flat white, a rim near it
+    assert not looks_blurred({0: 900, 240: 10, 255: 90}, 4, 240)   # one value near white besides the ignore
+    assert not looks_blurred({0: 900, 240: 10, 255: 90}, 241, None)  # 240 is a class: white alone is left
+    assert not looks_blurred({0: 991, 240: 1, 255: 8}, 4, None)    # under 1 % near white
+    assert not looks_blurred({0: 800, 100: 100, 250: 10, 255: 90}, 4, None)  # 10 % in between
+    assert looks_blurred({0: 850, 100: 50, 250: 10, 255: 90}, 4, None)       # 5 % in between
+    scaled = {0: 9000, **{17 * k: 20 for k in range(1, 14)}, 238: 200, 255: 200}  # classes x 17, shown
+    assert not looks_blurred(scaled, 4, None)  # no one white: classes scaled for display, not blurred
     with pytest.raises(ValueError, match=r"^masks\.npy holds masks with values \[255\] outside the classes "
                        r"0\.\.3, and nearly all of their pixels are close to 0 or to 255: black-and-white "
                        r"masks"):
@@ -304,13 +324,20 @@ def test_pixels_per_value_tell_a_black_and_white_mask_from_a_blurred_one_and_fro
     check_value_counts({0: 10, 255: 5}, "masks.npy", 4, 255, stored=True)  # 255 declared: nothing to say
 
 
-def test_rgb_masks_point_to_colour_conversion(root):
-    Image.new("RGB", (12, 8), (0, 128, 0)).save(root / "masks" / "1.png")
+def test_rgb_masks_point_to_colour_conversion_with_a_fix_that_works(root):
+    original = SegmentationDataset(root)[0].mask
+    colours = index_to_colour(original)  # the mask as its palette's colours
+    Image.fromarray(colours.permute(1, 2, 0).numpy()).save(root / "masks" / "1.png")
     with pytest.raises(ValueError, match=r"Mask .*1.png has mode RGB, not class indices \(P, L, 1, I;16, "
-                       r"I;16L, I;16B, I mode\)\. If its classes are colours, convert it with "
-                       r"helpers.masks.colour_to_index\(pil_to_tensor\(Image.open\(path\)"
-                       r".convert\('RGB'\)\), palette=...\), one \(R, G, B\) per class, in class order\.$"):
+                       r"I;16L, I;16B, I mode\)\. If its classes are colours, turn them into class indices "
+                       r"and save those as PNG: .* \(keep the original\)\.$") as refused:
         SegmentationDataset(root)[0]
+    fix = re.search(r"mask = (.*)\), with pil_to_tensor .*; then (.*) \(keep", str(refused.value))
+    code = f"mask = {fix.group(1)})\n{fix.group(2)}".replace("[one (R, G, B) per class, in class order]",
+                                                           "PALETTE")
+    exec(code, {"helpers": helpers, "pil_to_tensor": F.pil_to_tensor, "Image": Image, "np": np,
+                "PALETTE": PALETTE, "path": root / "masks" / "1.png"})
+    assert torch.equal(SegmentationDataset(root)[0].mask, original)
 
 
 def test_grey_masks_with_alpha_are_told_to_drop_it(root):

@@ -110,6 +110,9 @@ def test_a_crop_larger_than_the_image_pads_with_zero_and_ignore():
     outside = masks[0] == IGNORE_INDEX
     assert outside.sum() == 64 * 64 - 40 * 48 and images[0][:, outside].eq(0).all()
     assert torch.equal(images[0, 0][~outside], masks[0][~outside] * 50)  # the image, aligned
+    skipping_99 = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=64, batch_size=1, ignore_index=99)
+    _, masks_99 = next(skipping_99.epoch(torch.Generator().manual_seed(0)))
+    assert torch.equal(masks_99[0] == 99, outside)  # another dataset's ignore value, where 255 was
 
 
 def one_box(top: int, left: int, height: int, width: int) -> Draws:

@@ -174,7 +174,8 @@ def test_values_outside_the_classes_are_listed(root):
     Image.fromarray(noisy, mode="L").save(root / "masks" / "1.png")
     report = diagnose(root)
     assert "values [5, 7] outside the classes 0..3" in found(report)["masks/1.png"]
-    assert report.pixels[5] == report.pixels[7] == 1 and "outside the classes" in format_report(report)
+    assert report.pixels[5] == report.pixels[7] == 1
+    assert "      5 outside the classes" in format_report(report)  # a few values: a line each
     assert found(diagnose(root, num_classes=8)) == {}
     noisy[1, :10] = range(10, 20)  # more than 8 values outside: one line in the summary for them all
     Image.fromarray(noisy, mode="L").save(root / "masks" / "1.png")
@@ -189,14 +190,14 @@ def test_a_0_255_mask_says_make_255_class_1_or_ignore_255(root):
     write_pair(root, "4", 1)
     Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")
     message = found(diagnose(root))["masks/4.png"]
-    assert "only 0 and 255" in message and "class 1" in message and "--num-classes 2" in message
+    assert "only 0 and 255" in message and "1 where the objects have one class" in message
     assert "ignore_index=255" in message
     report = diagnose(root, ignore_index=255)
     assert report.findings == [] and "ignore" in format_report(report)
     binary[0, 0] = 7  # 255 beside a class as well: not a 0/255 mask, so the general message
     Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")
     message = found(diagnose(root))["masks/4.png"]
-    assert "values [7, 255] outside the classes" in message and "class 1" not in message
+    assert "values [7, 255] outside the classes" in message and "black-and-white" not in message
 
 
 def test_an_ignore_index_that_covers_more_than_the_objects_is_named(tmp_path):
@@ -215,6 +216,11 @@ def test_an_ignore_index_that_covers_more_than_the_objects_is_named(tmp_path):
     for stem in "12":  # two masks with objects as large as the ignored pixels: as Pascal VOC's borders
         write_pair(tmp_path, stem, 1)
     assert found(diagnose(tmp_path, num_classes=2, ignore_index=255), WARNING) == {}
+    write_pair(tmp_path, "1", 0)  # now ignore outweighs class 1 again; but an ignore index among the
+    write_pair(tmp_path, "2", 0)  # classes (0 here, which SegmentationDataset reads) is not this warning
+    assert "The ignore index" in found(diagnose(tmp_path, num_classes=2, ignore_index=255), WARNING)["masks"]
+    among = found(diagnose(tmp_path, num_classes=256, ignore_index=0), WARNING)["masks"]
+    assert among.startswith("No mask holds class 1") and "ignore index" not in among
 
 
 def test_a_palette_mask_that_colours_its_classes_unlike_the_others_is_named(root):

@@ -503,7 +503,7 @@ def test_hand_made_masks_are_checked_against_the_classes_once(tmp_path, monkeypa
         where = tmp_path / ("mm" if make is MemmapDataset else "data.h5")
         with pytest.raises(ValueError, match=rf"^.*{name} holds masks with values \[255\] outside the "
                                              r"classes 0\.\.3, .* black-and-white masks, whose 255 most "
-                                             r"likely marks the objects\. Make the objects class 1"):
+                                             r"likely marks the objects\. Give the objects their class"):
             make(where)
         assert int(make(where, ignore_index=255)[0].mask.max()) == 255  # declared: read as it is
     masks = np.zeros((4, 8, 8), np.uint8)

@@ -258,10 +258,14 @@ def test_every_exercise_check_says_not_solved_on_its_stub(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_nothing_the_new_notebook_frame_marks_for_replacing_is_left(path):
-    """tools/new_notebook.py marks with "(..." what a lesson replaces: its notes and example exercises."""
+    """tools/new_notebook.py marks with "(..." what a lesson replaces: its notes and example exercises, in
+    the prose and in code comments (the graded cells' calls)."""
+    def marked(line: str, kind: str) -> bool:
+        prose = re.sub(r"`[^`]*`", "", line) if kind == "markdown" else line.partition("#")[2]
+        return "(... " in prose or "(...)" in prose  # not `f(...)`, nor f(...) in code
+
     left = [f"cell {index}: {line.strip()}" for index, cell in enumerate(notebook(path)["cells"])
-            if cell["cell_type"] == "markdown" for line in source(cell).splitlines()
-            if "(... " in (prose := re.sub(r"`[^`]*`", "", line)) or "(...)" in prose]  # not `f(...)`
+            for line in source(cell).splitlines() if marked(line, cell["cell_type"])]
     assert not left, f"{path.name} still holds what tools/new_notebook.py left to replace: {left}"
 
 

@@ -247,6 +247,20 @@ def test_another_ignore_index_fills_what_padding_rotation_and_cutout_invent():
     assert all(bool((mask == 99).any()) for mask in masks)  # 48 px padded to 64: every crop has some
 
 
+def test_an_eval_crop_larger_than_a_sample_pads_its_mask_with_ignore_not_background():
+    """v2.CenterCrop alone pads with 0, which the metric would score as background."""
+    image, mask = blocky_sample(side=48)
+    out_image, out_mask = eval_transforms(64, normalize=False)(image, mask)
+    assert out_image.shape[-2:] == out_mask.shape == (64, 64)
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[8:56, 8:56] = True  # the sample, centred
+    assert torch.equal(out_mask[inside].view(48, 48), mask) and out_mask[~inside].eq(IGNORE_INDEX).all()
+    assert out_image[:, ~inside].eq(0).all()
+    assert eval_transforms(64, normalize=False, ignore_index=99)(image, mask)[1][~inside].eq(99).all()
+    with pytest.raises(ValueError, match="train_transforms needs a mask value for the pixels padding"):
+        train_transforms(64, ignore_index=None)  # a Dataset's "no ignore index", passed on
+
+
 def test_blur_is_drawn_with_the_probability_asked():
     """blur_prob=1.0 blurs every sample, blur_prob=0.3 about a third of them. A blur with one of the smallest
     sigmas changes no uint8 value, so somewhat fewer samples differ from the original."""
