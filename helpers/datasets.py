@@ -45,7 +45,11 @@ def scan_folder(folder: Path, suffixes: tuple[str, ...]) -> tuple[dict[str, Path
     """Map file stem -> path for ``folder``, skipping clutter (``CLUTTER``, and hidden files with no image
     suffix in their name); also every unexpected file, with what to do."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"No folder {folder}: expected image+mask pairs in images/ and masks/.")
+        voc = "" if not (folder.parent / "SegmentationClass").is_dir() else (
+            " It holds Pascal VOC's folders: link JPEGImages as images and SegmentationClass as masks, move "
+            "out the images without a mask, and copy ImageSets/Segmentation/*.txt beside them as split lists "
+            "(README, Is my own data ready?).")
+        raise FileNotFoundError(f"No folder {folder}: expected image+mask pairs in images/ and masks/.{voc}")
     files: dict[str, Path] = {}
     problems: list[tuple[Path, str]] = []
     for path in sorted(folder.iterdir()):

@@ -153,8 +153,14 @@ def test_long_lists_of_unpaired_files_and_bad_values_are_cut_short(root):
 
 
 def test_empty_and_missing_folders(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No folder .*images"):
+    with pytest.raises(FileNotFoundError, match=r"No folder .*images: expected image\+mask pairs in images/ "
+                       r"and masks/\.$"):
         SegmentationDataset(tmp_path)
+    (tmp_path / "SegmentationClass").mkdir()  # Pascal VOC as downloaded: how to lay it out
+    with pytest.raises(FileNotFoundError, match=r"masks/\. It holds Pascal VOC's folders: link JPEGImages as "
+                       r"images and SegmentationClass as masks, .* ImageSets/Segmentation/\*\.txt beside"):
+        SegmentationDataset(tmp_path)
+    (tmp_path / "SegmentationClass").rmdir()
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     with pytest.raises(FileNotFoundError, match=r"No images in .*images: expected files such as 0001.jpg, "
