@@ -11,7 +11,7 @@ from torch.utils.data import default_collate
 
 from helpers.datasets import Sample, check_mask_fits
 from helpers.device import upload
-from helpers.masks import IGNORE_INDEX
+from helpers.masks import IGNORE_INDEX, check_fill
 from helpers.transforms import SHAPES_MEAN, SHAPES_STD
 
 
@@ -30,6 +30,7 @@ def pad_collate(samples: Sequence[tuple[torch.Tensor, torch.Tensor]],
     ``ignore_index`` (another than 255: ``functools.partial(pad_collate, ignore_index=...)``)."""
     for i, (image, mask) in enumerate(samples):  # a smaller mask would be padded with ignore, silently
         check_mask_fits(image, mask, f"Sample {i} of the batch")
+    check_fill(ignore_index, samples[0][1].dtype, "pad_collate")
     height = max(image.shape[-2] for image, _ in samples)
     width = max(image.shape[-1] for image, _ in samples)
     images = torch.zeros(len(samples), 3, height, width, dtype=samples[0][0].dtype)

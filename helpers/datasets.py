@@ -424,12 +424,11 @@ LOW_BIT_GREY = {"L;2": 85, "L;4": 17}
 
 
 def is_grey(file: Image.Image) -> bool:
-    """Whether every pixel of an opened colour image has red, green and blue alike: a grey mask saved as
-    RGB (02_segmentation_masks)."""
-    try:
-        pixels = np.asarray(file.convert("RGB"))
-    except (OSError, ValueError):  # damaged: the reader that follows says so
+    """Whether every pixel of an opened colour image has red, green and blue alike, and no transparency:
+    a grey mask saved as RGB (02_segmentation_masks). A damaged file raises, as reading it would."""
+    if "A" in file.mode and file.getchannel("A").getextrema()[0] < 255:  # transparency may be a class
         return False
+    pixels = np.asarray(file.convert("RGB"))
     return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
 
 
@@ -460,12 +459,13 @@ def mask_array(file: Image.Image, path: Path) -> np.ndarray:
 
 LISTED = 8  # values outside the classes named in a message; the rest are counted
 THRESHOLD = "Image.fromarray((np.array(Image.open(path)) >= 128).astype(np.uint8)).save(path)"
-BLACK_AND_WHITE = ("Mask {path} holds only {values}: a black-and-white mask, whose white most likely marks "
-                   "the objects. Give them their class index instead, 1 where the objects have one class, "
-                   f"and save it again as PNG: {THRESHOLD} (it overwrites the file: keep the original). The "
-                   "classes then count background too (num_classes=2 where every mask is black-and-white; "
-                   "python -m helpers.doctor FOLDER checks them all). Only if white means 'no label here' "
-                   "is it an ignore index (ignore_index={white}), and then this mask has no object at all.")
+BLACK_AND_WHITE = ("Mask {path} holds only {values}: black and white. Where white marks the objects "
+                   "(every mask is like it, or this one was exported wrongly), give them their class index "
+                   f"and save it again as PNG: for one class, {THRESHOLD} (it overwrites the file: keep the "
+                   "original), and count 2 classes (num_classes=2). Where other masks hold classes beside "
+                   "{white}, {white} means 'no label here': declare it (ignore_index={white}; python -m "
+                   "helpers.doctor FOLDER --ignore-index {white} checks them all), and this mask has no "
+                   "object at all.")
 BLURRED = ("Mask {path} has values {listed} outside the classes 0..{last}, yet nearly all of its pixels are "
            "close to 0 or to 255: a black-and-white mask saved as JPEG, or resized smoothly, at some point, "
            "which blurred its edges. Export it again as PNG from the original if you can; otherwise give "

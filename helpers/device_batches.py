@@ -20,7 +20,7 @@ import torch
 
 from helpers.datasets import InMemoryDataset, check_stored_sample
 from helpers.device import upload
-from helpers.masks import IGNORE_INDEX
+from helpers.masks import IGNORE_INDEX, check_fill
 
 
 @dataclass
@@ -156,6 +156,7 @@ class DeviceBatches:
         if len(data.shapes) < (batch_size if drop_last else 1):  # checked before the upload
             fix = " with drop_last=True: use a smaller batch_size, or drop_last=False" if drop_last else ""
             raise ValueError(f"{len(data.shapes)} samples make no batch of {batch_size}{fix}.")
+        check_fill(ignore_index, data.masks.dtype, "DeviceBatches")  # before the upload
         self.images = data.images.to(device)  # flat uint8, each image channels last
         self.masks = data.masks.to(device)
         self.shapes, self.starts = upload(data.shapes, device), upload(data.starts, device)  # no wait

@@ -53,7 +53,6 @@ from helpers.progress import progress_bar
 
 ERROR, WARNING = "error", "warning"  # an error stops SegmentationDataset; a warning is worth a look
 PROGRESS_FROM = 200  # pairs: smaller folders are checked in moments, without a progress bar
-GROUP_NAMES = 20     # files named after a finding that is the same for many, before "and N more"
 ANY_VALUE = 2**31    # read masks as if there were this many classes: every value comes back, to be counted
 TURN_UPRIGHT = {orientation: turn.name for orientation, turn in UPRIGHT.items()}  # per EXIF orientation
 NAMED = " (classes named as the shapes data's, the default; --num-classes N for yours)"
@@ -157,8 +156,8 @@ def find_pairs(report: Report) -> list[tuple[Path, Path]]:
     if no_mask:  # a mask of another kind with the image's name (a JPEG) is an error of its own: point to it
         elsewhere = {path.stem: path for path in mask_dir.iterdir() if path.suffix.lower() != ".png"}
     for path in no_mask:
-        other = (f" ({elsewhere[path.stem].name} in {mask_dir.name}/ has its name, but is no PNG: see that "
-                 "file's error)" if path.stem in elsewhere else "")
+        other = (f" ({elsewhere[path.stem]} has its name, but is no PNG: see that file's error)"
+                 if path.stem in elsewhere else "")
         report.add(ERROR, path, f"Image {path} has no mask {mask_dir / path.stem}.png{other}. {PAIR_FIX}")
     for path in no_image:
         report.add(ERROR, path, f"Mask {path} has no image {image_dir / path.stem}.jpg (or .jpeg, .png). "
@@ -330,24 +329,25 @@ def check_ignore_share(report: Report) -> None:
 
 
 def check_palettes(report: Report) -> None:
-    """Warn about each palette mask (mode P) that colours an index unlike most masks do: an image editor
-    that saved it with a palette of its own may have renumbered its classes, which no check of the values
-    can see (02_segmentation_masks)."""
+    """Warn about each palette mask (mode P) that gives an index the colour most masks give another: an
+    image editor that saved it with a palette of its own may have renumbered its classes, which no check of
+    the values can see; palettes that merely differ are left alone (02_segmentation_masks)."""
     colours: dict[int, Counter] = {}
     for used in report.palettes.values():
         for value, colour in used.items():
             colours.setdefault(value, Counter())[colour] += 1
+    usual = {value: counter.most_common(1)[0] for value, counter in colours.items()}
+    index_of = {colour: value for value, (colour, _) in usual.items()}  # the usual index of each colour
     for path, used in report.palettes.items():
-        for value, colour in sorted(used.items()):
-            usual, count = colours[value].most_common(1)[0]
-            if count > colours[value][colour] and count >= 2:
+        for value, colour in sorted(used.items()):  # renumbered: another index's usual colour, not its own
+            other = index_of.get(colour, value)
+            if other != value and usual[value][1] > colours[value][colour]:
                 report.add(WARNING, path, (
-                    f"Mask {path} colours index {value} {colour}, where {count} other masks colour it "
-                    f"{usual}: an image editor that saved it with a palette of its own may have renumbered "
-                    "its classes. Compare it with its image (helpers.viz.overlay); if its classes have other "
-                    "numbers than in the other masks, number them as there and save it again as PNG. If "
-                    "only the colours differ, leave it."))
-                break
+                    f"Mask {path} colours index {value} {colour}, as most masks colour index {other}: an "
+                    "image editor that saved it with a palette of its own may have renumbered its classes "
+                    f"({other} to {value}). Compare it with its image (helpers.viz.overlay); if so, number "
+                    "them as in the other masks and save it again as PNG."))
+                break  # one finding a mask
 
 
 def diagnose(root: Path, num_classes: int | None = None, ignore_index: int | None = None,
@@ -442,9 +442,8 @@ def format_report(report: Report) -> str:
             lines.append(f"  {relative(group[0].path)}")
             lines += wrap(relative(group[0].message))
             if len(group) > 1:  # the same finding for other files: their names, not the message again
-                names = ", ".join(relative(finding.path) for finding in group[1:GROUP_NAMES + 1])
-                more = f", and {len(group) - 1 - GROUP_NAMES} more" if len(group) > GROUP_NAMES + 1 else ""
-                lines += wrap(f"The same for {len(group) - 1} more: {names}{more}.")
+                names = ", ".join(relative(finding.path) for finding in group[1:])
+                lines += wrap(f"The same for {len(group) - 1} more: {names}.")
     return "\n".join(lines + format_summary(report))
 
 

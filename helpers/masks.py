@@ -17,6 +17,20 @@ IGNORE_INDEX = 255  # "no label here": padding, rotation corners, cut-outs; loss
 IGNORE_COLOUR = (255, 255, 255)
 
 
+def check_fill(ignore_index: int | None, dtype: torch.dtype | None, who: str) -> None:
+    """Raise unless ``ignore_index`` is a value that masks of ``dtype`` hold (any int where ``dtype`` is
+    None): the mask value of the pixels padding and cutting invent (03_augmentation). None would fill
+    them with background, and -1 would be written 255 into uint8 masks."""
+    if ignore_index is None:
+        raise ValueError(f"{who} needs a mask value for the pixels it invents: the ignore index the loss "
+                         "skips (255 unless your masks use another), not None.")
+    if dtype is not None and not dtype.is_floating_point:
+        low, high = torch.iinfo(dtype).min, torch.iinfo(dtype).max
+        if not low <= ignore_index <= high:
+            raise ValueError(f"{who}: ignore_index {ignore_index} does not fit {dtype} masks ({low}..{high});"
+                             " pick a value they hold, such as 255.")
+
+
 def palette_bytes() -> list[int]:
     """Return a 768-value PIL palette: the class colours, then IGNORE_INDEX in white, the rest black."""
     flat = [0] * 768

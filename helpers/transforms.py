@@ -14,7 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from helpers.masks import IGNORE_INDEX
+from helpers.masks import IGNORE_INDEX, check_fill
 
 # Per-channel statistics of data/shapes train split, from channel_stats (a unit test recomputes them).
 SHAPES_MEAN = (0.4443, 0.4267, 0.4123)
@@ -63,18 +63,20 @@ class RandomCutout(v2.Transform):
 
 
 class PadToAtLeast(v2.Transform):
-    """Pad to at least ``size`` x ``size``, evenly on both sides as ``v2.CenterCrop`` pads, but the mask
-    with ``ignore_index`` rather than 0: a centre crop larger than a sample then invents no background to
-    be scored (06_gpu_training)."""
+    """Pad to at least ``size`` (an int, or (height, width)), evenly on both sides as ``v2.CenterCrop``
+    pads, but the mask with ``ignore_index`` rather than 0: a centre crop larger than a sample then invents
+    no background to be scored (03_augmentation)."""
 
-    def __init__(self, size: int, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, size: int | tuple[int, int], ignore_index: int = IGNORE_INDEX):
         super().__init__()
-        self.size, self.ignore_index = size, ignore_index
+        check_fill(ignore_index, None, "eval_transforms")
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.ignore_index = ignore_index
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         """Pad one input where it is smaller than ``size``: an image with 0, a mask with the ignore index."""
         height, width = F.get_size(inpt)
-        across, down = max(0, self.size - width), max(0, self.size - height)
+        across, down = max(0, self.size[1] - width), max(0, self.size[0] - height)
         padding = [across // 2, down // 2, across - across // 2, down - down // 2]  # left, top, right, bottom
         fill = self.ignore_index if isinstance(inpt, tv_tensors.Mask) else 0
         return F.pad(inpt, padding, fill=fill) if any(padding) else inpt
@@ -101,9 +103,7 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
     ``ignore_index``: the mask value of pixels that padding, rotation and cutout invent (255, as the loss
     skips; another dataset may skip another value).
     """
-    if ignore_index is None:  # as a Dataset without one says
-        raise ValueError("train_transforms needs a mask value for the pixels padding, rotation and cutout "
-                         "invent: the ignore index the loss skips (255 unless your masks use another).")
+    check_fill(ignore_index, None, "train_transforms")  # None: as a Dataset without one says
     fill = {tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}
     crop = (v2.RandomCrop(size, pad_if_needed=True, fill=fill)
             if scale is None else v2.RandomResizedCrop(size, scale=scale, antialias=True))  # masks: nearest
@@ -125,7 +125,7 @@ def train_transforms(size: int = 128, *, scale: tuple[float, float] | None = (0.
     return v2.Compose(steps + ([to_model_input(mean, std)] if normalize else []))
 
 
-def eval_transforms(crop: int | None = None, *, mean: Sequence[float] = SHAPES_MEAN,
+def eval_transforms(crop: int | tuple[int, int] | None = None, *, mean: Sequence[float] = SHAPES_MEAN,
                     std: Sequence[float] = SHAPES_STD, normalize: bool = True,
                     ignore_index: int = IGNORE_INDEX) -> v2.Compose:
     """Deterministic: an optional centre crop (a smaller sample padded first, its mask with

@@ -225,3 +225,14 @@ def test_collates_refuse_a_mask_of_another_size_than_its_image(collate):
     for mask in (torch.zeros(4, 4, dtype=torch.int64), torch.zeros(6, 8, dtype=torch.int64)):
         with pytest.raises(ValueError, match=r"^Sample 1 of the batch has a mask of \(\d, \d\) for an image"):
             collate([(image, torch.zeros(8, 6, dtype=torch.int64)), (image, mask)])
+
+
+def test_padding_refuses_an_ignore_index_its_masks_cannot_hold():
+    """-1 (or torch's -100) written into uint8 masks would be 255: refused, as is None, before any batch."""
+    small = (torch.zeros(3, 2, 3, dtype=torch.uint8), torch.zeros(2, 3, dtype=torch.uint8))
+    large = (torch.zeros(3, 4, 5, dtype=torch.uint8), torch.zeros(4, 5, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"pad_collate: ignore_index -1 does not fit torch.uint8 masks "
+                                         r"\(0\.\.255\); pick a value they hold, such as 255\.$"):
+        pad_collate([small, large], ignore_index=-1)
+    assert pad_collate([small, large], ignore_index=0).mask[0, 2:].eq(0).all()  # in range: as asked
+    assert pad_collate([(i, m.long()) for i, m in (small, large)], ignore_index=-100).mask.min() == -100

@@ -96,13 +96,19 @@ def test_a_notebook_over_the_series_budget_fails_the_run_and_writes_nothing(bind
     LIMIT_GB), no JSON."""
     def measured(path, cpus, out):
         seconds = binder_check.LIMIT_SECONDS + (1 if path.stem == "slow" else -1)
-        return {"notebook": path.stem, "seconds": seconds, "peak_pss_gb": 0.5, "processes_at_peak": 1}
+        memory = binder_check.LIMIT_GB + (0.01 if path.stem == "heavy" else -0.01)
+        return {"notebook": path.stem, "seconds": seconds, "peak_pss_gb": memory, "processes_at_peak": 1}
 
     monkeypatch.setattr(binder_check, "run_notebook", measured)
     written = tmp_path / "binder.json"
     monkeypatch.setattr(sys, "argv", ["binder_check.py", "fast.ipynb", "slow.ipynb", "--json", str(written)])
     with pytest.raises(SystemExit, match=rf"^over the series' budget: slow OVER {binder_check.LIMIT_SECONDS} "
                        r"s; nothing written\. Was the machine busy\?"):
+        binder_check.main()
+    assert not written.exists()
+    monkeypatch.setattr(sys, "argv", ["binder_check.py", "heavy.ipynb", "--json", str(written)])
+    over = rf"^over the series' budget: heavy OVER {binder_check.LIMIT_GB} GB; nothing written"
+    with pytest.raises(SystemExit, match=over):
         binder_check.main()
     assert not written.exists()
     monkeypatch.setattr(sys, "argv", ["binder_check.py", "fast.ipynb", "--json", str(written)])

@@ -270,20 +270,18 @@ def test_a_black_and_white_mask_is_refused_with_a_fix_that_works(root, white):
     binary = np.zeros((8, 12), np.uint8 if white == 255 else np.uint16)
     binary[:, 6:] = white
     Image.fromarray(binary).save(root / "masks" / "1.png")
-    with pytest.raises(ValueError, match=rf"1\.png holds only 0 and {white}: a black-and-white mask, whose "
-                                         r"white most likely marks the objects\. Give them their class index "
-                                         r"instead, 1 where the objects have one class, .* keep the "
-                                         r"original\)\. The classes then count background too "
-                                         r"\(num_classes=2 where every mask is black-and-white; .*\)\. Only "
-                                         r"if white means "
-                                         rf"'no label here' is it an ignore index \(ignore_index={white}\), "
-                                         r"and then this mask has no object at all\.$") as refused:
+    told = (rf"1\.png holds only 0 and {white}: black and white\. Where white marks the objects \(every "
+            r"mask is like it, or this one was exported wrongly\), give them their class index and save it "
+            r"again as PNG: for one class, .* \(it overwrites the file: keep the original\), and count 2 "
+            rf"classes \(num_classes=2\)\. Where other masks hold classes beside {white}, {white} means 'no "
+            rf"label here': declare it \(ignore_index={white}; .*\), and this mask has no object at all\.$")
+    with pytest.raises(ValueError, match=told) as refused:
         SegmentationDataset(root)[0]
     assert SegmentationDataset(root, ignore_index=white)[0].mask.max() == white
     fix_in(refused, root / "masks" / "1.png")
     assert SegmentationDataset(root, num_classes=2)[0].mask.unique().tolist() == [0, 1]
     Image.fromarray(np.full((8, 12), 255, np.uint8)).save(root / "masks" / "1.png")  # all white
-    with pytest.raises(ValueError, match=r"1\.png holds only 255: a black-and-white mask"):
+    with pytest.raises(ValueError, match=r"1\.png holds only 255: black and white"):
         SegmentationDataset(root)[0]
 
 
@@ -328,6 +326,8 @@ def test_pixels_per_value_tell_a_black_and_white_mask_from_a_blurred_one_and_fro
                        r"masks"):
         check_value_counts({0: 10, 255: 5}, "masks.npy", 4, None, stored=True)
     check_value_counts({0: 10, 255: 5}, "masks.npy", 4, 255, stored=True)  # 255 declared: nothing to say
+    with pytest.raises(ValueError, match=r"^masks\.npy holds masks with values \[240, 255\] .* black-and"):
+        check_value_counts({0: 900, 240: 10, 255: 90}, "masks.npy", 4, None, stored=True)  # blurred, stored
 
 
 def test_rgb_masks_point_to_colour_conversion_with_a_fix_that_works(root):

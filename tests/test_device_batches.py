@@ -113,6 +113,8 @@ def test_a_crop_larger_than_the_image_pads_with_zero_and_ignore():
     skipping_99 = DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=64, batch_size=1, ignore_index=99)
     _, masks_99 = next(skipping_99.epoch(torch.Generator().manual_seed(0)))
     assert torch.equal(masks_99[0] == 99, outside)  # another dataset's ignore value, where 255 was
+    with pytest.raises(ValueError, match="DeviceBatches: ignore_index -1 does not fit torch.uint8 masks"):
+        DeviceBatches(InMemoryDataset(scenes(count=1)), CPU, size=64, batch_size=1, ignore_index=-1)
 
 
 def one_box(top: int, left: int, height: int, width: int) -> Draws:

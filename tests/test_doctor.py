@@ -53,21 +53,22 @@ def test_every_unpaired_file_is_named(root):
     assert "spelled apart in Unicode" in found(diagnose(root))["images"]  # why they look alike
 
 
-def test_a_finding_the_same_for_many_files_is_told_once_with_their_names(root, monkeypatch):
-    """Pascal VOC's images without masks: one message, then the other files' names, cut short."""
-    for stem in ("4", "5", "6", "7"):
+def test_a_finding_the_same_for_many_files_is_told_once_with_their_names(root):
+    """Pascal VOC's images without masks: one message, then every other file's name."""
+    for stem in ("4", "5", "6", "7", "8"):
         Image.new("RGB", (12, 8)).save(root / "images" / f"{stem}.png")
-    Image.new("L", (12, 8)).save(root / "masks" / "7.jpg")  # a mask saved as JPEG: named where it is missing
+    for stem in ("7", "8"):  # masks saved as JPEG: named where they are missing
+        Image.new("L", (12, 8)).save(root / "masks" / f"{stem}.jpg")
     report = diagnose(root)
     assert "has no mask" in found(report)["images/4.png"] and "no PNG" not in found(report)["images/4.png"]
     assert found(report)["images/7.png"].endswith(
-        f"has no mask {root / 'masks' / '7'}.png (7.jpg in masks/ has its name, but is no PNG: see that "
-        f"file's error). {PAIR_FIX}")
-    monkeypatch.setattr(doctor, "GROUP_NAMES", 1)
+        f"has no mask {root / 'masks' / '7'}.png ({root / 'masks' / '7.jpg'} has its name, but is no PNG: "
+        f"see that file's error). {PAIR_FIX}")
     text = format_report(report)
-    assert text.count("has no mask") == 2  # 4, 5 and 6 alike; 7 with its pointer to the JPEG
+    assert text.count("has no mask") == 2  # 4, 5 and 6 alike; 7 and 8 with their pointers, alike
     assert "  images/4.png\n      Image images/4.png has no mask masks/4.png. Each image" in text
-    assert "      The same for 2 more: images/5.png, and 1 more.\n" in text
+    assert "      The same for 2 more: images/5.png, images/6.png.\n" in text
+    assert "      The same for 1 more: images/8.png.\n" in text
 
 
 def test_what_reading_a_file_warned_of_is_in_the_report_once_with_the_file(root, recwarn):
@@ -157,6 +158,8 @@ def test_size_mismatch_names_both_files(root):
 @pytest.mark.parametrize(("mode", "colour", "fix"), [
     ("RGB", (200, 0, 0), "helpers.masks.colour_to_index(pil_to_tensor("),
     ("RGBA", (0, 0, 200, 255), "helpers.masks.colour_to_index(pil_to_tensor("),
+    ("RGBA", (255, 255, 255, 255), "helpers.masks.colour_to_index(pil_to_tensor("),  # grey, but its
+    # transparent half may be a class: not told to drop the alpha channel
     ("RGB", (255, 255, 255), "grey (red, green and blue alike): if the grey levels are the classes, save it "
                              "with one channel, Image.open(path).convert('L')"),
     ("LA", (0, 255), "without the alpha channel (mode L)")])
@@ -190,8 +193,8 @@ def test_a_0_255_mask_says_make_255_class_1_or_ignore_255(root):
     write_pair(root, "4", 1)
     Image.fromarray(binary, mode="L").save(root / "masks" / "4.png")
     message = found(diagnose(root))["masks/4.png"]
-    assert "only 0 and 255" in message and "1 where the objects have one class" in message
-    assert "ignore_index=255" in message
+    assert "only 0 and 255" in message and "Where white marks the objects (every mask is like" in message
+    assert "Where other masks hold classes beside 255, 255 means 'no label here'" in message
     report = diagnose(root, ignore_index=255)
     assert report.findings == [] and "ignore" in format_report(report)
     binary[0, 0] = 7  # 255 beside a class as well: not a 0/255 mask, so the general message
@@ -223,24 +226,31 @@ def test_an_ignore_index_that_covers_more_than_the_objects_is_named(tmp_path):
     assert among.startswith("No mask holds class 1") and "ignore index" not in among
 
 
-def test_a_palette_mask_that_colours_its_classes_unlike_the_others_is_named(root):
-    """An editor that saves a palette mask with a palette of its own may renumber the classes: the values
-    still pass, the colours tell."""
+def test_a_palette_mask_whose_classes_an_editor_renumbered_is_named(root):
+    """An editor that saves a palette mask with a palette of its own may renumber the classes, keeping
+    their colours: the values still pass, the colours tell. Palettes that merely differ pass."""
     assert found(diagnose(root), WARNING) == {}
+    write_pair(root, "4", 2)
+    write_pair(root, "5", 2)  # three masks colour index 2 the usual way
     with Image.open(root / "masks" / "2.png") as mask:
         palette = mask.getpalette()
         mask.load()
-    palette[6:9] = [9, 9, 9]  # index 2 coloured as no other mask colours it
-    mask.putpalette(palette)
+    mask.putpalette(palette[:6] + [9, 9, 9] + palette[9:])  # index 2 in a colour of its own
     mask.save(root / "masks" / "2.png")
-    assert found(diagnose(root), WARNING) == {}  # no other mask uses index 2: nothing to compare with
-    write_pair(root, "4", 2)
-    assert found(diagnose(root), WARNING) == {}  # one against one: no usual colour to hold it to
-    write_pair(root, "5", 2)
-    assert list(found(diagnose(root), WARNING)) == ["masks/2.png"]
-    assert found(diagnose(root), WARNING)["masks/2.png"].startswith(
-        f"Mask {root / 'masks' / '2.png'} colours index 2 (9, 9, 9), where 2 other masks colour it "
-        "(60, 180, 75)")
+    assert found(diagnose(root), WARNING) == {}  # another palette, the same numbers: nothing to say
+    mask.putpalette(palette[:3] + palette[6:9] + palette[3:6] + palette[9:])  # indices 1 and 2 swapped
+    mask.save(root / "masks" / "2.png")
+    assert found(diagnose(root), WARNING) == {"masks/2.png": (
+        f"Mask {root / 'masks' / '2.png'} colours index 2 (230, 25, 75), as most masks colour index 1: an "
+        "image editor that saved it with a palette of its own may have renumbered its classes (1 to 2). "
+        "Compare it with its image (helpers.viz.overlay); if so, number them as in the other masks and save "
+        "it again as PNG.")}
+    both = np.zeros((8, 12), np.uint8)
+    both[:, :6], both[:, 6:] = 1, 2  # the mask uses both swapped indices: still one finding for it
+    swapped = Image.fromarray(both, mode="P")
+    swapped.putpalette(palette[:3] + palette[6:9] + palette[3:6] + palette[9:])
+    swapped.save(root / "masks" / "2.png")
+    assert [finding.path.name for finding in diagnose(root).findings] == ["2.png"]
 
 
 def save_turned(path: Path, size: tuple[int, int], orientation: int = 6) -> None:

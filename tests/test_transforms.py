@@ -257,8 +257,11 @@ def test_an_eval_crop_larger_than_a_sample_pads_its_mask_with_ignore_not_backgro
     assert torch.equal(out_mask[inside].view(48, 48), mask) and out_mask[~inside].eq(IGNORE_INDEX).all()
     assert out_image[:, ~inside].eq(0).all()
     assert eval_transforms(64, normalize=False, ignore_index=99)(image, mask)[1][~inside].eq(99).all()
-    with pytest.raises(ValueError, match="train_transforms needs a mask value for the pixels padding"):
-        train_transforms(64, ignore_index=None)  # a Dataset's "no ignore index", passed on
+    wide = eval_transforms((48, 64), normalize=False)(image, mask)[1]  # (height, width), as v2 takes it
+    assert wide.shape == (48, 64) and wide[:, 8:56].equal(mask) and wide[:, :8].eq(IGNORE_INDEX).all()
+    for make in (train_transforms, eval_transforms):  # a Dataset's "no ignore index", passed on
+        with pytest.raises(ValueError, match=f"{make.__name__} needs a mask value for the pixels it invents"):
+            make(64, ignore_index=None)
 
 
 def test_blur_is_drawn_with_the_probability_asked():
