@@ -439,6 +439,32 @@ def test_the_teachers_guide_is_linked_and_lists_every_exercise():
                                  f"| {path.name[:2]} | {' | '.join(names)} | for {path.stem}'s exercises")
 
 
+def test_the_course_plans_add_up():
+    """TEACHING.md's plans are edited by hand: each slot starts where the one before ended, the end row
+    sums them, and the two-day course's hours are those of the class times table."""
+    guide = (ROOT / "TEACHING.md").read_text()
+    plan = guide.split("## A three-hour course")[1].split("\n## ")[0]
+    slots = re.findall(r"^\| (\d+):(\d\d) \| (\d+) \|", plan, re.M)
+    starts = [60 * int(h) + int(m) for h, m, _ in slots]
+    assert starts == [sum(int(n) for *_, n in slots[:i]) for i in range(len(slots))], (
+        "TEACHING.md, *A three-hour course*: each slot starts where the one before it ends")
+    end = re.search(r"^\| (\d+):(\d\d) \| \*\*(\d+)\*\* \| end \(([\d + ]+)\) \|$", plan, re.M)
+    total = sum(int(n) for *_, n in slots)
+    assert end and [int(n) for n in end[4].split(" + ")] == [int(n) for *_, n in slots], (
+        "TEACHING.md, *A three-hour course*: the end row adds up every slot's minutes")
+    assert 60 * int(end[1]) + int(end[2]) == int(end[3]) == total == 180, (
+        f"TEACHING.md, *A three-hour course*: the slots take {total} minutes, not 180")
+    times = guide.split("## Class time per notebook")[1].split("\n## ")[0]
+    minutes = {n: int(m) for n, m in re.findall(r"^\| (\d\d) [^|]+\| (\d+) min \|", times, re.M)}
+    days = re.sub(r"\s+", " ", guide.split("## A two-day course")[1].split("\n## ")[0])
+    said = {180: "three hours", 255: "four and a quarter"}  # add the words for a new total here
+    for first, last in (("00", "03"), ("04", "07")):
+        total = sum(m for n, m in minutes.items() if first <= n <= last)
+        told = days.split(f"{first} to {last}", 1)[-1][:40]  # the words that follow "00 to 03"
+        assert f"{first} to {last}" in days and said.get(total, "?") in told, (
+            f"TEACHING.md, *A two-day course*: by the class times, {first} to {last} take {total} minutes")
+
+
 def test_readme_notebook_table_quotes_the_recorded_one_cpu_run(monkeypatch):
     """The 1-CPU time and peak memory of each notebook come from tools/binder_check.py's results file."""
     monkeypatch.syspath_prepend(str(ROOT / "tools"))
