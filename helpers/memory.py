@@ -1,6 +1,9 @@
 """Measure memory: this process's, and each DataLoader worker's own (taught in 05_large_datasets)."""
 
+import ctypes
+import gc
 import math
+import sys
 
 import numpy as np
 import psutil
@@ -10,6 +13,21 @@ from torch.utils.data import Dataset
 def rss_mb() -> float:
     """Resident memory of this process, in MiB."""
     return psutil.Process().memory_info().rss / 2**20
+
+
+def release_freed() -> None:
+    """Collect garbage and hand the memory freed so far back to the system, so that the RSS measured next
+    grows with what is allocated next, also when a cell runs again (05_large_datasets).
+
+    On Linux, glibc keeps freed memory for its next allocations, unseen by RSS, unless ``malloc_trim``
+    returns it; other systems' allocators are left as they are.
+    """
+    gc.collect()
+    if sys.platform == "linux":
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):  # a C library without malloc_trim (musl, as on Alpine)
+            pass
 
 
 def uss_mb() -> float:

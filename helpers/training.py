@@ -113,6 +113,22 @@ def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device, c
     return images, masks.to(device, non_blocking=True).long()
 
 
+def check_steps_left(scheduler: Any, loader: Iterable) -> None:
+    """Refuse, before a step, an epoch longer than what is left of a schedule of ``total_steps``
+    (``OneCycleLR``): 06's training loop run a second time would fail after the weights had moved."""
+    try:
+        batches = len(loader)  # type: ignore[arg-type]
+    except TypeError:  # a stream of unknown length: the scheduler itself will say
+        return
+    total = getattr(scheduler, "total_steps", None)
+    if total is not None and scheduler.last_epoch + batches > total:
+        raise ValueError(
+            f"The scheduler has {total - scheduler.last_epoch} of its {total} steps left, and this epoch "
+            f"takes {batches}: a one-cycle schedule ends where it was told to. To train again, make the "
+            "optimizer and the scheduler again first (in 06: run the cell that makes them, then the loop; "
+            "the model keeps what it learned); to train longer, give the scheduler more total_steps.")
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, loss_fn: LossFn = segmentation_loss, scheduler: Any = None,
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
@@ -124,6 +140,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
     ``amp_dtype`` (``torch.bfloat16`` or ``torch.float16``) turns on autocast; float16 needs a ``scaler``.
     ``scheduler`` (if any) steps after every batch, as ``OneCycleLR`` expects.
     """
+    check_steps_left(scheduler, loader)
     model.train()
     total, count = torch.zeros((), device=device), 0
     for images, masks, *_ in progress_bar(loader, desc="train", leave=False, disable=not progress):

@@ -193,7 +193,7 @@ def test_a_checkpoint_resumes_to_exactly_the_same_state(tmp_path):
     assert scheduler.last_epoch == 12  # the learning-rate schedule went on where it stopped
     for name, value in straight_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
-    with pytest.raises(ValueError, match="Tried to step 13 times"):  # 06: a finished schedule cannot
+    with pytest.raises(ValueError, match="0 of its 12 steps left"):  # 06: a finished schedule cannot
         run(1, model, optimizer, scheduler, loader)  # go on, as raising EPOCHS and resuming would ask
 
 
@@ -329,6 +329,22 @@ def test_train_one_epoch_returns_the_mean_loss_per_sample():
         losses = [segmentation_loss(model(x), y).item() * len(x) for x, y in loader]
         mean = train_one_epoch(model, loader, optimizer, CPU)
         assert mean == pytest.approx(sum(losses) / count, rel=1e-6), count
+
+
+def test_train_one_epoch_refuses_an_epoch_past_the_end_of_a_one_cycle_schedule_before_a_step():
+    """06's training loop run a second time: torch failed mid-epoch, the weights already moved."""
+    model = nn.Conv2d(3, 3, 1)
+    loader = DataLoader(tiny_task(count=4), batch_size=2)  # 2 batches
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=3)
+    train_one_epoch(model, loader, optimizer, CPU, scheduler=scheduler)  # steps 1 and 2 of 3
+    weights = model.weight.detach().clone()
+    with pytest.raises(ValueError, match="1 of its 3 steps left, and this epoch takes 2"):
+        train_one_epoch(model, loader, optimizer, CPU, scheduler=scheduler)
+    assert torch.equal(model.weight, weights)
+    steps = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=4)
+    train_one_epoch(model, loader, optimizer, CPU, scheduler=steps)
+    train_one_epoch(model, loader, optimizer, CPU, scheduler=steps)  # all 4 steps: no error
 
 
 def test_train_one_epoch_normalises_uint8_batches_with_the_given_statistics():
