@@ -35,7 +35,9 @@ MASK_CHECK_BYTES = 2**26  # check_mask_array reads stored masks this many bytes 
 
 
 class Sample(NamedTuple):
-    """One training example: ``image`` uint8 ``[3, H, W]`` and ``mask`` int64 ``[H, W]`` of class indices."""
+    """One training example: ``image`` uint8 ``[3, H, W]`` and ``mask`` ``[H, W]`` of class indices, int64
+    unless the dataset stores another integer type (``mask_dtype``, the pre-decoded formats' uint8); a
+    batch where a collate function or a list of indices makes one."""
 
     image: tv_tensors.Image
     mask: tv_tensors.Mask
@@ -432,7 +434,7 @@ def is_grey(file: Image.Image) -> bool:
     return bool((pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all())
 
 
-def mask_array(file: Image.Image, path: Path) -> np.ndarray:
+def mask_array(file: Image.Image, path: Path | BinaryIO) -> np.ndarray:
     """The class indices of an opened (not yet loaded) mask file: uint8 for 8-, 4-, 2- and 1-bit modes,
     int32 for 16-bit ones (and mode ``I``)."""
     if file.mode not in MASK_MODES:
@@ -483,7 +485,8 @@ OTHER_CLASSES = ("Mask {path} has values {listed} outside the classes 0..{last}.
                  "nearest-neighbour.")
 
 
-def check_mask_values(mask: torch.Tensor, path: Path, num_classes: int, ignore_index: int | None) -> None:
+def check_mask_values(mask: torch.Tensor, path: Path | BinaryIO, num_classes: int,
+                      ignore_index: int | None) -> None:
     """Raise, listing the values, if ``mask`` holds anything but 0..num_classes-1 and ``ignore_index``."""
     low, high = mask.aminmax()  # one cheap pass; the values are counted only when wrong
     if high < num_classes and low >= 0:
@@ -588,8 +591,8 @@ def read_mask_with_size(path: Path | BinaryIO, num_classes: int, ignore_index: i
     return mask.to(dtype), full
 
 
-def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], image_path: Path,
-                    mask_path: Path, exif_hint: bool = True) -> None:
+def check_same_size(image_size: tuple[int, int], mask_size: tuple[int, int], image_path: Path | BinaryIO,
+                    mask_path: Path | BinaryIO, exif_hint: bool = True) -> None:
     """Raise, naming both files, unless image and mask have the same (height, width). ``exif_hint``: where
     the sizes are each other's swapped, say that EXIF may be why (the doctor, which knows, says it itself)."""
     if tuple(image_size) != tuple(mask_size):
@@ -612,7 +615,7 @@ def nearest_resize(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(array.take(rows, 0).take(cols, 1))  # NumPy's take: 5x faster than torch indexing
 
 
-def read_pair(image_path: Path, mask_path: Path, size: tuple[int, int] | None = None,
+def read_pair(image_path: Path | BinaryIO, mask_path: Path | BinaryIO, size: tuple[int, int] | None = None,
               num_classes: int = len(CLASSES), ignore_index: int | None = None,
               mask_dtype: torch.dtype = torch.int64) -> Sample:
     """Read an image and its mask, checked to match pixel for pixel; optionally both resized to ``size``.

@@ -21,8 +21,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
-    """The mixed-precision type to try on ``device``: bfloat16 where supported, else float16
-    (06_gpu_training).
+    """The mixed-precision type to try on ``device`` (06_gpu_training): on CUDA bfloat16 where the GPU
+    computes it in hardware, else float16; on MPS float16; on the CPU bfloat16.
 
     bfloat16 keeps float32's range, so it needs no gradient scaler; float16 does (``torch.amp.GradScaler``).
     Whether either is *faster* depends on the hardware: measure before you keep it.

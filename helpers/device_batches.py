@@ -2,12 +2,14 @@
 (taught in 06_gpu_training).
 
 The per-sample pipeline ``train_transforms(size, scale=..., hflip_prob=..., vflip_prob=...,
-quarter_turns=True, degrees=0, jitter=0, normalize=False)`` runs in the loader, one sample at a time, on
-the CPU. ``DeviceBatches`` does the same work for a whole batch with a few tensor operations on the device
-that trains: one random draw per sample, the same for its image and its mask. Each output pixel is looked
-up in the stored pixels, so a crop at the images' own scale, a flip and a quarter turn are exact; a scaled
-crop samples the image bilinearly and the mask by nearest neighbour. Pixels outside an image (a crop
-larger than the image) are 0 in the image and ``ignore_index`` (255 unless given) in the mask, as
+quarter_turns=True, degrees=0, jitter=0, normalize=False)`` runs in the loader, one sample at a time, on the
+CPU. ``DeviceBatches`` does that work for a whole batch with a few tensor operations on the device that
+trains: one random draw per sample, the same for its image and its mask. Each output pixel is looked up in
+the stored pixels, so a crop at the images' own scale, a flip and a quarter turn are exact, pixel for pixel
+the same as v2's; a scaled crop samples the image bilinearly without antialiasing and the mask at the
+nearest pixel centre (v2's ``NEAREST_EXACT``, where ``train_transforms`` uses ``NEAREST``): close to v2's
+output, not equal, and the same in distribution (tests/test_device_batches.py). Pixels outside an image (a
+crop larger than the image) are 0 in the image and ``ignore_index`` (255 unless given) in the mask, as
 ``train_transforms`` pads them.
 """
 
@@ -172,7 +174,8 @@ class DeviceBatches:
         return full + (rest > 0 and not self.drop_last)
 
     def epoch(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One pass in a random order: (images [B, 3, size, size], masks [B, size, size]), uint8.
+        """One pass in a random order: (images [B, 3, size, size], masks [B, size, size]), uint8 images
+        and masks in the dtype ``InMemoryDataset`` stored (uint8 where the classes fit).
 
         The whole epoch is drawn at its start and copied to the device in one piece: making a batch then
         queues a few operations on the device, and copies nothing."""
@@ -236,7 +239,8 @@ def augment_batch(images: list[torch.Tensor], masks: list[torch.Tensor], size: i
                   **options: tuple[float, float] | float | bool | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Crop, flip and turn one batch of images ``[3, H, W]`` and masks ``[H, W]`` of any sizes that are
     already on their device (just decoded by the GPU, for example: ``helpers.gpu_decode``), as
-    ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 batches."""
+    ``DeviceBatches`` does; ``options`` as ``DeviceBatches`` takes them. Returns uint8 images and the masks
+    in the dtype they came in."""
     if not images:
         raise ValueError("augment_batch was given no images: a batch needs at least one sample.")
     if len(images) != len(masks):

@@ -1,8 +1,8 @@
 """Data larger than memory: pre-decoded memory-mapped arrays, HDF5, and tar shards.
 
 Taught in 05_large_datasets; ``helpers.bench --formats`` measures them. Every reader opens its files
-lazily, inside the process that reads (a DataLoader worker), never in ``__init__``: open handles and
-memory maps do not survive pickling into workers.
+for reading lazily, inside the process that reads (a DataLoader worker); ``__init__`` opens them only to
+check them and keeps no handle: open handles and memory maps do not survive pickling into workers.
 """
 
 import lzma
@@ -288,8 +288,9 @@ def host_mapped(arrays: tuple[np.ndarray, ...], device: torch.device,
 
     On a CUDA device: each read once into RAM that is page-locked and mapped into the GPU's address space
     (``cudaHostRegister``), viewed as a CUDA tensor whose bytes stay in RAM. Indexing it makes the GPU
-    fetch only the rows asked for, over the link, with no copy by the CPU. Elsewhere: the arrays
-    themselves. Refuses arrays larger than half the memory available (``check_page_lockable``).
+    fetch only the rows asked for, over the link, with no copy by the CPU; arrays larger than half the
+    memory available are refused (``check_page_lockable``). Elsewhere: the same bytes as CPU tensors of
+    rows, with no copy.
     """
     if device.type != "cuda":
         return tuple(_widest_rows(torch.from_numpy(array)) for array in arrays)
@@ -719,8 +720,7 @@ def check_webdataset_order(path: Path, files: list[tuple[str, int]]) -> None:
     other, with nothing else. webdataset makes a sample of the files next to each other that share a
     name, so ``tar cf shard.tar *.jpg *.png`` gives it half samples; ``ShardStream`` pairs them wherever
     they are. Reads no image, so every rank checks every shard before training (07_distributed); a
-    compressed shard, for which ``check_whole_tar`` lists nothing, is checked as it is read
-    (``decode_shard_sample``)."""
+    compressed shard is listed the same way, by ``check_whole_tar`` decompressing it whole."""
     seen: set[str] = set()
     samples: dict[str, list[str]] = {}
     last = None

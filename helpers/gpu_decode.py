@@ -4,9 +4,9 @@
 torchvision.io's decoders are deprecated since torchvision 0.29 in favour of torchcodec, whose
 ``decode_jpeg`` decodes a list of encoded images in one nvJPEG call on CUDA, and with libjpeg-turbo on the
 CPU. torchcodec is an optional install (``requirements-gpu.txt``); only this module imports it, and only
-when it decodes. Workers read the compressed bytes and decode the PNG masks on the CPU, and pack each
-batch into a few tensors (``encoded_collate``); the main process decodes each batch of JPEGs on the GPU
-(CUDA cannot start in forked workers).
+when it decodes or checks that it loads (``why_unavailable``). Workers read the compressed bytes and decode
+the PNG masks on the CPU, and pack each batch into a few tensors (``encoded_collate``); the main process
+decodes each batch of JPEGs on the GPU (CUDA cannot start in forked workers).
 """
 
 import importlib.metadata

@@ -12,7 +12,7 @@ def repo_root() -> Path:
     The environment variable serves installs outside the checkout (Colab's setup cell sets it).
     """
     env = os.environ.get(ROOT_ENV_VAR)
-    root = Path(env).expanduser() if env else Path(__file__).resolve().parent.parent
+    root = Path(env).expanduser().resolve() if env else Path(__file__).resolve().parent.parent
     if not (root / "data").is_dir():
         raise FileNotFoundError(
             f"No data/ folder in {root}. Install helpers from a checkout with `pip install -e .`, "

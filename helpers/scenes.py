@@ -117,7 +117,8 @@ def write_dataset(root: Path, *, count: int = 320, val_count: int = 64, seed: in
 
 
 def main() -> None:
-    """Command line: ``python -m helpers.scenes [--out DIR] [--count N] [--val-count N] [--seed S]``."""
+    """Command line:
+    ``python -m helpers.scenes [--out DIR] [--count N] [--val-count N] [--seed S] [--side PX]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder to write (default: data/shapes)")
     parser.add_argument("--count", type=int, default=320, help="number of image+mask pairs")

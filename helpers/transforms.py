@@ -2,7 +2,7 @@
 
 Taught in 03_augmentation; used by 04 onwards and by DataLoader workers. Every pipeline takes a
 ``tv_tensors.Image`` (uint8) and a ``tv_tensors.Mask`` together: geometric steps move both, photometric
-steps and ``Normalize`` touch the image only, and the mask stays int64 class indices.
+steps and ``Normalize`` touch the image only, and the mask keeps its class indices and their integer type.
 """
 
 from collections.abc import Sequence
