@@ -18,8 +18,11 @@ def test_repo_root_is_the_checkout_from_any_working_directory(tmp_path, monkeypa
 def test_environment_variable_points_elsewhere(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     monkeypatch.setenv(ROOT_ENV_VAR, str(tmp_path))
-    assert repo_root() == Path(tmp_path)
-    assert data_dir("x.jpg") == tmp_path / "data" / "x.jpg"
+    assert repo_root() == tmp_path.resolve()
+    assert data_dir("x.jpg") == tmp_path.resolve() / "data" / "x.jpg"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(ROOT_ENV_VAR, ".")  # relative: absolute all the same, wherever the notebook is
+    assert data_dir() == tmp_path.resolve() / "data"
 
 
 def test_a_root_without_data_says_what_to_do(tmp_path, monkeypatch):
