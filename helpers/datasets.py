@@ -36,8 +36,8 @@ MASK_CHECK_BYTES = 2**26  # check_mask_array reads stored masks this many bytes 
 
 class Sample(NamedTuple):
     """One training example: ``image`` uint8 ``[3, H, W]`` and ``mask`` ``[H, W]`` of class indices, int64
-    unless the dataset stores another integer type (``mask_dtype``, the pre-decoded formats' uint8); a
-    batch where a collate function or a list of indices makes one."""
+    unless the dataset stores another integer type (``mask_dtype``, the pre-decoded formats' uint8); or a
+    whole batch, as a collate function or a list of indices gives."""
 
     image: tv_tensors.Image
     mask: tv_tensors.Mask

@@ -7,7 +7,8 @@ ROOT_ENV_VAR = "PIXELS_TO_BATCHES_ROOT"
 
 
 def repo_root() -> Path:
-    """Return the repository root: ``$PIXELS_TO_BATCHES_ROOT`` if set, else the folder above helpers/.
+    """Return the repository root as an absolute path: ``$PIXELS_TO_BATCHES_ROOT`` if set, else the
+    folder above helpers/.
 
     The environment variable serves installs outside the checkout (Colab's setup cell sets it).
     """

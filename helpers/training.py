@@ -116,17 +116,21 @@ def to_device(images: torch.Tensor, masks: torch.Tensor, device: torch.device, c
 def check_steps_left(scheduler: Any, loader: Iterable) -> None:
     """Refuse, before a step, an epoch longer than what is left of a schedule of ``total_steps``
     (``OneCycleLR``): 06's training loop run a second time would fail after the weights had moved."""
+    total = getattr(scheduler, "total_steps", None)
+    if total is None:
+        return
     try:
         batches = len(loader)  # type: ignore[arg-type]
     except TypeError:  # a stream of unknown length: the scheduler itself will say
         return
-    total = getattr(scheduler, "total_steps", None)
-    if total is not None and scheduler.last_epoch + batches > total:
+    if scheduler.last_epoch + batches > total:
         raise ValueError(
             f"The scheduler has {total - scheduler.last_epoch} of its {total} steps left, and this epoch "
             f"takes {batches}: a one-cycle schedule ends where it was told to. To train again, make the "
             "optimizer and the scheduler again first (in 06: run the cell that makes them, then the loop; "
-            "the model keeps what it learned); to train longer, give the scheduler more total_steps.")
+            "the model keeps what it learned); to train longer, give the scheduler more total_steps. A "
+            "scheduler loaded from a checkpoint keeps the checkpoint's total_steps: a longer run starts "
+            "afresh.")
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,

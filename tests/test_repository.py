@@ -456,12 +456,14 @@ def test_the_course_plans_add_up():
         f"TEACHING.md, *A three-hour course*: the slots take {total} minutes, not 180")
     times = guide.split("## Class time per notebook")[1].split("\n## ")[0]
     minutes = {n: int(m) for n, m in re.findall(r"^\| (\d\d) [^|]+\| (\d+) min \|", times, re.M)}
+    assert sorted(minutes) == [path.name[:2] for path in NOTEBOOKS], (
+        "TEACHING.md, *Class time per notebook*: every notebook's time written as `| NN name | M min |`")
     days = re.sub(r"\s+", " ", guide.split("## A two-day course")[1].split("\n## ")[0])
     said = {180: "three hours", 255: "four and a quarter"}  # add the words for a new total here
     for first, last in (("00", "03"), ("04", "07")):
         total = sum(m for n, m in minutes.items() if first <= n <= last)
-        told = days.split(f"{first} to {last}", 1)[-1][:40]  # the words that follow "00 to 03"
-        assert f"{first} to {last}" in days and said.get(total, "?") in told, (
+        told = re.search(rf"{first} to {last}( take)? ([^,.]+)", days)  # up to the next comma or full stop
+        assert told and told[2] == said.get(total), (
             f"TEACHING.md, *A two-day course*: by the class times, {first} to {last} take {total} minutes")
 
 

@@ -345,6 +345,9 @@ def test_train_one_epoch_refuses_an_epoch_past_the_end_of_a_one_cycle_schedule_b
     steps = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=4)
     train_one_epoch(model, loader, optimizer, CPU, scheduler=steps)
     train_one_epoch(model, loader, optimizer, CPU, scheduler=steps)  # all 4 steps: no error
+    streamed = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=4)
+    train_one_epoch(model, iter(loader), optimizer, CPU, scheduler=streamed)  # no len: as DeviceBatches.epoch
+    assert streamed.last_epoch == 2
 
 
 def test_train_one_epoch_normalises_uint8_batches_with_the_given_statistics():
